@@ -1,0 +1,59 @@
+"""Node configuration: the cluster map and the knobs of one `kv serve` process."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kvpaxos.core.commands import VALUE_BYTES_MAX
+
+
+class ConfigError(ValueError):
+    """A malformed cluster map or option; the CLI prints it as one line."""
+
+
+def parse_cluster(spec: str) -> dict[int, tuple[str, int]]:
+    """Parse "1=127.0.0.1:7001,2=127.0.0.1:7002" into {1: ("127.0.0.1", 7001), ...}."""
+    cluster: dict[int, tuple[str, int]] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        node, sep, addr = part.partition("=")
+        host, colon, port = addr.rpartition(":")
+        if not sep or not colon or not node.strip().isdigit() or not port.isdigit() or not host:
+            raise ConfigError(f"bad cluster entry {part!r}: expected ID=HOST:PORT")
+        node_id = int(node)
+        if node_id < 1 or node_id in cluster:
+            raise ConfigError(f"bad or repeated node id {node_id} in cluster map")
+        if not 0 < int(port) < 65536:
+            raise ConfigError(f"bad port in {part!r}")
+        cluster[node_id] = (host.strip("[]"), int(port))
+    if not cluster:
+        raise ConfigError("the cluster map is empty")
+    return cluster
+
+
+def format_cluster(cluster: dict[int, tuple[str, int]]) -> str:
+    return ",".join(f"{i}={h}:{p}" for i, (h, p) in sorted(cluster.items()))
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    node_id: int
+    cluster: dict[int, tuple[str, int]]
+    data_dir: str
+    tick_ms: int = 20
+    election_ticks: int = 10
+    heartbeat_ticks: int = 2
+    window_slots: int = 64
+    batch_count_max: int = 1024
+    batch_bytes_max: int = 4 * 1024 * 1024
+    value_bytes_max: int = VALUE_BYTES_MAX
+    request_timeout_s: float = 5.0
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.node_id not in self.cluster:
+            raise ConfigError(f"node id {self.node_id} is not in the cluster map")
+        if not 0 < self.value_bytes_max <= VALUE_BYTES_MAX:
+            raise ConfigError(f"value size limit must be between 1 and {VALUE_BYTES_MAX} bytes")
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.cluster[self.node_id]

@@ -1,0 +1,147 @@
+"""The wire and disk encoding: messages and batches to JSON-able data and back.
+
+Decoding validates every field and raises WireError on anything malformed, so a
+garbage or forged peer message is dropped by the caller instead of reaching the
+protocol. Ballots travel as [round, node]; a command as a compact list.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from typing import Any, Callable
+
+from kvpaxos.core import messages as m
+from kvpaxos.core.ballot import Ballot
+from kvpaxos.core.commands import OPS, Batch, Command
+
+
+class WireError(ValueError):
+    """A peer sent bytes that are not a valid message (a remote protocol error)."""
+
+
+def _int(x: Any, lo: int = 0) -> int:
+    if type(x) is not int or x < lo:
+        raise WireError(f"expected an integer >= {lo}, got {x!r}")
+    return x
+
+
+def _opt_str(x: Any) -> str | None:
+    if x is not None and type(x) is not str:
+        raise WireError(f"expected a string or null, got {type(x).__name__}")
+    return x
+
+
+def ballot_to_wire(b: Ballot) -> list[int]:
+    return [b.round, b.node_id]
+
+
+def ballot_from_wire(x: Any) -> Ballot:
+    if not isinstance(x, list) or len(x) != 2:
+        raise WireError(f"bad ballot {x!r}")
+    return Ballot(_int(x[0]), _int(x[1]))
+
+
+def command_to_wire(c: Command) -> list:
+    return [c.op, c.key, c.value, c.if_value, c.if_version, c.client_id, c.seq, c.cmd_id]
+
+
+def command_from_wire(x: Any) -> Command:
+    if not isinstance(x, list) or len(x) != 8:
+        raise WireError("bad command")
+    op, key, value, if_value, if_version, client_id, seq, cmd_id = x
+    if op not in OPS or type(key) is not str or type(cmd_id) is not str:
+        raise WireError("bad command")
+    if if_version is not None:
+        _int(if_version)
+    return Command(op, key, _opt_str(value), _opt_str(if_value), if_version,
+                   _opt_str(client_id), _int(seq), cmd_id)
+
+
+def batch_to_wire(b: Batch) -> dict:
+    return {"c": [command_to_wire(c) for c in b.commands], "ts": b.ts_ms}
+
+
+def batch_from_wire(x: Any) -> Batch:
+    if not isinstance(x, dict) or not isinstance(x.get("c"), list):
+        raise WireError("bad batch")
+    return Batch(tuple(command_from_wire(c) for c in x["c"]), _int(x.get("ts", 0)))
+
+
+def _entry_list(x: Any, decode: Callable[[Any], Any]) -> tuple:
+    if not isinstance(x, list):
+        raise WireError("expected a list of entries")
+    return tuple(decode(e) for e in x)
+
+
+def _accepted_from_wire(x: Any) -> m.AcceptedEntry:
+    if not isinstance(x, list) or len(x) != 3:
+        raise WireError("bad accepted entry")
+    return m.AcceptedEntry(_int(x[0], 1), ballot_from_wire(x[1]), batch_from_wire(x[2]))
+
+
+def _chosen_from_wire(x: Any) -> m.ChosenEntry:
+    if not isinstance(x, list) or len(x) != 2:
+        raise WireError("bad chosen entry")
+    return m.ChosenEntry(_int(x[0], 1), batch_from_wire(x[1]))
+
+
+# Per field name: (encode, decode). Fields not listed are non-negative integers.
+_FIELD_CODECS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
+    "ballot": (ballot_to_wire, ballot_from_wire),
+    "promised": (ballot_to_wire, ballot_from_wire),
+    "value": (batch_to_wire, batch_from_wire),
+    "accepted": (lambda es: [[e.slot, ballot_to_wire(e.ballot), batch_to_wire(e.value)] for e in es],
+                 lambda x: _entry_list(x, _accepted_from_wire)),
+    "entries": (lambda es: [[e.slot, batch_to_wire(e.value)] for e in es],
+                lambda x: _entry_list(x, _chosen_from_wire)),
+    "index": (lambda i: i, lambda x: None if x is None else _int(x)),
+}
+_INT_CODEC = (lambda i: i, _int)
+
+_TYPES: dict[str, type] = {cls.__name__: cls for cls in (
+    m.Prepare, m.Promise, m.Accept, m.Accepted, m.Reject, m.Commit, m.Heartbeat,
+    m.HeartbeatAck, m.CatchUpRequest, m.CatchUpReply, m.ReadIndexRequest, m.ReadIndexReply)}
+_FIELDS: dict[type, tuple[str, ...]] = {cls: tuple(f.name for f in fields(cls)) for cls in _TYPES.values()}
+
+
+def message_to_wire(msg: m.Message) -> dict:
+    out: dict[str, Any] = {"t": type(msg).__name__}
+    for name in _FIELDS[type(msg)]:
+        out[name] = _FIELD_CODECS.get(name, _INT_CODEC)[0](getattr(msg, name))
+    return out
+
+
+def message_from_wire(x: Any) -> m.Message:
+    if not isinstance(x, dict):
+        raise WireError("a message must be a JSON object")
+    cls = _TYPES.get(x.get("t"))  # type: ignore[arg-type]
+    if cls is None:
+        raise WireError(f"unknown message type {x.get('t')!r}")
+    try:
+        kwargs = {name: _FIELD_CODECS.get(name, _INT_CODEC)[1](x[name]) for name in _FIELDS[cls]}
+    except KeyError as e:
+        raise WireError(f"{cls.__name__} lacks field {e}") from None
+    return cls(**kwargs)
+
+
+def encode_frame(src: int, msgs: list[m.Message]) -> str:
+    """One peer frame: the sender and the messages gathered in one event-loop turn."""
+    return json.dumps({"src": src, "msgs": [message_to_wire(x) for x in msgs]}, separators=(",", ":"))
+
+
+def decode_frame(data: str | bytes) -> tuple[int, list[m.Message | WireError]]:
+    """Decode a frame; a malformed message comes back as its WireError, the rest still decode."""
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise WireError(f"frame is not JSON: {e}") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("msgs"), list):
+        raise WireError("frame must be an object with a msgs list")
+    src = _int(obj.get("src"), 1)
+    out: list[m.Message | WireError] = []
+    for raw in obj["msgs"]:
+        try:
+            out.append(message_from_wire(raw))
+        except WireError as e:
+            out.append(e)
+    return src, out

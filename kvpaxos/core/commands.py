@@ -1,0 +1,60 @@
+"""Client commands and the values Paxos chooses for a slot.
+
+A slot's value is a Batch: the commands the leader packed into it (possibly none,
+which is a no-op) and the leader's clock reading, which the state machine uses
+as cluster time for expiring exactly-once records.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PUT = "put"
+DELETE = "delete"
+OPS = (PUT, DELETE)
+
+KEY_BYTES_MAX = 1024
+VALUE_BYTES_MAX = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One mutation. A put with if_value or if_version is a compare-and-set.
+
+    cmd_id identifies this submission so the node that waits for it can match
+    its result; (client_id, seq) make retries of one request apply once.
+    """
+
+    op: str
+    key: str
+    value: str | None = None
+    if_value: str | None = None
+    if_version: int | None = None
+    client_id: str | None = None
+    seq: int = 0
+    cmd_id: str = ""
+
+    def size_bytes(self) -> int:
+        return len(self.key) + (len(self.value) if self.value is not None else 0) + 64
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    commands: tuple[Command, ...] = ()
+    ts_ms: int = 0
+
+    @property
+    def is_noop(self) -> bool:
+        return not self.commands
+
+
+NOOP = Batch()
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """The outcome of applying one command (computed at apply time, never at propose time)."""
+
+    ok: bool
+    error: str | None = None
+    version: int = 0
+    value: str | None = None

@@ -1,0 +1,123 @@
+"""Every message the replicas exchange: frozen, slotted value objects.
+
+Paxos proper: Prepare/Promise (phase 1), Accept/Accepted (phase 2), Reject
+(either phase, naming the higher promise). Learning: Commit (leader's contiguous
+chosen index) and CatchUp (fetch chosen values from a peer). Liveness and reads:
+Heartbeat/HeartbeatAck (leader presence, commit index, read-index rounds) and
+ReadIndex (a follower asking the leader for a linearizable read point).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kvpaxos.core.ballot import Ballot
+from kvpaxos.core.commands import Batch
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptedEntry:
+    slot: int
+    ballot: Ballot
+    value: Batch
+
+
+@dataclass(frozen=True, slots=True)
+class Prepare:
+    ballot: Ballot
+    from_slot: int
+
+
+@dataclass(frozen=True, slots=True)
+class Promise:
+    ballot: Ballot
+    from_slot: int
+    accepted: tuple[AcceptedEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Accept:
+    ballot: Ballot
+    slot: int
+    value: Batch
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    ballot: Ballot
+    slot: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """Answer to a Prepare, Accept or Heartbeat whose ballot is below the promise."""
+
+    ballot: Ballot
+    promised: Ballot
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """Every slot up to commit_through is chosen; sent by the leader of `ballot`."""
+
+    ballot: Ballot
+    commit_through: int
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    ballot: Ballot
+    commit_through: int
+    hb_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatAck:
+    ballot: Ballot
+    hb_seq: int
+    chosen_through: int
+
+
+@dataclass(frozen=True, slots=True)
+class CatchUpRequest:
+    from_slot: int
+    to_slot: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChosenEntry:
+    slot: int
+    value: Batch
+
+
+@dataclass(frozen=True, slots=True)
+class CatchUpReply:
+    entries: tuple[ChosenEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadIndexRequest:
+    read_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadIndexReply:
+    """index is the slot the reader must have applied; None means "I am not the leader"."""
+
+    read_id: int
+    index: int | None
+
+
+Message = (
+    Prepare
+    | Promise
+    | Accept
+    | Accepted
+    | Reject
+    | Commit
+    | Heartbeat
+    | HeartbeatAck
+    | CatchUpRequest
+    | CatchUpReply
+    | ReadIndexRequest
+    | ReadIndexReply
+)
