@@ -1,0 +1,466 @@
+"""A replica: acceptor, learner and (when elected) leader, driven by three inputs.
+
+Inputs: step(src, message), propose(command), read_index(read_id), tick(now_ms).
+Output: take_ready() returns one Ready batch. The caller must persist the
+Ready's promised/accepted state durably BEFORE sending its messages (and before
+delivering any message addressed to this node itself), then apply its chosen
+slots in order. Nothing here does I/O; randomness comes from the Random passed in.
+
+Roles are follower, candidate and leader. Candidate and leader share a
+LeaderState for their ballot; a higher ballot seen anywhere ends it (rule 8).
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from enum import Enum
+
+from kvpaxos.core import messages as m
+from kvpaxos.core.acceptor import Acceptor
+from kvpaxos.core.ballot import ZERO, Ballot
+from kvpaxos.core.commands import Batch, Command
+from kvpaxos.core.leader import LeaderState, PendingRead, Proposal
+from kvpaxos.core.learner import Learner
+
+
+class Role(str, Enum):
+    FOLLOWER = "follower"
+    CANDIDATE = "candidate"
+    LEADER = "leader"
+
+
+@dataclass(frozen=True)
+class CoreConfig:
+    election_ticks: int = 10
+    heartbeat_ticks: int = 2
+    retry_ticks: int = 4
+    window_slots: int = 64
+    batch_count_max: int = 1024
+    batch_bytes_max: int = 4 * 1024 * 1024
+    catchup_entries_max: int = 256
+    learn_scan_max: int = 4096
+
+
+@dataclass
+class Ready:
+    """What the runtime must do now, in order: persist, send, apply, answer."""
+
+    promised: Ballot | None = None
+    accepted: dict[int, tuple[Ballot, Batch]] = field(default_factory=dict)
+    chosen: dict[int, Batch] = field(default_factory=dict)
+    messages: list[tuple[int, m.Message]] = field(default_factory=list)
+    apply: list[tuple[int, Batch]] = field(default_factory=list)
+    reads: list[tuple[int, int | None]] = field(default_factory=list)
+    proposed: dict[str, int] = field(default_factory=dict)
+    dropped: list[Command] = field(default_factory=list)
+
+    def must_persist(self) -> bool:
+        return self.promised is not None or bool(self.accepted)
+
+    def is_empty(self) -> bool:
+        return not (self.must_persist() or self.chosen or self.messages or self.apply
+                    or self.reads or self.proposed or self.dropped)
+
+
+class Replica:
+    def __init__(self, node_id: int, members: tuple[int, ...], config: CoreConfig,
+                 rng: random.Random, *, promised: Ballot = ZERO,
+                 accepted: dict[int, tuple[Ballot, Batch]] | None = None,
+                 chosen: dict[int, Batch] | None = None, applied_through: int = 0) -> None:
+        assert node_id in members
+        self.id = node_id
+        self.members = tuple(sorted(members))
+        self.peers = tuple(p for p in self.members if p != node_id)
+        self.config = config
+        self.rng = rng
+        self.acceptor = Acceptor(promised, accepted)
+        self.learner = Learner(chosen, applied_through)
+        self.role = Role.FOLLOWER
+        self.leader_id: int | None = None
+        self.leader_ballot = ZERO
+        self.lead: LeaderState | None = None
+        self.max_round = promised.round  # rule 4: next ballots come from durable state
+        self.ticks = 0
+        self.clock_ms = 0
+        self.election_elapsed = 0
+        self.election_timeout = self._random_timeout()
+        self.commit_ballot = ZERO
+        self.leader_commit = 0
+        self.commit_source: int | None = None
+        self.catchup_idle: int | None = None
+        self.commit_sent = 0
+        self.malformed = 0
+        self.elections = 0
+        self._ready = Ready()
+
+    # -- inputs ---------------------------------------------------------------
+
+    def tick(self, now_ms: int | None = None) -> None:
+        self.ticks += 1
+        if now_ms is not None:
+            self.clock_ms = max(self.clock_ms, now_ms)
+        if self.role is Role.LEADER:
+            self._tick_leader()
+        else:
+            self.election_elapsed += 1
+            if self.role is Role.CANDIDATE:
+                self._tick_candidate()
+            if self.election_elapsed >= self.election_timeout:
+                self._start_election()
+        if self.catchup_idle is not None:
+            self.catchup_idle += 1
+            if self.catchup_idle >= self.config.retry_ticks:
+                self.catchup_idle = None
+        self._maybe_catch_up()
+
+    def propose(self, cmd: Command) -> bool:
+        """Queue a command for a slot; False when this node is not the leader."""
+        if self.role is not Role.LEADER:
+            return False
+        assert self.lead is not None
+        self.lead.pending.append(cmd)
+        return True
+
+    def read_index(self, read_id: int) -> None:
+        """Ask for a linearizable read point; answered in Ready.reads as (read_id, slot or None)."""
+        if self.role is Role.LEADER:
+            assert self.lead is not None
+            self.lead.unsent_reads.append(PendingRead(self.id, read_id, self.learner.chosen_through))
+        elif self.leader_id is not None and self.leader_id != self.id:
+            self._send(self.leader_id, m.ReadIndexRequest(read_id))
+        else:
+            self._ready.reads.append((read_id, None))
+
+    def step(self, src: int, msg: m.Message) -> None:
+        if src not in self.members or not self._well_formed(src, msg):
+            self.malformed += 1
+            return
+        for b in (getattr(msg, "ballot", None), getattr(msg, "promised", None)):
+            if b is not None and b.round > self.max_round:
+                self.max_round = b.round
+        match msg:
+            case m.Prepare():
+                self._on_prepare(src, msg)
+            case m.Promise():
+                self._on_promise(src, msg)
+            case m.Accept():
+                self._on_accept(src, msg)
+            case m.Accepted():
+                self._on_accepted(src, msg)
+            case m.Reject():
+                self._on_reject(msg)
+            case m.Commit():
+                self._on_commit(src, msg.ballot, msg.commit_through)
+            case m.Heartbeat():
+                self._on_heartbeat(src, msg)
+            case m.HeartbeatAck():
+                self._on_heartbeat_ack(src, msg)
+            case m.CatchUpRequest():
+                self._on_catchup_request(src, msg)
+            case m.CatchUpReply():
+                self._on_catchup_reply(msg)
+            case m.ReadIndexRequest():
+                self._on_read_request(src, msg)
+            case m.ReadIndexReply():
+                self._ready.reads.append((msg.read_id, msg.index))
+
+    def take_ready(self) -> Ready:
+        """Everything produced since the last call; see the module docstring for the contract."""
+        if self.role is Role.LEADER:
+            self._flush_proposals()
+            self._flush_reads()
+            if self.learner.chosen_through > self.commit_sent:
+                self.commit_sent = self.learner.chosen_through
+                self._broadcast(m.Commit(self.lead.ballot, self.commit_sent))  # type: ignore[union-attr]
+        self._maybe_catch_up()
+        ready, self._ready = self._ready, Ready()
+        writes = self.acceptor.take_writes()
+        ready.promised, ready.accepted = writes.promised, writes.accepted
+        ready.chosen = self.learner.take_new_chosen()
+        ready.apply = self.learner.take_applicable()
+        return ready
+
+    # -- views ----------------------------------------------------------------
+
+    @property
+    def ballot(self) -> Ballot:
+        return self.lead.ballot if self.lead is not None else self.leader_ballot
+
+    @property
+    def quorum(self) -> int:
+        return len(self.members) // 2 + 1
+
+    # -- helpers --------------------------------------------------------------
+
+    def _random_timeout(self) -> int:
+        n = self.config.election_ticks
+        return n + self.rng.randrange(n)
+
+    def _send(self, dst: int, msg: m.Message) -> None:
+        self._ready.messages.append((dst, msg))
+
+    def _broadcast(self, msg: m.Message) -> None:
+        for p in self.peers:
+            self._send(p, msg)
+
+    def _well_formed(self, src: int, msg: m.Message) -> bool:
+        """Reject forged or impossible messages: a leader's messages carry its own ballot."""
+        if isinstance(msg, (m.Prepare, m.Accept, m.Commit, m.Heartbeat)) and msg.ballot.node_id != src:
+            return False
+        if isinstance(msg, (m.Promise, m.Accepted, m.HeartbeatAck)) and msg.ballot.node_id != self.id:
+            return False
+        for b in (getattr(msg, "ballot", None), getattr(msg, "promised", None)):
+            if b is not None and b != ZERO and b.node_id not in self.members:
+                return False
+        slot = getattr(msg, "slot", None) or getattr(msg, "from_slot", 1)
+        return slot >= 1
+
+    def _leader_alive(self) -> bool:
+        if self.role is Role.LEADER:
+            return True
+        return self.leader_id is not None and self.election_elapsed < self.config.election_ticks
+
+    def _hear_leader(self, ballot: Ballot) -> None:
+        """A live leader of `ballot` (>= our promise) spoke: follow it."""
+        if self.lead is not None and ballot > self.lead.ballot:
+            self._step_down()
+        if self.lead is None and ballot >= self.leader_ballot:
+            self.leader_id = ballot.node_id
+            self.leader_ballot = ballot
+            self.election_elapsed = 0
+
+    def _step_down(self) -> None:
+        lead = self.lead
+        if lead is not None:
+            self._ready.dropped.extend(lead.pending)
+            for read in lead.all_reads():
+                self._answer_read(read.origin, read.read_id, None)
+        self.lead = None
+        self.role = Role.FOLLOWER
+        self.leader_id = None
+        self.election_elapsed = 0
+        self.election_timeout = self._random_timeout()
+
+    def _answer_read(self, origin: int, read_id: int, index: int | None) -> None:
+        if origin == self.id:
+            self._ready.reads.append((read_id, index))
+        else:
+            self._send(origin, m.ReadIndexReply(read_id, index))
+
+    # -- elections ------------------------------------------------------------
+
+    def _start_election(self) -> None:
+        if self.lead is not None:
+            self._step_down()
+        self.elections += 1
+        ballot = Ballot(max(self.max_round, self.acceptor.promised.round) + 1, self.id)
+        self.max_round = ballot.round
+        self.role = Role.CANDIDATE
+        self.leader_id = None
+        self.lead = LeaderState(ballot, self.learner.chosen_through + 1, self.members)
+        self.election_elapsed = 0
+        self.election_timeout = self._random_timeout()
+        prepare = m.Prepare(ballot, self.lead.from_slot)
+        # Our own promise is persisted in this Ready, so the ballot is durable before
+        # any Prepare leaves (rule 4), and our vote arrives only after it is durable.
+        self._send(self.id, self.acceptor.on_prepare(prepare))
+        self._broadcast(prepare)
+
+    def _tick_candidate(self) -> None:
+        lead = self.lead
+        assert lead is not None
+        lead.idle_ticks += 1
+        if lead.idle_ticks >= self.config.retry_ticks:
+            lead.idle_ticks = 0
+            prepare = m.Prepare(lead.ballot, lead.from_slot)
+            for p in self.peers:
+                if p not in lead.promises:
+                    self._send(p, prepare)
+
+    def _on_prepare(self, src: int, msg: m.Prepare) -> None:
+        if src != self.id and self._leader_alive() and msg.ballot.node_id != self.leader_id:
+            # A live leader exists: refusing keeps a rejoining node from deposing it.
+            self._send(src, m.Reject(msg.ballot, max(self.acceptor.promised, self.ballot)))
+            return
+        reply = self.acceptor.on_prepare(msg)
+        if isinstance(reply, m.Promise) and self.lead is not None and msg.ballot > self.lead.ballot:
+            self._step_down()
+        self._send(src, reply)
+
+    def _on_promise(self, src: int, msg: m.Promise) -> None:
+        lead = self.lead
+        if self.role is Role.CANDIDATE and lead is not None and msg.ballot == lead.ballot:
+            if lead.add_promise(src, msg):
+                self._become_leader()
+
+    def _on_reject(self, msg: m.Reject) -> None:
+        if self.lead is not None and msg.promised > self.lead.ballot:
+            self._step_down()
+
+    def _become_leader(self) -> None:
+        lead = self.lead
+        assert lead is not None and self.acceptor.promised == lead.ballot
+        self.role = Role.LEADER
+        self.leader_id = self.id
+        self.leader_ballot = lead.ballot
+        for src in lead.promises:
+            lead.heard(src, self.ticks)
+        merged = lead.merged_values()
+        known = [s for s in self.learner.chosen if s >= lead.from_slot]
+        top = max([lead.from_slot - 1, *merged, *known])
+        for slot in range(lead.from_slot, top + 1):
+            # Rule 6: highest-ballot accepted value, chosen value if known, else a no-op.
+            value = self.learner.chosen.get(slot) or merged.get(slot) or Batch()
+            self._propose_slot(slot, value)
+        lead.next_slot = top + 1
+        if top < lead.from_slot:
+            self._flush_proposals(force=True)
+        lead.barrier_slot = lead.next_slot - 1
+        self.commit_sent = self.learner.chosen_through
+        self._send_heartbeat()
+
+    # -- leader ---------------------------------------------------------------
+
+    def _propose_slot(self, slot: int, value: Batch) -> None:
+        lead = self.lead
+        assert lead is not None and self.role is Role.LEADER
+        lead.proposals[slot] = Proposal(value)
+        accept = m.Accept(lead.ballot, slot, value)
+        reply = self.acceptor.on_accept(accept)
+        assert isinstance(reply, m.Accepted), "a leader's own acceptor promised a higher ballot"
+        self._send(self.id, reply)
+        self._broadcast(accept)
+
+    def _flush_proposals(self, force: bool = False) -> None:
+        lead = self.lead
+        assert lead is not None
+        c = self.config
+        while True:
+            batch = lead.next_batch(c.window_slots, c.batch_count_max, c.batch_bytes_max,
+                                    self.clock_ms, force)
+            if batch is None:
+                return
+            force = False
+            slot = lead.next_slot
+            lead.next_slot += 1
+            self._propose_slot(slot, batch)
+            for cmd in batch.commands:
+                self._ready.proposed[cmd.cmd_id] = slot
+
+    def _on_accepted(self, src: int, msg: m.Accepted) -> None:
+        lead = self.lead
+        if self.role is not Role.LEADER or lead is None or msg.ballot != lead.ballot:
+            return
+        lead.heard(src, self.ticks)
+        value = lead.add_vote(src, msg.slot)
+        if value is not None:
+            self.learner.learn(msg.slot, value)
+
+    def _tick_leader(self) -> None:
+        lead = self.lead
+        assert lead is not None
+        lead.idle_ticks += 1
+        if lead.idle_ticks >= self.config.heartbeat_ticks:
+            self._send_heartbeat()
+        for slot, proposal in lead.proposals.items():
+            proposal.idle_ticks += 1
+            if proposal.idle_ticks >= self.config.retry_ticks:
+                proposal.idle_ticks = 0
+                accept = m.Accept(lead.ballot, slot, proposal.value)
+                for p in self.peers:
+                    if p not in proposal.votes:
+                        self._send(p, accept)
+        window = 2 * self.config.election_ticks
+        if self.ticks % window == 0 and not lead.has_quorum_contact(self.id, self.ticks, window):
+            self._step_down()  # check quorum: a leader cut off from a majority stops leading
+
+    def _send_heartbeat(self) -> None:
+        lead = self.lead
+        assert lead is not None
+        lead.idle_ticks = 0
+        lead.hb_seq += 1
+        self._broadcast(m.Heartbeat(lead.ballot, self.learner.chosen_through, lead.hb_seq))
+
+    def _flush_reads(self) -> None:
+        lead = self.lead
+        assert lead is not None
+        if lead.unsent_reads:
+            self._send_heartbeat()
+            lead.reads_by_seq[lead.hb_seq] = lead.unsent_reads
+            lead.unsent_reads = []
+        for read in lead.releasable_reads(self.id, self.learner.chosen_through):
+            self._answer_read(read.origin, read.read_id, read.index)
+
+    def _on_heartbeat_ack(self, src: int, msg: m.HeartbeatAck) -> None:
+        lead = self.lead
+        if self.role is Role.LEADER and lead is not None and msg.ballot == lead.ballot:
+            lead.heard(src, self.ticks)
+            lead.ack(src, msg.hb_seq)
+
+    def _on_read_request(self, src: int, msg: m.ReadIndexRequest) -> None:
+        if self.role is Role.LEADER and self.lead is not None:
+            self.lead.unsent_reads.append(PendingRead(src, msg.read_id, self.learner.chosen_through))
+        else:
+            self._send(src, m.ReadIndexReply(msg.read_id, None))
+
+    # -- follower and learning ------------------------------------------------
+
+    def _on_accept(self, src: int, msg: m.Accept) -> None:
+        reply = self.acceptor.on_accept(msg)
+        if isinstance(reply, m.Accepted):
+            self._hear_leader(msg.ballot)
+        self._send(src, reply)
+
+    def _on_heartbeat(self, src: int, msg: m.Heartbeat) -> None:
+        if msg.ballot < self.acceptor.promised:
+            self._send(src, m.Reject(msg.ballot, self.acceptor.promised))
+        else:
+            self._hear_leader(msg.ballot)
+            self._send(src, m.HeartbeatAck(msg.ballot, msg.hb_seq, self.learner.chosen_through))
+        self._on_commit(src, msg.ballot, msg.commit_through)
+
+    def _on_commit(self, src: int, ballot: Ballot, commit_through: int) -> None:
+        if ballot >= self.acceptor.promised:
+            self._hear_leader(ballot)
+        if commit_through > self.leader_commit or (commit_through == self.leader_commit
+                                                   and ballot > self.commit_ballot):
+            self.leader_commit, self.commit_ballot, self.commit_source = commit_through, ballot, src
+        self._learn_committed(ballot, commit_through)
+
+    def _learn_committed(self, ballot: Ballot, commit_through: int) -> None:
+        # A leader of `ballot` proposes one value per slot, so anything we accepted
+        # under that ballot at or below its commit index is the chosen value.
+        first = self.learner.chosen_through + 1
+        for slot in range(first, min(commit_through, first + self.config.learn_scan_max) + 1):
+            if slot not in self.learner.chosen:
+                value = self.acceptor.accepted_at(slot, ballot)
+                if value is not None:
+                    self.learner.learn(slot, value)
+
+    def _maybe_catch_up(self) -> None:
+        if self.catchup_idle is not None or self.commit_source is None:
+            return
+        gap = self.learner.missing_below(self.leader_commit)
+        if gap is None:
+            return
+        lo, hi = gap
+        hi = min(hi, lo + self.config.catchup_entries_max - 1)
+        self.catchup_idle = 0
+        self._send(self.commit_source, m.CatchUpRequest(lo, hi))
+
+    def _on_catchup_request(self, src: int, msg: m.CatchUpRequest) -> None:
+        entries = []
+        hi = min(msg.to_slot, msg.from_slot + self.config.catchup_entries_max - 1)
+        for slot in range(msg.from_slot, hi + 1):
+            value = self.learner.chosen.get(slot)
+            if value is None:
+                break
+            entries.append(m.ChosenEntry(slot, value))
+        self._send(src, m.CatchUpReply(tuple(entries)))
+
+    def _on_catchup_reply(self, msg: m.CatchUpReply) -> None:
+        for e in msg.entries:
+            self.learner.learn(e.slot, e.value)
+        self.catchup_idle = None
+        self._learn_committed(self.commit_ballot, self.leader_commit)
+

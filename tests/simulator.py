@@ -1,0 +1,257 @@
+"""A seeded, deterministic simulation of kvpaxos replicas over a faulty network.
+
+One seed drives everything: message order (reordering), loss, duplication,
+delay, partitions and crash-restarts. Each replica is the pure core plus an
+in-memory durable store; a crash throws away everything else. After every step
+the simulator checks safety:
+  (a) no slot is ever learned with two different values, across all nodes;
+  (b) every node's applied sequence is a prefix of one global sequence.
+After the faults stop and the network heals, liveness: every submitted command
+is chosen and applied exactly once, and all replicas converge.
+Any failure raises SimulationFailure naming the seed that replays it.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from kvpaxos.core import messages as m
+from kvpaxos.core.ballot import ZERO, Ballot
+from kvpaxos.core.commands import PUT, Batch, Command
+from kvpaxos.core.kvstate import KVState
+from kvpaxos.core.replica import CoreConfig, Replica, Role
+
+
+class SimulationFailure(AssertionError):
+    pass
+
+
+@dataclass
+class Faults:
+    drop: float = 0.05
+    duplicate: float = 0.03
+    delay_max: int = 20
+    partition_rate: float = 0.002
+    crash_rate: float = 0.002
+    ack_before_persist: bool = False  # planted bug: replies leave before the write is durable
+
+    @classmethod
+    def from_seed(cls, rng: random.Random) -> "Faults":
+        return cls(drop=rng.choice([0.0, 0.02, 0.1, 0.2]), duplicate=rng.choice([0.0, 0.05]),
+                   delay_max=rng.choice([1, 5, 30]), partition_rate=rng.choice([0.0, 0.002, 0.01]),
+                   crash_rate=rng.choice([0.0, 0.001, 0.004]))
+
+
+@dataclass
+class DiskState:
+    promised: Ballot = ZERO
+    accepted: dict[int, tuple[Ballot, Batch]] = field(default_factory=dict)
+    chosen: dict[int, Batch] = field(default_factory=dict)
+
+
+@dataclass
+class SimNode:
+    replica: Replica
+    disk: DiskState
+    state: KVState
+    unpersisted: list = field(default_factory=list)  # only with ack_before_persist
+
+
+class Simulation:
+    def __init__(self, seed: int, n_nodes: int = 3, n_clients: int = 4, cmds_per_client: int = 8,
+                 faults: Faults | None = None, config: CoreConfig | None = None) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.faults = faults or Faults.from_seed(self.rng)
+        self.config = config or CoreConfig(election_ticks=8, heartbeat_ticks=2, retry_ticks=3,
+                                           window_slots=4, batch_count_max=3, catchup_entries_max=5)
+        self.members = tuple(range(1, n_nodes + 1))
+        self.disks = {i: DiskState() for i in self.members}
+        self.nodes: dict[int, SimNode | None] = {i: self._boot(i) for i in self.members}
+        self.time = 0
+        self.inflight: list[tuple[int, int, int, m.Message]] = []
+        self.blocked: set[tuple[int, int]] = set()
+        self.canon: dict[int, Batch] = {}
+        self.applied: dict[int, int] = {i: 0 for i in self.members}
+        self.clients = [_Client(f"c{c}", cmds_per_client) for c in range(n_clients)]
+        self.done: set[tuple[str, int]] = set()
+        self.faulty = True
+
+    # -- node lifecycle ---------------------------------------------------------
+
+    def _boot(self, i: int) -> SimNode:
+        d = self.disks[i]
+        r = Replica(i, self.members, self.config, random.Random(self.rng.random()),
+                    promised=d.promised, accepted=dict(d.accepted), chosen=dict(d.chosen))
+        return SimNode(r, d, KVState())
+
+    def crash(self, i: int) -> None:
+        self.nodes[i] = None
+        self.inflight = [x for x in self.inflight if x[2] != i]
+
+    def restart(self, i: int) -> None:
+        self.nodes[i] = self._boot(i)
+        self.applied[i] = 0
+
+    # -- the step loop ----------------------------------------------------------
+
+    def fail(self, what: str) -> None:
+        raise SimulationFailure(f"{what} (reproduce with seed={self.seed}, faults={self.faults})")
+
+    def step(self) -> None:
+        self.time += 1
+        rng = self.rng
+        if self.faulty:
+            self._inject_faults()
+        if self.time % 4 == 0:
+            for i, node in self.nodes.items():
+                if node is not None:
+                    node.replica.tick(self.time)
+        due = [x for x in self.inflight if x[0] <= self.time]
+        rng.shuffle(due)
+        for item in due[: rng.randint(1, 8)]:
+            self.inflight.remove(item)
+            _, src, dst, msg = item
+            node = self.nodes[dst]
+            if node is not None:
+                node.replica.step(src, msg)
+        self._drive_clients()
+        for i in self.members:
+            self._process_ready(i)
+
+    def _inject_faults(self) -> None:
+        rng, f = self.rng, self.faults
+        if rng.random() < f.partition_rate:
+            a, b = rng.sample(self.members, 2)
+            self.blocked ^= {(a, b), (b, a)}
+        if rng.random() < f.crash_rate:
+            i = rng.choice(self.members)
+            if self.nodes[i] is None:
+                self.restart(i)
+            elif sum(n is None for n in self.nodes.values()) < len(self.members) // 2:
+                self.crash(i)
+        if f.ack_before_persist and rng.random() < 0.05:
+            i = rng.choice(self.members)
+            if self.nodes[i] is not None and rng.random() < 0.5:
+                self.crash(i)
+                self.restart(i)
+
+    def _send(self, src: int, dst: int, msg: m.Message) -> None:
+        rng, f = self.rng, self.faults
+        if src != dst and self.faulty:
+            if (src, dst) in self.blocked or rng.random() < f.drop:
+                return
+            copies = 2 if rng.random() < f.duplicate else 1
+        else:
+            copies = 1
+        for _ in range(copies):
+            delay = 1 if src == dst else rng.randint(1, max(1, f.delay_max if self.faulty else 3))
+            self.inflight.append((self.time + delay, src, dst, msg))
+
+    def _process_ready(self, i: int) -> None:
+        node = self.nodes[i]
+        if node is None:
+            return
+        ready = node.replica.take_ready()
+        write = (ready.promised, dict(ready.accepted), dict(ready.chosen))
+        if self.faults.ack_before_persist:
+            node.unpersisted.append(write)
+            if self.rng.random() < 0.3:
+                for w in node.unpersisted:
+                    _persist(node.disk, *w)
+                node.unpersisted.clear()
+        else:
+            _persist(node.disk, *write)
+        for dst, msg in ready.messages:
+            self._send(i, dst, msg)
+        for slot, value in ready.chosen.items():
+            known = self.canon.setdefault(slot, value)
+            if known != value:
+                self.fail(f"slot {slot} chosen twice: {known} vs {value}")
+        for slot, value in ready.apply:
+            if self.canon.get(slot) != value:
+                self.fail(f"node {i} applied slot {slot} with a value not chosen there")
+            if slot != self.applied[i] + 1:
+                self.fail(f"node {i} applied slot {slot} after {self.applied[i]}")
+            self.applied[i] = slot
+            for cmd, result in node.state.apply(slot, value):
+                if result.error != "stale_sequence":
+                    self.done.add((cmd.client_id or "", cmd.seq))
+
+    def _drive_clients(self) -> None:
+        leaders = [i for i, n in self.nodes.items() if n is not None and n.replica.role is Role.LEADER]
+        for c in self.clients:
+            if c.seq > c.total or (c.name, c.seq) in self.done:
+                if c.seq <= c.total:
+                    c.seq += 1
+                    c.sent_at = None
+                continue
+            if leaders and (c.sent_at is None or self.time - c.sent_at > 60):
+                target = self.rng.choice(leaders)
+                cmd = Command(PUT, f"k{self.rng.randrange(3)}", f"{c.name}-{c.seq}",
+                              client_id=c.name, seq=c.seq, cmd_id=f"{c.name}.{c.seq}.{self.time}")
+                if self.nodes[target].replica.propose(cmd):  # type: ignore[union-attr]
+                    c.sent_at = self.time
+
+    # -- running ----------------------------------------------------------------
+
+    def run(self, fault_steps: int = 3000, heal_steps: int = 6000) -> None:
+        for _ in range(fault_steps):
+            self.step()
+        self.faulty = False
+        self.blocked.clear()
+        for i in self.members:
+            if self.nodes[i] is None:
+                self.restart(i)
+        for _ in range(heal_steps):
+            self.step()
+            if self._converged():
+                break
+        else:
+            pending = [(c.name, c.seq) for c in self.clients if c.seq <= c.total]
+            self.fail(f"no convergence after healing: pending={pending} applied={self.applied}")
+        self._check_exactly_once()
+
+    def _converged(self) -> bool:
+        if any(c.seq <= c.total for c in self.clients):
+            return False
+        top = max(self.applied.values())
+        return all(a == top for a in self.applied.values()) and all(s in self.canon for s in range(1, top + 1))
+
+    def _check_exactly_once(self) -> None:
+        counter = _CountingKV()
+        for slot in range(1, max(self.applied.values()) + 1):
+            counter.apply(slot, self.canon[slot])
+        want = {(c.name, s) for c in self.clients for s in range(1, c.total + 1)}
+        if counter.executed != {k: 1 for k in want}:
+            extra = {k: v for k, v in counter.executed.items() if v != 1 or k not in want}
+            self.fail(f"commands not applied exactly once: {extra or want - set(counter.executed)}")
+        states = {i: n.state.data for i, n in self.nodes.items() if n is not None}
+        if len({repr(sorted(s.items())) for s in states.values()}) != 1:
+            self.fail("replicas ended with different key-value content")
+
+
+@dataclass
+class _Client:
+    name: str
+    total: int
+    seq: int = 1
+    sent_at: int | None = None
+
+
+class _CountingKV(KVState):
+    def __init__(self) -> None:
+        super().__init__()
+        self.executed: dict[tuple[str, int], int] = {}
+
+    def _execute(self, cmd: Command):  # type: ignore[override]
+        key = (cmd.client_id or "", cmd.seq)
+        self.executed[key] = self.executed.get(key, 0) + 1
+        return super()._execute(cmd)
+
+
+def _persist(disk: DiskState, promised: Ballot | None, accepted: dict, chosen: dict) -> None:
+    if promised is not None:
+        disk.promised = max(disk.promised, promised)
+    disk.accepted.update(accepted)
+    disk.chosen.update(chosen)
