@@ -31,6 +31,12 @@ def _opt_str(x: Any) -> str | None:
     return x
 
 
+def _str(x: Any) -> str:
+    if type(x) is not str:
+        raise WireError(f"expected a string, got {type(x).__name__}")
+    return x
+
+
 def ballot_to_wire(b: Ballot) -> list[int]:
     return [b.round, b.node_id]
 
@@ -95,12 +101,15 @@ _FIELD_CODECS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
     "entries": (lambda es: [[e.slot, batch_to_wire(e.value)] for e in es],
                 lambda x: _entry_list(x, _chosen_from_wire)),
     "index": (lambda i: i, lambda x: None if x is None else _int(x)),
+    "command": (command_to_wire, command_from_wire),
+    "cmd_id": (lambda s: s, lambda x: _str(x)),
 }
 _INT_CODEC = (lambda i: i, _int)
 
 _TYPES: dict[str, type] = {cls.__name__: cls for cls in (
     m.Prepare, m.Promise, m.Accept, m.Accepted, m.Reject, m.Commit, m.Heartbeat,
-    m.HeartbeatAck, m.CatchUpRequest, m.CatchUpReply, m.ReadIndexRequest, m.ReadIndexReply)}
+    m.HeartbeatAck, m.CatchUpRequest, m.CatchUpReply, m.ReadIndexRequest, m.ReadIndexReply,
+    m.ClientRequest, m.ClientReply)}
 _FIELDS: dict[type, tuple[str, ...]] = {cls: tuple(f.name for f in fields(cls)) for cls in _TYPES.values()}
 
 

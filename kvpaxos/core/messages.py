@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kvpaxos.core.ballot import Ballot
-from kvpaxos.core.commands import Batch
+from kvpaxos.core.commands import Batch, Command
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +107,24 @@ class ReadIndexReply:
     index: int | None
 
 
+# -- node-level messages: handled by the node runtime, never by the replica ----
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRequest:
+    """A follower hands a client's command to the leader it knows."""
+
+    command: Command
+
+
+@dataclass(frozen=True, slots=True)
+class ClientReply:
+    """The leader's answer: the slot it proposed the command in, or 0 for "not taken, retry"."""
+
+    cmd_id: str
+    slot: int
+
+
 Message = (
     Prepare
     | Promise
@@ -120,4 +138,6 @@ Message = (
     | CatchUpReply
     | ReadIndexRequest
     | ReadIndexReply
+    | ClientRequest
+    | ClientReply
 )

@@ -1,0 +1,52 @@
+"""Errors a caller can cause or must handle, each with an HTTP status and a stable code.
+
+The HTTP layer turns any KvError into `{"error": code, "message": text}` with
+its status. Broken invariants are asserts, not KvErrors.
+"""
+from __future__ import annotations
+
+
+class KvError(Exception):
+    status = 500
+    code = "internal"
+
+    def __init__(self, message: str = "", **details: object) -> None:
+        super().__init__(message or self.code)
+        self.message = message or self.code.replace("_", " ")
+        self.details = details
+
+
+class BadRequest(KvError):
+    status, code = 400, "bad_request"
+
+
+class InvalidKey(BadRequest):
+    code = "invalid_key"
+
+
+class InvalidJson(BadRequest):
+    code = "invalid_json"
+
+
+class NotFound(KvError):
+    status, code = 404, "not_found"
+
+
+class PreconditionFailed(KvError):
+    status, code = 412, "precondition_failed"
+
+
+class ValueTooLarge(KvError):
+    status, code = 413, "value_too_large"
+
+
+class NoQuorum(KvError):
+    """No leader could be reached; the command was certainly not applied."""
+
+    status, code = 503, "no_quorum"
+
+
+class OutcomeUnknown(KvError):
+    """The command may or may not have been applied (leader lost, timeout)."""
+
+    status, code = 504, "timeout"

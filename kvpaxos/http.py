@@ -1,0 +1,188 @@
+"""The HTTP API every node serves: parse, call the node, map errors to JSON.
+
+Routes are listed in one place (init_app). Every error leaves as
+{"error": code, "message": text} with a stable code; bad input is a 4xx,
+never a 500, and never reaches the log.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Awaitable, Callable
+
+from aiohttp import web
+
+from kvpaxos.core.commands import DELETE, KEY_BYTES_MAX, PUT, Command, Result
+from kvpaxos.errors import (BadRequest, InvalidJson, InvalidKey, KvError, NoQuorum, NotFound,
+                            PreconditionFailed, ValueTooLarge)
+from kvpaxos.node import Node
+from kvpaxos.transport import PeerTransport
+
+log = logging.getLogger("kvpaxos.http")
+
+NODE = web.AppKey("node", Node)
+TRANSPORT = web.AppKey("transport", PeerTransport)
+LIST_LIMIT_MAX = 10_000
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_body(code: str, message: str, status: int, headers: dict | None = None) -> web.Response:
+    return web.json_response({"error": code, "message": message}, status=status, headers=headers)
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except KvError as e:
+        headers = {"Retry-After": "1"} if isinstance(e, NoQuorum) else None
+        return error_body(e.code, e.message, e.status, headers)
+    except web.HTTPRequestEntityTooLarge as e:
+        return error_body(ValueTooLarge.code, f"request body too large: {e.text}", 413)
+    except web.HTTPException as e:
+        if e.status >= 400 and e.content_type != "application/json":
+            code = {404: "no_route", 405: "method_not_allowed"}.get(e.status, "bad_request")
+            return error_body(code, e.reason, e.status)
+        raise
+
+
+def _key(request: web.Request) -> str:
+    key = request.match_info["key"]
+    if not key or len(key.encode("utf-8", "surrogatepass")) > KEY_BYTES_MAX:
+        raise InvalidKey(f"keys must be 1 to {KEY_BYTES_MAX} bytes of UTF-8")
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidKey("keys must be valid UTF-8") from None
+    return key
+
+
+async def _json_body(request: web.Request, required: bool) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw.strip():
+        if required:
+            raise InvalidJson("a JSON object body is required")
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InvalidJson(f"body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise InvalidJson("body must be a JSON object")
+    return body
+
+
+def _field(body: dict, name: str, kind: type, optional: bool = True) -> Any:
+    value = body.get(name)
+    if value is None:
+        if optional:
+            return None
+        raise BadRequest(f"field {name!r} is required")
+    if type(value) is not kind:
+        raise BadRequest(f"field {name!r} must be a {kind.__name__}")
+    if kind is int and value < 0:
+        raise BadRequest(f"field {name!r} must not be negative")
+    if kind is str:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadRequest(f"field {name!r} must be valid UTF-8") from None
+    return value
+
+
+def _command(node: Node, op: str, key: str, body: dict) -> Command:
+    value = _field(body, "value", str, optional=op != PUT)
+    limit = node.config.value_bytes_max
+    for name in ("value", "if_value"):
+        v = body.get(name)
+        if isinstance(v, str) and len(v.encode("utf-8", "surrogatepass")) > limit:
+            raise ValueTooLarge(f"{name} exceeds {limit} bytes")
+    client_id = _field(body, "client_id", str)
+    seq = _field(body, "seq", int)
+    if (client_id is None) != (seq is None) or (client_id is not None and (not client_id or seq < 1)):
+        raise BadRequest("client_id (non-empty) and seq (>= 1) come together")
+    return Command(op, key, value if op == PUT else None, _field(body, "if_value", str),
+                   _field(body, "if_version", int), client_id, seq or 0, node.new_cmd_id())
+
+
+def _check(result: Result, key: str) -> Result:
+    if result.ok:
+        return result
+    if result.error == "precondition_failed":
+        raise PreconditionFailed(f"precondition failed for key {key!r}", version=result.version)
+    if result.error == "not_found":
+        raise NotFound(f"key {key!r} not found")
+    raise BadRequest(f"command rejected: {result.error}")
+
+
+async def _consistent(request: web.Request) -> Node:
+    node = request.app[NODE]
+    consistency = request.query.get("consistency", "linearizable")
+    if consistency not in ("linearizable", "stale"):
+        raise BadRequest("consistency must be 'linearizable' or 'stale'")
+    if consistency == "linearizable":
+        await node.linearizable_point()
+    return node
+
+
+async def get_key(request: web.Request) -> web.Response:
+    key = _key(request)
+    node = await _consistent(request)
+    entry = node.kv.get(key)
+    if entry is None:
+        raise NotFound(f"key {key!r} not found")
+    return web.json_response({"key": key, "value": entry[0], "version": entry[1]})
+
+
+async def put_key(request: web.Request) -> web.Response:
+    key = _key(request)
+    node = request.app[NODE]
+    cmd = _command(node, PUT, key, await _json_body(request, required=True))
+    result = _check(await node.submit(cmd), key)
+    return web.json_response({"key": key, "version": result.version})
+
+
+async def delete_key(request: web.Request) -> web.Response:
+    key = _key(request)
+    node = request.app[NODE]
+    cmd = _command(node, DELETE, key, await _json_body(request, required=False))
+    result = _check(await node.submit(cmd), key)
+    return web.json_response({"key": key, "deleted": True, "version": result.version})
+
+
+async def list_keys(request: web.Request) -> web.Response:
+    prefix = request.query.get("prefix", "")
+    raw_limit = request.query.get("limit", "1000")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= LIST_LIMIT_MAX:
+        raise BadRequest(f"limit must be an integer from 1 to {LIST_LIMIT_MAX}")
+    node = await _consistent(request)
+    items, more = node.kv.scan(prefix, int(raw_limit))
+    return web.json_response({"items": [{"key": k, "value": v, "version": ver} for k, v, ver in items],
+                              "more": more})
+
+
+async def status(request: web.Request) -> web.Response:
+    node, transport = request.app[NODE], request.app[TRANSPORT]
+    body = node.status()
+    host, port = node.config.address
+    body["address"] = f"{host}:{port}"
+    reachable = transport.reachable()
+    body["peers"] = {str(p): {"address": f"{h}:{pt}", "reachable": reachable.get(p, False)}
+                     for p, (h, pt) in sorted(node.config.cluster.items()) if p != node.id}
+    body["storage"] = node.storage.describe()
+    return web.json_response(body)
+
+
+def init_app(node: Node, transport: PeerTransport) -> web.Application:
+    body_max = 2 * node.config.value_bytes_max + 64 * 1024  # JSON escaping can double a value
+    app = web.Application(middlewares=[errors_as_json], client_max_size=body_max)
+    app[NODE] = node
+    app[TRANSPORT] = transport
+    app.router.add_get("/v1/kv/{key:.+}", get_key)
+    app.router.add_put("/v1/kv/{key:.+}", put_key)
+    app.router.add_delete("/v1/kv/{key:.+}", delete_key)
+    app.router.add_get("/v1/kv", list_keys)
+    app.router.add_get("/v1/status", status)
+    app.router.add_get("/v1/peer", transport.handle_inbound)
+    return app

@@ -1,0 +1,315 @@
+"""The node runtime: drives one Replica with a clock, a disk and a network.
+
+The loop, per event-loop turn: feed inputs (peer messages, client commands,
+reads, ticks) into the replica, then take one Ready and
+  1. merge its durable writes into the open group and commit the group in one
+     SQLite transaction (one fsync) on the disk thread, off the event loop;
+  2. send its messages only after every write taken before them is durable
+     (writes that pile up during one fsync go out together in the next);
+  3. apply its chosen slots to the key-value state, in order, and wake the
+     requests waiting for them.
+Requests wait by command id: any node that applies the slot holding a command
+can answer it, so a follower forwards a command to the leader and answers its
+client from its own copy of the log.
+"""
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import os
+import random
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
+
+from kvpaxos.config import NodeConfig
+from kvpaxos.core import messages as m
+from kvpaxos.core.commands import Batch, Command, Result
+from kvpaxos.core.kvstate import KVState
+from kvpaxos.core.replica import CoreConfig, Ready, Replica, Role
+from kvpaxos.errors import NoQuorum, OutcomeUnknown
+from storage.base import Storage, Writes
+
+log = logging.getLogger("kvpaxos.node")
+
+Send = Callable[[int, m.Message], bool]  # False: certainly not sent
+
+
+@dataclass
+class _Waiter:
+    future: asyncio.Future  # Result once applied; None once certainly not applied
+
+
+class Node:
+    def __init__(self, config: NodeConfig, storage: Storage) -> None:
+        self.config = config
+        self.id = config.node_id
+        self.storage = storage
+        durable = storage.load()
+        core = CoreConfig(election_ticks=config.election_ticks, heartbeat_ticks=config.heartbeat_ticks,
+                          retry_ticks=max(2, config.heartbeat_ticks * 2), window_slots=config.window_slots,
+                          batch_count_max=config.batch_count_max, batch_bytes_max=config.batch_bytes_max)
+        self.replica = Replica(self.id, tuple(config.cluster), core, random.Random(),
+                               promised=durable.promised, accepted=durable.accepted, chosen=durable.chosen)
+        self.kv = KVState()
+        self.send_peer: Send = lambda dst, msg: False
+        self.on_fatal: Callable[[BaseException], None] = lambda exc: None
+        self.counters: Counter[str] = Counter()
+        self.boot_id = os.urandom(4).hex()
+        self._cmd_ids = itertools.count(1)
+        self._read_ids = itertools.count(1)
+        self._waiters: dict[str, _Waiter] = {}
+        self._slot_waiters: dict[int, list[str]] = {}
+        self._remote_cmds: dict[str, int] = {}
+        self._read_waiters: dict[int, asyncio.Future] = {}
+        self._apply_waiters: list[tuple[int, int, asyncio.Future]] = []
+        self._open_writes = Writes()
+        self._open_messages: list[tuple[int, m.Message]] = []
+        self._committing = False
+        self._pump_scheduled = False
+        self._disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"disk-{self.id}")
+        self._ticker: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._last_leader: int | None = None
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._ticker = asyncio.create_task(self._tick_forever())
+        self._wake()  # replay the chosen log we loaded into the state machine
+
+    async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+        while self._committing:
+            await asyncio.sleep(0.005)
+        self._disk.shutdown(wait=True)
+        self.storage.close()
+
+    async def _tick_forever(self) -> None:
+        interval = self.config.tick_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            self.replica.tick(int(time.time() * 1000))
+            self._wake()
+
+    # -- inputs ---------------------------------------------------------------
+
+    def deliver(self, src: int, msgs: list[m.Message]) -> None:
+        for msg in msgs:
+            self.counters[f"recv_{type(msg).__name__}"] += 1
+            if isinstance(msg, m.ClientRequest):
+                self._on_client_request(src, msg.command)
+            elif isinstance(msg, m.ClientReply):
+                self._on_slot_known(msg.cmd_id, msg.slot)
+            else:
+                self.replica.step(src, msg)
+        self._wake()
+
+    def new_cmd_id(self) -> str:
+        return f"{self.id}.{self.boot_id}.{next(self._cmd_ids)}"
+
+    async def submit(self, cmd: Command) -> Result:
+        """Get cmd chosen and applied; its Result, or NoQuorum / OutcomeUnknown."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.request_timeout_s
+        retry_s = self.config.election_ticks * self.config.tick_ms / 1000
+        waiter = self._waiters.setdefault(cmd.cmd_id, _Waiter(loop.create_future()))
+        maybe_taken = False
+        try:
+            while (remaining := deadline - loop.time()) > 0:
+                leader = self.replica.leader_id
+                if leader is None or (leader == self.id and self.replica.role is not Role.LEADER):
+                    await asyncio.sleep(self.config.tick_ms / 1000)
+                    continue
+                if leader == self.id:
+                    self.replica.propose(cmd)
+                    self._wake()
+                elif not self.send_peer(leader, m.ClientRequest(cmd)):
+                    await asyncio.sleep(self.config.tick_ms / 1000)  # link down: not sent
+                    continue
+                maybe_taken = True
+                # Without a client id a resend could apply twice: wait for this attempt.
+                wait_s = remaining if cmd.client_id is None else min(remaining, 4 * retry_s)
+                try:
+                    result = await asyncio.wait_for(asyncio.shield(waiter.future), wait_s)
+                except TimeoutError:
+                    continue
+                if result is not None:
+                    return result
+                maybe_taken = False  # certainly not applied: safe to send again
+                waiter = self._waiters.setdefault(cmd.cmd_id, _Waiter(loop.create_future()))
+                await asyncio.sleep(self.config.tick_ms / 1000)
+        finally:
+            if self._waiters.get(cmd.cmd_id) is waiter and not waiter.future.done():
+                del self._waiters[cmd.cmd_id]
+        if maybe_taken:
+            raise OutcomeUnknown("the command may or may not have been applied; "
+                                 "retry with the same client_id and seq to find out")
+        raise NoQuorum("no leader could be reached", retry_after_s=1)
+
+    async def linearizable_point(self) -> None:
+        """Return once local state reflects every write completed before the call (read-index)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.request_timeout_s
+        attempt_s = 2 * self.config.election_ticks * self.config.tick_ms / 1000
+        while (remaining := deadline - loop.time()) > 0:
+            read_id = next(self._read_ids)
+            future = self._read_waiters[read_id] = loop.create_future()
+            self.replica.read_index(read_id)
+            self._wake()
+            try:
+                index = await asyncio.wait_for(future, min(remaining, attempt_s))
+            except TimeoutError:
+                index = None
+            finally:
+                self._read_waiters.pop(read_id, None)
+            if index is not None:
+                await asyncio.wait_for(self._applied(index), max(0.001, deadline - loop.time()))
+                return
+            await asyncio.sleep(self.config.tick_ms / 1000)
+        raise NoQuorum("no leader confirmed the read", retry_after_s=1)
+
+    def _applied(self, index: int) -> asyncio.Future:
+        future = asyncio.get_running_loop().create_future()
+        if self.kv.applied_slot >= index:
+            future.set_result(None)
+        else:
+            heapq.heappush(self._apply_waiters, (index, id(future), future))
+        return future
+
+    # -- leader-side forwarding -----------------------------------------------
+
+    def _on_client_request(self, src: int, cmd: Command) -> None:
+        if self.replica.propose(cmd):
+            self._remote_cmds[cmd.cmd_id] = src
+        else:
+            self.send_peer(src, m.ClientReply(cmd.cmd_id, 0))
+
+    def _on_slot_known(self, cmd_id: str, slot: int) -> None:
+        """The command went into `slot` (0: it was not taken and may be resent)."""
+        waiter = self._waiters.get(cmd_id)
+        if waiter is None:
+            return
+        if slot == 0 or slot <= self.kv.applied_slot:
+            # Applied slots resolve their commands' waiters, so this one lost its slot.
+            self._resolve(cmd_id, None)
+        else:
+            self._slot_waiters.setdefault(slot, []).append(cmd_id)
+
+    def _resolve(self, cmd_id: str, result: Result | None) -> None:
+        waiter = self._waiters.pop(cmd_id, None)
+        if waiter is not None and not waiter.future.done():
+            waiter.future.set_result(result)
+
+    # -- the Ready loop -------------------------------------------------------
+
+    def _wake(self) -> None:
+        if not self._pump_scheduled and self._loop is not None:
+            self._pump_scheduled = True
+            self._loop.call_soon(self._pump)
+
+    def _pump(self) -> None:
+        self._pump_scheduled = False
+        ready = self.replica.take_ready()
+        if ready.is_empty():
+            return
+        self._note_leader()
+        for cmd_id, slot in ready.proposed.items():
+            origin = self._remote_cmds.pop(cmd_id, None)
+            if origin is not None:
+                self._open_messages.append((origin, m.ClientReply(cmd_id, slot)))
+            self._on_slot_known(cmd_id, slot)
+        for cmd in ready.dropped:
+            origin = self._remote_cmds.pop(cmd.cmd_id, None)
+            if origin is not None:
+                self._open_messages.append((origin, m.ClientReply(cmd.cmd_id, 0)))
+            self._resolve(cmd.cmd_id, None)
+        self._open_writes.merge(Writes(ready.promised, ready.accepted, ready.chosen))
+        self._open_messages.extend(ready.messages)
+        self._apply(ready)
+        for read_id, index in ready.reads:
+            future = self._read_waiters.get(read_id)
+            if future is not None and not future.done():
+                future.set_result(index)
+        self._commit_or_send()
+
+    def _apply(self, ready: Ready) -> None:
+        for slot, batch in ready.apply:
+            self._apply_slot(slot, batch)
+        while self._apply_waiters and self._apply_waiters[0][0] <= self.kv.applied_slot:
+            future = heapq.heappop(self._apply_waiters)[2]
+            if not future.done():
+                future.set_result(None)
+
+    def _apply_slot(self, slot: int, batch: Batch) -> None:
+        for cmd, result in self.kv.apply(slot, batch):
+            self._resolve(cmd.cmd_id, result)
+        for cmd_id in self._slot_waiters.pop(slot, ()):
+            self._resolve(cmd_id, None)
+        self.counters["slots_applied"] += 1
+
+    def _commit_or_send(self) -> None:
+        if self._committing:
+            return  # messages wait: they may depend on the writes being committed
+        if not self._open_writes:
+            self._send_all(self._open_messages)
+            self._open_messages = []
+            return
+        writes, messages = self._open_writes, self._open_messages
+        self._open_writes, self._open_messages = Writes(), []
+        self._committing = True
+        started = time.perf_counter()
+        assert self._loop is not None
+        future = self._loop.run_in_executor(self._disk, self.storage.save, writes)
+        future.add_done_callback(lambda f: self._on_committed(f, messages, started))
+
+    def _on_committed(self, future: asyncio.Future, messages: list, started: float) -> None:
+        self._committing = False
+        exc = future.exception()
+        if exc is not None:
+            log.critical("storage write failed, stopping: %s", exc)
+            self.on_fatal(exc)
+            return
+        self.counters["fsyncs"] += 1
+        self.counters["fsync_us_total"] += int((time.perf_counter() - started) * 1e6)
+        self._send_all(messages)
+        self._commit_or_send()
+
+    def _send_all(self, messages: list[tuple[int, m.Message]]) -> None:
+        own = [msg for dst, msg in messages if dst == self.id]
+        for dst, msg in messages:
+            if dst != self.id:
+                self.counters[f"sent_{type(msg).__name__}"] += 1
+                self.send_peer(dst, msg)
+        if own and self._loop is not None:
+            self._loop.call_soon(self.deliver, self.id, own)
+
+    def _note_leader(self) -> None:
+        leader = self.replica.leader_id
+        if leader != self._last_leader:
+            self._last_leader = leader
+            if leader is not None:
+                self.counters["leader_changes"] += 1
+                log.info("node %d: leader is now %d (ballot %s)", self.id, leader, self.replica.ballot)
+
+    # -- views ----------------------------------------------------------------
+
+    def status(self) -> dict:
+        r = self.replica
+        return {
+            "id": self.id,
+            "role": r.role.value,
+            "leader": r.leader_id,
+            "ballot": str(r.ballot),
+            "promised": str(r.acceptor.promised),
+            "chosen": r.learner.chosen_through,
+            "applied": self.kv.applied_slot,
+            "elections": r.elections,
+            "malformed_messages": r.malformed,
+        }

@@ -1,0 +1,52 @@
+"""The storage interface: what an acceptor must find again after a crash.
+
+A Storage keeps the promised ballot, the accepted (slot, ballot, value) records
+and the chosen values this node learned. `save` returns only once the writes
+are durable (fsynced); it is called from a worker thread, never the event loop.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from kvpaxos.core.ballot import ZERO, Ballot
+from kvpaxos.core.commands import Batch
+
+
+class StorageError(RuntimeError):
+    """The data directory cannot be used (damaged, foreign or unreadable)."""
+
+
+@dataclass
+class Writes:
+    """A group of changes committed together in one transaction and one fsync."""
+
+    promised: Ballot | None = None
+    accepted: dict[int, tuple[Ballot, Batch]] = field(default_factory=dict)
+    chosen: dict[int, Batch] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return self.promised is not None or bool(self.accepted) or bool(self.chosen)
+
+    def merge(self, later: "Writes") -> None:
+        if later.promised is not None and (self.promised is None or later.promised > self.promised):
+            self.promised = later.promised
+        self.accepted.update(later.accepted)
+        self.chosen.update(later.chosen)
+
+
+@dataclass
+class DurableState:
+    promised: Ballot = ZERO
+    accepted: dict[int, tuple[Ballot, Batch]] = field(default_factory=dict)
+    chosen: dict[int, Batch] = field(default_factory=dict)
+
+
+class Storage(Protocol):
+    def load(self) -> DurableState: ...
+
+    def save(self, writes: Writes) -> None: ...
+
+    def close(self) -> None: ...
+
+    def describe(self) -> dict: ...

@@ -1,0 +1,115 @@
+"""Acceptor state in one SQLite file, through sqlitedict, encoded as JSON.
+
+Layout: one table `paxos` with text keys, so one connection and one transaction
+cover every kind of record (sqlitedict gives each table its own connection):
+  "meta"          {"format": 1, "node_id": N}
+  "promised"      [round, node]
+  "a/<slot:012>"  [[round, node], batch]   an accepted value
+  "c/<slot:012>"  batch                    a chosen value this node learned
+
+Durability: sqlitedict opens its connection with PRAGMA synchronous=OFF. We
+switch that connection to WAL with synchronous=FULL before any write, and read
+it back (describe() reports it, and the node serves it in /v1/status), because
+an acceptor that answers before its write is on disk can break Paxos safety.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from typing import Any
+
+from sqlitedict import SqliteDict
+
+from kvpaxos.core.ballot import Ballot
+from kvpaxos.core.codec import WireError, ballot_from_wire, ballot_to_wire, batch_from_wire, batch_to_wire
+from storage.base import DurableState, StorageError, Writes
+
+FORMAT = 1
+FILE_NAME = "acceptor.sqlite"
+_SYNC_NAMES = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
+
+
+def _encode(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+class SqliteStorage:
+    def __init__(self, data_dir: str, node_id: int) -> None:
+        os.makedirs(data_dir, exist_ok=True)
+        self.path = os.path.join(data_dir, FILE_NAME)
+        self.node_id = node_id
+        self._check_integrity()
+        try:
+            self.db = SqliteDict(self.path, tablename="paxos", journal_mode="WAL",
+                                 encode=_encode, decode=json.loads, outer_stack=False)
+            self.db.conn.execute("PRAGMA synchronous=FULL")
+            self.db.conn.commit()
+        except (RuntimeError, sqlite3.Error) as e:
+            raise StorageError(f"cannot open {self.path}: {e}") from e
+        if self.synchronous() != "FULL":
+            raise StorageError(f"{self.path}: SQLite refused synchronous=FULL")
+        self._check_meta()
+
+    def _check_integrity(self) -> None:
+        if not os.path.exists(self.path):
+            return
+        try:
+            with sqlite3.connect(self.path) as conn:
+                verdict = conn.execute("PRAGMA quick_check").fetchone()[0]
+        except sqlite3.Error as e:
+            raise StorageError(f"{self.path} is not a readable SQLite database: {e}") from e
+        if verdict != "ok":
+            raise StorageError(f"{self.path} is damaged ({verdict}); refusing to start")
+
+    def _check_meta(self) -> None:
+        meta = self.db.get("meta")
+        if meta is None:
+            self.db["meta"] = {"format": FORMAT, "node_id": self.node_id}
+            self.db.commit()
+        elif meta.get("node_id") != self.node_id or meta.get("format") != FORMAT:
+            raise StorageError(f"{self.path} belongs to node {meta.get('node_id')} "
+                               f"(format {meta.get('format')}), not node {self.node_id}")
+
+    def synchronous(self) -> str:
+        row = self.db.conn.select_one("PRAGMA synchronous")
+        return _SYNC_NAMES.get(row[0], str(row[0])) if row else "unknown"
+
+    def load(self) -> DurableState:
+        state = DurableState()
+        try:
+            for key, value in self.db.items():
+                if key == "promised":
+                    state.promised = ballot_from_wire(value)
+                elif key.startswith("a/"):
+                    state.accepted[int(key[2:])] = (ballot_from_wire(value[0]), batch_from_wire(value[1]))
+                elif key.startswith("c/"):
+                    state.chosen[int(key[2:])] = batch_from_wire(value)
+        except (WireError, ValueError, TypeError, IndexError, sqlite3.Error) as e:
+            raise StorageError(f"{self.path} holds a record that does not decode: {e}") from e
+        return state
+
+    def save(self, writes: Writes) -> None:
+        """Write and fsync in one transaction; called from a worker thread."""
+        db = self.db
+        if writes.promised is not None:
+            db["promised"] = ballot_to_wire(writes.promised)
+        for slot, (ballot, value) in writes.accepted.items():
+            db[f"a/{slot:012d}"] = [ballot_to_wire(ballot), batch_to_wire(value)]
+        for slot, value in writes.chosen.items():
+            db[f"c/{slot:012d}"] = batch_to_wire(value)
+        db.commit(blocking=True)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def describe(self) -> dict:
+        return {"engine": "sqlite", "path": self.path, "synchronous": self.synchronous(),
+                "journal_mode": (self.db.conn.select_one("PRAGMA journal_mode") or ["?"])[0]}
+
+
+def promised_of(path: str) -> Ballot | None:
+    """Read the promised ballot straight from a file (for tests and tools)."""
+    with sqlite3.connect(path) as conn:
+        row = conn.execute("SELECT value FROM paxos WHERE key='promised'").fetchone()
+    return ballot_from_wire(json.loads(row[0])) if row else None
