@@ -2,7 +2,8 @@
 
 Owns the chosen values it knows (slot -> batch), `chosen_through` (every slot
 up to it is chosen and known here) and `applied_through` (handed out for
-applying, strictly in slot order, each exactly once). Values learned out of
+applying, strictly in slot order, each exactly once). Values at or below
+`compacted_through` live only in a snapshot. Values learned out of
 order wait until the gap below them is filled from a peer, never guessed.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ class Learner:
         self.chosen: dict[int, Batch] = dict(chosen or {})
         self.applied_through = applied_through
         self.chosen_through = applied_through
+        self.compacted_through = applied_through
         self.new_chosen: dict[int, Batch] = {}
         self._advance()
 
@@ -56,6 +58,25 @@ class Learner:
             self.applied_through += 1
             out.append((self.applied_through, self.chosen[self.applied_through]))
         return out
+
+    def compact(self, through_slot: int) -> None:
+        """Forget chosen values up to through_slot, which must already be applied."""
+        assert through_slot <= self.applied_through
+        for slot in [s for s in self.chosen if s <= through_slot]:
+            del self.chosen[slot]
+        self.compacted_through = max(self.compacted_through, through_slot)
+
+    def install_snapshot(self, slot: int) -> None:
+        """The state machine now holds everything up to slot: continue after it."""
+        if slot <= self.applied_through:
+            return
+        self.applied_through = slot
+        self.chosen_through = max(self.chosen_through, slot)
+        for s in [s for s in self.chosen if s <= slot]:
+            del self.chosen[s]
+            self.new_chosen.pop(s, None)
+        self.compacted_through = slot
+        self._advance()
 
     def take_new_chosen(self) -> dict[int, Batch]:
         out, self.new_chosen = self.new_chosen, {}

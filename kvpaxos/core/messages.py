@@ -29,9 +29,12 @@ class Prepare:
 
 @dataclass(frozen=True, slots=True)
 class Promise:
+    """compacted_through: this acceptor forgot its records up to that slot (all chosen)."""
+
     ballot: Ballot
     from_slot: int
     accepted: tuple[AcceptedEntry, ...]
+    compacted_through: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,10 +60,12 @@ class Reject:
 
 @dataclass(frozen=True, slots=True)
 class Commit:
-    """Every slot up to commit_through is chosen; sent by the leader of `ballot`."""
+    """Every slot up to commit_through is chosen; sent by the leader of `ballot`,
+    whose first slot proposed under that ballot is first_slot."""
 
     ballot: Ballot
     commit_through: int
+    first_slot: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +73,7 @@ class Heartbeat:
     ballot: Ballot
     commit_through: int
     hb_seq: int
+    first_slot: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +97,11 @@ class ChosenEntry:
 
 @dataclass(frozen=True, slots=True)
 class CatchUpReply:
+    """Chosen values from the requested range; snapshot_slot > 0 means the range
+    was compacted away and the asker must install this peer's snapshot."""
+
     entries: tuple[ChosenEntry, ...]
+    snapshot_slot: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,12 +8,22 @@ slots in order. Nothing here does I/O; randomness comes from the Random passed i
 
 Roles are follower, candidate and leader. Candidate and leader share a
 LeaderState for their ballot; a higher ballot seen anywhere ends it (rule 8).
+
+Snapshots: compact(slot) forgets log below a durable snapshot; a peer asking
+for forgotten slots is told to install a snapshot (Ready.snapshot_from), and
+install_snapshot(slot) continues the log after one.
+
+A replica built with voting=False (its acceptor state was lost) neither
+promises, accepts nor acknowledges heartbeats; it learns chosen values by
+catch-up until it sees a slot chosen under a ballot of a round above
+rebuild_round, proposed fresh after that ballot began (Paxos Made Live, 5.1).
+Then it votes again (Ready.became_voter tells the runtime to record that).
 """
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TYPE_CHECKING
 
 from kvpaxos.core import messages as m
 from kvpaxos.core.acceptor import Acceptor
@@ -21,6 +31,9 @@ from kvpaxos.core.ballot import ZERO, Ballot
 from kvpaxos.core.commands import Batch, Command
 from kvpaxos.core.leader import LeaderState, PendingRead, Proposal
 from kvpaxos.core.learner import Learner
+
+if TYPE_CHECKING:
+    import random
 
 
 class Role(str, Enum):
@@ -53,20 +66,24 @@ class Ready:
     reads: list[tuple[int, int | None]] = field(default_factory=list)
     proposed: dict[str, int] = field(default_factory=dict)
     dropped: list[Command] = field(default_factory=list)
+    snapshot_from: int | None = None
+    became_voter: bool = False
 
     def must_persist(self) -> bool:
         return self.promised is not None or bool(self.accepted)
 
     def is_empty(self) -> bool:
         return not (self.must_persist() or self.chosen or self.messages or self.apply
-                    or self.reads or self.proposed or self.dropped)
+                    or self.reads or self.proposed or self.dropped or self.snapshot_from
+                    or self.became_voter)
 
 
 class Replica:
     def __init__(self, node_id: int, members: tuple[int, ...], config: CoreConfig,
                  rng: random.Random, *, promised: Ballot = ZERO,
                  accepted: dict[int, tuple[Ballot, Batch]] | None = None,
-                 chosen: dict[int, Batch] | None = None, applied_through: int = 0) -> None:
+                 chosen: dict[int, Batch] | None = None, applied_through: int = 0,
+                 voting: bool = True, rebuild_round: int = 0) -> None:
         assert node_id in members
         self.id = node_id
         self.members = tuple(sorted(members))
@@ -75,6 +92,10 @@ class Replica:
         self.rng = rng
         self.acceptor = Acceptor(promised, accepted)
         self.learner = Learner(chosen, applied_through)
+        self.acceptor.compact(applied_through)
+        self.voting = voting
+        self.rebuild_round = rebuild_round
+        self.snapshot_pending = False
         self.role = Role.FOLLOWER
         self.leader_id: int | None = None
         self.leader_ballot = ZERO
@@ -101,7 +122,7 @@ class Replica:
             self.clock_ms = max(self.clock_ms, now_ms)
         if self.role is Role.LEADER:
             self._tick_leader()
-        else:
+        elif self.voting:
             self.election_elapsed += 1
             if self.role is Role.CANDIDATE:
                 self._tick_candidate()
@@ -139,6 +160,10 @@ class Replica:
             if b is not None and b.round > self.max_round:
                 self.max_round = b.round
         match msg:
+            case m.Prepare() if not self.voting:
+                pass  # a rebuilding node makes no promises
+            case m.Accept() if not self.voting:
+                self._hear_leader(msg.ballot)  # follow the leader, but do not vote
             case m.Prepare():
                 self._on_prepare(src, msg)
             case m.Promise():
@@ -150,7 +175,7 @@ class Replica:
             case m.Reject():
                 self._on_reject(msg)
             case m.Commit():
-                self._on_commit(src, msg.ballot, msg.commit_through)
+                self._on_commit(src, msg.ballot, msg.commit_through, msg.first_slot)
             case m.Heartbeat():
                 self._on_heartbeat(src, msg)
             case m.HeartbeatAck():
@@ -158,11 +183,27 @@ class Replica:
             case m.CatchUpRequest():
                 self._on_catchup_request(src, msg)
             case m.CatchUpReply():
-                self._on_catchup_reply(msg)
+                self._on_catchup_reply(src, msg)
             case m.ReadIndexRequest():
                 self._on_read_request(src, msg)
             case m.ReadIndexReply():
                 self._ready.reads.append((msg.read_id, msg.index))
+
+    def compact(self, through_slot: int) -> None:
+        """Forget log entries up to through_slot; a durable snapshot covers them."""
+        self.acceptor.compact(min(through_slot, self.learner.applied_through))
+        self.learner.compact(min(through_slot, self.learner.applied_through))
+
+    def install_snapshot(self, slot: int) -> None:
+        """The runtime installed a snapshot taken at `slot`; continue the log after it."""
+        self.snapshot_pending = False
+        self.learner.install_snapshot(slot)
+        self.acceptor.compact(self.learner.applied_through)
+        self._learn_committed(self.commit_ballot, self.leader_commit)
+
+    def snapshot_failed(self) -> None:
+        self.snapshot_pending = False
+        self.catchup_idle = 0  # retry after a pause
 
     def take_ready(self) -> Ready:
         """Everything produced since the last call; see the module docstring for the contract."""
@@ -171,7 +212,9 @@ class Replica:
             self._flush_reads()
             if self.learner.chosen_through > self.commit_sent:
                 self.commit_sent = self.learner.chosen_through
-                self._broadcast(m.Commit(self.lead.ballot, self.commit_sent))  # type: ignore[union-attr]
+                lead = self.lead
+                assert lead is not None
+                self._broadcast(m.Commit(lead.ballot, self.commit_sent, lead.barrier_slot))
         self._maybe_catch_up()
         ready, self._ready = self._ready, Ready()
         writes = self.acceptor.take_writes()
@@ -212,8 +255,8 @@ class Replica:
         for b in (getattr(msg, "ballot", None), getattr(msg, "promised", None)):
             if b is not None and b != ZERO and b.node_id not in self.members:
                 return False
-        slot = getattr(msg, "slot", None) or getattr(msg, "from_slot", 1)
-        return slot >= 1
+        # Slots are numbered from 1: a slot-0 Accept would persist a record no one can learn.
+        return all(getattr(msg, name, 1) >= 1 for name in ("slot", "from_slot"))
 
     def _leader_alive(self) -> bool:
         if self.role is Role.LEADER:
@@ -289,8 +332,16 @@ class Replica:
 
     def _on_promise(self, src: int, msg: m.Promise) -> None:
         lead = self.lead
-        if self.role is Role.CANDIDATE and lead is not None and msg.ballot == lead.ballot:
-            if lead.add_promise(src, msg):
+        if self.role is not Role.CANDIDATE or lead is None or msg.ballot != lead.ballot:
+            return
+        if msg.compacted_through >= lead.from_slot:
+            # Slots we have not learned were compacted away there: we cannot know
+            # their values, so we must not lead. Catch up from that peer instead.
+            self._step_down()
+            self.leader_commit = max(self.leader_commit, msg.compacted_through)
+            self.commit_source = src
+            return
+        if lead.add_promise(src, msg):
                 self._become_leader()
 
     def _on_reject(self, msg: m.Reject) -> None:
@@ -313,8 +364,9 @@ class Replica:
             value = self.learner.chosen.get(slot) or merged.get(slot) or Batch()
             self._propose_slot(slot, value)
         lead.next_slot = top + 1
-        if top < lead.from_slot:
-            self._flush_proposals(force=True)
+        # Always one fresh slot above everything phase 1 found: once it is chosen,
+        # a slot was chosen under this ballot (for reads and for rebuilding nodes).
+        self._flush_proposals(force=True)
         lead.barrier_slot = lead.next_slot - 1
         self.commit_sent = self.learner.chosen_through
         self._send_heartbeat()
@@ -379,7 +431,8 @@ class Replica:
         assert lead is not None
         lead.idle_ticks = 0
         lead.hb_seq += 1
-        self._broadcast(m.Heartbeat(lead.ballot, self.learner.chosen_through, lead.hb_seq))
+        self._broadcast(m.Heartbeat(lead.ballot, self.learner.chosen_through, lead.hb_seq,
+                                    lead.barrier_slot))
 
     def _flush_reads(self) -> None:
         lead = self.lead
@@ -412,16 +465,22 @@ class Replica:
         self._send(src, reply)
 
     def _on_heartbeat(self, src: int, msg: m.Heartbeat) -> None:
-        if msg.ballot < self.acceptor.promised:
+        if not self.voting:
+            pass  # an ack would vouch for promises this node may have forgotten
+        elif msg.ballot < self.acceptor.promised:
             self._send(src, m.Reject(msg.ballot, self.acceptor.promised))
         else:
             self._hear_leader(msg.ballot)
             self._send(src, m.HeartbeatAck(msg.ballot, msg.hb_seq, self.learner.chosen_through))
-        self._on_commit(src, msg.ballot, msg.commit_through)
+        self._on_commit(src, msg.ballot, msg.commit_through, msg.first_slot)
 
-    def _on_commit(self, src: int, ballot: Ballot, commit_through: int) -> None:
+    def _on_commit(self, src: int, ballot: Ballot, commit_through: int, first_slot: int = 0) -> None:
         if ballot >= self.acceptor.promised:
             self._hear_leader(ballot)
+        if (not self.voting and ballot.round > self.rebuild_round
+                and 0 < first_slot <= commit_through):
+            self.voting = True
+            self._ready.became_voter = True
         if commit_through > self.leader_commit or (commit_through == self.leader_commit
                                                    and ballot > self.commit_ballot):
             self.leader_commit, self.commit_ballot, self.commit_source = commit_through, ballot, src
@@ -438,7 +497,7 @@ class Replica:
                     self.learner.learn(slot, value)
 
     def _maybe_catch_up(self) -> None:
-        if self.catchup_idle is not None or self.commit_source is None:
+        if self.catchup_idle is not None or self.commit_source is None or self.snapshot_pending:
             return
         gap = self.learner.missing_below(self.leader_commit)
         if gap is None:
@@ -449,6 +508,9 @@ class Replica:
         self._send(self.commit_source, m.CatchUpRequest(lo, hi))
 
     def _on_catchup_request(self, src: int, msg: m.CatchUpRequest) -> None:
+        if msg.from_slot <= self.learner.compacted_through:
+            self._send(src, m.CatchUpReply((), self.learner.compacted_through))
+            return
         entries = []
         hi = min(msg.to_slot, msg.from_slot + self.config.catchup_entries_max - 1)
         for slot in range(msg.from_slot, hi + 1):
@@ -458,7 +520,11 @@ class Replica:
             entries.append(m.ChosenEntry(slot, value))
         self._send(src, m.CatchUpReply(tuple(entries)))
 
-    def _on_catchup_reply(self, msg: m.CatchUpReply) -> None:
+    def _on_catchup_reply(self, src: int, msg: m.CatchUpReply) -> None:
+        if msg.snapshot_slot > self.learner.chosen_through and not self.snapshot_pending:
+            self.snapshot_pending = True
+            self._ready.snapshot_from = src
+            return
         for e in msg.entries:
             self.learner.learn(e.slot, e.value)
         self.catchup_idle = None
