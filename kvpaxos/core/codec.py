@@ -7,12 +7,13 @@ protocol. Ballots travel as [round, node]; a command as a compact list.
 from __future__ import annotations
 
 import json
+import reprlib  # bounded reprs: a peer's garbage may be huge or deeply nested
 from dataclasses import fields
 from typing import Any, Callable
 
 from kvpaxos.core import messages as m
 from kvpaxos.core.ballot import Ballot
-from kvpaxos.core.commands import OPS, Batch, Command
+from kvpaxos.core.commands import OPS, PUT, Batch, Command
 
 
 class WireError(ValueError):
@@ -21,7 +22,7 @@ class WireError(ValueError):
 
 def _int(x: Any, lo: int = 0) -> int:
     if type(x) is not int or x < lo:
-        raise WireError(f"expected an integer >= {lo}, got {x!r}")
+        raise WireError(f"expected an integer >= {lo}, got {reprlib.repr(x)}")
     return x
 
 
@@ -43,7 +44,7 @@ def ballot_to_wire(b: Ballot) -> list[int]:
 
 def ballot_from_wire(x: Any) -> Ballot:
     if not isinstance(x, list) or len(x) != 2:
-        raise WireError(f"bad ballot {x!r}")
+        raise WireError(f"bad ballot {reprlib.repr(x)}")
     return Ballot(_int(x[0]), _int(x[1]))
 
 
@@ -57,6 +58,8 @@ def command_from_wire(x: Any) -> Command:
     op, key, value, if_value, if_version, client_id, seq, cmd_id = x
     if op not in OPS or type(key) is not str or type(cmd_id) is not str:
         raise WireError("bad command")
+    if op == PUT and type(value) is not str:
+        raise WireError("a put needs a string value")  # the state machine asserts it
     if if_version is not None:
         _int(if_version)
     return Command(op, key, _opt_str(value), _opt_str(if_value), if_version,
@@ -123,9 +126,10 @@ def message_to_wire(msg: m.Message) -> dict:
 def message_from_wire(x: Any) -> m.Message:
     if not isinstance(x, dict):
         raise WireError("a message must be a JSON object")
-    cls = _TYPES.get(x.get("t"))  # type: ignore[arg-type]
+    t = x.get("t")
+    cls = _TYPES.get(t) if type(t) is str else None
     if cls is None:
-        raise WireError(f"unknown message type {x.get('t')!r}")
+        raise WireError(f"unknown message type {reprlib.repr(t)}")
     try:
         kwargs = {name: _FIELD_CODECS.get(name, _INT_CODEC)[1](x[name]) for name in _FIELDS[cls]}
     except KeyError as e:
@@ -142,7 +146,8 @@ def decode_frame(data: str | bytes) -> tuple[int, list[m.Message | WireError]]:
     """Decode a frame; a malformed message comes back as its WireError, the rest still decode."""
     try:
         obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        # RecursionError: the C scanner's answer to absurdly deep nesting.
         raise WireError(f"frame is not JSON: {e}") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("msgs"), list):
         raise WireError("frame must be an object with a msgs list")
