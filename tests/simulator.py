@@ -1,7 +1,9 @@
 """A seeded, deterministic simulation of kvpaxos replicas over a faulty network.
 
 One seed drives everything: message order (reordering), loss, duplication,
-delay, partitions and crash-restarts. Each replica is the pure core plus an
+delay, partitions, crash-restarts, snapshots with log compaction, snapshot
+transfer to lagging nodes, and wipes (a node loses its disk and rejoins as a
+non-voting member until it may vote again). Each replica is the pure core plus an
 in-memory durable store; a crash throws away everything else. After every step
 the simulator checks safety:
   (a) no slot is ever learned with two different values, across all nodes;
@@ -12,6 +14,7 @@ Any failure raises SimulationFailure naming the seed that replays it.
 """
 from __future__ import annotations
 
+import copy
 import random
 from dataclasses import dataclass, field
 
@@ -33,13 +36,17 @@ class Faults:
     delay_max: int = 20
     partition_rate: float = 0.002
     crash_rate: float = 0.002
+    wipe_rate: float = 0.0
+    snapshot_every: int = 0  # applied slots between snapshots; 0 = never
+    compact_keep: int = 2    # slots kept in the log below a snapshot
     ack_before_persist: bool = False  # planted bug: replies leave before the write is durable
 
     @classmethod
     def from_seed(cls, rng: random.Random) -> "Faults":
         return cls(drop=rng.choice([0.0, 0.02, 0.1, 0.2]), duplicate=rng.choice([0.0, 0.05]),
                    delay_max=rng.choice([1, 5, 30]), partition_rate=rng.choice([0.0, 0.002, 0.01]),
-                   crash_rate=rng.choice([0.0, 0.001, 0.004]))
+                   crash_rate=rng.choice([0.0, 0.001, 0.004]), wipe_rate=rng.choice([0.0, 0.0, 0.002]),
+                   snapshot_every=rng.choice([0, 3, 8]), compact_keep=rng.choice([0, 2]))
 
 
 @dataclass
@@ -47,6 +54,8 @@ class DiskState:
     promised: Ballot = ZERO
     accepted: dict[int, tuple[Ballot, Batch]] = field(default_factory=dict)
     chosen: dict[int, Batch] = field(default_factory=dict)
+    snapshot: KVState | None = None
+    rebuilding_round: int | None = None  # set while the node may not vote
 
 
 @dataclass
@@ -67,12 +76,14 @@ class Simulation:
                                            window_slots=4, batch_count_max=3, catchup_entries_max=5)
         self.members = tuple(range(1, n_nodes + 1))
         self.disks = {i: DiskState() for i in self.members}
+        self.applied: dict[int, int] = {i: 0 for i in self.members}
         self.nodes: dict[int, SimNode | None] = {i: self._boot(i) for i in self.members}
         self.time = 0
         self.inflight: list[tuple[int, int, int, m.Message]] = []
         self.blocked: set[tuple[int, int]] = set()
         self.canon: dict[int, Batch] = {}
-        self.applied: dict[int, int] = {i: 0 for i in self.members}
+        self.snapshots_installed = 0
+        self.wipes = 0
         self.clients = [_Client(f"c{c}", cmds_per_client) for c in range(n_clients)]
         self.done: set[tuple[str, int]] = set()
         self.faulty = True
@@ -81,9 +92,14 @@ class Simulation:
 
     def _boot(self, i: int) -> SimNode:
         d = self.disks[i]
+        state = copy.deepcopy(d.snapshot) if d.snapshot is not None else KVState()
+        base = state.applied_slot
         r = Replica(i, self.members, self.config, random.Random(self.rng.random()),
-                    promised=d.promised, accepted=dict(d.accepted), chosen=dict(d.chosen))
-        return SimNode(r, d, KVState())
+                    promised=d.promised, accepted={s: v for s, v in d.accepted.items() if s > base},
+                    chosen={s: v for s, v in d.chosen.items() if s > base}, applied_through=base,
+                    voting=d.rebuilding_round is None, rebuild_round=d.rebuilding_round or 0)
+        self.applied[i] = base
+        return SimNode(r, d, state)
 
     def crash(self, i: int) -> None:
         self.nodes[i] = None
@@ -91,7 +107,17 @@ class Simulation:
 
     def restart(self, i: int) -> None:
         self.nodes[i] = self._boot(i)
-        self.applied[i] = 0
+
+    def wipe(self, i: int) -> None:
+        """Crash node i and lose its disk. Like the runtime, it asks a majority of the
+        others for the highest round they know and rebuilds below it as a non-voter."""
+        self.crash(i)
+        self.wipes += 1
+        others = [p for p in self.members if p != i]
+        asked = self.rng.sample(others, len(self.members) // 2 + 1 if len(others) > 2 else len(others))
+        seen = max(self.disks[p].promised.round for p in asked)
+        self.disks[i] = DiskState(rebuilding_round=seen)
+        self.restart(i)
 
     # -- the step loop ----------------------------------------------------------
 
@@ -130,6 +156,12 @@ class Simulation:
                 self.restart(i)
             elif sum(n is None for n in self.nodes.values()) < len(self.members) // 2:
                 self.crash(i)
+        if rng.random() < f.wipe_rate:
+            i = rng.choice(self.members)
+            down = sum(n is None for n in self.nodes.values())
+            rebuilding = sum(d.rebuilding_round is not None for d in self.disks.values())
+            if down + rebuilding < len(self.members) // 2 and self.disks[i].rebuilding_round is None:
+                self.wipe(i)
         if f.ack_before_persist and rng.random() < 0.05:
             i = rng.choice(self.members)
             if self.nodes[i] is not None and rng.random() < 0.5:
@@ -162,6 +194,8 @@ class Simulation:
                 node.unpersisted.clear()
         else:
             _persist(node.disk, *write)
+        if ready.became_voter:
+            node.disk.rebuilding_round = None
         for dst, msg in ready.messages:
             self._send(i, dst, msg)
         for slot, value in ready.chosen.items():
@@ -177,6 +211,37 @@ class Simulation:
             for cmd, result in node.state.apply(slot, value):
                 if result.error != "stale_sequence":
                     self.done.add((cmd.client_id or "", cmd.seq))
+        self._maybe_snapshot(i, node)
+        if ready.snapshot_from is not None:
+            self._transfer_snapshot(ready.snapshot_from, i)
+
+    def _maybe_snapshot(self, i: int, node: SimNode) -> None:
+        every = self.faults.snapshot_every
+        last = node.disk.snapshot.applied_slot if node.disk.snapshot else 0
+        if every and node.state.applied_slot - last >= every:
+            node.disk.snapshot = copy.deepcopy(node.state)
+            keep_from = node.state.applied_slot - self.faults.compact_keep
+            node.disk.accepted = {s: v for s, v in node.disk.accepted.items() if s > keep_from}
+            node.disk.chosen = {s: v for s, v in node.disk.chosen.items() if s > keep_from}
+            node.replica.compact(keep_from)
+
+    def _transfer_snapshot(self, src: int, dst: int) -> None:
+        """Copy src's durable snapshot into dst (the runtime streams the file)."""
+        node, peer = self.nodes[dst], self.nodes[src]
+        snap = self.disks[src].snapshot
+        if node is None or peer is None or snap is None or snap.applied_slot <= node.state.applied_slot:
+            if node is not None:
+                node.replica.snapshot_failed()
+            return
+        slot = snap.applied_slot
+        for s in range(1, slot + 1):
+            if s not in self.canon:
+                self.fail(f"node {src} has a snapshot at {slot} but slot {s} was never chosen")
+        node.state = copy.deepcopy(snap)
+        node.disk.snapshot = copy.deepcopy(snap)
+        node.replica.install_snapshot(slot)
+        self.applied[dst] = slot
+        self.snapshots_installed += 1
 
     def _drive_clients(self) -> None:
         leaders = [i for i, n in self.nodes.items() if n is not None and n.replica.role is Role.LEADER]
@@ -215,6 +280,8 @@ class Simulation:
     def _converged(self) -> bool:
         if any(c.seq <= c.total for c in self.clients):
             return False
+        if any(d.rebuilding_round is not None for d in self.disks.values()):
+            return False
         top = max(self.applied.values())
         return all(a == top for a in self.applied.values()) and all(s in self.canon for s in range(1, top + 1))
 
@@ -226,6 +293,9 @@ class Simulation:
         if counter.executed != {k: 1 for k in want}:
             extra = {k: v for k, v in counter.executed.items() if v != 1 or k not in want}
             self.fail(f"commands not applied exactly once: {extra or want - set(counter.executed)}")
+        for i, d in self.disks.items():
+            if d.rebuilding_round is not None:
+                self.fail(f"node {i} never became a voter again after its wipe")
         states = {i: n.state.data for i, n in self.nodes.items() if n is not None}
         if len({repr(sorted(s.items())) for s in states.values()}) != 1:
             self.fail("replicas ended with different key-value content")

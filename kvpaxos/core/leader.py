@@ -59,13 +59,19 @@ class LeaderState:
         return len(self.promises) >= self.quorum
 
     def merged_values(self) -> dict[int, Batch]:
-        """For each slot any promise mentions, the value with the highest accepted ballot."""
+        """For each slot any promise mentions, the value known chosen there, else the
+        value accepted with the highest ballot."""
         best: dict[int, tuple[Ballot, Batch]] = {}
         for promise in self.promises.values():
             for e in promise.accepted:
                 if e.slot >= self.from_slot and (e.slot not in best or e.ballot > best[e.slot][0]):
                     best[e.slot] = (e.ballot, e.value)
-        return {slot: value for slot, (_, value) in best.items()}
+        merged = {slot: value for slot, (_, value) in best.items()}
+        for promise in self.promises.values():
+            for c in promise.chosen:
+                if c.slot >= self.from_slot:
+                    merged[c.slot] = c.value  # known chosen: no other value is possible
+        return merged
 
     # -- phase 2 --------------------------------------------------------------
 

@@ -29,12 +29,15 @@ class Prepare:
 
 @dataclass(frozen=True, slots=True)
 class Promise:
-    """compacted_through: this acceptor forgot its records up to that slot (all chosen)."""
+    """accepted: this acceptor's records at or above from_slot. chosen: the values
+    its node knows to be chosen there (after a disk loss, a rebuilt node's only
+    memory of them). compacted_through: records up to there are forgotten."""
 
     ballot: Ballot
     from_slot: int
     accepted: tuple[AcceptedEntry, ...]
     compacted_through: int = 0
+    chosen: tuple["ChosenEntry", ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +120,14 @@ class ReadIndexReply:
     index: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class Rebuilding:
+    """From a node that lost its acceptor state to the leader: start a ballot above
+    `round`, so that the node may vote again once a slot is chosen under it."""
+
+    round: int
+
+
 # -- node-level messages: handled by the node runtime, never by the replica ----
 
 
@@ -148,6 +159,7 @@ Message = (
     | CatchUpReply
     | ReadIndexRequest
     | ReadIndexReply
+    | Rebuilding
     | ClientRequest
     | ClientReply
 )

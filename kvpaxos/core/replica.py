@@ -21,7 +21,7 @@ Then it votes again (Ready.became_voter tells the runtime to record that).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import TYPE_CHECKING
 
@@ -95,6 +95,8 @@ class Replica:
         self.acceptor.compact(applied_through)
         self.voting = voting
         self.rebuild_round = rebuild_round
+        self.rebuild_asked = 0
+        self.fresh_slot = 0
         self.snapshot_pending = False
         self.role = Role.FOLLOWER
         self.leader_id: int | None = None
@@ -188,6 +190,10 @@ class Replica:
                 self._on_read_request(src, msg)
             case m.ReadIndexReply():
                 self._ready.reads.append((msg.read_id, msg.index))
+            case m.Rebuilding():
+                if self.role is Role.LEADER and self.ballot.round <= msg.round:
+                    self.max_round = max(self.max_round, msg.round)
+                    self._start_election()  # a new ballot above the rebuilding node's horizon
 
     def compact(self, through_slot: int) -> None:
         """Forget log entries up to through_slot; a durable snapshot covers them."""
@@ -326,8 +332,12 @@ class Replica:
             self._send(src, m.Reject(msg.ballot, max(self.acceptor.promised, self.ballot)))
             return
         reply = self.acceptor.on_prepare(msg)
-        if isinstance(reply, m.Promise) and self.lead is not None and msg.ballot > self.lead.ballot:
-            self._step_down()
+        if isinstance(reply, m.Promise):
+            if self.lead is not None and msg.ballot > self.lead.ballot:
+                self._step_down()
+            known = tuple(m.ChosenEntry(s, v) for s, v in sorted(self.learner.chosen.items())
+                          if s >= msg.from_slot)
+            reply = replace(reply, chosen=known)
         self._send(src, reply)
 
     def _on_promise(self, src: int, msg: m.Promise) -> None:
@@ -477,10 +487,11 @@ class Replica:
     def _on_commit(self, src: int, ballot: Ballot, commit_through: int, first_slot: int = 0) -> None:
         if ballot >= self.acceptor.promised:
             self._hear_leader(ballot)
-        if (not self.voting and ballot.round > self.rebuild_round
-                and 0 < first_slot <= commit_through):
-            self.voting = True
-            self._ready.became_voter = True
+        if not self.voting and ballot.round <= self.rebuild_round and self.ticks >= self.rebuild_asked:
+            self.rebuild_asked = self.ticks + self.config.election_ticks
+            self._send(ballot.node_id, m.Rebuilding(self.rebuild_round))
+        if not self.voting and ballot.round > self.rebuild_round and 0 < first_slot <= commit_through:
+            self.fresh_slot = max(self.fresh_slot, first_slot)
         if commit_through > self.leader_commit or (commit_through == self.leader_commit
                                                    and ballot > self.commit_ballot):
             self.leader_commit, self.commit_ballot, self.commit_source = commit_through, ballot, src
@@ -495,6 +506,11 @@ class Replica:
                 value = self.acceptor.accepted_at(slot, ballot)
                 if value is not None:
                     self.learner.learn(slot, value)
+        if not self.voting and 0 < self.fresh_slot <= self.learner.chosen_through:
+            # A slot proposed fresh under a ballot begun after our rebuild is chosen, and we
+            # know every chosen value up to it (so our promises can report them): vote again.
+            self.voting = True
+            self._ready.became_voter = True
 
     def _maybe_catch_up(self) -> None:
         if self.catchup_idle is not None or self.commit_source is None or self.snapshot_pending:
