@@ -103,6 +103,8 @@ _FIELD_CODECS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
                  lambda x: _entry_list(x, _accepted_from_wire)),
     "entries": (lambda es: [[e.slot, batch_to_wire(e.value)] for e in es],
                 lambda x: _entry_list(x, _chosen_from_wire)),
+    "chosen": (lambda es: [[e.slot, batch_to_wire(e.value)] for e in es],
+               lambda x: _entry_list(x, _chosen_from_wire)),
     "index": (lambda i: i, lambda x: None if x is None else _int(x)),
     "command": (command_to_wire, command_from_wire),
     "cmd_id": (lambda s: s, lambda x: _str(x)),
@@ -112,7 +114,7 @@ _INT_CODEC = (lambda i: i, _int)
 _TYPES: dict[str, type] = {cls.__name__: cls for cls in (
     m.Prepare, m.Promise, m.Accept, m.Accepted, m.Reject, m.Commit, m.Heartbeat,
     m.HeartbeatAck, m.CatchUpRequest, m.CatchUpReply, m.ReadIndexRequest, m.ReadIndexReply,
-    m.ClientRequest, m.ClientReply)}
+    m.Rebuilding, m.ClientRequest, m.ClientReply)}
 _FIELDS: dict[type, tuple[str, ...]] = {cls: tuple(f.name for f in fields(cls)) for cls in _TYPES.values()}
 
 
