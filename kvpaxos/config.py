@@ -1,7 +1,7 @@
 """Node configuration: the cluster map and the knobs of one `kv serve` process."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from kvpaxos.core.commands import VALUE_BYTES_MAX
 
@@ -46,7 +46,9 @@ class NodeConfig:
     batch_bytes_max: int = 4 * 1024 * 1024
     value_bytes_max: int = VALUE_BYTES_MAX
     request_timeout_s: float = 5.0
-    extra: dict = field(default_factory=dict)
+    snapshot_every_slots: int = 10_000
+    snapshot_every_bytes: int = 64 * 1024 * 1024
+    compact_keep_slots: int = 1_000
 
     def __post_init__(self) -> None:
         if self.node_id not in self.cluster:

@@ -174,15 +174,33 @@ async def status(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+async def get_snapshot(request: web.Request) -> web.StreamResponse:
+    """Stream this node's latest snapshot; ?fresh=true takes one at a linearizable point first."""
+    node = request.app[NODE]
+    fresh = request.query.get("fresh", "false")
+    if fresh not in ("true", "false"):
+        raise BadRequest("fresh must be 'true' or 'false'")
+    if fresh == "true":
+        await node.linearizable_point()
+    if fresh == "true" or node.snapshots.slot == 0:
+        await node.snapshots.take(node)
+    return web.FileResponse(node.snapshots.path, chunk_size=256 * 1024, headers={
+        "Content-Type": "application/x-ndjson", "X-Kvpaxos-Snapshot-Slot": str(node.snapshots.slot)})
+
+
 def init_app(node: Node, transport: PeerTransport) -> web.Application:
-    body_max = 2 * node.config.value_bytes_max + 64 * 1024  # JSON escaping can double a value
+    # JSON escaping (json.dumps' default \uXXXX) can turn one UTF-8 byte into six,
+    # and a PUT may carry both value and if_value at the limit.
+    body_max = 12 * node.config.value_bytes_max + 64 * 1024
     app = web.Application(middlewares=[errors_as_json], client_max_size=body_max)
     app[NODE] = node
     app[TRANSPORT] = transport
-    app.router.add_get("/v1/kv/{key:.+}", get_key)
-    app.router.add_put("/v1/kv/{key:.+}", put_key)
-    app.router.add_delete("/v1/kv/{key:.+}", delete_key)
+    # {key:.*}, not .+: an empty key reaches _key and is answered 400 invalid_key.
+    app.router.add_get("/v1/kv/{key:.*}", get_key)
+    app.router.add_put("/v1/kv/{key:.*}", put_key)
+    app.router.add_delete("/v1/kv/{key:.*}", delete_key)
     app.router.add_get("/v1/kv", list_keys)
     app.router.add_get("/v1/status", status)
+    app.router.add_get("/v1/snapshot", get_snapshot)
     app.router.add_get("/v1/peer", transport.handle_inbound)
     return app

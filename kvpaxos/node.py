@@ -11,6 +11,11 @@ reads, ticks) into the replica, then take one Ready and
 Requests wait by command id: any node that applies the slot holding a command
 can answer it, so a follower forwards a command to the leader and answers its
 client from its own copy of the log.
+
+A node whose data directory is new does not vote until it knows whether the
+cluster is new too: it asks its peers (enough of them that one must hold any
+state a majority ever held). If some peer holds Paxos state, this node lost
+its own and rebuilds as a non-voter (see kvpaxos/core/replica.py).
 """
 from __future__ import annotations
 
@@ -26,12 +31,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
+import aiohttp
+
 from kvpaxos.config import NodeConfig
 from kvpaxos.core import messages as m
 from kvpaxos.core.commands import Batch, Command, Result
 from kvpaxos.core.kvstate import KVState
 from kvpaxos.core.replica import CoreConfig, Ready, Replica, Role
 from kvpaxos.errors import NoQuorum, OutcomeUnknown
+from kvpaxos.snapshotter import Snapshotter
 from storage.base import Storage, Writes
 
 log = logging.getLogger("kvpaxos.node")
@@ -45,17 +53,24 @@ class _Waiter:
 
 
 class Node:
-    def __init__(self, config: NodeConfig, storage: Storage) -> None:
+    def __init__(self, config: NodeConfig, storage: Storage, fresh: bool = False) -> None:
         self.config = config
         self.id = config.node_id
         self.storage = storage
+        self.snapshots = Snapshotter(config.data_dir)
+        self.kv = self.snapshots.load()
+        base = self.kv.applied_slot
         durable = storage.load()
+        rebuild_round = storage.rebuilding()
+        self.deciding = fresh and rebuild_round is None and base == 0
         core = CoreConfig(election_ticks=config.election_ticks, heartbeat_ticks=config.heartbeat_ticks,
                           retry_ticks=max(2, config.heartbeat_ticks * 2), window_slots=config.window_slots,
                           batch_count_max=config.batch_count_max, batch_bytes_max=config.batch_bytes_max)
-        self.replica = Replica(self.id, tuple(config.cluster), core, random.Random(),
-                               promised=durable.promised, accepted=durable.accepted, chosen=durable.chosen)
-        self.kv = KVState()
+        self.replica = Replica(
+            self.id, tuple(config.cluster), core, random.Random(), promised=durable.promised,
+            accepted={s: v for s, v in durable.accepted.items() if s > base},
+            chosen={s: v for s, v in durable.chosen.items() if s > base}, applied_through=base,
+            voting=rebuild_round is None and not self.deciding, rebuild_round=rebuild_round or 0)
         self.send_peer: Send = lambda dst, msg: False
         self.on_fatal: Callable[[BaseException], None] = lambda exc: None
         self.counters: Counter[str] = Counter()
@@ -75,21 +90,87 @@ class Node:
         self._ticker: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_leader: int | None = None
+        self._http: aiohttp.ClientSession | None = None
+        self._tasks: set[asyncio.Task] = set()
 
     # -- lifecycle ------------------------------------------------------------
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._ticker = asyncio.create_task(self._tick_forever())
+        self._http = aiohttp.ClientSession()
+        if self.deciding:
+            self._spawn(self._decide_voting())
         self._wake()  # replay the chosen log we loaded into the state machine
 
     async def stop(self) -> None:
         if self._ticker is not None:
             self._ticker.cancel()
+        for task in list(self._tasks):
+            task.cancel()
         while self._committing:
             await asyncio.sleep(0.005)
+        if self._http is not None:
+            await self._http.close()
         self._disk.shutdown(wait=True)
+        self.snapshots.close()
         self.storage.close()
+
+    def _spawn(self, coro) -> None:  # noqa: ANN001 - any coroutine
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def run_on_disk(self, fn, *args):  # noqa: ANN001, ANN201 - a storage call
+        """Run a storage call on the disk thread, ordered with the group commits."""
+        return await asyncio.get_running_loop().run_in_executor(self._disk, fn, *args)
+
+    async def _decide_voting(self) -> None:
+        """New data directory: find out whether the cluster is new or we lost our state."""
+        peers = [p for p in self.config.cluster if p != self.id]
+        needed = min(len(peers), len(self.config.cluster) - len(self.config.cluster) // 2)
+        answers: dict[int, dict] = {}
+        while len(answers) < needed:
+            for peer in peers:
+                if peer not in answers:
+                    status = await self._peer_status(peer)
+                    if status is not None:
+                        answers[peer] = status
+            if len(answers) < needed:
+                await asyncio.sleep(0.2)
+        rounds = [_round(a.get("promised", "0.0")) for a in answers.values()]
+        rounds += [a.get("rebuilding") or 0 for a in answers.values()]
+        has_state = any(a.get("chosen", 0) > 0 or a.get("voting") is False and not a.get("deciding")
+                        for a in answers.values()) or max(rounds, default=0) > 0
+        self.deciding = False
+        if not has_state:
+            log.info("node %d: new cluster, voting from the start", self.id)
+            self.replica.voting = True
+            return
+        horizon = max(rounds)
+        await self.run_on_disk(self.storage.set_rebuilding, horizon)
+        self.replica.rebuild_round = horizon
+        log.warning("node %d: data directory is new but the cluster holds state: rebuilding as a "
+                    "non-voter until a ballot above round %d chooses a slot", self.id, horizon)
+
+    async def _peer_status(self, peer: int) -> dict | None:
+        host, port = self.config.cluster[peer]
+        assert self._http is not None
+        try:
+            async with self._http.get(f"http://{host}:{port}/v1/status",
+                                      timeout=aiohttp.ClientTimeout(total=1)) as resp:
+                body = await resp.json()
+                return body if resp.status == 200 and isinstance(body, dict) else None
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, OSError):
+            return None
+
+    def install_state(self, state: KVState) -> None:
+        """Adopt a verified snapshot newer than our state and continue the log after it."""
+        assert state.applied_slot > self.kv.applied_slot
+        self.kv = state
+        self.replica.install_snapshot(state.applied_slot)
+        self._wake_applied()
+        self._wake()
 
     async def _tick_forever(self) -> None:
         interval = self.config.tick_ms / 1000
@@ -170,7 +251,11 @@ class Node:
             finally:
                 self._read_waiters.pop(read_id, None)
             if index is not None:
-                await asyncio.wait_for(self._applied(index), max(0.001, deadline - loop.time()))
+                try:
+                    await asyncio.wait_for(self._applied(index), max(0.001, deadline - loop.time()))
+                except TimeoutError:  # a KvError, not a bare TimeoutError (HTTP 500)
+                    raise OutcomeUnknown("this node did not apply the log up to the read point "
+                                         "in time") from None
                 return
             await asyncio.sleep(self.config.tick_ms / 1000)
         raise NoQuorum("no leader confirmed the read", retry_after_s=1)
@@ -233,6 +318,13 @@ class Node:
         self._open_writes.merge(Writes(ready.promised, ready.accepted, ready.chosen))
         self._open_messages.extend(ready.messages)
         self._apply(ready)
+        if ready.snapshot_from is not None and self._http is not None:
+            self._spawn(self.snapshots.fetch_and_install(self, ready.snapshot_from, self._http))
+        if ready.became_voter:
+            log.info("node %d: rebuilt; voting again", self.id)
+            self._spawn(self.run_on_disk(self.storage.set_rebuilding, None))
+        if self.snapshots.due(self):
+            self._spawn(self.snapshots.take(self))
         for read_id, index in ready.reads:
             future = self._read_waiters.get(read_id)
             if future is not None and not future.done():
@@ -242,6 +334,9 @@ class Node:
     def _apply(self, ready: Ready) -> None:
         for slot, batch in ready.apply:
             self._apply_slot(slot, batch)
+        self._wake_applied()
+
+    def _wake_applied(self) -> None:
         while self._apply_waiters and self._apply_waiters[0][0] <= self.kv.applied_slot:
             future = heapq.heappop(self._apply_waiters)[2]
             if not future.done():
@@ -250,6 +345,7 @@ class Node:
     def _apply_slot(self, slot: int, batch: Batch) -> None:
         for cmd, result in self.kv.apply(slot, batch):
             self._resolve(cmd.cmd_id, result)
+            self.snapshots.applied_bytes += cmd.size_bytes()
         for cmd_id in self._slot_waiters.pop(slot, ()):
             self._resolve(cmd_id, None)
         self.counters["slots_applied"] += 1
@@ -312,4 +408,14 @@ class Node:
             "applied": self.kv.applied_slot,
             "elections": r.elections,
             "malformed_messages": r.malformed,
+            "voting": r.voting,
+            "deciding": self.deciding,
+            "rebuilding": None if r.voting or self.deciding else r.rebuild_round,
+            "snapshot": self.snapshots.describe(),
         }
+
+
+def _round(ballot: object) -> int:
+    """The round of a ballot as /v1/status prints it ("round.node")."""
+    head = str(ballot).split(".", 1)[0]
+    return int(head) if head.isdigit() else 0

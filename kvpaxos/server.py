@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 
 from aiohttp import web
@@ -11,6 +12,7 @@ from kvpaxos.config import NodeConfig
 from kvpaxos.http import init_app
 from kvpaxos.node import Node
 from kvpaxos.transport import PeerTransport
+from storage.sqlite import FILE_NAME as SQLITE_FILE
 from storage.sqlite import SqliteStorage
 
 log = logging.getLogger("kvpaxos.server")
@@ -18,8 +20,9 @@ log = logging.getLogger("kvpaxos.server")
 
 async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
     """Run a node until `stop` is set; the storage is opened and closed here."""
+    fresh = not os.path.exists(os.path.join(config.data_dir, SQLITE_FILE))
     storage = SqliteStorage(config.data_dir, config.node_id)
-    node = Node(config, storage)
+    node = Node(config, storage, fresh=fresh)
     transport = PeerTransport(config.node_id, config.cluster, node.deliver)
     node.send_peer = transport.send
     failure: list[BaseException] = []

@@ -8,6 +8,7 @@ class MemoryStorage:
     def __init__(self) -> None:
         self.state = DurableState()
         self.saves = 0
+        self.rebuild_round: int | None = None
 
     def load(self) -> DurableState:
         s = self.state
@@ -19,6 +20,17 @@ class MemoryStorage:
         self.state.accepted.update(writes.accepted)
         self.state.chosen.update(writes.chosen)
         self.saves += 1
+
+    def compact(self, through_slot: int) -> None:
+        st = self.state
+        st.accepted = {s: v for s, v in st.accepted.items() if s > through_slot}
+        st.chosen = {s: v for s, v in st.chosen.items() if s > through_slot}
+
+    def rebuilding(self) -> int | None:
+        return self.rebuild_round
+
+    def set_rebuilding(self, round_: int | None) -> None:
+        self.rebuild_round = round_
 
     def close(self) -> None:
         pass

@@ -2,7 +2,7 @@
 
 Layout: one table `paxos` with text keys, so one connection and one transaction
 cover every kind of record (sqlitedict gives each table its own connection):
-  "meta"          {"format": 1, "node_id": N}
+  "meta"          {"format": 1, "node_id": N, "rebuilding": R or null}
   "promised"      [round, node]
   "a/<slot:012>"  [[round, node], batch]   an accepted value
   "c/<slot:012>"  batch                    a chosen value this node learned
@@ -47,9 +47,13 @@ class SqliteStorage:
             self.db.conn.commit()
         except (RuntimeError, sqlite3.Error) as e:
             raise StorageError(f"cannot open {self.path}: {e}") from e
-        if self.synchronous() != "FULL":
-            raise StorageError(f"{self.path}: SQLite refused synchronous=FULL")
-        self._check_meta()
+        try:
+            if self.synchronous() != "FULL":
+                raise StorageError(f"{self.path}: SQLite refused synchronous=FULL")
+            self._check_meta()
+        except BaseException:
+            self.db.close()  # do not leave the connection and its thread behind
+            raise
 
     def _check_integrity(self) -> None:
         if not os.path.exists(self.path):
@@ -99,6 +103,23 @@ class SqliteStorage:
         for slot, value in writes.chosen.items():
             db[f"c/{slot:012d}"] = batch_to_wire(value)
         db.commit(blocking=True)
+
+    def compact(self, through_slot: int) -> None:
+        """Drop records at or below through_slot in one transaction (runs on the disk thread).
+        SQLite reuses the freed pages, so the file stops growing once compaction starts."""
+        self.db.conn.execute(
+            'DELETE FROM "paxos" WHERE (key >= ? AND key <= ?) OR (key >= ? AND key <= ?)',
+            ("a/", f"a/{through_slot:012d}", "c/", f"c/{through_slot:012d}"))
+        self.db.commit(blocking=True)
+
+    def rebuilding(self) -> int | None:
+        return (self.db.get("meta") or {}).get("rebuilding")
+
+    def set_rebuilding(self, round_: int | None) -> None:
+        meta = dict(self.db.get("meta") or {})
+        meta["rebuilding"] = round_
+        self.db["meta"] = meta
+        self.db.commit(blocking=True)
 
     def close(self) -> None:
         self.db.close()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Iterable
 
 from kvpaxos.core.commands import DELETE, PUT, Batch, Command, Result
 
@@ -91,3 +92,45 @@ class KVState:
         self.revision += 1
         del self.data[cmd.key]
         return Result(True, version=self.revision)
+
+
+def result_to_wire(r: Result) -> list:
+    return [r.ok, r.error, r.version]
+
+
+def result_from_wire(x: list) -> Result:
+    ok, error, version = x
+    if type(ok) is not bool or (error is not None and type(error) is not str) or type(version) is not int:
+        raise ValueError(f"bad result record {x!r}")
+    return Result(ok, error, version)
+
+
+def export_rows(state: KVState) -> tuple[dict, dict[str, tuple[str, int]], list[list]]:
+    """A consistent copy of the state: (header, key map, session rows).
+
+    Only shallow copies are made here (entries are immutable), so this is cheap
+    enough for the event loop; turning the copy into bytes happens elsewhere.
+    """
+    header = {"slot": state.applied_slot, "revision": state.revision, "keys": len(state.data),
+              "cluster_ms": state.cluster_ms, "session_ttl_ms": state.session_ttl_ms}
+    sessions = [[cid, s.seq, result_to_wire(s.result), s.last_ms] for cid, s in state.sessions.items()]
+    return header, dict(state.data), sessions
+
+
+def import_rows(header: dict, keys: Iterable[list], sessions: Iterable[list]) -> KVState:
+    """Rebuild a state from export_rows output; raises ValueError on anything malformed."""
+    state = KVState(int(header.get("session_ttl_ms", SESSION_TTL_MS)))
+    state.applied_slot = int(header["slot"])
+    state.revision = int(header["revision"])
+    state.cluster_ms = int(header["cluster_ms"])
+    for row in keys:
+        k, v, ver = row
+        if type(k) is not str or type(v) is not str or type(ver) is not int:
+            raise ValueError(f"bad key record {row!r}")
+        state.data[k] = (v, ver)
+    for row in sessions:
+        cid, seq, result, last_ms = row
+        if type(cid) is not str or type(seq) is not int or type(last_ms) is not int:
+            raise ValueError(f"bad session record {row!r}")
+        state.sessions[cid] = Session(seq, result_from_wire(result), last_ms)
+    return state

@@ -1,0 +1,126 @@
+"""Snapshots at run time: take them, compact behind them, fetch and install peers'.
+
+Owns the node's snapshot file and the thread that writes it. The rules:
+- a snapshot is taken every `snapshot_every_slots` applied slots or
+  `snapshot_every_bytes` of applied commands, whichever comes first;
+- only once it is durable does the node compact: the log up to
+  (snapshot slot - compact_keep_slots) is dropped from SQLite and memory, so
+  a peer a little behind still catches up from the log, and one far behind
+  gets the snapshot;
+- a fetched snapshot is streamed to a temporary file in chunks (memory stays
+  bounded), checked against its checksum, renamed into place, and only then
+  replaces the key-value state.
+"""
+from __future__ import annotations
+
+import asyncio
+import glob
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+import aiohttp
+
+from kvpaxos import snapshot
+from kvpaxos.core.kvstate import KVState, export_rows
+
+if TYPE_CHECKING:
+    from kvpaxos.node import Node
+
+log = logging.getLogger("kvpaxos.snapshot")
+CHUNK_BYTES = 256 * 1024
+
+
+class Snapshotter:
+    def __init__(self, data_dir: str) -> None:
+        self.data_dir = data_dir
+        self.path = snapshot.path_in(data_dir)
+        self.slot = 0
+        self.size_bytes = 0
+        self.compacted_through = 0
+        self.applied_bytes = 0  # command bytes applied since the last snapshot
+        self.busy = False
+        self.taken = 0
+        self.installed = 0
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot")
+        for stale in glob.glob(os.path.join(data_dir, "*.tmp")):
+            os.remove(stale)  # left by a crash mid-write or mid-download
+
+    def load(self) -> KVState:
+        """The state of the last durable snapshot, or an empty one."""
+        if not os.path.exists(self.path):
+            return KVState()
+        state = snapshot.read(self.path)
+        self.slot = state.applied_slot
+        self.size_bytes = os.path.getsize(self.path)
+        return state
+
+    def due(self, node: Node) -> bool:
+        c = node.config
+        return not self.busy and (node.kv.applied_slot - self.slot >= c.snapshot_every_slots
+                                  or self.applied_bytes >= c.snapshot_every_bytes)
+
+    async def take(self, node: Node) -> int:
+        """Write a snapshot of the current state; then compact behind it. Returns its slot."""
+        if self.busy:
+            while self.busy:
+                await asyncio.sleep(0.01)
+            return self.slot
+        self.busy = True
+        try:
+            rows = export_rows(node.kv)
+            slot = rows[0]["slot"]
+            loop = asyncio.get_running_loop()
+            self.size_bytes = await loop.run_in_executor(self._pool, snapshot.write_rows, self.path, *rows)
+            self.slot, self.applied_bytes = slot, 0
+            self.taken += 1
+            await self._compact(node, slot - node.config.compact_keep_slots)
+            return slot
+        finally:
+            self.busy = False
+
+    async def _compact(self, node: Node, through_slot: int) -> None:
+        if through_slot <= self.compacted_through:
+            return
+        await node.run_on_disk(node.storage.compact, through_slot)
+        node.replica.compact(through_slot)
+        self.compacted_through = through_slot
+
+    async def fetch_and_install(self, node: Node, peer: int, session: aiohttp.ClientSession) -> None:
+        """Install peer's snapshot if it is ahead of us; tell the replica either way."""
+        host, port = node.config.cluster[peer]
+        tmp = self.path + ".recv.tmp"
+        loop = asyncio.get_running_loop()
+        try:
+            async with session.get(f"http://{host}:{port}/v1/snapshot",
+                                   timeout=aiohttp.ClientTimeout(total=300, sock_read=30)) as resp:
+                if resp.status != 200:
+                    raise snapshot.SnapshotError(f"peer {peer} answered {resp.status}")
+                with open(tmp, "wb") as f:
+                    async for chunk in resp.content.iter_chunked(CHUNK_BYTES):
+                        await loop.run_in_executor(self._pool, f.write, chunk)
+                    await loop.run_in_executor(self._pool, os.fsync, f.fileno())
+            state = await loop.run_in_executor(self._pool, snapshot.read, tmp)
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError, snapshot.SnapshotError) as e:
+            log.warning("snapshot from node %d failed: %s", peer, e)
+            node.replica.snapshot_failed()
+            return
+        if state.applied_slot <= node.kv.applied_slot:
+            os.remove(tmp)
+            node.replica.snapshot_failed()
+            return
+        await loop.run_in_executor(self._pool, snapshot.install_file, tmp, self.path)
+        self.slot, self.size_bytes, self.applied_bytes = state.applied_slot, os.path.getsize(self.path), 0
+        self.installed += 1
+        log.info("installed snapshot at slot %d from node %d (%d keys)",
+                 state.applied_slot, peer, len(state.data))
+        node.install_state(state)
+        await self._compact(node, state.applied_slot)
+
+    def describe(self) -> dict:
+        return {"slot": self.slot, "bytes": self.size_bytes, "compacted_through": self.compacted_through,
+                "taken": self.taken, "installed": self.installed}
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
