@@ -1,0 +1,161 @@
+"""asyncio client for a kvpaxos cluster, on aiohttp.
+
+Same methods, errors and retry policy as kvpaxos.client.Client, as coroutines.
+Unlike the synchronous client it may be shared by many tasks at once: each
+concurrent write gets its own (client_id, seq) session (see Sessions).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from kvpaxos.client import (
+    CONNECT_TIMEOUT_S, PROBE_TIMEOUT_S, Entry, KvError, entry_from, give_up, raise_for_status,
+)
+from kvpaxos.client_support import (
+    RETRY_STATUSES, Attempts, Sessions, decode_body, kv_path, list_path, merge_cluster_status,
+    parse_endpoints, parse_retry_after, put_body, unprobed_peers,
+)
+
+# Raised when the TCP connect itself timed out (aiohttp >= 3.10); the request never left.
+_CONNECT_TIMEOUT = getattr(aiohttp, "ConnectionTimeoutError", ())
+
+
+class AsyncClient:
+    """Use as `async with AsyncClient([...]) as kv:`, or call `await close()` when done.
+
+    As with Client, a client_id passed in must not have been used before.
+    """
+
+    def __init__(self, endpoints: list[str] | str, timeout_s: float = 5.0,
+                 client_id: str | None = None) -> None:
+        self.endpoints = parse_endpoints(endpoints)
+        self.timeout_s = float(timeout_s)
+        self._sessions = Sessions(client_id or uuid.uuid4().hex)
+        self._preferred = 0
+        self._http: aiohttp.ClientSession | None = None
+
+    @property
+    def client_id(self) -> str:
+        return self._sessions.client_id
+
+    async def __aenter__(self) -> AsyncClient:
+        self._session()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    # -- key-value operations --
+
+    async def get(self, key: str, stale: bool = False) -> Entry:
+        path = kv_path(key) + ("?consistency=stale" if stale else "")
+        return entry_from(await self._call("GET", path))
+
+    async def put(self, key: str, value: str, if_value: str | None = None,
+                  if_version: int | None = None) -> int:
+        doc = await self._write("PUT", kv_path(key), put_body(value, if_value, if_version))
+        return int(doc.get("version", 0))
+
+    async def cas(self, key: str, old: str, new: str) -> int:
+        return await self.put(key, new, if_value=old)
+
+    async def delete(self, key: str, if_version: int | None = None) -> None:
+        body = {} if if_version is None else {"if_version": int(if_version)}
+        await self._write("DELETE", kv_path(key), body)
+
+    async def list(self, prefix: str = "", limit: int = 1000) -> list[Entry]:
+        return (await self.list_page(prefix, limit))[0]
+
+    async def list_page(self, prefix: str = "", limit: int = 1000) -> tuple[list[Entry], bool]:
+        """Entries in key order, and whether more matched than `limit`."""
+        doc = await self._call("GET", list_path(prefix, limit))
+        return [entry_from(item) for item in doc.get("items", [])], bool(doc.get("more"))
+
+    async def status(self, endpoint: str | None = None) -> dict[str, Any]:
+        """Status of one node: the given endpoint (no failover), else any node."""
+        if endpoint is None:
+            return await self._call("GET", "/v1/status")
+        return await self._call("GET", "/v1/status", only=parse_endpoints([endpoint]))
+
+    async def cluster_status(self) -> list[dict[str, Any]]:
+        """Status of every endpoint and of every peer they name; unreachable ones as up=False."""
+        async def probe(url: str) -> dict[str, Any]:
+            try:
+                # One try: a refused connection already says "down".
+                doc = await self._call("GET", "/v1/status", only=[url], max_tries=1,
+                                       timeout_s=min(self.timeout_s, PROBE_TIMEOUT_S))
+                return {**doc, "up": True}
+            except KvError:
+                return {"address": urlsplit(url).netloc, "up": False}
+
+        results = list(await asyncio.gather(*(probe(url) for url in self.endpoints)))
+        extra = unprobed_peers(self.endpoints, results)
+        results += await asyncio.gather(*(probe(url) for url in extra))
+        return merge_cluster_status(results)
+
+    # -- transport --
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            self._http = aiohttp.ClientSession(headers={"Accept": "application/json"})
+        return self._http
+
+    async def _write(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        session = self._sessions.acquire()
+        try:
+            return await self._call(method, path,
+                                    {**body, "client_id": session[0], "seq": session[1]})
+        finally:
+            self._sessions.release(session)
+
+    async def _call(self, method: str, path: str, body: dict[str, Any] | None = None,
+                    only: list[str] | None = None, timeout_s: float | None = None,
+                    max_tries: int | None = None) -> dict[str, Any]:
+        endpoints = only or self.endpoints
+        start = 0 if only else self._preferred
+        attempts = Attempts(len(endpoints), start, timeout_s or self.timeout_s, method != "GET",
+                            max_tries=max_tries)
+        payload = None if body is None else json.dumps(body).encode("utf-8")
+        while (step := attempts.next()) is not None:
+            index, delay = step
+            await asyncio.sleep(delay)
+            url = endpoints[index]
+            try:
+                status, retry_after, doc = await self._send(url + path, method, payload,
+                                                            attempts.remaining())
+            except (aiohttp.ClientConnectorError, _CONNECT_TIMEOUT) as exc:
+                attempts.failed(f"{url}: {exc or type(exc).__name__}", sent=False)
+                continue
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                attempts.failed(f"{url}: {exc or type(exc).__name__}", sent=True)
+                continue
+            if status in RETRY_STATUSES:
+                reason = f"{url}: HTTP {status} {doc.get('error', '')}".rstrip()
+                attempts.failed(reason, sent=True, status=status, retry_after=retry_after)
+                continue
+            if not only:
+                self._preferred = index
+            return raise_for_status(status, doc)
+        raise give_up(attempts)
+
+    async def _send(self, url: str, method: str, payload: bytes | None,
+                    timeout_s: float) -> tuple[int, float | None, dict[str, Any]]:
+        timeout = aiohttp.ClientTimeout(total=max(timeout_s, 0.01),
+                                        sock_connect=min(CONNECT_TIMEOUT_S, max(timeout_s, 0.01)))
+        headers = {"Content-Type": "application/json"} if payload is not None else None
+        async with self._session().request(method, url, data=payload, headers=headers,
+                                           timeout=timeout) as response:
+            raw = await response.read()
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            return response.status, retry_after, decode_body(raw)

@@ -1,0 +1,296 @@
+"""Client for a kvpaxos cluster: typed errors and the synchronous Client.
+
+Any node accepts any request, so the client needs no leader discovery: it sends
+to the node that last answered and, when a node is down, overloaded (503) or
+times out (504), moves round robin to the next one until the call's deadline.
+
+Writes carry (client_id, seq). A retry of one write reuses its seq, so the
+cluster applies it at most once even if the first attempt was applied and only
+the answer was lost; that is what makes failover of writes safe.
+
+`AsyncClient` (aiohttp) lives in kvpaxos.aioclient and is re-exported here
+lazily, so that the synchronous client and the CLI stay stdlib only and start fast.
+The retry policy both share is in kvpaxos.client_support.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import select
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from kvpaxos.client_support import (
+    RETRY_STATUSES, Attempts, Sessions, decode_body, kv_path, list_path, merge_cluster_status,
+    normalize_endpoint, parse_endpoints, parse_retry_after, put_body, unprobed_peers,
+)
+
+__all__ = [
+    "KvError", "NotFound", "PreconditionFailed", "Unavailable", "OutcomeUnknown",
+    "BadRequest", "Entry", "Client", "AsyncClient", "parse_endpoints", "normalize_endpoint",
+]
+
+# A blackholed host must not eat the whole budget of a call; connecting on a
+# LAN or loopback takes far less than this.
+CONNECT_TIMEOUT_S = 1.0
+# How long `cluster_status` waits for each node: a down node should not stall `kv status`.
+PROBE_TIMEOUT_S = 1.0
+
+
+class KvError(Exception):
+    """Base of every error the client raises. `status` is 0 when no HTTP answer was had."""
+
+    def __init__(self, code: str, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+class NotFound(KvError):
+    """The key does not exist (404)."""
+
+
+class PreconditionFailed(KvError):
+    """A compare-and-set condition did not hold (412)."""
+
+
+class Unavailable(KvError):
+    """No node could serve the call before the deadline; a write was certainly not applied."""
+
+
+class OutcomeUnknown(KvError):
+    """A write may or may not have been applied (504, or the connection dropped after sending)."""
+
+
+class BadRequest(KvError):
+    """The request was rejected as malformed or too large (400, 413)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    key: str
+    value: str
+    version: int
+
+
+def raise_for_status(status: int, doc: dict[str, Any]) -> dict[str, Any]:
+    """Return the document of a 2xx answer; raise the typed error of any other."""
+    if 200 <= status < 300:
+        return doc
+    code = str(doc.get("error") or f"http_{status}")
+    message = str(doc.get("message") or code)
+    if status == 404:
+        raise NotFound(code, message, status)
+    if status == 412:
+        raise PreconditionFailed(code, message, status)
+    if status in (400, 413):
+        raise BadRequest(code, message, status)
+    if status == 503:
+        raise Unavailable(code, message, status)
+    if status == 504:
+        raise OutcomeUnknown(code, message, status)
+    raise KvError(code, message, status)
+
+
+def entry_from(doc: dict[str, Any]) -> Entry:
+    try:
+        return Entry(str(doc["key"]), doc["value"], int(doc["version"]))
+    except (KeyError, TypeError, ValueError):
+        raise KvError("bad_response", f"malformed entry in response: {doc!r:.200}") from None
+
+
+def give_up(attempts: Attempts) -> KvError:
+    """The error for a call whose every attempt failed."""
+    if attempts.maybe_applied:
+        return OutcomeUnknown("outcome_unknown", "the write may or may not have been applied "
+                              f"(last error: {attempts.last_error})", attempts.last_status)
+    return Unavailable("unavailable", "no node could serve the request "
+                       f"(last error: {attempts.last_error})", attempts.last_status)
+
+
+class _ConnectError(Exception):
+    """Could not open a connection: the request certainly never left."""
+
+
+class Client:
+    """Synchronous client with one keep-alive connection per endpoint.
+
+    Not for use from several threads at once; give each thread its own Client.
+    Sequence numbers start at 1 for each instance and the cluster remembers the
+    last one per client_id, so a client_id passed in must not have been used before.
+    """
+
+    def __init__(self, endpoints: list[str] | str, timeout_s: float = 5.0,
+                 client_id: str | None = None) -> None:
+        self.endpoints = parse_endpoints(endpoints)
+        self.timeout_s = float(timeout_s)
+        self._sessions = Sessions(client_id or uuid.uuid4().hex)
+        self._preferred = 0
+        self._conns: dict[int, http.client.HTTPConnection] = {}
+
+    @property
+    def client_id(self) -> str:
+        return self._sessions.client_id
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for conn in self._conns.values():
+            conn.close()
+        self._conns.clear()
+
+    # -- key-value operations --
+
+    def get(self, key: str, stale: bool = False) -> Entry:
+        path = kv_path(key) + ("?consistency=stale" if stale else "")
+        return entry_from(self._call("GET", path))
+
+    def put(self, key: str, value: str, if_value: str | None = None,
+            if_version: int | None = None) -> int:
+        doc = self._write("PUT", kv_path(key), put_body(value, if_value, if_version))
+        return int(doc.get("version", 0))
+
+    def cas(self, key: str, old: str, new: str) -> int:
+        return self.put(key, new, if_value=old)
+
+    def delete(self, key: str, if_version: int | None = None) -> None:
+        body = {} if if_version is None else {"if_version": int(if_version)}
+        self._write("DELETE", kv_path(key), body)
+
+    def list(self, prefix: str = "", limit: int = 1000) -> list[Entry]:
+        return self.list_page(prefix, limit)[0]
+
+    def list_page(self, prefix: str = "", limit: int = 1000) -> tuple[list[Entry], bool]:
+        """Entries in key order, and whether more matched than `limit`."""
+        doc = self._call("GET", list_path(prefix, limit))
+        return [entry_from(item) for item in doc.get("items", [])], bool(doc.get("more"))
+
+    def status(self, endpoint: str | None = None) -> dict[str, Any]:
+        """Status of one node: the given endpoint (no failover), else any node."""
+        if endpoint is None:
+            return self._call("GET", "/v1/status")
+        return self._status_of(endpoint, self.timeout_s)
+
+    def _status_of(self, endpoint: str, timeout_s: float, once: bool = False) -> dict[str, Any]:
+        one = Client([endpoint], timeout_s=timeout_s)
+        try:
+            return one._call("GET", "/v1/status", max_tries=1 if once else None)
+        finally:
+            one.close()
+
+    def cluster_status(self) -> list[dict[str, Any]]:
+        """Status of every endpoint and of every peer they name; unreachable ones as up=False."""
+        def probe(url: str) -> dict[str, Any]:
+            try:
+                # One try: a refused connection already says "down".
+                doc = self._status_of(url, min(self.timeout_s, PROBE_TIMEOUT_S), once=True)
+                return {**doc, "up": True}
+            except KvError:
+                return {"address": urlsplit(url).netloc, "up": False}
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            results = list(pool.map(probe, self.endpoints))
+            results += pool.map(probe, unprobed_peers(self.endpoints, results))
+        return merge_cluster_status(results)
+
+    # -- transport --
+
+    def _write(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        session = self._sessions.acquire()
+        try:
+            return self._call(method, path, {**body, "client_id": session[0], "seq": session[1]})
+        finally:
+            self._sessions.release(session)
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None,
+              max_tries: int | None = None) -> dict[str, Any]:
+        write = method != "GET"
+        attempts = Attempts(len(self.endpoints), self._preferred, self.timeout_s, write,
+                            max_tries=max_tries)
+        payload = None if body is None else json.dumps(body).encode("utf-8")
+        while (step := attempts.next()) is not None:
+            index, delay = step
+            time.sleep(delay)
+            try:
+                status, retry_after, doc = self._send(index, method, path, payload,
+                                                      attempts.remaining())
+            except _ConnectError as exc:
+                attempts.failed(f"{self.endpoints[index]}: {exc}", sent=False)
+                continue
+            except (OSError, http.client.HTTPException) as exc:
+                attempts.failed(f"{self.endpoints[index]}: {exc or type(exc).__name__}", sent=True)
+                continue
+            if status in RETRY_STATUSES:
+                reason = f"{self.endpoints[index]}: HTTP {status} {doc.get('error', '')}".rstrip()
+                attempts.failed(reason, sent=True, status=status, retry_after=retry_after)
+                continue
+            self._preferred = index
+            return raise_for_status(status, doc)
+        raise give_up(attempts)
+
+    def _send(self, index: int, method: str, path: str, payload: bytes | None,
+              timeout_s: float) -> tuple[int, float | None, dict[str, Any]]:
+        conn = self._connection(index, timeout_s)
+        conn.sock.settimeout(max(timeout_s, 0.01))
+        headers = {"Accept": "application/json"}
+        if payload is not None:
+            headers["Content-Type"] = "application/json"
+        try:
+            conn.request(method, path, body=payload, headers=headers)
+            response = conn.getresponse()
+            raw = response.read()
+        except BaseException:
+            self._drop(index)
+            raise
+        if response.will_close:
+            self._drop(index)
+        return response.status, parse_retry_after(response.getheader("Retry-After")), decode_body(raw)
+
+    def _connection(self, index: int, timeout_s: float) -> http.client.HTTPConnection:
+        conn = self._conns.get(index)
+        if conn is not None and conn.sock is not None and _peer_closed(conn.sock):
+            # The node closed an idle keep-alive connection (or restarted); sending on it
+            # would fail after the fact and make a write look possibly applied.
+            self._drop(index)
+            conn = None
+        if conn is None or conn.sock is None:
+            parts = urlsplit(self.endpoints[index])
+            cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+            conn = cls(parts.hostname, parts.port, timeout=min(CONNECT_TIMEOUT_S, max(timeout_s, 0.01)))
+            try:
+                conn.connect()
+            except OSError as exc:
+                conn.close()
+                raise _ConnectError(str(exc) or type(exc).__name__) from exc
+            self._conns[index] = conn
+        return conn
+
+    def _drop(self, index: int) -> None:
+        conn = self._conns.pop(index, None)
+        if conn is not None:
+            conn.close()
+
+
+def _peer_closed(sock: Any) -> bool:
+    """True if an idle connection is readable: the peer closed it (or sent junk)."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "AsyncClient":
+        from kvpaxos.aioclient import AsyncClient
+        return AsyncClient
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,215 @@
+"""The I/O-free parts of the kvpaxos clients: endpoints, request shapes, retry policy.
+
+Shared by the synchronous client (kvpaxos.client) and the asyncio one
+(kvpaxos.aioclient), and small enough to unit test with a fake clock.
+"""
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote, urlencode, urlsplit
+
+# Backoff after every endpoint failed once in a row: small, because a leader
+# election takes a few hundred milliseconds and callers wait on us.
+BACKOFF_BASE_S = 0.05
+BACKOFF_MAX_S = 1.0
+# Statuses after which another node may well succeed.
+RETRY_STATUSES = frozenset({500, 502, 503, 504})
+
+
+def normalize_endpoint(endpoint: str) -> str:
+    """Turn "host:port" or "http://host:port/" into "http://host:port"."""
+    text = endpoint.strip()
+    if "://" not in text:
+        text = "http://" + text
+    parts = urlsplit(text)
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"bad endpoint {endpoint!r}: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or port is None:
+        raise ValueError(f"bad endpoint {endpoint!r}: expected http://HOST:PORT or HOST:PORT")
+    if parts.path.strip("/") or parts.query:
+        raise ValueError(f"bad endpoint {endpoint!r}: no path or query expected")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def parse_endpoints(endpoints: list[str] | tuple[str, ...] | str) -> list[str]:
+    """Accept a list of endpoints or one comma-separated string; keep order, drop repeats."""
+    items = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)
+    result: list[str] = []
+    for item in items:
+        if item.strip():
+            url = normalize_endpoint(item)
+            if url not in result:
+                result.append(url)
+    if not result:
+        raise ValueError("no endpoints given")
+    return result
+
+
+def kv_path(key: str) -> str:
+    # safe="" so that "/" and "?" in a key stay part of the key.
+    return "/v1/kv/" + quote(key, safe="")
+
+
+def list_path(prefix: str, limit: int) -> str:
+    return "/v1/kv?" + urlencode({"prefix": prefix, "limit": int(limit)})
+
+
+def put_body(value: str, if_value: str | None, if_version: int | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"value": value}
+    if if_value is not None:
+        body["if_value"] = if_value
+    if if_version is not None:
+        body["if_version"] = int(if_version)
+    return body
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None  # an HTTP date; not worth parsing for a hint
+
+
+def decode_body(raw: bytes) -> dict[str, Any]:
+    """Parse a JSON object body; anything else becomes an error-shaped dict."""
+    try:
+        doc = json.loads(raw.decode("utf-8")) if raw else {}
+    except (UnicodeDecodeError, ValueError):
+        return {"error": "bad_response", "message": raw[:200].decode("utf-8", "replace")}
+    return doc if isinstance(doc, dict) else {"error": "bad_response", "message": str(doc)[:200]}
+
+
+class Attempts:
+    """The retry policy of one call, without I/O so both clients share it and tests drive it.
+
+    Yields endpoint indexes round robin from `start`, with no pause between nodes
+    of one round and a growing, jittered pause after a whole round failed, until
+    the deadline. It remembers whether a write might have been applied, which
+    decides between Unavailable and OutcomeUnknown when the client gives up.
+    """
+
+    def __init__(self, n: int, start: int, timeout_s: float, write: bool,
+                 clock: Callable[[], float] = time.monotonic, max_tries: int | None = None) -> None:
+        self._n, self._next, self._write, self._clock = n, start % n, write, clock
+        self._max_tries = max_tries
+        self.deadline = clock() + timeout_s
+        self.tries = 0
+        self.maybe_applied = False
+        self.last_error = "no attempt was made"
+        self.last_status = 0
+        self._retry_after = 0.0
+
+    def remaining(self) -> float:
+        return max(0.0, self.deadline - self._clock())
+
+    def next(self) -> tuple[int, float] | None:
+        """(endpoint index, seconds to sleep first), or None when time is up."""
+        delay = 0.0
+        if self.tries:
+            if self.remaining() < 0.02 or self.tries == self._max_tries:
+                return None
+            if self.tries % self._n == 0:
+                # A whole round failed: pause, longer each round, at least as long as a
+                # Retry-After hint seen in the round, never past half the time left.
+                rounds = self.tries // self._n
+                delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (rounds - 1))
+                delay = max(delay, min(self._retry_after, BACKOFF_MAX_S))
+                delay = min(delay * random.uniform(0.8, 1.2), self.remaining() / 2)
+                self._retry_after = 0.0
+        index = self._next
+        self._next = (index + 1) % self._n
+        self.tries += 1
+        return index, delay
+
+    def failed(self, reason: str, sent: bool, status: int = 0,
+               retry_after: float | None = None) -> None:
+        """Record a failed try. `sent`: the node may have received and acted on it."""
+        self.last_error, self.last_status = reason, status
+        # A 503 is a refusal: the node did not take the write in.
+        if self._write and sent and status != 503:
+            self.maybe_applied = True
+        if retry_after:
+            self._retry_after = max(self._retry_after, retry_after)
+
+
+class Sessions:
+    """Hands out (client_id, seq) pairs so that one client_id never has two writes in flight.
+
+    A server may keep only the highest seq seen per client; two concurrent writes
+    of one client_id could then arrive out of order and the lower one be dropped
+    as a duplicate. Concurrent writers therefore get their own derived client_id.
+    """
+
+    def __init__(self, client_id: str) -> None:
+        self.client_id = client_id
+        self._free: list[list[Any]] = [[client_id, 0]]
+        self._made = 1
+        self._lock = threading.Lock()
+
+    def acquire(self) -> list[Any]:
+        with self._lock:
+            if self._free:
+                session = self._free.pop()
+            else:
+                session = [f"{self.client_id}.{self._made}", 0]
+                self._made += 1
+            session[1] += 1
+            return session
+
+    def release(self, session: list[Any]) -> None:
+        with self._lock:
+            self._free.append(session)
+
+
+def peer_ids(results: list[dict[str, Any]]) -> dict[str, int]:
+    """Address -> node id, from the peers maps in status answers."""
+    ids: dict[str, int] = {}
+    for doc in results:
+        for peer_id, peer in (doc.get("peers") or {}).items():
+            if isinstance(peer, dict) and peer.get("address") and str(peer_id).isdigit():
+                ids[str(peer["address"])] = int(peer_id)
+    return ids
+
+
+def unprobed_peers(endpoints: list[str], results: list[dict[str, Any]]) -> list[str]:
+    """Peers named in status answers that are not among the endpoints, so a report
+    made through one node (kv --server 2 status) still covers the whole cluster."""
+    known = {urlsplit(url).netloc for url in endpoints}
+    extra: list[str] = []
+    for addr in peer_ids(results):
+        if addr not in known:
+            try:
+                extra.append(normalize_endpoint(addr))
+            except ValueError:
+                continue  # a peer address we cannot dial is not worth failing the report for
+    return extra
+
+
+def merge_cluster_status(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per node, sorted by id, entries of unknown id last.
+
+    Down nodes get their id from the peers maps of the live ones when possible,
+    so `kv status` can name a crashed node.
+    """
+    ids = peer_ids(results)
+    for doc in results:
+        if doc.get("id") is None and doc.get("address") in ids:
+            doc["id"] = ids[doc["address"]]
+    # One node reached under two names (say localhost and 127.0.0.1) is listed once,
+    # preferring an answer that says it is up.
+    by_id: dict[int, dict[str, Any]] = {}
+    unnamed: list[dict[str, Any]] = []
+    for doc in results:
+        node_id = doc.get("id")
+        if not isinstance(node_id, int):
+            unnamed.append(doc)
+        elif node_id not in by_id or (doc.get("up") and not by_id[node_id].get("up")):
+            by_id[node_id] = doc
+    return [by_id[i] for i in sorted(by_id)] + unnamed

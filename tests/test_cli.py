@@ -1,0 +1,223 @@
+"""End-to-end tests of the `kv` command against a real cluster from `kv cluster up`.
+
+Everything runs as real processes: `python -m cli.main cluster up` in its own
+process group (killed as a group at teardown) and one `python -m cli.main ...`
+per client command. Every wait has a deadline.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("kvpaxos.server") is None,
+                                reason="the node server (kvpaxos.server) is not available")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+COMMAND_TIMEOUT_S = 60.0
+START_TIMEOUT_S = 60.0
+
+
+def free_base_port(count: int = 3) -> int:
+    """A port P with P..P+count-1 all free, below the usual ephemeral range (32768+)
+    so that ports other tests get from the kernel do not collide with ours."""
+    for _ in range(200):
+        base = random.randrange(10_000, 30_000)
+        try:
+            for port in range(base, base + count):
+                with socket.socket() as s:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free port range found")
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("KV_ENDPOINTS", None)
+    return env
+
+
+class LocalCluster:
+    """`kv cluster up` in the background, and a runner for `kv` commands against it."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.dir = data_dir
+        self.base_port = free_base_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.out_path = data_dir.parent / f"{data_dir.name}-up.out"
+
+    def start(self) -> None:
+        cmd = [sys.executable, "-m", "cli.main", "cluster", "up", "--data-dir", str(self.dir),
+               "--base-port", str(self.base_port)]
+        with open(self.out_path, "ab") as out:
+            self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=_env(), stdin=subprocess.DEVNULL,
+                                         stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while "Press Ctrl-C to stop" not in self.output():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"kv cluster up did not come up:\n{self.output()}\n{self.logs()}")
+            time.sleep(0.1)
+
+    def stop(self) -> int | None:
+        """Ctrl-C, as a user would; returns the exit code of `kv cluster up`."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"kv cluster up did not stop on SIGINT:\n{self.output()}")
+
+    def kill(self) -> None:
+        """Robust teardown: SIGKILL the whole process group (cluster up and its nodes)."""
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def output(self) -> str:
+        try:
+            return self.out_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def logs(self) -> str:
+        return "\n".join(f"== {p} ==\n{p.read_text(errors='replace')[-3000:]}"
+                         for p in sorted(self.dir.glob("node-*/node.log")))
+
+    def pid_of(self, node_id: int) -> int:
+        found = re.findall(rf"^node {node_id}: \S+\s+pid (\d+)", self.output(), re.M)
+        assert found, self.output()
+        return int(found[-1])
+
+    def kv(self, *args: str, timeout_s: float = 30.0) -> subprocess.CompletedProcess[str]:
+        """Run `kv --data-dir DIR --timeout T ARGS...`; a generous timeout covers elections."""
+        cmd = [sys.executable, "-m", "cli.main", "--data-dir", str(self.dir),
+               "--timeout", str(timeout_s), *args]
+        return subprocess.run(cmd, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True,
+                              timeout=COMMAND_TIMEOUT_S)
+
+
+@pytest.fixture
+def local(tmp_path: Path) -> Iterator[LocalCluster]:
+    cluster = LocalCluster(tmp_path / "kvdata")
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.kill()
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, (result.returncode, result.stdout, result.stderr)
+    return result.stdout
+
+
+def wait_for(predicate, timeout_s: float, what: str):  # noqa: ANN001, ANN201
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def test_put_and_get_through_every_server(local: LocalCluster) -> None:
+    assert "version" in ok(local.kv("put", "hello", "world", "--server", "3"))
+    for server in ("1", "2", "3"):
+        assert ok(local.kv("get", "hello", "--server", server)) == "world\n"
+    doc = json.loads(ok(local.kv("--server", "2", "get", "hello", "--json")))
+    assert doc["key"] == "hello" and doc["value"] == "world" and doc["version"] >= 1
+
+
+def test_missing_key_exits_1_with_one_line(local: LocalCluster) -> None:
+    result = local.kv("get", "no-such-key", "--server", "1")
+    assert result.returncode == 1
+    assert result.stderr == "error: key 'no-such-key' not found\n"
+    result = local.kv("delete", "no-such-key")
+    assert result.returncode == 1 and result.stderr.startswith("error: ")
+
+
+def test_cas_delete_and_list(local: LocalCluster) -> None:
+    ok(local.kv("put", "fruit/apple", "red", "--server", "1"))
+    ok(local.kv("put", "fruit/banana", "yellow", "--server", "2"))
+    ok(local.kv("put", "veg/leek", "green", "--server", "3"))
+    bad = local.kv("cas", "fruit/apple", "green", "blue")
+    assert bad.returncode == 1 and "precondition failed" in bad.stderr
+    assert bad.stderr.count("\n") == 1
+    ok(local.kv("cas", "fruit/apple", "red", "crimson", "--server", "2"))
+    assert ok(local.kv("list", "fruit/")) == "fruit/apple\tcrimson\nfruit/banana\tyellow\n"
+    assert ok(local.kv("list", "--limit", "1")).count("\n") == 1
+    ok(local.kv("delete", "fruit/apple", "--server", "3"))
+    assert local.kv("get", "fruit/apple", "--server", "1").returncode == 1
+    assert ok(local.kv("list")) == "fruit/banana\tyellow\nveg/leek\tgreen\n"
+
+
+def test_status_shows_every_node_and_one_leader(local: LocalCluster) -> None:
+    def table() -> list[str] | None:
+        lines = ok(local.kv("status")).splitlines()
+        rows = lines[1:]
+        if len(rows) == 3 and all(r.split()[-1] == "up" for r in rows) \
+                and sum(" leader " in f" {r} " for r in rows) == 1:
+            return lines
+        return None
+
+    lines = wait_for(table, 30, "three nodes up with one leader")
+    assert lines[0].split() == ["ID", "ADDRESS", "ROLE", "LEADER", "BALLOT", "CHOSEN", "APPLIED", "STATE"]
+    assert [r.split()[0] for r in lines[1:]] == ["1", "2", "3"]
+    assert f"127.0.0.1:{local.base_port + 2}" in lines[3]
+
+
+def test_a_killed_node_is_reported_and_the_others_carry_on(local: LocalCluster) -> None:
+    ok(local.kv("put", "k", "before"))
+    os.kill(local.pid_of(2), signal.SIGKILL)
+    wait_for(lambda: "node 2" in local.output() and "SIGKILL" in local.output(), 15,
+             "cluster up to report the killed node")
+    ok(local.kv("put", "k", "after", "--server", "1"))
+    assert ok(local.kv("get", "k", "--server", "3")) == "after\n"
+    rows = wait_for(lambda: [r for r in ok(local.kv("status")).splitlines() if r.startswith("2 ")
+                             and r.split()[-1] == "down"], 15, "node 2 shown as down")
+    assert rows
+    assert local.kv("get", "k", "--server", "2", timeout_s=1).returncode == 1
+
+
+def test_cluster_up_again_keeps_the_data_and_ports(local: LocalCluster) -> None:
+    ok(local.kv("put", "durable", "yes", "--server", "2"))
+    layout = (local.dir / "cluster.json").read_text()
+    assert local.stop() == 0
+    assert "cluster stopped" in local.output()
+    local.start()
+    assert (local.dir / "cluster.json").read_text() == layout
+    assert ok(local.kv("get", "durable", "--server", "3")) == "yes\n"
+
+
+def test_second_cluster_up_on_busy_ports_is_refused(local: LocalCluster) -> None:
+    cmd = [sys.executable, "-m", "cli.main", "cluster", "up", "--data-dir", str(local.dir)]
+    result = subprocess.run(cmd, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True,
+                            timeout=COMMAND_TIMEOUT_S)
+    assert result.returncode == 1
+    assert "already in use" in result.stderr and result.stderr.count("\n") == 1

@@ -1,0 +1,458 @@
+"""Unit tests of the client and the `kv` command against fake nodes (no real cluster).
+
+The fake nodes are aiohttp apps on loopback ports, run by an event loop in a
+background thread; each answers from a script of canned responses and records
+what it was asked. Every client here has a timeout of a few seconds at most.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import click
+import pytest
+from aiohttp import web
+from click.testing import CliRunner
+
+from cli.cluster import check_ports_free, plan_cluster
+from cli.common import CliError, resolve_endpoints
+from cli.main import cli
+from kvpaxos.aioclient import AsyncClient
+from kvpaxos.client import (
+    BadRequest, Client, Entry, KvError, NotFound, OutcomeUnknown, PreconditionFailed, Unavailable,
+    _peer_closed,
+)
+from kvpaxos.client_support import (
+    BACKOFF_BASE_S, Attempts, Sessions, normalize_endpoint, parse_endpoints,
+)
+
+DROP = "drop"  # script action: close the connection without answering
+
+
+class FakeNode:
+    """A scripted node: pops one action per request, else answers `default`."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.script: list[Any] = []
+        self.default: Any = (200, {"key": "k", "value": "v", "version": 1})
+        self.requests: list[dict[str, Any]] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def reset(self) -> None:
+        self.script.clear()
+        self.requests.clear()
+        self.default = (200, {"key": "k", "value": "v", "version": 1})
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        self.requests.append({"method": request.method, "path": request.raw_path,
+                              "body": json.loads(raw) if raw else None})
+        action = self.script.pop(0) if self.script else self.default
+        if action == DROP:
+            request.transport.close()
+            return web.Response()
+        status, body, *headers = action
+        return web.json_response(body, status=status, headers=headers[0] if headers else None)
+
+
+class FakeCluster:
+    """Two fake nodes plus one port where nothing listens."""
+
+    def __init__(self) -> None:
+        self.a, self.b = FakeNode(), FakeNode()
+        self.refused = f"http://127.0.0.1:{unused_port()}"
+        self.loop = asyncio.new_event_loop()
+        self.runners: list[web.AppRunner] = []
+        ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
+        self.thread.start()
+        assert ready.wait(10), "fake nodes did not start"
+
+    def _run(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        for node in (self.a, self.b):
+            app = web.Application()
+            app.router.add_route("*", "/{tail:.*}", node.handle)
+            runner = web.AppRunner(app, access_log=None)
+            self.loop.run_until_complete(runner.setup())
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            self.loop.run_until_complete(site.start())
+            node.port = runner.addresses[0][1]
+            self.runners.append(runner)
+        ready.set()
+        self.loop.run_forever()
+
+    def close(self) -> None:
+        async def cleanup() -> None:
+            for runner in self.runners:
+                await runner.cleanup()
+        asyncio.run_coroutine_threadsafe(cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def unused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def fakes() -> Iterator[FakeCluster]:
+    cluster = FakeCluster()
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture
+def fake(fakes: FakeCluster) -> FakeCluster:
+    fakes.a.reset()
+    fakes.b.reset()
+    return fakes
+
+
+def err(status: int, code: str, headers: dict[str, str] | None = None) -> tuple:
+    return (status, {"error": code, "message": f"{code} message"}, headers or {})
+
+
+# -- endpoints ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("given,expected", [
+    ("127.0.0.1:7001", "http://127.0.0.1:7001"),
+    ("http://127.0.0.1:7001/", "http://127.0.0.1:7001"),
+    (" localhost:80 ", "http://localhost:80"),
+    ("https://kv.example:8443", "https://kv.example:8443"),
+    ("[::1]:7001", "http://[::1]:7001"),
+])
+def test_normalize_endpoint(given: str, expected: str) -> None:
+    assert normalize_endpoint(given) == expected
+
+
+@pytest.mark.parametrize("bad", ["127.0.0.1", "http://h", "ftp://h:1", "h:99999", "h:1/x", ":7001"])
+def test_normalize_endpoint_rejects(bad: str) -> None:
+    with pytest.raises(ValueError):
+        normalize_endpoint(bad)
+
+
+def test_parse_endpoints_accepts_lists_and_comma_strings() -> None:
+    assert parse_endpoints("a:1, http://b:2/,a:1,") == ["http://a:1", "http://b:2"]
+    assert parse_endpoints(["a:1", "b:2"]) == ["http://a:1", "http://b:2"]
+    with pytest.raises(ValueError):
+        parse_endpoints(" , ")
+
+
+# -- retry policy, with a fake clock ---------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_attempts_round_robin_from_start_then_back_off() -> None:
+    clock = Clock()
+    attempts = Attempts(3, start=1, timeout_s=10, write=False, clock=clock)
+    order = []
+    for _ in range(3):
+        index, delay = attempts.next()
+        order.append(index)
+        assert delay == 0  # no pause between the nodes of one round
+        attempts.failed("refused", sent=False)
+    assert order == [1, 2, 0]
+    index, delay = attempts.next()
+    assert index == 1 and BACKOFF_BASE_S * 0.8 <= delay <= BACKOFF_BASE_S * 1.2
+    for _ in range(2):
+        attempts.failed("refused", sent=False)
+        attempts.next()
+    attempts.failed("refused", sent=False)
+    _, delay = attempts.next()
+    assert BACKOFF_BASE_S * 2 * 0.8 <= delay <= BACKOFF_BASE_S * 2 * 1.2  # grows per round
+
+
+def test_attempts_stop_at_the_deadline() -> None:
+    clock = Clock()
+    attempts = Attempts(2, start=0, timeout_s=1, write=False, clock=clock)
+    assert attempts.next() is not None
+    attempts.failed("x", sent=False)
+    clock.now += 1.0
+    assert attempts.next() is None
+
+
+def test_attempts_can_be_limited_to_one_try() -> None:
+    attempts = Attempts(3, start=0, timeout_s=10, write=False, clock=Clock(), max_tries=1)
+    assert attempts.next() == (0, 0.0)
+    attempts.failed("refused", sent=False)
+    assert attempts.next() is None
+
+
+def test_attempts_honour_retry_after_within_limits() -> None:
+    clock = Clock()
+    attempts = Attempts(1, start=0, timeout_s=30, write=True, clock=clock)
+    attempts.next()
+    attempts.failed("no quorum", sent=True, status=503, retry_after=0.5)
+    _, delay = attempts.next()
+    assert 0.4 <= delay <= 0.6
+
+
+def test_attempts_track_whether_a_write_may_have_been_applied() -> None:
+    write = Attempts(2, 0, 5, write=True, clock=Clock())
+    write.failed("refused", sent=False)
+    write.failed("no quorum", sent=True, status=503)
+    assert not write.maybe_applied
+    write.failed("timeout", sent=True, status=504)
+    assert write.maybe_applied
+    read = Attempts(2, 0, 5, write=False, clock=Clock())
+    read.failed("reset", sent=True)
+    assert not read.maybe_applied
+
+
+def test_sessions_never_share_a_client_id_between_writes_in_flight() -> None:
+    sessions = Sessions("c")
+    first, second = sessions.acquire(), sessions.acquire()
+    assert first == ["c", 1] and second[0] != "c" and second[1] == 1
+    sessions.release(first)
+    assert sessions.acquire() == ["c", 2]
+
+
+# -- the synchronous client against fake nodes ------------------------------------
+
+
+def test_failover_from_refused_and_503_reuses_the_seq(fake: FakeCluster) -> None:
+    fake.a.script = [err(503, "no_quorum", {"Retry-After": "0"}), (200, {"key": "k", "version": 7})]
+    with Client([fake.refused, fake.a.url], timeout_s=5) as kv:
+        assert kv.put("k", "v") == 7
+        kv.put("k", "w")  # a new write: a new seq
+    bodies = [r["body"] for r in fake.a.requests]
+    assert bodies[0] == bodies[1] == {"value": "v", "client_id": kv.client_id, "seq": 1}
+    assert bodies[2]["seq"] == 2 and bodies[2]["client_id"] == kv.client_id
+
+
+@pytest.mark.parametrize("failure", [err(504, "timeout"), DROP, err(500, "internal")])
+def test_unknown_outcome_is_retried_elsewhere_with_the_same_seq(fake: FakeCluster, failure: Any) -> None:
+    fake.a.script = [failure]
+    fake.b.default = (200, {"key": "k", "version": 3})
+    with Client([fake.a.url, fake.b.url], timeout_s=5) as kv:
+        assert kv.delete("k", if_version=2) is None
+    assert len(fake.a.requests) == 1 and len(fake.b.requests) == 1
+    sent_a, sent_b = fake.a.requests[0]["body"], fake.b.requests[0]["body"]
+    assert sent_a == sent_b == {"if_version": 2, "client_id": kv.client_id, "seq": 1}
+
+
+def test_the_last_good_node_is_tried_first(fake: FakeCluster) -> None:
+    fake.a.script = [err(503, "no_quorum")]
+    with Client([fake.a.url, fake.b.url], timeout_s=5) as kv:
+        kv.get("k")
+        kv.get("k")
+    assert len(fake.a.requests) == 1 and len(fake.b.requests) == 2
+
+
+@pytest.mark.parametrize("status,code,exc", [
+    (404, "not_found", NotFound), (412, "precondition_failed", PreconditionFailed),
+    (400, "invalid_key", BadRequest), (413, "value_too_large", BadRequest),
+    (409, "conflict", KvError),
+])
+def test_error_statuses_map_to_typed_errors_without_retry(fake: FakeCluster, status: int,
+                                                          code: str, exc: type) -> None:
+    fake.a.script = [err(status, code)]
+    with Client([fake.a.url, fake.b.url], timeout_s=5) as kv, pytest.raises(exc) as info:
+        kv.put("k", "v", if_value="old")
+    assert (info.value.status, info.value.code) == (status, code)
+    assert info.value.message == f"{code} message"
+    assert len(fake.a.requests) == 1 and not fake.b.requests
+
+
+def test_only_refused_connections_raise_unavailable_within_the_timeout(fake: FakeCluster) -> None:
+    other = f"http://127.0.0.1:{unused_port()}"
+    started = time.monotonic()
+    with Client([fake.refused, other], timeout_s=1.0) as kv, pytest.raises(Unavailable) as info:
+        kv.put("k", "v")  # a write that never left is certainly not applied
+    assert time.monotonic() - started < 2.5
+    assert info.value.status == 0 and "refused" in info.value.message.lower()
+
+
+def test_a_write_that_only_timed_out_has_an_unknown_outcome(fake: FakeCluster) -> None:
+    fake.a.default = err(504, "timeout")
+    fake.b.default = err(503, "no_quorum", {"Retry-After": "1"})
+    started = time.monotonic()
+    with Client([fake.a.url, fake.b.url], timeout_s=1.0) as kv:
+        with pytest.raises(OutcomeUnknown):
+            kv.put("k", "v")
+        with pytest.raises(Unavailable):
+            kv.get("k")  # reads have no outcome to be unsure about
+    assert time.monotonic() - started < 4
+
+
+def test_only_503_means_unavailable(fake: FakeCluster) -> None:
+    fake.a.default = err(503, "no_quorum")
+    with Client([fake.a.url], timeout_s=0.5) as kv, pytest.raises(Unavailable) as info:
+        kv.cas("k", "old", "new")
+    assert info.value.status == 503
+
+
+def test_request_shapes(fake: FakeCluster) -> None:
+    fake.a.script = [
+        (200, {"key": "a/b c?", "value": "x", "version": 4}),
+        (200, {"key": "k", "value": "x", "version": 4}),
+        (200, {"key": "k", "version": 5}),
+        (200, {"items": [{"key": "p1", "value": "1", "version": 1},
+                         {"key": "p2", "value": "2", "version": 2}], "more": True}),
+    ]
+    with Client(fake.a.url, timeout_s=5) as kv:
+        assert kv.get("a/b c?") == Entry("a/b c?", "x", 4)
+        kv.get("k", stale=True)
+        assert kv.cas("k", "x", "y") == 5
+        entries, more = kv.list_page("p", limit=2)
+    paths = [r["path"] for r in fake.a.requests]
+    assert paths[0] == "/v1/kv/a%2Fb%20c%3F"
+    assert paths[1] == "/v1/kv/k?consistency=stale"
+    assert fake.a.requests[2]["body"] == {"value": "y", "if_value": "x",
+                                          "client_id": kv.client_id, "seq": 1}
+    assert paths[3] == "/v1/kv?prefix=p&limit=2"
+    assert [e.key for e in entries] == ["p1", "p2"] and more
+
+
+def _status_script(fake: FakeCluster) -> str:
+    refused_addr = fake.refused.removeprefix("http://")
+    b_addr = fake.b.url.removeprefix("http://")
+    fake.a.default = (200, {"id": 1, "address": fake.a.url.removeprefix("http://"), "role": "leader",
+                            "peers": {"2": {"address": refused_addr, "reachable": False},
+                                      "3": {"address": b_addr, "reachable": True}}})
+    fake.b.default = (200, {"id": 3, "address": b_addr, "role": "follower", "peers": {}})
+    return refused_addr
+
+
+def test_cluster_status_marks_down_nodes_and_asks_named_peers(fake: FakeCluster) -> None:
+    refused_addr = _status_script(fake)
+    started = time.monotonic()
+    with Client([fake.a.url], timeout_s=5) as kv:
+        nodes = kv.cluster_status()
+    assert time.monotonic() - started < 1.0  # a refused node is down at once, not after retries
+    assert [(n.get("id"), n["up"]) for n in nodes] == [(1, True), (2, False), (3, True)]
+    assert nodes[1]["address"] == refused_addr
+
+
+def test_async_cluster_status(fake: FakeCluster) -> None:
+    _status_script(fake)
+
+    async def scenario() -> list[dict[str, Any]]:
+        async with AsyncClient([fake.a.url, fake.refused], timeout_s=5) as kv:
+            return await kv.cluster_status()
+
+    nodes = asyncio.run(asyncio.wait_for(scenario(), 10))
+    assert [(n.get("id"), n["up"]) for n in nodes] == [(1, True), (2, False), (3, True)]
+
+
+def test_an_idle_connection_closed_by_the_peer_is_noticed() -> None:
+    left, right = socket.socketpair()
+    try:
+        assert not _peer_closed(left)
+        right.close()
+        assert _peer_closed(left)
+    finally:
+        left.close()
+
+
+# -- the asyncio client -------------------------------------------------------------
+
+
+def test_async_client_fails_over_and_reuses_the_seq(fake: FakeCluster) -> None:
+    fake.a.script = [err(504, "timeout")]
+    fake.b.script = [(200, {"key": "k", "version": 9}), (200, {"key": "k", "value": "v", "version": 9})]
+
+    async def scenario() -> tuple[int, Entry]:
+        async with AsyncClient([fake.refused, fake.a.url, fake.b.url], timeout_s=5) as kv:
+            return await kv.put("k", "v"), await kv.get("k")
+
+    version, entry = asyncio.run(asyncio.wait_for(scenario(), 10))
+    assert version == 9 and entry == Entry("k", "v", 9)
+    assert fake.a.requests[0]["body"] == fake.b.requests[0]["body"]
+    assert fake.b.requests[0]["body"]["seq"] == 1
+
+
+def test_async_client_raises_typed_errors(fake: FakeCluster) -> None:
+    fake.a.script = [err(404, "not_found")]
+
+    async def scenario() -> None:
+        async with AsyncClient([fake.a.url], timeout_s=2) as kv:
+            with pytest.raises(NotFound):
+                await kv.get("missing")
+        async with AsyncClient([fake.refused], timeout_s=0.5) as kv:
+            with pytest.raises(Unavailable):
+                await kv.delete("k")
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))
+
+
+# -- the kv command ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [
+    ["get"], ["--server", "0", "get", "k"], ["--endpoints", "http://nohost", "get", "k"],
+    ["list", "--limit", "0"], ["put", "k"], ["serve", "--cluster", "1=a:1"],
+    ["serve", "--id", "4", "--cluster", "1=127.0.0.1:1"], ["serve", "--id", "1", "--cluster", "junk"],
+    ["cluster", "up", "--nodes", "0"], ["frobnicate"],
+])
+def test_usage_errors_exit_2(args: list[str]) -> None:
+    result = CliRunner().invoke(cli, args, env={"KV_ENDPOINTS": None})
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+
+
+def test_not_found_is_one_line_and_exit_1(fake: FakeCluster) -> None:
+    fake.a.script = [err(404, "not_found")]
+    result = CliRunner().invoke(cli, ["--endpoints", fake.a.url, "get", "nope"])
+    assert result.exit_code == 1
+    assert result.stderr == "error: key 'nope' not found\n"
+
+
+def test_unreachable_cluster_is_one_line_and_exit_1(fake: FakeCluster) -> None:
+    result = CliRunner().invoke(cli, ["put", "k", "v", "--endpoints", fake.refused, "--timeout", "0.5"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+
+
+def test_server_option_picks_one_endpoint_and_output(fake: FakeCluster) -> None:
+    fake.b.script = [(200, {"key": "k", "value": "hello", "version": 2})] * 2
+    env = {"KV_ENDPOINTS": f"{fake.a.url},{fake.b.url}"}
+    result = CliRunner().invoke(cli, ["get", "k", "--server", "2"], env=env)
+    assert (result.exit_code, result.stdout) == (0, "hello\n")
+    result = CliRunner().invoke(cli, ["--server", "2", "get", "--json", "k"], env=env)
+    assert json.loads(result.stdout) == {"key": "k", "value": "hello", "version": 2}
+    assert not fake.a.requests and len(fake.b.requests) == 2
+
+
+def test_resolve_endpoints(tmp_path: Any) -> None:
+    assert resolve_endpoints(None, None, tmp_path) == [
+        "http://127.0.0.1:7001", "http://127.0.0.1:7002", "http://127.0.0.1:7003"]
+    assert resolve_endpoints(5, None, tmp_path) == ["http://127.0.0.1:7005"]
+    (tmp_path / "cluster.json").write_text(json.dumps(
+        {"nodes": {"1": "127.0.0.1:9001", "2": "127.0.0.1:9002"}}))
+    assert resolve_endpoints(2, None, tmp_path) == ["http://127.0.0.1:9002"]
+    assert resolve_endpoints(1, "h:1,h:2", tmp_path) == ["http://h:1"]
+    with pytest.raises(click.BadParameter):
+        resolve_endpoints(3, None, tmp_path)
+
+
+def test_cluster_up_keeps_an_existing_layout_and_refuses_busy_ports(tmp_path: Any) -> None:
+    (tmp_path / "cluster.json").write_text(json.dumps({"nodes": {"1": "127.0.0.1:9001"}}))
+    assert plan_cluster(tmp_path, None, None, None) == {1: "127.0.0.1:9001"}
+    with pytest.raises(CliError):
+        plan_cluster(tmp_path, 3, None, None)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        with pytest.raises(CliError, match="already in use"):
+            check_ports_free({1: f"127.0.0.1:{busy.getsockname()[1]}"})
