@@ -8,19 +8,24 @@ in-memory durable store; a crash throws away everything else. After every step
 the simulator checks safety:
   (a) no slot is ever learned with two different values, across all nodes;
   (b) every node's applied sequence is a prefix of one global sequence.
-After the faults stop and the network heals, liveness: every submitted command
-is chosen and applied exactly once, and all replicas converge.
+Clients keep submitting puts, deletes and compare-and-sets all through the
+fault phase, so faults hit a busy cluster, and issue read-index reads at random
+nodes: (c) a read point returned for a read must cover every slot any node had
+applied (so any result a client could have seen) when the read was issued, and
+be chosen. After the faults stop and the network heals, liveness: every
+submitted command is chosen and applied exactly once, and all replicas converge.
+A broken assertion inside the core counts as a failure too.
 Any failure raises SimulationFailure naming the seed that replays it.
 """
 from __future__ import annotations
 
 import copy
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from kvpaxos.core import messages as m
 from kvpaxos.core.ballot import ZERO, Ballot
-from kvpaxos.core.commands import PUT, Batch, Command
+from kvpaxos.core.commands import DELETE, PUT, Batch, Command
 from kvpaxos.core.kvstate import KVState
 from kvpaxos.core.replica import CoreConfig, Replica, Role
 
@@ -87,6 +92,11 @@ class Simulation:
         self.clients = [_Client(f"c{c}", cmds_per_client) for c in range(n_clients)]
         self.done: set[tuple[str, int]] = set()
         self.faulty = True
+        self.applied_max = 0  # the highest slot any node ever applied
+        self.reads: dict[int, int] = {}  # read id -> applied_max when the read was issued
+        self.reads_checked = 0
+        self.crashes = 0
+        self.delivered = 0
 
     # -- node lifecycle ---------------------------------------------------------
 
@@ -103,6 +113,7 @@ class Simulation:
 
     def crash(self, i: int) -> None:
         self.nodes[i] = None
+        self.crashes += 1
         self.inflight = [x for x in self.inflight if x[2] != i]
 
     def restart(self, i: int) -> None:
@@ -135,11 +146,14 @@ class Simulation:
                     node.replica.tick(self.time)
         due = [x for x in self.inflight if x[0] <= self.time]
         rng.shuffle(due)
-        for item in due[: rng.randint(1, 8)]:
+        # A few messages per step keeps reordering rich; a backlog drains faster, as a real
+        # network's would (a fixed rate lets retries of a long re-proposal pile up forever).
+        for item in due[: rng.randint(1, 8) + len(due) // 4]:
             self.inflight.remove(item)
             _, src, dst, msg = item
             node = self.nodes[dst]
             if node is not None:
+                self.delivered += 1
                 node.replica.step(src, msg)
         self._drive_clients()
         for i in self.members:
@@ -185,6 +199,8 @@ class Simulation:
         if node is None:
             return
         ready = node.replica.take_ready()
+        if ready.is_empty():
+            return
         write = (ready.promised, dict(ready.accepted), dict(ready.chosen))
         if self.faults.ack_before_persist:
             node.unpersisted.append(write)
@@ -208,9 +224,12 @@ class Simulation:
             if slot != self.applied[i] + 1:
                 self.fail(f"node {i} applied slot {slot} after {self.applied[i]}")
             self.applied[i] = slot
+            self.applied_max = max(self.applied_max, slot)
             for cmd, result in node.state.apply(slot, value):
                 if result.error != "stale_sequence":
                     self.done.add((cmd.client_id or "", cmd.seq))
+        for read_id, index in ready.reads:
+            self._check_read(i, read_id, index)
         self._maybe_snapshot(i, node)
         if ready.snapshot_from is not None:
             self._transfer_snapshot(ready.snapshot_from, i)
@@ -243,24 +262,72 @@ class Simulation:
         self.applied[dst] = slot
         self.snapshots_installed += 1
 
+    def _check_read(self, i: int, read_id: int, index: int | None) -> None:
+        need = self.reads.get(read_id)
+        if need is None:
+            self.fail(f"node {i} got an answer to read {read_id}, which was never issued")
+        if index is None:
+            return  # refused (no leader, or it stepped down): the reader retries elsewhere
+        self.reads_checked += 1
+        if index < need:
+            self.fail(f"read {read_id} at node {i} got read point {index}, but slot {need} "
+                      f"was applied before the read was issued (stale read)")
+        if any(s not in self.canon for s in range(1, index + 1)):
+            self.fail(f"read {read_id} at node {i} got read point {index}, which is not chosen yet")
+
     def _drive_clients(self) -> None:
+        rng = self.rng
         leaders = [i for i, n in self.nodes.items() if n is not None and n.replica.role is Role.LEADER]
         for c in self.clients:
-            if c.seq > c.total or (c.name, c.seq) in self.done:
-                if c.seq <= c.total:
-                    c.seq += 1
-                    c.sent_at = None
-                continue
+            if c.cmd is not None and (c.name, c.seq) in self.done:
+                c.cmd, c.sent_at = None, None
+                c.seq += 1
+                c.idle_until = self.time + rng.randrange(_THINK_STEPS_MAX)
+            if c.cmd is None:
+                # While faults run, clients keep going; afterwards they stop at their total.
+                if (c.seq > c.total and not self.faulty) or self.time < c.idle_until:
+                    continue
+                c.cmd = self._new_command(c)
+                c.total = max(c.total, c.seq)
             if leaders and (c.sent_at is None or self.time - c.sent_at > 60):
-                target = self.rng.choice(leaders)
-                cmd = Command(PUT, f"k{self.rng.randrange(3)}", f"{c.name}-{c.seq}",
-                              client_id=c.name, seq=c.seq, cmd_id=f"{c.name}.{c.seq}.{self.time}")
+                target = rng.choice(leaders)
+                # A retry is the same request (same client id and seq) under a new cmd_id.
+                cmd = replace(c.cmd, cmd_id=f"{c.name}.{c.seq}.{self.time}")
                 if self.nodes[target].replica.propose(cmd):  # type: ignore[union-attr]
                     c.sent_at = self.time
+        if rng.random() < _READ_RATE:
+            live = [i for i, n in self.nodes.items() if n is not None]
+            read_id = len(self.reads) + 1
+            self.reads[read_id] = self.applied_max
+            self.nodes[rng.choice(live)].replica.read_index(read_id)  # type: ignore[union-attr]
+
+    def _new_command(self, c: "_Client") -> Command:
+        rng = self.rng
+        key, value = f"k{rng.randrange(3)}", f"{c.name}-{c.seq}"
+        kind = rng.random()
+        if kind < 0.5:
+            return Command(PUT, key, value, client_id=c.name, seq=c.seq)
+        if kind < 0.65:
+            return Command(DELETE, key, client_id=c.name, seq=c.seq)
+        if kind < 0.8:  # compare-and-set on a value this client may have written before
+            return Command(PUT, key, value, if_value=f"{c.name}-{c.seq - 1}", client_id=c.name, seq=c.seq)
+        return Command(PUT, key, value, if_version=rng.randrange(4), client_id=c.name, seq=c.seq)
 
     # -- running ----------------------------------------------------------------
 
     def run(self, fault_steps: int = 3000, heal_steps: int = 6000) -> None:
+        try:
+            self._run(fault_steps, heal_steps)
+        except SimulationFailure:
+            raise
+        except AssertionError as e:  # an invariant inside the core broke (e.g. ConflictingChoice)
+            self.fail(f"core assertion at step {self.time}: {e!r}")
+
+    def canonical_log(self) -> list[tuple[int, Batch]]:
+        """The chosen log up to the highest applied slot: what a replay must reproduce."""
+        return [(s, self.canon[s]) for s in range(1, self.applied_max + 1)]
+
+    def _run(self, fault_steps: int, heal_steps: int) -> None:
         for _ in range(fault_steps):
             self.step()
         self.faulty = False
@@ -301,12 +368,18 @@ class Simulation:
             self.fail("replicas ended with different key-value content")
 
 
+_THINK_STEPS_MAX = 12  # a client pauses up to this many steps between commands
+_READ_RATE = 0.05  # chance per step that some node is asked for a read point
+
+
 @dataclass
 class _Client:
     name: str
-    total: int
+    total: int  # commands to complete; grows while faults run, since clients keep going
     seq: int = 1
+    cmd: Command | None = None  # the request for `seq`, retried as is until applied
     sent_at: int | None = None
+    idle_until: int = 0
 
 
 class _CountingKV(KVState):
