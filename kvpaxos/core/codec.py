@@ -49,13 +49,13 @@ def ballot_from_wire(x: Any) -> Ballot:
 
 
 def command_to_wire(c: Command) -> list:
-    return [c.op, c.key, c.value, c.if_value, c.if_version, c.client_id, c.seq, c.cmd_id]
+    return [c.op, c.key, c.value, c.if_value, c.if_version, c.client_id, c.seq, c.cmd_id, c.part]
 
 
 def command_from_wire(x: Any) -> Command:
-    if not isinstance(x, list) or len(x) != 8:
+    if not isinstance(x, list) or len(x) != 9:
         raise WireError("bad command")
-    op, key, value, if_value, if_version, client_id, seq, cmd_id = x
+    op, key, value, if_value, if_version, client_id, seq, cmd_id, part = x
     if op not in OPS or type(key) is not str or type(cmd_id) is not str:
         raise WireError("bad command")
     if op == PUT and type(value) is not str:
@@ -63,7 +63,7 @@ def command_from_wire(x: Any) -> Command:
     if if_version is not None:
         _int(if_version)
     return Command(op, key, _opt_str(value), _opt_str(if_value), if_version,
-                   _opt_str(client_id), _int(seq), cmd_id)
+                   _opt_str(client_id), _int(seq), cmd_id, _int(part))
 
 
 def batch_to_wire(b: Batch) -> dict:
@@ -106,7 +106,8 @@ _FIELD_CODECS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
     "chosen": (lambda es: [[e.slot, batch_to_wire(e.value)] for e in es],
                lambda x: _entry_list(x, _chosen_from_wire)),
     "index": (lambda i: i, lambda x: None if x is None else _int(x)),
-    "command": (command_to_wire, command_from_wire),
+    "commands": (lambda cs: [command_to_wire(c) for c in cs],
+                 lambda x: _entry_list(x, command_from_wire)),
     "cmd_id": (lambda s: s, lambda x: _str(x)),
 }
 _INT_CODEC = (lambda i: i, _int)

@@ -21,7 +21,9 @@ class Command:
     """One mutation. A put with if_value or if_version is a compare-and-set.
 
     cmd_id identifies this submission so the node that waits for it can match
-    its result; (client_id, seq) make retries of one request apply once.
+    its result; (client_id, seq) make retries of one request apply once; part
+    numbers the writes of one multi-operation request (they share client_id and
+    seq, and are always placed in one slot, in order).
     """
 
     op: str
@@ -32,6 +34,7 @@ class Command:
     client_id: str | None = None
     seq: int = 0
     cmd_id: str = ""
+    part: int = 0
 
     def size_bytes(self) -> int:
         return len(self.key) + (len(self.value) if self.value is not None else 0) + 64

@@ -7,7 +7,9 @@ seen in applied batches) and the exactly-once table.
 
 Exactly-once rule: a command with a client id and sequence number n is applied
 only if n is above the client's last applied number; a repeat of the last number
-gets the recorded result again; an older one gets `stale_sequence`. A client's
+gets the recorded result again; an older one gets `stale_sequence`. The writes
+of one multi-operation request share n and are told apart by their part
+number; the table keeps the result of each part of the client's last request. A client's
 record expires when the cluster clock passes its last use by session_ttl_ms
 (10 minutes by default): all replicas expire it at the same slot because the
 clock is part of the log.
@@ -26,7 +28,7 @@ SESSION_TTL_MS = 10 * 60 * 1000
 @dataclass
 class Session:
     seq: int
-    result: Result
+    results: list[Result]  # one per part of the request `seq`, in part order
     last_ms: int
 
 
@@ -57,12 +59,21 @@ class KVState:
         if cmd.client_id is None:
             return self._execute(cmd)
         session = self.sessions.get(cmd.client_id)
-        if session is not None and cmd.seq <= session.seq:
-            if cmd.seq == session.seq:
-                return session.result
+        if session is not None and cmd.seq < session.seq:
             return Result(False, "stale_sequence")
-        result = self._execute(cmd)
-        self.sessions[cmd.client_id] = Session(cmd.seq, result, self.cluster_ms)
+        if session is not None and cmd.seq == session.seq:
+            if cmd.part < len(session.results):
+                return session.results[cmd.part]
+            if cmd.part > len(session.results):
+                return Result(False, "stale_sequence")  # an earlier part is missing
+            result = self._execute(cmd)
+            session.results.append(result)
+        else:
+            if cmd.part != 0:
+                return Result(False, "stale_sequence")
+            result = self._execute(cmd)
+            session = self.sessions[cmd.client_id] = Session(cmd.seq, [result], self.cluster_ms)
+        session.last_ms = self.cluster_ms
         self.sessions.move_to_end(cmd.client_id)
         return result
 
@@ -113,7 +124,8 @@ def export_rows(state: KVState) -> tuple[dict, dict[str, tuple[str, int]], list[
     """
     header = {"slot": state.applied_slot, "revision": state.revision, "keys": len(state.data),
               "cluster_ms": state.cluster_ms, "session_ttl_ms": state.session_ttl_ms}
-    sessions = [[cid, s.seq, result_to_wire(s.result), s.last_ms] for cid, s in state.sessions.items()]
+    sessions = [[cid, s.seq, [result_to_wire(r) for r in s.results], s.last_ms]
+                for cid, s in state.sessions.items()]
     return header, dict(state.data), sessions
 
 
@@ -129,8 +141,8 @@ def import_rows(header: dict, keys: Iterable[list], sessions: Iterable[list]) ->
             raise ValueError(f"bad key record {row!r}")
         state.data[k] = (v, ver)
     for row in sessions:
-        cid, seq, result, last_ms = row
+        cid, seq, results, last_ms = row
         if type(cid) is not str or type(seq) is not int or type(last_ms) is not int:
             raise ValueError(f"bad session record {row!r}")
-        state.sessions[cid] = Session(seq, result_from_wire(result), last_ms)
+        state.sessions[cid] = Session(seq, [result_from_wire(r) for r in results], last_ms)
     return state

@@ -5,7 +5,8 @@ A LeaderState exists only while its node is a candidate or the leader of
 - the promises gathered in phase 1 and the merge rule for them (rule 6: for each
   slot, the value accepted with the highest ballot; holes become no-ops);
 - the proposals in flight and the votes for each, counted only for `ballot`;
-- commands waiting for a slot, packed into batches bounded in count and bytes;
+- commands waiting for a slot, packed into batches bounded in count and bytes
+  (a group of commands from one request always lands whole in one slot);
 - read-index rounds: reads wait for a heartbeat round acknowledged by a
   majority at `ballot`, and for the leader's first own-ballot slot to be chosen.
 """
@@ -43,7 +44,7 @@ class LeaderState:
         self.proposals: dict[int, Proposal] = {}
         self.next_slot = from_slot
         self.barrier_slot = from_slot
-        self.pending: deque[Command] = deque()
+        self.pending: deque[tuple[Command, ...]] = deque()  # groups never split across slots
         self.idle_ticks = 0
         self.hb_seq = 0
         self.acked_seq: dict[int, int] = {}
@@ -93,12 +94,13 @@ class LeaderState:
             return None
         commands: list[Command] = []
         size = 0
-        while self.pending and len(commands) < count_max:
-            cmd_size = self.pending[0].size_bytes()
-            if commands and size + cmd_size > bytes_max:
+        while self.pending:
+            group = self.pending[0]
+            group_size = sum(c.size_bytes() for c in group)
+            if commands and (size + group_size > bytes_max or len(commands) + len(group) > count_max):
                 break
-            commands.append(self.pending.popleft())
-            size += cmd_size
+            commands.extend(self.pending.popleft())
+            size += group_size
         return Batch(tuple(commands), ts_ms) if commands else NOOP
 
     # -- reads and liveness ---------------------------------------------------

@@ -133,9 +133,9 @@ class Rebuilding:
 
 @dataclass(frozen=True, slots=True)
 class ClientRequest:
-    """A follower hands a client's command to the leader it knows."""
+    """A follower hands a client's commands to the leader it knows (one slot for all)."""
 
-    command: Command
+    commands: tuple[Command, ...]
 
 
 @dataclass(frozen=True, slots=True)

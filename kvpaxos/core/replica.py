@@ -136,12 +136,12 @@ class Replica:
                 self.catchup_idle = None
         self._maybe_catch_up()
 
-    def propose(self, cmd: Command) -> bool:
-        """Queue a command for a slot; False when this node is not the leader."""
+    def propose(self, cmd: Command | tuple[Command, ...]) -> bool:
+        """Queue a command, or a group that must share one slot; False when not the leader."""
         if self.role is not Role.LEADER:
             return False
         assert self.lead is not None
-        self.lead.pending.append(cmd)
+        self.lead.pending.append(cmd if isinstance(cmd, tuple) else (cmd,))
         return True
 
     def read_index(self, read_id: int) -> None:
@@ -281,7 +281,8 @@ class Replica:
     def _step_down(self) -> None:
         lead = self.lead
         if lead is not None:
-            self._ready.dropped.extend(lead.pending)
+            for group in lead.pending:
+                self._ready.dropped.extend(group)
             for read in lead.all_reads():
                 self._answer_read(read.origin, read.read_id, None)
         self.lead = None

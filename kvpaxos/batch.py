@@ -1,0 +1,71 @@
+"""POST /v1/batch: many operations in one request.
+
+Semantics: every write in the batch (put, cas, delete) goes into ONE log slot,
+in the order given, so the writes become visible together: no read anywhere
+sees some of them without the others. Each write's precondition is checked on
+its own when it is applied (a failed cas does not undo the others). Then the
+reads are served at a linearizable point after the writes. With client_id and
+seq the whole batch is exactly-once: a retry returns the first results.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from kvpaxos.core.commands import DELETE, PUT, Command, Result
+from kvpaxos.errors import BadRequest, ValueTooLarge
+from kvpaxos.node import Node
+from kvpaxos.parse import field, key_of
+
+BATCH_OPS_MAX = 10_000
+_WRITE_OPS = {"put": PUT, "cas": PUT, "delete": DELETE}
+
+
+def _parse_op(i: int, op: Any, value_max: int) -> tuple[str, dict]:
+    if not isinstance(op, dict) or op.get("op") not in ("put", "cas", "delete", "get"):
+        raise BadRequest(f"ops[{i}] must be an object with op put, cas, delete or get")
+    where = f"ops[{i}]"
+    key = key_of(field(op, "key", str, optional=False, where=where))
+    fields = {"key": key, "value": field(op, "value", str, op["op"] not in ("put", "cas"), where),
+              "if_value": field(op, "if_value", str, op["op"] != "cas", where),
+              "if_version": field(op, "if_version", int, True, where)}
+    for name in ("value", "if_value"):
+        v = fields[name]
+        if v is not None and len(v.encode("utf-8")) > value_max:
+            raise ValueTooLarge(f"{where}.{name} exceeds {value_max} bytes")
+    return op["op"], fields
+
+
+def _write_result(r: Result) -> dict:
+    out: dict[str, Any] = {"ok": r.ok, "version": r.version}
+    if not r.ok:
+        out["error"] = r.error
+    return out
+
+
+async def run_batch(node: Node, body: dict) -> dict:
+    ops = body.get("ops")
+    if not isinstance(ops, list) or not 1 <= len(ops) <= BATCH_OPS_MAX:
+        raise BadRequest(f"ops must be a list of 1 to {BATCH_OPS_MAX} operations")
+    client_id = field(body, "client_id", str)
+    seq = field(body, "seq", int)
+    if (client_id is None) != (seq is None) or (client_id is not None and (not client_id or seq < 1)):
+        raise BadRequest("client_id (non-empty) and seq (>= 1) come together")
+    parsed = [_parse_op(i, op, node.config.value_bytes_max) for i, op in enumerate(ops)]
+    writes: list[Command] = []
+    for kind, f in parsed:
+        if kind != "get":
+            writes.append(Command(_WRITE_OPS[kind], f["key"], f["value"] if kind != "delete" else None,
+                                  f["if_value"], f["if_version"], client_id, seq or 0,
+                                  node.new_cmd_id(), len(writes)))
+    results = iter(await node.submit_group(tuple(writes)) if writes else [])
+    if len(writes) < len(parsed):
+        await node.linearizable_point()
+    out = []
+    for kind, f in parsed:
+        if kind != "get":
+            out.append(_write_result(next(results)))
+        elif (entry := node.kv.get(f["key"])) is None:
+            out.append({"ok": False, "error": "not_found", "key": f["key"]})
+        else:
+            out.append({"ok": True, "key": f["key"], "value": entry[0], "version": entry[1]})
+    return {"results": out}

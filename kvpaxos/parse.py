@@ -1,0 +1,58 @@
+"""Request parsing shared by the HTTP views: keys, JSON bodies, typed fields.
+
+Every failure is a KvError subclass (400/413) that the HTTP layer answers as
+JSON; nothing here lets bad input through as a 500.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from kvpaxos.core.commands import KEY_BYTES_MAX
+from kvpaxos.errors import BadRequest, InvalidJson, InvalidKey
+
+
+def key_of(key: str) -> str:
+    if not key or len(key.encode("utf-8", "surrogatepass")) > KEY_BYTES_MAX:
+        raise InvalidKey(f"keys must be 1 to {KEY_BYTES_MAX} bytes of UTF-8")
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidKey("keys must be valid UTF-8") from None
+    return key
+
+
+async def json_body(request: web.Request, required: bool) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw.strip():
+        if required:
+            raise InvalidJson("a JSON object body is required")
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InvalidJson(f"body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise InvalidJson("body must be a JSON object")
+    return body
+
+
+def field(body: dict, name: str, kind: type, optional: bool = True, where: str = "") -> Any:
+    value = body.get(name)
+    label = f"{where}.{name}" if where else repr(name)
+    if value is None:
+        if optional:
+            return None
+        raise BadRequest(f"field {label} is required")
+    if type(value) is not kind:
+        raise BadRequest(f"field {label} must be a {kind.__name__}")
+    if kind is int and value < 0:
+        raise BadRequest(f"field {label} must not be negative")
+    if kind is str:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadRequest(f"field {label} must be valid UTF-8") from None
+    return value
