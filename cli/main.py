@@ -25,6 +25,7 @@ import click
 
 from cli.cluster import cluster
 from cli.common import DEFAULT_DATA_DIR, CliError, resolve_endpoints
+from kvpaxos.bench.command import bench
 from kvpaxos.client import (
     BadRequest, Client, KvError, NotFound, OutcomeUnknown, PreconditionFailed, Unavailable,
 )
@@ -271,6 +272,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 cli.add_command(cluster)
+cli.add_command(bench)
 
 
 def main(argv: list[str] | None = None) -> None:

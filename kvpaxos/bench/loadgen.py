@@ -1,0 +1,547 @@
+"""The load generator: aiohttp with keep-alive connections, one event loop per process.
+
+Three shapes of load, each described by a Workload:
+  closed  `concurrency` clients, each sending its next request when the last one
+          is answered: single-operation PUTs (`read_ratio` of them GETs instead);
+  rate    open loop: requests start at fixed times (`rate` per second) whatever
+          happened to earlier ones; latency counts from the planned start, so a
+          stalled server cannot hide its queue (no coordinated omission);
+  batch   closed loop of POST /v1/batch requests of `batch_size` PUTs each.
+Writes are single PUTs of `value_bytes`-byte values; with `exactly_once` each
+client sends its own client_id and an increasing seq, as kvpaxos.client does.
+Reads are linearizable GETs (or `?consistency=stale`).
+
+Every process waits for a shared start time (CLOCK_MONOTONIC is system-wide on
+Linux), runs `warmup_s` unmeasured, then `duration_s` measured: requests that
+end inside the window count (throughput = completions in the window), each
+with its whole latency. LoadRunner runs one Workload in this process or spread
+over `procs` worker processes (`python -m kvpaxos.bench.loadgen`).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import string
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import aiohttp
+from yarl import URL
+
+from kvpaxos.bench.stats import summarize
+
+ERROR_PAUSE_S = 0.01  # after a failed request, so a dead node does not spin a client
+
+
+@dataclass
+class Workload:
+    urls: list[str]
+    mode: str = "closed"            # closed | rate | batch
+    concurrency: int = 16
+    read_ratio: float = 0.0
+    value_bytes: int = 100
+    keys: int = 1000
+    warmup_s: float = 1.0
+    duration_s: float = 5.0
+    rate: float = 0.0               # rate mode: requests per second (all processes together)
+    batch_size: int = 100           # batch mode: operations per request
+    exactly_once: bool = True
+    stale_reads: bool = False
+    timeout_s: float = 10.0
+    seed: int = 1
+    key_prefix: str = "bench-"
+    label: str = ""
+
+
+@dataclass
+class WorkerResult:
+    latencies: dict[str, list[float]] = field(default_factory=dict)
+    errors: Counter = field(default_factory=Counter)
+    not_found: int = 0
+    batch_ops_ok: int = 0
+    batch_ops_failed: int = 0
+    cpu_s: float = 0.0
+    late: int = 0          # rate mode: requests that started > 1 ms after their planned time
+    unsent: int = 0        # rate mode: planned but never started (too many outstanding)
+
+    def merge(self, other: WorkerResult) -> None:
+        for op, values in other.latencies.items():
+            self.latencies.setdefault(op, []).extend(values)
+        self.errors.update(other.errors)
+        self.not_found += other.not_found
+        self.batch_ops_ok += other.batch_ops_ok
+        self.batch_ops_failed += other.batch_ops_failed
+        self.cpu_s += other.cpu_s
+        self.late += other.late
+        self.unsent += other.unsent
+
+
+def key_names(w: Workload) -> list[str]:
+    return [f"{w.key_prefix}{i:07d}" for i in range(w.keys)]
+
+
+def value_of(size: int, seed: int) -> str:
+    rng = random.Random(seed)
+    return "".join(rng.choice(string.ascii_letters + string.digits) for _ in range(size))
+
+
+class _Gen:
+    """One process's share of a Workload."""
+
+    def __init__(self, w: Workload, share: int, shares: int, start_at: float,
+                 progress: Callable[[int], None] | None) -> None:
+        self.w = w
+        self.share, self.shares = share, shares
+        self.m0 = start_at + w.warmup_s          # measured window
+        self.m1 = self.m0 + w.duration_s
+        self.rng = random.Random(w.seed * 1000 + share)
+        self.start_at = start_at
+        self.progress = progress
+        self.result = WorkerResult(latencies={})
+        self.value_json = json.dumps(value_of(w.value_bytes, w.seed))
+        keys = key_names(w)
+        self.kv_urls = [[URL(f"{base}/v1/kv/{k}", encoded=True) for k in keys] for base in w.urls]
+        suffix = "?consistency=stale" if w.stale_reads else ""
+        self.get_urls = [[URL(f"{base}/v1/kv/{k}{suffix}", encoded=True) for k in keys]
+                         for base in w.urls]
+        self.batch_urls = [URL(f"{base}/v1/batch", encoded=True) for base in w.urls]
+        self.keys = keys
+        self.done_ops = 0
+        self.json_headers = {"Content-Type": "application/json"}
+        self._free_sessions: list[list] = []  # open loop: [client_id, last seq] not in use
+
+    def record(self, op: str, started: float, ended: float) -> None:
+        if self.m0 <= ended <= self.m1:
+            self.result.latencies[op].append(ended - started)
+        self.done_ops += 1
+
+    async def run(self) -> WorkerResult:
+        w = self.w
+        for op in ("put", "get", "batch"):
+            self.result.latencies[op] = []
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None, enable_cleanup_closed=False)
+        timeout = aiohttp.ClientTimeout(total=w.timeout_s)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout,
+                                         skip_auto_headers=("User-Agent",),
+                                         json_serialize=json.dumps) as session:
+            self.session = session
+            await asyncio.sleep(max(0.0, self.start_at - time.monotonic()))
+            cpu_task = asyncio.create_task(self._cpu_window())
+            ticker = asyncio.create_task(self._report_progress()) if self.progress else None
+            if w.mode == "rate":
+                await self._open_loop()
+            else:
+                clients = [asyncio.create_task(self._client(i))
+                           for i in range(self.share, w.concurrency, self.shares)]
+                await asyncio.gather(*clients)
+            await cpu_task
+            if ticker is not None:
+                ticker.cancel()
+        return self.result
+
+    async def _cpu_window(self) -> None:
+        await asyncio.sleep(max(0.0, self.m0 - time.monotonic()))
+        c0 = time.process_time()
+        await asyncio.sleep(max(0.0, self.m1 - time.monotonic()))
+        self.result.cpu_s = time.process_time() - c0
+
+    async def _report_progress(self) -> None:
+        assert self.progress is not None
+        while True:
+            self.progress(self.done_ops)
+            await asyncio.sleep(0.25)
+
+    # -- closed loop --
+
+    async def _client(self, index: int) -> None:
+        w = self.w
+        node = index % len(w.urls)
+        client_id = f"bench-{uuid.uuid4().hex[:12]}-{index}" if w.exactly_once else None
+        seq = 0
+        rng = random.Random(self.rng.random())
+        nkeys = len(self.keys)
+        while True:
+            now = time.monotonic()
+            if now >= self.m1:
+                return
+            if w.mode == "batch":
+                seq += 1
+                ok = await self._batch(node, rng, client_id, seq)
+            elif rng.random() < w.read_ratio:
+                ok = await self._get(node, rng.randrange(nkeys))
+            else:
+                seq += 1
+                ok = await self._put(node, rng.randrange(nkeys), client_id, seq)
+            if not ok:
+                await asyncio.sleep(ERROR_PAUSE_S)
+
+    def _put_body(self, client_id: str | None, seq: int) -> bytes:
+        if client_id is None:
+            return b'{"value":%s}' % self.value_json.encode()
+        return b'{"value":%s,"client_id":"%s","seq":%d}' % (
+            self.value_json.encode(), client_id.encode(), seq)
+
+    async def _put(self, node: int, k: int, client_id: str | None, seq: int,
+                   planned: float | None = None) -> bool:
+        started = time.monotonic() if planned is None else planned
+        try:
+            async with self.session.put(self.kv_urls[node][k], data=self._put_body(client_id, seq),
+                                        headers=self.json_headers) as resp:
+                await resp.read()
+                status = resp.status
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            self.result.errors[f"put:{type(exc).__name__}"] += 1
+            return False
+        if status != 200:
+            self.result.errors[f"put:{status}"] += 1
+            return False
+        self.record("put", started, time.monotonic())
+        return True
+
+    async def _get(self, node: int, k: int, planned: float | None = None) -> bool:
+        started = time.monotonic() if planned is None else planned
+        try:
+            async with self.session.get(self.get_urls[node][k]) as resp:
+                await resp.read()
+                status = resp.status
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            self.result.errors[f"get:{type(exc).__name__}"] += 1
+            return False
+        if status == 404:
+            self.result.not_found += 1
+        elif status != 200:
+            self.result.errors[f"get:{status}"] += 1
+            return False
+        self.record("get", started, time.monotonic())
+        return True
+
+    async def _batch(self, node: int, rng: random.Random, client_id: str | None, seq: int) -> bool:
+        w = self.w
+        nkeys = len(self.keys)
+        ops = ",".join(
+            '{"op":"put","key":"%s","value":%s}' % (self.keys[rng.randrange(nkeys)], self.value_json)
+            for _ in range(w.batch_size))
+        tail = "" if client_id is None else ',"client_id":"%s","seq":%d' % (client_id, seq)
+        body = ('{"ops":[%s]%s}' % (ops, tail)).encode()
+        started = time.monotonic()
+        try:
+            async with self.session.post(self.batch_urls[node], data=body,
+                                         headers=self.json_headers) as resp:
+                raw = await resp.read()
+                status = resp.status
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            self.result.errors[f"batch:{type(exc).__name__}"] += 1
+            return False
+        ended = time.monotonic()
+        if status != 200:
+            self.result.errors[f"batch:{status}"] += 1
+            return False
+        try:
+            results = json.loads(raw)["results"]
+        except (ValueError, KeyError, TypeError):
+            self.result.errors["batch:malformed"] += 1
+            return False
+        if len(results) != w.batch_size:
+            self.result.errors["batch:wrong_count"] += 1
+            return False
+        ok = sum(1 for r in results if isinstance(r, dict) and r.get("ok", True) is not False)
+        if self.m0 <= ended <= self.m1:
+            self.result.batch_ops_ok += ok
+            self.result.batch_ops_failed += len(results) - ok
+        self.record("batch", started, ended)
+        return True
+
+    # -- open loop --
+
+    async def _open_loop(self) -> None:
+        w = self.w
+        rate = w.rate / self.shares
+        interval = 1.0 / rate
+        t0 = self.start_at + self.share * interval / self.shares  # interleave the processes
+        nkeys = len(self.keys)
+        pending: set[asyncio.Task] = set()
+        limit = max(1000, int(rate * w.timeout_s))
+        i = 0
+        while True:
+            planned = t0 + i * interval
+            if planned >= self.m1:
+                break
+            now = time.monotonic()
+            if planned > now:
+                await asyncio.sleep(planned - now)
+            i += 1
+            if len(pending) >= limit:
+                self.result.unsent += 1
+                continue
+            if self.rng.random() < w.read_ratio:
+                coro = self._timed_get(planned, self.rng.randrange(nkeys), i)
+            else:
+                coro = self._timed_put(planned, self.rng.randrange(nkeys), i)
+            task = asyncio.create_task(coro)
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        if pending:
+            await asyncio.wait(pending)
+
+    async def _timed_put(self, planned: float, k: int, i: int) -> None:
+        self._note_start(planned)
+        if not self.w.exactly_once:
+            await self._put(i % len(self.w.urls), k, None, 0, planned)
+            return
+        # Concurrent writes each need their own session (as in kvpaxos.aioclient):
+        # one client's requests must reach the store in seq order.
+        session = self._free_sessions.pop() if self._free_sessions else \
+            [f"bench-{uuid.uuid4().hex[:12]}-r{self.share}", 0]
+        session[1] += 1
+        try:
+            await self._put(i % len(self.w.urls), k, session[0], session[1], planned)
+        finally:
+            self._free_sessions.append(session)
+
+    async def _timed_get(self, planned: float, k: int, i: int) -> None:
+        self._note_start(planned)
+        await self._get(i % len(self.w.urls), k, planned)
+
+    def _note_start(self, planned: float) -> None:
+        """Latency counts from the planned start; note requests that started late."""
+        if time.monotonic() - planned > 0.001:
+            self.result.late += 1
+
+
+def run_share(w: Workload, share: int, shares: int, start_at: float,
+              progress: Callable[[int], None] | None = None) -> WorkerResult:
+    """One process's share of the load (the entry point of worker processes)."""
+    return asyncio.run(_Gen(w, share, shares, start_at, progress).run())
+
+
+def worker_main() -> None:
+    """`python -m kvpaxos.bench.loadgen`: a worker process of LoadRunner.
+
+    Reads one job per line on stdin (JSON: workload, share, shares, start_at),
+    answers one result per line on stdout, until stdin closes.
+    """
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    for line in sys.stdin:
+        job = json.loads(line)
+        result = run_share(Workload(**job["workload"]), job["share"], job["shares"], job["start_at"])
+        sys.stdout.write(json.dumps(asdict(result)) + "\n")
+        sys.stdout.flush()
+
+
+class Progress:
+    """A one-line progress bar on stderr: redrawn in place on a terminal, else start/end lines."""
+
+    def __init__(self, label: str, total_s: float, enabled: bool = True) -> None:
+        self.label, self.total_s, self.enabled = label, total_s, enabled
+        self.t0 = time.monotonic()
+        self.tty = sys.stderr.isatty()
+        if enabled and not self.tty:
+            print(f"  {label}: running {total_s:.0f} s ...", file=sys.stderr, flush=True)
+
+    def update(self, ops: int | None = None) -> None:
+        if not (self.enabled and self.tty):
+            return
+        elapsed = min(self.total_s, time.monotonic() - self.t0)
+        width = 30
+        filled = int(width * elapsed / self.total_s) if self.total_s > 0 else width
+        count = "" if ops is None else f"  {ops} requests"
+        sys.stderr.write(f"\r  {self.label} [{'#' * filled}{'.' * (width - filled)}] "
+                         f"{elapsed:4.1f}/{self.total_s:.1f} s{count}   ")
+        sys.stderr.flush()
+
+    def done(self, summary: str = "") -> None:
+        if not self.enabled:
+            return
+        if self.tty:
+            sys.stderr.write("\r\033[K")
+        print(f"  {self.label}: {summary}" if summary else f"  {self.label}: done",
+              file=sys.stderr, flush=True)
+
+
+class LoadRunner:
+    """Runs Workloads, in this process or over a pool of worker processes kept for all levels."""
+
+    def __init__(self, procs: int = 1, show_progress: bool = True) -> None:
+        self.procs = max(1, procs)
+        self.show_progress = show_progress
+        self._workers: list[subprocess.Popen] = []
+        if self.procs > 1:
+            from kvpaxos.bench.cluster import child_env
+            for _ in range(self.procs):
+                self._workers.append(subprocess.Popen(
+                    [sys.executable, "-m", "kvpaxos.bench.loadgen"], stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE, env=child_env(), text=True))
+            for proc in self._workers:  # imports done, ready to take a job at once
+                assert proc.stdout is not None
+                if proc.stdout.readline().strip() != "ready":
+                    self.close()
+                    raise RuntimeError("a load generator worker failed to start")
+
+    def close(self) -> None:
+        for proc in self._workers:
+            if proc.stdin is not None:
+                proc.stdin.close()
+        for proc in self._workers:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._workers = []
+
+    def pids(self) -> list[int]:
+        """The worker processes (empty when the load runs in this process)."""
+        return [p.pid for p in self._workers]
+
+    def __enter__(self) -> LoadRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def run(self, w: Workload, on_window: Callable[[str], None] | None = None,
+            label: str | None = None) -> tuple[WorkerResult, float]:
+        """Run w; on_window("start"/"end") is called at the measured window's edges.
+
+        Returns the merged result and the measured duration in seconds.
+        """
+        lead_s = 0.2 if self._workers else 0.05
+        start_at = time.monotonic() + lead_s
+        m0, m1 = start_at + w.warmup_s, start_at + w.warmup_s + w.duration_s
+        bar = Progress(label or w.label or w.mode, w.warmup_s + w.duration_s + lead_s,
+                       self.show_progress)
+        merged = WorkerResult(latencies={"put": [], "get": [], "batch": []})
+        if not self._workers:
+            async def main() -> WorkerResult:
+                gen = _Gen(w, 0, 1, start_at, bar.update)
+                hooks = asyncio.create_task(_window_hooks(m0, m1, on_window))
+                result = await gen.run()
+                await hooks
+                return result
+            merged.merge(asyncio.run(main()))
+        else:
+            for i, proc in enumerate(self._workers):
+                job = {"workload": asdict(w), "share": i, "shares": self.procs, "start_at": start_at}
+                assert proc.stdin is not None
+                proc.stdin.write(json.dumps(job) + "\n")
+                proc.stdin.flush()
+            _sleep_until(m0, bar)
+            if on_window:
+                on_window("start")
+            _sleep_until(m1, bar)
+            if on_window:
+                on_window("end")
+            for proc in self._workers:
+                assert proc.stdout is not None
+                line = proc.stdout.readline()
+                if not line:
+                    raise RuntimeError(f"load generator worker {proc.pid} exited")
+                doc = json.loads(line)
+                doc["errors"] = Counter(doc["errors"])
+                merged.merge(WorkerResult(**doc))
+        n = sum(len(v) for v in merged.latencies.values())
+        errors = sum(merged.errors.values())
+        bar.done(f"{n / w.duration_s:,.0f} requests/s" + (f", {errors} errors" if errors else ""))
+        return merged, w.duration_s
+
+
+async def _window_hooks(m0: float, m1: float, on_window: Callable[[str], None] | None) -> None:
+    if on_window is None:
+        return
+    await asyncio.sleep(max(0.0, m0 - time.monotonic()))
+    on_window("start")
+    await asyncio.sleep(max(0.0, m1 - time.monotonic()))
+    on_window("end")
+
+
+def _sleep_until(t: float, bar: Progress) -> None:
+    while (left := t - time.monotonic()) > 0:
+        time.sleep(min(left, 0.25))
+        bar.update()
+
+
+def level_summary(result: WorkerResult, duration_s: float, batch_size: int = 1) -> dict:
+    """Per-operation summaries of one measured window, as they go into the JSON."""
+    ops: dict[str, Any] = {}
+    for op, values in result.latencies.items():
+        if values:
+            ops[op] = summarize(values, duration_s, batch_size if op == "batch" else 1)
+    total = sum(s["ops_s"] for op, s in ops.items() if op != "batch")
+    out = {"ops": ops, "total_ops_s": round(total, 1), "errors": dict(result.errors),
+           "client_cpu_s": round(result.cpu_s, 3)}
+    if result.not_found:
+        out["not_found"] = result.not_found
+    if "batch" in ops:
+        out["batch_ops_s"] = round(result.batch_ops_ok / duration_s, 1)
+        out["batch_ops_failed"] = result.batch_ops_failed
+    if result.late or result.unsent:
+        out["late_starts"] = result.late
+        out["unsent"] = result.unsent
+    return out
+
+
+async def _populate(urls: list[str], keys: list[str], value: str, concurrency: int) -> int:
+    """Write every key once (so reads find them); the number of keys written."""
+    body = json.dumps({"value": value}).encode()
+    queue = list(enumerate(keys))
+    written = 0
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal written
+        while queue:
+            i, key = queue.pop()
+            url = URL(f"{urls[i % len(urls)]}/v1/kv/{key}", encoded=True)
+            for _ in range(20):
+                try:
+                    async with session.put(url, data=body,
+                                           headers={"Content-Type": "application/json"}) as resp:
+                        await resp.read()
+                        if resp.status == 200:
+                            written += 1
+                            break
+                except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+                    pass
+                await asyncio.sleep(0.05)
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+    return written
+
+
+def populate(w: Workload, concurrency: int = 32) -> int:
+    return asyncio.run(_populate(w.urls, key_names(w), value_of(w.value_bytes, w.seed), concurrency))
+
+
+async def _probe_batch(url: str) -> tuple[bool, str]:
+    body = {"ops": [{"op": "put", "key": "bench-probe", "value": "x"}, {"op": "get", "key": "bench-probe"}]}
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            async with session.post(f"{url}/v1/batch", json=body) as resp:
+                raw = await resp.read()
+                status = resp.status
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        return False, f"POST /v1/batch failed: {exc}"
+    if status != 200:
+        return False, f"POST /v1/batch answered HTTP {status}: {raw[:200].decode(errors='replace')}"
+    try:
+        results = json.loads(raw)["results"]
+        assert isinstance(results, list) and len(results) == 2
+    except (ValueError, KeyError, TypeError, AssertionError):
+        return False, f"POST /v1/batch answered an unexpected body: {raw[:200]!r}"
+    return True, "ok"
+
+
+def probe_batch(url: str) -> tuple[bool, str]:
+    """Whether the node at url serves POST /v1/batch as the benchmark expects (and why not)."""
+    return asyncio.run(_probe_batch(url))
+
+
+if __name__ == "__main__":
+    worker_main()

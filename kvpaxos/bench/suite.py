@@ -1,0 +1,453 @@
+"""The whole `kv bench` run: one fresh cluster, the baselines, one JSON and one SVG.
+
+Parts (--modes): sweep (closed-loop concurrency sweep at --read-ratio), batch
+(POST /v1/batch ops/s), rate (open loop at --rate writes/s), reads
+(linearizable reads vs writes at one concurrency), aiohttp (the bare aiohttp
+server under the same sweep), pysyncobj (PySyncObj, same node count). The etcd
+numbers are a reference from the issue, never measured here.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from kvpaxos.bench.cluster import BenchCluster, child_env, cpu_seconds, free_ports, get_json
+from kvpaxos.bench.loadgen import LoadRunner, Workload, level_summary, populate, probe_batch
+
+ALL_MODES = ("sweep", "batch", "rate", "reads", "aiohttp", "pysyncobj")
+ETCD_REFERENCE = {
+    "measured": False,
+    "source": "reference numbers quoted in the issue, not measured on this machine",
+    "system": "etcd 3.4 through its HTTP/JSON gateway",
+    "clients": 64,
+    "put_ops_s": 1800,
+    "put_p50_ms": 35.0,
+}
+RATE_TARGETS_MS = {"p50": 2.0, "p99": 10.0}
+READS_TARGET = 2.0
+
+
+@dataclass
+class SuiteOptions:
+    nodes: int = 3
+    concurrency: list[int] = field(default_factory=lambda: [1, 4, 16, 64, 256])
+    read_ratio: float = 0.5
+    value_bytes: int = 100
+    keys: int = 1000
+    duration_s: float = 5.0
+    warmup_s: float = 1.0
+    client_procs: int = 1
+    target: str = "all"               # all | leader: which nodes the clients talk to
+    exactly_once: bool = True
+    modes: list[str] = field(default_factory=lambda: list(ALL_MODES))
+    batch_size: int = 100
+    batch_concurrency: int = 16
+    rate: float = 1000.0
+    rate_duration_s: float = 10.0
+    reads_concurrency: int = 64
+    syncobj_outstanding: int = 1000
+    out_dir: Path | None = Path("benchmarks/results")
+    tag: str = ""
+    show_progress: bool = True
+
+
+def _log(opts: SuiteOptions, msg: str) -> None:
+    if opts.show_progress:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def machine_info() -> dict:
+    info: dict[str, Any] = {
+        "cores": os.cpu_count(), "python": platform.python_version(),
+        "platform": platform.platform(), "hostname": socket.gethostname(),
+        "loadavg_before": list(os.getloadavg()),
+    }
+    try:
+        info["git_commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        info["git_commit"] = None
+    return info
+
+
+class _CpuWindow:
+    """CPU seconds of some processes over a load generator's measured window."""
+
+    def __init__(self, pids: Callable[[], dict[str, int | None]]) -> None:
+        self.pids = pids
+        self.start: dict[str, float | None] = {}
+        self.used: dict[str, float] = {}
+
+    def __call__(self, edge: str) -> None:
+        now = {k: cpu_seconds(p) if p else None for k, p in self.pids().items()}
+        if edge == "start":
+            self.start = now
+        else:
+            self.used = {k: round(v - self.start[k], 3) for k, v in now.items()
+                         if v is not None and self.start.get(k) is not None}
+
+
+def _measure(runner: LoadRunner, w: Workload, pids: Callable[[], dict[str, int | None]],
+             label: str, batch_size: int = 1) -> dict:
+    cpu = _CpuWindow(pids)
+    result, duration = runner.run(w, on_window=cpu, label=label)
+    out = level_summary(result, duration, batch_size)
+    out["server_cpu_s"] = cpu.used
+    out["server_cpu_total_s"] = round(sum(cpu.used.values()), 3)
+    return out
+
+
+def _sweep(runner: LoadRunner, base: Workload, opts: SuiteOptions, name: str,
+           pids: Callable[[], dict[str, int | None]]) -> list[dict]:
+    levels = []
+    for c in opts.concurrency:
+        w = Workload(**{**base.__dict__, "concurrency": c, "label": f"{name} c={c}"})
+        level = {"concurrency": c, "duration_s": w.duration_s, **_measure(runner, w, pids, w.label)}
+        levels.append(level)
+    return levels
+
+
+def run_kvpaxos(opts: SuiteOptions, runner: LoadRunner) -> dict:
+    out: dict[str, Any] = {"nodes": opts.nodes, "target": opts.target,
+                           "exactly_once": opts.exactly_once}
+    _log(opts, f"starting a fresh {opts.nodes}-node kvpaxos cluster ...")
+    with BenchCluster(opts.nodes) as cluster:
+        leader = cluster.leader()
+        out["leader"] = leader
+        urls = [cluster.nodes[leader].url] if opts.target == "leader" else cluster.urls
+        base = Workload(urls, concurrency=1, read_ratio=opts.read_ratio, value_bytes=opts.value_bytes,
+                        keys=opts.keys, warmup_s=opts.warmup_s, duration_s=opts.duration_s,
+                        exactly_once=opts.exactly_once)
+        written = populate(base)
+        _log(opts, f"  wrote {written} keys of {opts.value_bytes} bytes")
+
+        def pids() -> dict[str, int | None]:
+            return {str(i): n.pid if n.alive() else None for i, n in cluster.nodes.items()}
+
+        if "sweep" in opts.modes:
+            out["sweep"] = _sweep(runner, base, opts, "kvpaxos", pids)
+        if "batch" in opts.modes:
+            ok, why = probe_batch(urls[0])
+            if not ok:
+                out["batch"] = {"available": False, "reason": why}
+            else:
+                w = Workload(**{**base.__dict__, "mode": "batch", "concurrency": opts.batch_concurrency,
+                                "batch_size": opts.batch_size,
+                                "label": f"kvpaxos batch {opts.batch_concurrency}x{opts.batch_size}"})
+                out["batch"] = {"available": True, "concurrency": opts.batch_concurrency,
+                                "batch_size": opts.batch_size, "duration_s": w.duration_s,
+                                **_measure(runner, w, pids, w.label, opts.batch_size)}
+        if "rate" in opts.modes:
+            w = Workload(**{**base.__dict__, "mode": "rate", "rate": opts.rate, "read_ratio": 0.0,
+                            "duration_s": opts.rate_duration_s,
+                            "label": f"kvpaxos {opts.rate:g} writes/s open loop"})
+            level = _measure(runner, w, pids, w.label)
+            put = level["ops"].get("put", {})
+            level.update({"rate": opts.rate, "duration_s": w.duration_s, "targets_ms": RATE_TARGETS_MS,
+                          "achieved_ops_s": put.get("ops_s", 0.0),
+                          "meets_targets": bool(put) and put["p50_ms"] < RATE_TARGETS_MS["p50"]
+                          and put["p99_ms"] < RATE_TARGETS_MS["p99"]})
+            out["rate"] = level
+        if "reads" in opts.modes:
+            c = opts.reads_concurrency
+            reads = _measure(runner, Workload(**{**base.__dict__, "concurrency": c, "read_ratio": 1.0}),
+                             pids, f"kvpaxos reads only c={c}")
+            writes = _measure(runner, Workload(**{**base.__dict__, "concurrency": c, "read_ratio": 0.0}),
+                              pids, f"kvpaxos writes only c={c}")
+            r = reads["ops"].get("get", {}).get("ops_s", 0.0)
+            wr = writes["ops"].get("put", {}).get("ops_s", 0.0)
+            out["reads"] = {"concurrency": c, "reads": reads, "writes": writes,
+                            "reads_ops_s": r, "writes_ops_s": wr,
+                            "reads_per_write": round(r / wr, 2) if wr else None,
+                            "target_reads_per_write": READS_TARGET}
+        final = cluster.status(leader) or {}
+        out["final_status"] = {k: final.get(k) for k in ("leader", "ballot", "chosen", "applied",
+                                                          "elections")}
+    return out
+
+
+def run_aiohttp(opts: SuiteOptions, runner: LoadRunner) -> dict:
+    port = free_ports(1)[0]
+    proc = subprocess.Popen([sys.executable, "-m", "kvpaxos.bench.echo_server", str(port)],
+                            env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                get_json(port, "/v1/status")
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("the aiohttp baseline server did not start")
+                time.sleep(0.05)
+        url = f"http://127.0.0.1:{port}"
+        base = Workload([url], read_ratio=opts.read_ratio, value_bytes=opts.value_bytes, keys=opts.keys,
+                        warmup_s=opts.warmup_s, duration_s=opts.duration_s,
+                        exactly_once=opts.exactly_once)
+        populate(base)
+        levels = _sweep(runner, base, opts, "aiohttp baseline", lambda: {"server": proc.pid})
+        return {"what": "bare aiohttp server, one process, same routes, no work behind them",
+                "sweep": levels}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _best(levels: list[dict], op: str | None = None) -> dict | None:
+    def ops_s(level: dict) -> float:
+        return level["ops"].get(op, {}).get("ops_s", 0.0) if op else level.get("total_ops_s", 0.0)
+    return max(levels, key=ops_s, default=None)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
+def compute_ratios(doc: dict) -> dict:
+    kv = doc.get("kvpaxos", {})
+    ratios: dict[str, Any] = {}
+    sweep, base = kv.get("sweep"), (doc.get("aiohttp") or {}).get("sweep")
+    if sweep and base:
+        per_level = []
+        for a, b in zip(sweep, base):
+            per_level.append({
+                "concurrency": a["concurrency"],
+                "throughput": _ratio(a["total_ops_s"], b["total_ops_s"]),
+                "put_p50": _ratio(a["ops"].get("put", {}).get("p50_ms"), b["ops"].get("put", {}).get("p50_ms")),
+                "get_p50": _ratio(a["ops"].get("get", {}).get("p50_ms"), b["ops"].get("get", {}).get("p50_ms")),
+            })
+        ratios["kvpaxos_vs_aiohttp"] = {
+            "per_level": per_level,
+            "best_throughput": _ratio(_best(sweep)["total_ops_s"], _best(base)["total_ops_s"]),
+        }
+    so = doc.get("pysyncobj") or {}
+    if so.get("available") and so.get("ops_s"):
+        r: dict[str, Any] = {"pysyncobj_ops_s": so["ops_s"]}
+        if sweep:
+            best_put = _best(sweep, "put")
+            r["best_single_put_ops_s"] = best_put["ops"].get("put", {}).get("ops_s") if best_put else None
+            r["single_puts"] = _ratio(r["best_single_put_ops_s"], so["ops_s"])
+        if (kv.get("reads") or {}).get("writes_ops_s"):
+            r["writes_only_ops_s"] = kv["reads"]["writes_ops_s"]
+            r["writes_only"] = _ratio(kv["reads"]["writes_ops_s"], so["ops_s"])
+        if (kv.get("batch") or {}).get("batch_ops_s"):
+            r["batch_ops_s"] = kv["batch"]["batch_ops_s"]
+            r["batched"] = _ratio(kv["batch"]["batch_ops_s"], so["ops_s"])
+        ratios["kvpaxos_vs_pysyncobj"] = r
+    reads = kv.get("reads") or {}
+    if reads.get("writes_ops_s") and reads.get("concurrency") == ETCD_REFERENCE["clients"]:
+        put = reads["writes"]["ops"].get("put", {})
+        ratios["kvpaxos_vs_etcd_reference"] = {
+            "note": "etcd numbers are a reference from the issue, not measured here",
+            "puts": _ratio(reads["writes_ops_s"], ETCD_REFERENCE["put_ops_s"]),
+            "put_p50": _ratio(put.get("p50_ms"), ETCD_REFERENCE["put_p50_ms"]),
+        }
+    return ratios
+
+
+def run_suite(opts: SuiteOptions) -> dict:
+    unknown = set(opts.modes) - set(ALL_MODES)
+    if unknown:
+        raise ValueError(f"unknown modes: {', '.join(sorted(unknown))}")
+    started = time.time()
+    doc: dict[str, Any] = {
+        "benchmark": "kv bench", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "machine": machine_info(), "options": {k: (str(v) if isinstance(v, Path) else v)
+                                               for k, v in opts.__dict__.items()},
+    }
+    with LoadRunner(opts.client_procs, opts.show_progress) as runner:
+        doc["load_generator"] = {"procs": opts.client_procs, "client": f"aiohttp, keep-alive"}
+        if any(m in opts.modes for m in ("sweep", "batch", "rate", "reads")):
+            doc["kvpaxos"] = run_kvpaxos(opts, runner)
+        if "aiohttp" in opts.modes:
+            _log(opts, "aiohttp baseline ...")
+            doc["aiohttp"] = run_aiohttp(opts, runner)
+    if "pysyncobj" in opts.modes:
+        from kvpaxos.bench.syncobj_bench import run_syncobj
+        _log(opts, f"PySyncObj baseline ({opts.nodes} nodes) ...")
+        try:
+            doc["pysyncobj"] = run_syncobj(opts.nodes, opts.duration_s, opts.warmup_s,
+                                           opts.syncobj_outstanding, opts.value_bytes, opts.keys,
+                                           show_progress=opts.show_progress)
+        except (RuntimeError, TimeoutError, OSError) as exc:
+            doc["pysyncobj"] = {"available": False, "reason": f"failed: {exc}"}
+    doc["etcd_reference"] = ETCD_REFERENCE
+    doc["ratios"] = compute_ratios(doc)
+    doc["machine"]["loadavg_after"] = list(os.getloadavg())
+    doc["elapsed_s"] = round(time.time() - started, 1)
+    if opts.out_dir is not None:
+        doc["files"] = write_results(doc, opts.out_dir, opts.tag)
+    return doc
+
+
+def write_results(doc: dict, out_dir: Path, tag: str = "", prefix: str = "bench") -> dict:
+    """JSON + SVG under out_dir, stamped, plus copies named latest; the paths written."""
+    from kvpaxos.bench.svg import throughput_latency_svg
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name = f"{prefix}-{stamp}" + (f"-{tag}" if tag else "")
+    files = {"json": str(out_dir / f"{name}.json")}
+    series = plot_series(doc)
+    if series:
+        m = doc.get("machine", {})
+        subtitle = (f"{doc.get('kvpaxos', {}).get('nodes', '?')} nodes, read ratio "
+                    f"{doc['options'].get('read_ratio')}, {doc['options'].get('value_bytes')}-byte values; "
+                    f"{m.get('cores')} cores, load avg {m.get('loadavg_before', [0])[0]:.1f} at start")
+        svg = throughput_latency_svg(series, "kvpaxos: throughput vs latency over the concurrency sweep",
+                                     subtitle)
+        files["svg"] = str(out_dir / f"{name}.svg")
+        Path(files["svg"]).write_text(svg)
+        (out_dir / f"{prefix}-latest.svg").write_text(svg)
+    text = json.dumps(doc | {"files": files}, indent=2) + "\n"
+    Path(files["json"]).write_text(text)
+    (out_dir / f"{prefix}-latest.json").write_text(text)
+    return files
+
+
+def write_json(doc: dict, out_dir: Path, prefix: str) -> dict:
+    """Just the JSON (stamped, and as PREFIX-latest.json); the paths written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    files = {"json": str(path)}
+    text = json.dumps(doc | {"files": files}, indent=2) + "\n"
+    path.write_text(text)
+    (out_dir / f"{prefix}-latest.json").write_text(text)
+    return files
+
+
+def plot_series(doc: dict) -> list[dict]:
+    """p50 and p99 of every operation of every swept system, as plot series."""
+    series = []
+    systems = [("kvpaxos", (doc.get("kvpaxos") or {}).get("sweep"), "#1f77b4"),
+               ("aiohttp baseline", (doc.get("aiohttp") or {}).get("sweep"), "#7f7f7f")]
+    for name, levels, color in systems:
+        if not levels:
+            continue
+        for op, shade in (("put", color), ("get", "#2ca02c" if name == "kvpaxos" else "#bcbd22")):
+            for pct, dashed in (("p50", False), ("p99", True)):
+                pts = [(lv["ops"][op]["ops_s"], lv["ops"][op][f"{pct}_ms"], f"c={lv['concurrency']}")
+                       for lv in levels if op in lv["ops"]]
+                if pts:
+                    series.append({"name": f"{name} {op} {pct}", "points": pts, "dashed": dashed,
+                                   "color": shade})
+    so = doc.get("pysyncobj") or {}
+    if so.get("available") and so.get("ops", {}).get("set"):
+        s = so["ops"]["set"]
+        series.append({"name": f"PySyncObj set p50 ({so['outstanding']} outst.)",
+                       "points": [(s["ops_s"], s["p50_ms"], "")], "color": "#d62728"})
+    return series
+
+
+# -- the printed report -------------------------------------------------------
+
+
+def _fmt_ops(level: dict, op: str) -> str:
+    s = level["ops"].get(op)
+    if not s:
+        return f"{'-':>9} {'-':>7} {'-':>7} {'-':>7} {'-':>8}"
+    return (f"{s['ops_s']:9,.0f} {s['p50_ms']:7.2f} {s['p90_ms']:7.2f} {s['p99_ms']:7.2f} "
+            f"{s['p999_ms']:8.2f}")
+
+
+def format_sweep(title: str, levels: list[dict]) -> str:
+    lines = [title,
+             f"{'clients':>7} | {'put/s':>9} {'p50':>7} {'p90':>7} {'p99':>7} {'p99.9':>8} | "
+             f"{'get/s':>9} {'p50':>7} {'p90':>7} {'p99':>7} {'p99.9':>8} | {'errors':>6} | "
+             f"server CPU s (per process) | client CPU s"]
+    for lv in levels:
+        cpu = " ".join(f"{v:.2f}" for v in lv.get("server_cpu_s", {}).values())
+        errors = sum(lv.get("errors", {}).values())
+        lines.append(f"{lv['concurrency']:7d} | {_fmt_ops(lv, 'put')} | {_fmt_ops(lv, 'get')} | "
+                     f"{errors:6d} | {cpu:26} | {lv.get('client_cpu_s', 0):.2f}")
+    lines.append("(latencies in ms; CPU seconds over the measured window)")
+    return "\n".join(lines)
+
+
+def format_report(doc: dict) -> str:
+    m = doc["machine"]
+    out = [f"kv bench: {m['cores']} cores, Python {m['python']}, load average "
+           f"{m['loadavg_before'][0]:.2f} at start, {m.get('loadavg_after', [0])[0]:.2f} at end"
+           f" (other processes on this machine share the cores)"]
+    o = doc["options"]
+    kv = doc.get("kvpaxos") or {}
+    if kv.get("sweep"):
+        out += ["", format_sweep(
+            f"kvpaxos, {kv['nodes']} nodes, clients -> {kv['target']} nodes, read ratio {o['read_ratio']}, "
+            f"{o['value_bytes']}-byte values, {o['keys']} keys, {o['duration_s']:g} s per level:", kv["sweep"])]
+    base = doc.get("aiohttp") or {}
+    if base.get("sweep"):
+        out += ["", format_sweep("bare aiohttp server (baseline, one process):", base["sweep"])]
+    b = kv.get("batch")
+    if b:
+        if b.get("available"):
+            s = b["ops"].get("batch", {})
+            out += ["", f"batched: {b['concurrency']} clients x {b['batch_size']} puts per POST /v1/batch: "
+                    f"{b.get('batch_ops_s', 0):,.0f} ops/s ({s.get('ops_s', 0) / b['batch_size']:,.1f} "
+                    f"requests/s, request p50 {s.get('p50_ms', 0):.1f} ms, p99 {s.get('p99_ms', 0):.1f} ms)"]
+        else:
+            out += ["", f"batched: not measured: {b['reason']}"]
+    r = kv.get("rate")
+    if r:
+        put = r["ops"].get("put", {})
+        verdict = "meets" if r["meets_targets"] else "misses"
+        out += ["", f"fixed rate: {r['rate']:g} writes/s open loop for {r['duration_s']:g} s: achieved "
+                f"{r['achieved_ops_s']:,.0f}/s, p50 {put.get('p50_ms', 0):.2f} ms, p99 "
+                f"{put.get('p99_ms', 0):.2f} ms (from the planned start; {verdict} the targets p50 < "
+                f"{RATE_TARGETS_MS['p50']:g} ms, p99 < {RATE_TARGETS_MS['p99']:g} ms); "
+                f"{r.get('late_starts', 0)} late starts, errors {sum(r['errors'].values())}"]
+    rd = kv.get("reads")
+    if rd:
+        ratio = rd["reads_per_write"]
+        out += ["", f"reads vs writes, {rd['concurrency']} clients: linearizable reads "
+                f"{rd['reads_ops_s']:,.0f}/s (p50 {rd['reads']['ops'].get('get', {}).get('p50_ms', 0):.2f} ms), "
+                f"writes {rd['writes_ops_s']:,.0f}/s (p50 {rd['writes']['ops'].get('put', {}).get('p50_ms', 0):.2f} ms)"
+                f": {ratio if ratio is not None else '-'}x (target >= {READS_TARGET:g}x)"]
+    so = doc.get("pysyncobj")
+    if so:
+        if so.get("available"):
+            s = so["ops"]["set"]
+            out += ["", f"PySyncObj, {so['nodes']} nodes, {so['outstanding']} operations outstanding, "
+                    f"journal {so['journal']}: {so['ops_s']:,.0f} ops/s, p50 {s['p50_ms']:.1f} ms, "
+                    f"p99 {s['p99_ms']:.1f} ms; node CPU s "
+                    f"{' '.join(f'{v:.2f}' for v in so['node_cpu_s'].values())}"]
+        else:
+            out += ["", f"PySyncObj: not measured: {so['reason']}"]
+    e = doc["etcd_reference"]
+    out += ["", f"etcd (REFERENCE from the issue, not measured): {e['system']}, {e['clients']} clients: "
+            f"~{e['put_ops_s']:,} puts/s, p50 {e['put_p50_ms']:g} ms"]
+    ratios = doc.get("ratios", {})
+    if ratios:
+        out += ["", "ratios:"]
+        a = ratios.get("kvpaxos_vs_aiohttp")
+        if a:
+            per = ", ".join(f"c={x['concurrency']}: {x['throughput']}" for x in a["per_level"])
+            out.append(f"  kvpaxos / aiohttp baseline throughput: best {a['best_throughput']} ({per})")
+        p = ratios.get("kvpaxos_vs_pysyncobj")
+        if p:
+            parts = [f"{label} {p[key]}" for key, label in (("single_puts", "best single-put level"),
+                                                             ("writes_only", "writes only"),
+                                                             ("batched", "batched"))
+                     if p.get(key) is not None]
+            out.append(f"  kvpaxos / PySyncObj ops/s: {', '.join(parts)}")
+        e2 = ratios.get("kvpaxos_vs_etcd_reference")
+        if e2:
+            out.append(f"  kvpaxos / etcd reference (not measured here): puts/s {e2['puts']}, "
+                       f"put p50 {e2['put_p50']}")
+    files = doc.get("files")
+    if files:
+        out += ["", "results: " + ", ".join(files.values())]
+    return "\n".join(out)

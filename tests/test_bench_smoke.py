@@ -1,0 +1,121 @@
+"""The benchmarks run end to end on a tiny scale and produce well-formed results.
+
+These are not timed tests: one concurrency level, about a second per mode,
+and the assertions are about the shape of the results, never their values.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from kvpaxos.bench.cluster import cpu_seconds
+from kvpaxos.bench.stats import percentile, summarize
+from kvpaxos.bench.svg import throughput_latency_svg
+
+REPO = Path(__file__).resolve().parents[1]
+LATENCY_KEYS = {"count", "ops_s", "mean_ms", "max_ms", "p50_ms", "p90_ms", "p99_ms", "p999_ms"}
+
+
+def run(args: list[str], timeout: float) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    result = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
+                            timeout=timeout, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def check_summary(s: dict) -> None:
+    assert LATENCY_KEYS <= set(s)
+    assert s["count"] >= 0 and s["ops_s"] >= 0
+    assert 0 <= s["p50_ms"] <= s["p90_ms"] <= s["p99_ms"] <= s["p999_ms"] <= s["max_ms"]
+
+
+def test_stats_svg_and_cpu_time():
+    assert percentile([], 50) == 0.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 99.9) == 4.0
+    s = summarize([0.001, 0.002, 0.003], 1.0)
+    check_summary(s)
+    assert s["count"] == 3 and s["ops_s"] == 3.0 and s["p50_ms"] == 2.0
+    assert summarize([0.01], 2.0, ops_per_sample=100)["ops_s"] == 50.0
+    sum(range(200_000))
+    assert cpu_seconds(os.getpid()) > 0
+    assert cpu_seconds(2 ** 22 + 12345) is None
+    svg = throughput_latency_svg([{"name": "a", "points": [(100, 5.0, "c=1"), (1000, 20.0, "c=16")]},
+                                  {"name": "b <&>", "points": [(3000, 1.0, "")], "dashed": True}],
+                                 "title", "sub")
+    root = ET.fromstring(svg)
+    assert root.tag.endswith("svg") and root.findall(".//{http://www.w3.org/2000/svg}polyline")
+    ET.fromstring(throughput_latency_svg([], "empty"))
+
+
+def test_kv_bench_tiny_run_writes_json_and_svg(tmp_path):
+    out = tmp_path / "results"
+    result = run(["-m", "cli.main", "bench", "--concurrency", "2", "--duration", "1", "--warmup", "0.3",
+                  "--keys", "20", "--batch-size", "5", "--batch-concurrency", "2", "--rate", "50",
+                  "--rate-duration", "1", "--reads-concurrency", "2", "--syncobj-outstanding", "20",
+                  "--out", str(out), "--quiet"], timeout=240)
+    assert "ratios:" in result.stdout and "etcd" in result.stdout
+    doc = json.loads((out / "bench-latest.json").read_text())
+    assert doc["machine"]["cores"] >= 1 and len(doc["machine"]["loadavg_before"]) == 3
+    kv = doc["kvpaxos"]
+    (level,) = kv["sweep"]
+    assert level["concurrency"] == 2
+    assert sum(s["count"] for s in level["ops"].values()) > 0
+    for s in level["ops"].values():
+        check_summary(s)
+    assert set(level["server_cpu_s"]) == {"1", "2", "3"}
+    assert all(v >= 0 for v in level["server_cpu_s"].values())
+    batch = kv["batch"]
+    if batch["available"]:
+        assert batch["batch_size"] == 5 and batch["batch_ops_s"] >= 0
+        check_summary(batch["ops"]["batch"]) if "batch" in batch["ops"] else None
+    else:
+        assert batch["reason"]
+    rate = kv["rate"]
+    assert rate["rate"] == 50 and isinstance(rate["meets_targets"], bool)
+    assert kv["reads"]["concurrency"] == 2 and kv["reads"]["writes_ops_s"] >= 0
+    (base,) = doc["aiohttp"]["sweep"]
+    assert base["concurrency"] == 2 and set(base["server_cpu_s"]) == {"server"}
+    so = doc["pysyncobj"]
+    if so["available"]:
+        check_summary(so["ops"]["set"])
+        assert set(so["node_cpu_s"]) <= {"1", "2", "3"}
+    else:
+        assert "pysyncobj" in so["reason"]
+    assert doc["etcd_reference"]["measured"] is False
+    assert "kvpaxos_vs_aiohttp" in doc["ratios"]
+    svg = ET.parse(doc["files"]["svg"]).getroot()
+    assert svg.findall(".//{http://www.w3.org/2000/svg}circle")
+
+
+def test_failover_script_one_trial(tmp_path):
+    out = tmp_path / "results"
+    result = run(["benchmarks/failover.py", "--trials", "1", "--settle", "0.3", "--out", str(out),
+                  "--quiet"], timeout=180)
+    assert "median" in result.stdout
+    doc = json.loads((out / "failover-latest.json").read_text())
+    (trial,) = doc["runs"]
+    assert trial["killed"] in (1, 2, 3)
+    assert doc["recovered"] == 1 and doc["median_ms"] > 0
+    assert doc["median_ms"] <= doc["p90_ms"] <= doc["max_ms"]
+
+
+@pytest.mark.parametrize("tool", ["cprofile"])
+def test_profile_tiny(tmp_path, tool):
+    from kvpaxos.bench.profile import format_profile, run_profile
+
+    doc = run_profile(3, tool, concurrency=4, duration_s=1.0, warmup_s=0.3, top=5,
+                      out_dir=tmp_path, show_progress=False)
+    leader = doc["leader"]
+    assert isinstance(leader, dict) and "error" not in leader, doc
+    assert 0 < len(leader["by_own_time"]) <= 5
+    assert {"function", "where", "ncalls", "tottime_s", "cumtime_s"} <= set(leader["by_own_time"][0])
+    assert "top by own time" in format_profile(doc)
+    assert (tmp_path / "profile-leader.prof").exists()
