@@ -6,6 +6,7 @@ never a 500, and never reaches the log.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any, Awaitable, Callable
@@ -23,6 +24,7 @@ log = logging.getLogger("kvpaxos.http")
 NODE = web.AppKey("node", Node)
 TRANSPORT = web.AppKey("transport", PeerTransport)
 LIST_LIMIT_MAX = 10_000
+SNAPSHOT_CHUNK_BYTES = 256 * 1024
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -184,8 +186,21 @@ async def get_snapshot(request: web.Request) -> web.StreamResponse:
         await node.linearizable_point()
     if fresh == "true" or node.snapshots.slot == 0:
         await node.snapshots.take(node)
-    return web.FileResponse(node.snapshots.path, chunk_size=256 * 1024, headers={
-        "Content-Type": "application/x-ndjson", "X-Kvpaxos-Snapshot-Slot": str(node.snapshots.slot)})
+    # Opened under the snapshotter's lock: a snapshot written meanwhile replaces the
+    # file by rename, which leaves these bytes (and this length) intact.
+    f, slot, size = await node.snapshots.open_latest()
+    loop = asyncio.get_running_loop()
+    try:
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson",
+                                           "X-Kvpaxos-Snapshot-Slot": str(slot)})
+        resp.content_length = size
+        await resp.prepare(request)
+        while chunk := await loop.run_in_executor(None, f.read, SNAPSHOT_CHUNK_BYTES):
+            await resp.write(chunk)
+        await resp.write_eof()
+        return resp
+    finally:
+        f.close()
 
 
 def init_app(node: Node, transport: PeerTransport) -> web.Application:

@@ -35,6 +35,7 @@ import aiohttp
 
 from kvpaxos.config import NodeConfig
 from kvpaxos.core import messages as m
+from kvpaxos.core.ballot import ZERO
 from kvpaxos.core.commands import Batch, Command, Result
 from kvpaxos.core.kvstate import KVState
 from kvpaxos.core.replica import CoreConfig, Ready, Replica, Role
@@ -43,6 +44,7 @@ from kvpaxos.snapshotter import Snapshotter
 from storage.base import Storage, Writes
 
 log = logging.getLogger("kvpaxos.node")
+UNDECIDED = -1  # storage's rebuilding mark while a new data directory waits for the peers' answers
 
 Send = Callable[[int, m.Message], bool]  # False: certainly not sent
 
@@ -62,7 +64,16 @@ class Node:
         base = self.kv.applied_slot
         durable = storage.load()
         rebuild_round = storage.rebuilding()
-        self.deciding = fresh and rebuild_round is None and base == 0
+        # Deciding must survive a crash: a restart must not turn a node that lost its state
+        # into a voter. A node with no Paxos state and no snapshot has nothing to lose by
+        # asking again (this also covers a crash before the marker below was written).
+        empty = durable.promised == ZERO and not durable.accepted and not durable.chosen
+        self.deciding = rebuild_round == UNDECIDED or (
+            rebuild_round is None and base == 0 and (fresh or empty))
+        if self.deciding and rebuild_round != UNDECIDED:
+            storage.set_rebuilding(UNDECIDED)
+        if rebuild_round == UNDECIDED:
+            rebuild_round = None
         core = CoreConfig(election_ticks=config.election_ticks, heartbeat_ticks=config.heartbeat_ticks,
                           retry_ticks=max(2, config.heartbeat_ticks * 2), window_slots=config.window_slots,
                           batch_count_max=config.batch_count_max, batch_bytes_max=config.batch_bytes_max)
@@ -142,14 +153,16 @@ class Node:
         rounds += [a.get("rebuilding") or 0 for a in answers.values()]
         has_state = any(a.get("chosen", 0) > 0 or a.get("voting") is False and not a.get("deciding")
                         for a in answers.values()) or max(rounds, default=0) > 0
-        self.deciding = False
         if not has_state:
             log.info("node %d: new cluster, voting from the start", self.id)
+            await self.run_on_disk(self.storage.set_rebuilding, None)
+            self.deciding = False
             self.replica.voting = True
             return
         horizon = max(rounds)
         await self.run_on_disk(self.storage.set_rebuilding, horizon)
         self.replica.rebuild_round = horizon
+        self.deciding = False
         log.warning("node %d: data directory is new but the cluster holds state: rebuilding as a "
                     "non-voter until a ballot above round %d chooses a slot", self.id, horizon)
 
@@ -182,6 +195,10 @@ class Node:
     # -- inputs ---------------------------------------------------------------
 
     def deliver(self, src: int, msgs: list[m.Message]) -> None:
+        if self.deciding:
+            # Until we know whether we lost state, learning would let the replica count a
+            # slot of a ballot begun before the loss as fresh, and vote again too early.
+            return
         for msg in msgs:
             self.counters[f"recv_{type(msg).__name__}"] += 1
             if isinstance(msg, m.ClientRequest):

@@ -18,7 +18,7 @@ import glob
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import aiohttp
 
@@ -40,7 +40,9 @@ class Snapshotter:
         self.size_bytes = 0
         self.compacted_through = 0
         self.applied_bytes = 0  # command bytes applied since the last snapshot
-        self.busy = False
+        self.busy = False  # a snapshot is being written (or waits to be)
+        self._lock = asyncio.Lock()
+        self._takers = 0
         self.taken = 0
         self.installed = 0
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot")
@@ -62,23 +64,39 @@ class Snapshotter:
                                   or self.applied_bytes >= c.snapshot_every_bytes)
 
     async def take(self, node: Node) -> int:
-        """Write a snapshot of the current state; then compact behind it. Returns its slot."""
-        if self.busy:
-            while self.busy:
-                await asyncio.sleep(0.01)
-            return self.slot
+        """Make sure a durable snapshot holds every slot applied before the call; then
+        compact behind it. Returns its slot.
+
+        Snapshot writes and installs hold one lock, so they never overtake each other:
+        the file (and self.slot) only moves forward, and a caller that needs the state
+        as of now (GET /v1/snapshot?fresh=true) never gets an older write in progress.
+        """
+        wanted = node.kv.applied_slot
+        self._takers += 1
         self.busy = True
         try:
-            rows = export_rows(node.kv)
-            slot = rows[0]["slot"]
-            loop = asyncio.get_running_loop()
-            self.size_bytes = await loop.run_in_executor(self._pool, snapshot.write_rows, self.path, *rows)
-            self.slot, self.applied_bytes = slot, 0
-            self.taken += 1
-            await self._compact(node, slot - node.config.compact_keep_slots)
-            return slot
+            async with self._lock:
+                if self.slot >= wanted and os.path.exists(self.path):
+                    return self.slot
+                rows = export_rows(node.kv)
+                slot = rows[0]["slot"]
+                loop = asyncio.get_running_loop()
+                self.size_bytes = await loop.run_in_executor(self._pool, snapshot.write_rows,
+                                                             self.path, *rows)
+                self.slot, self.applied_bytes = slot, 0
+                self.taken += 1
+                await self._compact(node, slot - node.config.compact_keep_slots)
+                return slot
         finally:
-            self.busy = False
+            self._takers -= 1
+            self.busy = self._takers > 0
+
+    async def open_latest(self) -> tuple[BinaryIO, int, int]:
+        """The latest snapshot opened for reading, its slot and size. A later snapshot may
+        replace the file meanwhile; this open file keeps the bytes it had."""
+        async with self._lock:
+            f = open(self.path, "rb")
+            return f, self.slot, os.fstat(f.fileno()).st_size
 
     async def _compact(self, node: Node, through_slot: int) -> None:
         if through_slot <= self.compacted_through:
@@ -106,17 +124,21 @@ class Snapshotter:
             log.warning("snapshot from node %d failed: %s", peer, e)
             node.replica.snapshot_failed()
             return
-        if state.applied_slot <= node.kv.applied_slot:
-            os.remove(tmp)
-            node.replica.snapshot_failed()
-            return
-        await loop.run_in_executor(self._pool, snapshot.install_file, tmp, self.path)
-        self.slot, self.size_bytes, self.applied_bytes = state.applied_slot, os.path.getsize(self.path), 0
-        self.installed += 1
-        log.info("installed snapshot at slot %d from node %d (%d keys)",
-                 state.applied_slot, peer, len(state.data))
-        node.install_state(state)
-        await self._compact(node, state.applied_slot)
+        async with self._lock:
+            if state.applied_slot <= node.kv.applied_slot:
+                os.remove(tmp)
+                node.replica.snapshot_failed()
+                return
+            await loop.run_in_executor(self._pool, snapshot.install_file, tmp, self.path)
+            self.slot, self.size_bytes, self.applied_bytes = state.applied_slot, os.path.getsize(self.path), 0
+            self.installed += 1
+            if state.applied_slot <= node.kv.applied_slot:  # applied past it meanwhile
+                node.replica.snapshot_failed()
+                return
+            log.info("installed snapshot at slot %d from node %d (%d keys)",
+                     state.applied_slot, peer, len(state.data))
+            node.install_state(state)
+            await self._compact(node, state.applied_slot)
 
     def describe(self) -> dict:
         return {"slot": self.slot, "bytes": self.size_bytes, "compacted_through": self.compacted_through,
