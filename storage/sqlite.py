@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from contextlib import closing
 from typing import Any
 
 from sqlitedict import SqliteDict
@@ -59,18 +60,41 @@ class SqliteStorage:
         if not os.path.exists(self.path):
             return
         try:
-            with sqlite3.connect(self.path) as conn:
-                verdict = conn.execute("PRAGMA quick_check").fetchone()[0]
-        except sqlite3.Error as e:
+            with closing(sqlite3.connect(self.path)) as conn:
+                conn.text_factory = bytes
+                verdict = conn.execute("PRAGMA quick_check").fetchone()[0].decode("utf-8", "replace")
+                if verdict == "ok":
+                    self._check_text(conn)
+        except (sqlite3.Error, UnicodeDecodeError) as e:  # garbage can reach an error message
             raise StorageError(f"{self.path} is not a readable SQLite database: {e}") from e
         if verdict != "ok":
             raise StorageError(f"{self.path} is damaged ({verdict}); refusing to start")
 
+    def _check_text(self, conn: sqlite3.Connection) -> None:
+        """Every stored key and value must be UTF-8: sqlitedict's reader thread dies on
+        one that is not, and its caller then waits forever (quick_check does not look)."""
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='paxos'").fetchone() is None:
+            return
+        for row in conn.execute('SELECT key, value FROM "paxos"'):
+            for cell in row:
+                if isinstance(cell, bytes):
+                    try:
+                        cell.decode("utf-8")
+                    except UnicodeDecodeError as e:
+                        raise StorageError(f"{self.path} is damaged (a record is not UTF-8 text: {e}); "
+                                           "refusing to start") from e
+
     def _check_meta(self) -> None:
-        meta = self.db.get("meta")
+        try:
+            meta = self.db.get("meta")
+        except ValueError as e:
+            raise StorageError(f"{self.path} is damaged (the meta record does not decode: {e}); "
+                               "refusing to start") from e
         if meta is None:
             self.db["meta"] = {"format": FORMAT, "node_id": self.node_id}
             self.db.commit()
+        elif not isinstance(meta, dict):
+            raise StorageError(f"{self.path} is damaged (bad meta record {meta!r}); refusing to start")
         elif meta.get("node_id") != self.node_id or meta.get("format") != FORMAT:
             raise StorageError(f"{self.path} belongs to node {meta.get('node_id')} "
                                f"(format {meta.get('format')}), not node {self.node_id}")

@@ -1,0 +1,340 @@
+"""The HTTP API of real `kv serve` processes: reads, writes, CAS, lists, errors."""
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from support.cluster import Cluster, key_path, wait_until
+
+NODES = [1, 2, 3]
+VALUE_MAX = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory):
+    cluster = Cluster(tmp_path_factory.mktemp("api"), n=3)
+    try:
+        cluster.start()
+        cluster.wait_for_leader()
+        yield cluster
+    finally:
+        cluster.stop_all()
+
+
+def fresh(prefix: str = "k") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def assert_error(resp, status: int, code: str) -> None:
+    assert resp.status == status, resp
+    assert resp.headers.get("content-type", "").startswith("application/json"), resp.headers
+    assert isinstance(resp.body, dict) and set(resp.body) == {"error", "message"}, resp
+    assert resp.body["error"] == code, resp
+    assert resp.body["message"], resp
+
+
+@pytest.mark.parametrize("node", NODES)
+def test_put_get_delete_through_every_node(api, node):
+    key = fresh()
+    put = api.put(node, key, "hello")
+    assert put.status == 200, put
+    assert put.body == {"key": key, "version": put.body["version"]}
+    version = put.body["version"]
+    assert version >= 1
+    for other in NODES:
+        got = api.get(other, key)
+        assert got.status == 200, got
+        assert got.body == {"key": key, "value": "hello", "version": version}
+
+    deleted = api.delete(node, key)
+    assert deleted.status == 200, deleted
+    assert deleted.body["key"] == key and deleted.body["deleted"] is True
+    assert deleted.body["version"] > version
+    for other in NODES:
+        assert_error(api.get(other, key), 404, "not_found")
+    assert_error(api.delete(node, key), 404, "not_found")
+
+
+def test_versions_only_grow(api):
+    key = fresh()
+    versions = []
+    for n, node in enumerate(NODES * 2):
+        resp = api.put(node, key, f"v{n}")
+        assert resp.status == 200, resp
+        versions.append(resp.body["version"])
+    assert versions == sorted(set(versions)), versions
+    deleted = api.delete(2, key)
+    assert deleted.body["version"] > versions[-1]
+    again = api.put(3, key, "back")
+    assert again.status == 200 and again.body["version"] > deleted.body["version"], again
+    assert api.get(1, key).body == {"key": key, "value": "back", "version": again.body["version"]}
+
+
+@pytest.mark.parametrize("node", NODES)
+def test_cas_if_value(api, node):
+    key = fresh()
+    assert_error(api.put(node, key, "x", if_value="anything"), 412, "precondition_failed")
+    assert_error(api.get(node, key), 404, "not_found")  # a failed CAS creates nothing
+
+    v1 = api.put(node, key, "a").body["version"]
+    assert_error(api.put(node, key, "b", if_value="not-a"), 412, "precondition_failed")
+    assert api.get(node % 3 + 1, key).body == {"key": key, "value": "a", "version": v1}
+
+    ok = api.put(node, key, "b", if_value="a")
+    assert ok.status == 200 and ok.body["version"] > v1, ok
+    assert api.get(node % 3 + 1, key).body == {"key": key, "value": "b", "version": ok.body["version"]}
+
+
+@pytest.mark.parametrize("node", NODES)
+def test_cas_if_version(api, node):
+    key = fresh()
+    created = api.put(node, key, "first", if_version=0)  # 0: only if absent
+    assert created.status == 200, created
+    v1 = created.body["version"]
+    assert_error(api.put(node, key, "again", if_version=0), 412, "precondition_failed")
+    assert_error(api.put(node, key, "stale", if_version=v1 + 1000), 412, "precondition_failed")
+    assert api.get(node, key).body == {"key": key, "value": "first", "version": v1}
+
+    ok = api.put(node, key, "second", if_version=v1)
+    assert ok.status == 200, ok
+    v2 = ok.body["version"]
+    assert_error(api.put(node, key, "third", if_version=v1), 412, "precondition_failed")
+
+    assert_error(api.delete(node, key, if_version=v1), 412, "precondition_failed")
+    assert api.get(node, key).body == {"key": key, "value": "second", "version": v2}
+    deleted = api.delete(node, key, if_version=v2)
+    assert deleted.status == 200, deleted
+    assert_error(api.get(node, key), 404, "not_found")
+
+
+def test_list_prefix_limit_in_key_order(api):
+    prefix = fresh("list") + "/"
+    names = ["d", "a", "c/x", "b", "c", "é", "A"]
+    for n, name in enumerate(names):
+        assert api.put(NODES[n % 3], prefix + name, f"val-{name}").status == 200
+    assert api.put(1, prefix[:-1], "outside the prefix").status == 200
+    expected = sorted(prefix + name for name in names)
+
+    for node in NODES:
+        whole = api.list(node, prefix)
+        assert whole.status == 200, whole
+        assert [item["key"] for item in whole.body["items"]] == expected
+        assert whole.body["more"] is False
+        for item in whole.body["items"]:
+            assert item["value"] == "val-" + item["key"][len(prefix):]
+            assert isinstance(item["version"], int) and item["version"] > 0
+
+        first = api.list(node, prefix, limit=3)
+        assert [item["key"] for item in first.body["items"]] == expected[:3]
+        assert first.body["more"] is True
+        exact = api.list(node, prefix, limit=len(expected))
+        assert [item["key"] for item in exact.body["items"]] == expected
+        assert exact.body["more"] is False
+
+    assert api.list(2, fresh("nothing-here")).body == {"items": [], "more": False}
+
+
+def test_stale_reads(api):
+    key = fresh()
+    version = api.put(1, key, "s").body["version"]
+    for node in NODES:
+        # A stale read may lag behind, but the node catches up without further writes.
+        got = wait_until(lambda: (r := api.get(node, key, stale=True)).status == 200 and r,
+                         10, f"node {node} to apply {key}")
+        assert got.body == {"key": key, "value": "s", "version": version}
+        assert_error(api.get(node, fresh("missing"), stale=True), 404, "not_found")
+    listed = wait_until(lambda: api.list(3, key, stale=True).body["items"], 10, "stale list")
+    assert listed == [{"key": key, "value": "s", "version": version}]
+
+
+def test_keys_with_slashes_spaces_and_unicode(api):
+    key = fresh("dir") + "/sub dir/ключ?&=%#"
+    put = api.put(2, key, "ok")
+    assert put.status == 200 and put.body["key"] == key, put
+    assert api.get(3, key).body == {"key": key, "value": "ok", "version": put.body["version"]}
+    longest = fresh("é") + "é" * ((1024 - 15) // 2)
+    longest += "x" * (1024 - len(longest.encode()))
+    assert len(longest.encode()) == 1024
+    assert api.put(1, longest, "long key").status == 200
+    assert api.get(2, longest).body["value"] == "long key"
+
+
+def test_exactly_once_by_client_id_and_seq(api):
+    key, client = fresh(), fresh("client")
+    first = api.put(1, key, "one", client_id=client, seq=1)
+    assert first.status == 200, first
+    v1 = first.body["version"]
+
+    # The same request again, through the same node and through others: same
+    # answer, applied once (the version does not move, the value is the first one).
+    for node in NODES:
+        again = api.put(node, key, "one", client_id=client, seq=1)
+        assert again.status == 200 and again.body["version"] == v1, again
+    impostor = api.put(2, key, "different value", client_id=client, seq=1)
+    assert impostor.status == 200 and impostor.body["version"] == v1, impostor
+    assert api.get(3, key).body == {"key": key, "value": "one", "version": v1}
+
+    second = api.put(2, key, "two", client_id=client, seq=2)
+    assert second.status == 200 and second.body["version"] > v1, second
+    v2 = second.body["version"]
+    # An older sequence number is refused, and changes nothing.
+    assert_error(api.put(3, key, "old", client_id=client, seq=1), 400, "bad_request")
+    assert api.get(1, key).body == {"key": key, "value": "two", "version": v2}
+
+    # A retried delete is answered with its first result, not 404.
+    gone = api.delete(1, key, client_id=client, seq=3)
+    assert gone.status == 200, gone
+    retried = api.delete(2, key, client_id=client, seq=3)
+    assert retried.status == 200 and retried.body == gone.body, retried
+    assert_error(api.get(1, key), 404, "not_found")
+    # The retried delete did not take a revision: the next write gets the very next
+    # one (tests in this module run one at a time against their cluster).
+    assert api.put(1, fresh(), "x").body["version"] == gone.body["version"] + 1
+
+
+BAD_REQUESTS = [
+    # (method, path, raw body, status, code)
+    ("PUT", "/v1/kv/k", b"{bad json", 400, "invalid_json"),
+    ("PUT", "/v1/kv/k", b"[1, 2]", 400, "invalid_json"),
+    ("PUT", "/v1/kv/k", b'"just a string"', 400, "invalid_json"),
+    ("PUT", "/v1/kv/k", b"", 400, "invalid_json"),
+    ("PUT", "/v1/kv/k", b"\xff\xfe\x00", 400, "invalid_json"),
+    ("DELETE", "/v1/kv/k", b"{", 400, "invalid_json"),
+    ("PUT", "/v1/kv/k", b'{"value": 5}', 400, "bad_request"),
+    ("PUT", "/v1/kv/k", b'{"value": null}', 400, "bad_request"),
+    ("PUT", "/v1/kv/k", b'{"value": ["x"]}', 400, "bad_request"),
+    ("PUT", "/v1/kv/k", b'{"other": "x"}', 400, "bad_request"),
+    ("PUT", "/v1/kv/k", b'{"value": "x", "if_version": "1"}', 400, "bad_request"),
+    ("PUT", "/v1/kv/k", b'{"value": "x", "if_version": -1}', 400, "bad_request"),
+    ("PUT", "/v1/kv/k", b'{"value": "x", "if_version": true}', 400, "bad_request"),
+    ("PUT", "/v1/kv/k", b'{"value": "x", "if_version": 1.5}', 400, "bad_request"),
+    ("PUT", "/v1/kv/k", b'{"value": "x", "if_version": NaN}', 400, "bad_request"),
+    ("PUT", "/v1/kv/k", b'{"value": "x", "if_version": 1e999}', 400, "bad_request"),
+    ("PUT", "/v1/kv/k", b'{"value": "x", "if_value": 3}', 400, "bad_request"),
+    ("PUT", "/v1/kv/k", b'{"value": "\\ud800"}', 400, "bad_request"),
+    ("PUT", "/v1/kv/k", b'{"value": "x", "seq": 1}', 400, "bad_request"),
+    ("PUT", "/v1/kv/k", b'{"value": "x", "client_id": "c"}', 400, "bad_request"),
+    ("PUT", "/v1/kv/k", b'{"value": "x", "client_id": "", "seq": 1}', 400, "bad_request"),
+    ("PUT", "/v1/kv/k", b'{"value": "x", "client_id": "c", "seq": 0}', 400, "bad_request"),
+    ("PUT", "/v1/kv/k", b'{"value": "x", "client_id": 7, "seq": 1}', 400, "bad_request"),
+    ("DELETE", "/v1/kv/k", b'{"seq": 2}', 400, "bad_request"),
+    ("DELETE", "/v1/kv/k", b'{"if_version": "2"}', 400, "bad_request"),
+    ("GET", "/v1/kv/k?consistency=eventual", None, 400, "bad_request"),
+    ("GET", "/v1/kv?limit=0", None, 400, "bad_request"),
+    ("GET", "/v1/kv?limit=10001", None, 400, "bad_request"),
+    ("GET", "/v1/kv?limit=-1", None, 400, "bad_request"),
+    ("GET", "/v1/kv?limit=ten", None, 400, "bad_request"),
+    ("GET", "/v1/kv?consistency=sometimes", None, 400, "bad_request"),
+    ("PUT", "/v1/kv/", b'{"value": "x"}', 400, "invalid_key"),
+    ("GET", "/v1/kv/", None, 400, "invalid_key"),
+    ("DELETE", "/v1/kv/", None, 400, "invalid_key"),
+    ("PUT", key_path("k" * 1025), b'{"value": "x"}', 400, "invalid_key"),
+    ("GET", key_path("k" * 1025), None, 400, "invalid_key"),
+    ("PUT", key_path("é" * 513), b'{"value": "x"}', 400, "invalid_key"),  # 1026 bytes
+    ("GET", "/v1/nothing-here", None, 404, "no_route"),
+    ("GET", "/v2/kv/k", None, 404, "no_route"),
+    ("PUT", "/v1/kvx/k", b'{"value": "x"}', 404, "no_route"),
+    ("POST", "/v1/kv/k", b'{"value": "x"}', 405, "method_not_allowed"),
+    ("PUT", "/v1/status", b"{}", 405, "method_not_allowed"),
+]
+
+
+@pytest.mark.parametrize("method,path,raw,status,code", BAD_REQUESTS,
+                         ids=[f"{m} {p[:30]} {(r or b'')[:30]!r}" for m, p, r, *_ in BAD_REQUESTS])
+def test_bad_requests_get_json_errors(api, method, path, raw, status, code):
+    resp = api.request(2, method, path, raw=raw)
+    assert_error(resp, status, code)
+
+
+def test_oversized_values_are_413(api):
+    key = fresh()
+    assert api.put(1, key, "small").status == 200
+    big = "v" * (VALUE_MAX + 1)
+    assert_error(api.put(1, key, big), 413, "value_too_large")
+    assert_error(api.put(2, key, "x", if_value=big), 413, "value_too_large")
+    assert_error(api.put(3, key, "é" * (VALUE_MAX // 2 + 1)), 413, "value_too_large")
+    assert api.get(1, key).body["value"] == "small"
+
+
+def test_raw_body_over_the_size_limit_is_413(api):
+    raw = b'{"value": "' + b"x" * (13 * VALUE_MAX) + b'"}'
+    try:
+        resp = api.request(1, "PUT", key_path(fresh()), raw=raw, timeout=30)
+    except (BrokenPipeError, ConnectionResetError):
+        pytest.fail("the node dropped the connection instead of answering 413")
+    assert_error(resp, 413, "value_too_large")
+
+
+AT_THE_LIMIT = {"ascii": "a" * VALUE_MAX, "latin1": "é" * (VALUE_MAX // 2),
+                "cjk": "一" * (VALUE_MAX // 3), "control": "\x01" * VALUE_MAX}
+
+
+def test_values_at_the_limit_are_accepted_however_json_escapes_them(make_cluster):
+    # json.dumps escapes non-ASCII as \\uXXXX (the Python client sends that), so a
+    # value at the limit takes up to six times its size on the wire ("\\u0001").
+    # One node: this is about the HTTP layer and storage, not replication (below).
+    single = make_cluster(1)
+    single.wait_for_leader()
+    for name, value in AT_THE_LIMIT.items():
+        body = json.dumps({"value": value}).encode()
+        resp = single.request(1, "PUT", key_path(name), raw=body, timeout=30)
+        assert resp.status == 200, (name, resp)
+        got = single.get(1, name, timeout=30)
+        assert got.status == 200 and got.body["value"] == value, name
+        assert got.body["version"] == resp.body["version"]
+    single.kill(1)
+    single.restart(1)  # and they load back from SQLite
+    for name, value in AT_THE_LIMIT.items():
+        assert single.get(1, name, stale=True, timeout=30).body["value"] == value, name
+
+
+@pytest.mark.xfail(reason="a value at the limit is several MiB of JSON between nodes; writing it "
+                          "through a follower can cost leader elections and 503/504s, and on a busy "
+                          "machine the cluster can take minutes to settle", strict=False)
+def test_large_values_replicate_without_elections(make_cluster):
+    cluster = make_cluster(3)
+    leader = cluster.wait_for_leader()
+    elections = sum(s["elections"] for s in cluster.statuses().values())
+    value = AT_THE_LIMIT["latin1"]
+    resp = cluster.put(leader % 3 + 1, "big", value, timeout=10)
+    assert resp.status == 200, resp
+    got = cluster.get(leader % 3 + 1, "big", timeout=10)
+    assert got.status == 200 and got.body["value"] == value
+    assert sum(s["elections"] for s in cluster.statuses().values()) == elections
+
+
+def test_storage_is_durable_on_every_node(api):
+    for node in NODES:
+        storage = api.status(node)["storage"]
+        assert storage["engine"] == "sqlite"
+        assert storage["synchronous"] == "FULL", storage
+        assert storage["journal_mode"] == "wal", storage
+        assert storage["path"].startswith(str(api.data_dir(node))), storage
+
+
+def test_status_document(api):
+    leader = api.wait_for_leader()
+    wait_until(lambda: all(api.status(n)["leader"] == leader and all(p["reachable"] for p in api.status(n)["peers"].values())
+                           for n in NODES), 10, "every node to follow the leader")
+    for node in NODES:
+        st = api.status(node)
+        assert st["id"] == node
+        assert st["address"] == f"127.0.0.1:{api.ports[node]}"
+        assert st["leader"] == leader
+        assert st["role"] == ("leader" if node == leader else "follower")
+        assert set(st["peers"]) == {str(p) for p in NODES if p != node}
+        assert all(p["reachable"] for p in st["peers"].values()), st["peers"]
+        assert st["applied"] <= st["chosen"]
+
+
+def test_nodes_keep_serving_and_never_500(api):
+    """Runs last in this module: after all the bad input above, every node still works."""
+    for node in NODES:
+        key = fresh()
+        assert api.put(node, key, "still here").status == 200
+        assert api.get(node % 3 + 1, key).body["value"] == "still here"
+        assert api.is_alive(node)
+        log = api.log_path(node).read_text(errors="replace")
+        assert "Traceback" not in log and "Error handling request" not in log, api.log_tail(node, 60)
