@@ -129,6 +129,7 @@ class BenchCluster:
     keep_data: bool = False
     log_level: str = "warning"
     profile_nodes: tuple[int, ...] = ()  # node ids to run under kvpaxos.bench.profiled_serve
+    profile_clock: str = "wall"          # wall | cpu (see profiled_serve)
     ready_timeout_s: float = 30.0
     nodes: dict[int, BenchNode] = field(default_factory=dict)
     _temp: bool = False
@@ -165,7 +166,8 @@ class BenchCluster:
     def command(self, node: BenchNode) -> list[str]:
         prefix = [sys.executable, "-m", "cli.main"]
         if node.profile_path is not None:  # SIGUSR1/SIGUSR2 start/stop cProfile
-            prefix = [sys.executable, "-m", "kvpaxos.bench.profiled_serve", str(node.profile_path)]
+            prefix = [sys.executable, "-m", "kvpaxos.bench.profiled_serve", str(node.profile_path),
+                      self.profile_clock]
         return prefix + ["serve", "--id", str(node.node_id), "--cluster", self.spec,
                          "--data-dir", str(node.data_dir), "--log-level", self.log_level]
 

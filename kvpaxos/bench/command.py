@@ -145,18 +145,20 @@ def format_failover(doc: dict) -> str:
 @click.option("--read-ratio", type=click.FloatRange(0, 1), default=0.0, show_default=True)
 @click.option("--duration", type=click.FloatRange(0.5), default=10.0, show_default=True)
 @click.option("--top", type=click.IntRange(1), default=15, show_default=True)
+@click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall", show_default=True,
+              help="cprofile timer: perf_counter, or the thread's CPU clock (costlier per call).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=DEFAULT_OUT, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--quiet", "-q", is_flag=True)
 def profile(nodes: int, tool: str, concurrency: int, read_ratio: float, duration: float, top: int,
-            out_dir: str, as_json: bool, quiet: bool) -> None:
+            clock: str, out_dir: str, as_json: bool, quiet: bool) -> None:
     """Profile the leader and a follower while they serve closed-loop load."""
     from kvpaxos.bench.profile import format_profile, run_profile
     from kvpaxos.bench.suite import machine_info, write_json
 
     doc = {"benchmark": f"kv bench profile --tool {tool}", "machine": machine_info(),
            **run_profile(nodes, tool, concurrency, read_ratio, duration, top=top,
-                         out_dir=Path(out_dir), show_progress=not quiet)}
+                         out_dir=Path(out_dir), show_progress=not quiet, clock=clock)}
     doc["files"] = write_json(doc, Path(out_dir), f"profile-{tool}")
     if as_json:
         click.echo(json.dumps(doc, indent=2))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import statistics
 import sys
 import threading
 import time
@@ -129,7 +130,7 @@ def run_failover(nodes: int = 3, trials: int = 10, rate: float = 200.0, timeout_
     return {
         "nodes": nodes, "trials": trials, "write_rate": rate, "request_timeout_s": timeout_s,
         "recovered": len(times),
-        "median_ms": percentile(ordered, 50) if times else None,
+        "median_ms": round(statistics.median(ordered), 1) if times else None,
         "p90_ms": percentile(ordered, 90) if times else None,
         "max_ms": ordered[-1] if times else None,
         "min_ms": ordered[0] if times else None,

@@ -54,6 +54,7 @@ class Workload:
     exactly_once: bool = True
     stale_reads: bool = False
     timeout_s: float = 10.0
+    max_connections: int = 256      # rate mode: per process; requests beyond wait for a connection
     seed: int = 1
     key_prefix: str = "bench-"
     label: str = ""
@@ -125,7 +126,10 @@ class _Gen:
         w = self.w
         for op in ("put", "get", "batch"):
             self.result.latencies[op] = []
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None, enable_cleanup_closed=False)
+        # Closed loop: one keep-alive connection per client. Open loop: a bounded
+        # pool, as a real client has; waiting for a connection counts in latency.
+        limit = w.max_connections if w.mode == "rate" else 0
+        connector = aiohttp.TCPConnector(limit=limit, ttl_dns_cache=None, enable_cleanup_closed=False)
         timeout = aiohttp.ClientTimeout(total=w.timeout_s)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout,
                                          skip_auto_headers=("User-Agent",),

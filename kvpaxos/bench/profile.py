@@ -2,7 +2,13 @@
 
 cprofile: every node runs under kvpaxos.bench.profiled_serve, which profiles
     the measured window only (SIGUSR1 .. SIGUSR2, same overhead on every node);
-    the leader's (and a follower's) top functions by own time are reported. Deterministic and exact in call counts, but it slows
+    the leader's (and a follower's) top functions by own time are reported,
+    as shares of the main thread's busy time (time not spent waiting in
+    epoll). clock="wall" (the default) times with perf_counter: cheap, but
+    on a loaded machine a function that was descheduled is charged for the
+    wait. clock="cpu" times with the thread's CPU clock: no such charge, but
+    each reading is a system call, which inflates functions in proportion to
+    their call counts. Deterministic and exact in call counts, but it slows
     the node down and sees only the main thread (the SQLite commits run on the
     disk thread and show up there only as waiting).
 py-spy: the nodes run normally and `py-spy record` samples the leader and a
@@ -35,58 +41,97 @@ def _short(filename: str) -> str:
     return filename
 
 
+IDLE_FUNCTIONS = ("<method 'poll' of 'select.epoll' objects>", "<method 'select' of 'select.epoll' objects>")
+
+
 def cprofile_top(path: Path, top: int = 15) -> dict:
-    """The top entries of a cProfile file by own time (tottime), with call counts and cumtime."""
+    """The top entries of a cProfile file by own time (tottime), with call counts and cumtime.
+
+    The event loop's wait in epoll is idle time, not work: it is reported on
+    its own (idle_s) and left out of the tables and of the percentages.
+    """
     stats = pstats.Stats(str(path))
     total = stats.total_tt or 1e-9
     rows = []
+    idle = 0.0
     for (filename, line, func), (cc, nc, tt, ct, _callers) in stats.stats.items():
+        if func in IDLE_FUNCTIONS:
+            idle += tt
+            continue
         rows.append({"function": func, "where": f"{_short(filename)}:{line}", "ncalls": nc,
-                     "tottime_s": round(tt, 3), "cumtime_s": round(ct, 3),
-                     "own_pct": round(100 * tt / total, 1)})
+                     "tottime_s": round(tt, 4), "cumtime_s": round(ct, 4), "_tt": tt})
+    busy = max(total - idle, 1e-9)
+    for r in rows:
+        r["own_pct"] = round(100 * r.pop("_tt") / busy, 1)
     rows.sort(key=lambda r: r["tottime_s"], reverse=True)
     by_cum = sorted(rows, key=lambda r: r["cumtime_s"], reverse=True)
-    return {"total_s": round(total, 3), "by_own_time": rows[:top], "by_cumulative_time": by_cum[:top]}
+    return {"total_s": round(total, 3), "idle_s": round(idle, 3), "busy_s": round(busy, 3),
+            "by_own_time": rows[:top], "by_cumulative_time": by_cum[:top]}
+
+
+# Leaf frames where a thread waits rather than works. py-spy counts a thread as
+# active when the OS says it is runnable, so on a loaded machine a thread that
+# was woken but not yet scheduled still shows in these frames.
+WAIT_LEAVES = ("EpollSelector.select", "Condition.wait", "_worker (concurrent/futures/thread.py:81)",
+               "SimpleQueue.get", "Queue.get")
+
+
+DISPATCH_FRAMES = ("Handle._run", "_WorkItem.run", "Thread._bootstrap_inner", "Thread.run")
 
 
 def pyspy_top(raw_path: Path, top: int = 15) -> dict:
-    """Top functions by own (leaf) and inclusive samples from `py-spy record --format raw`."""
+    """Top functions by own (leaf) and inclusive samples from `py-spy record --format raw --threads`."""
     own: Counter = Counter()
     incl: Counter = Counter()
-    total = 0
+    threads: Counter = Counter()
+    total = waiting = 0
     for line in raw_path.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
         n = int(count)
-        total += n
         frames = [f for f in stack.split(";") if f]
+        if frames and frames[0].startswith("thread ("):
+            threads[frames[0].split(": ", 1)[-1]] += n
+            frames = frames[1:]
         if not frames:
             continue
+        total += n
+        if any(frames[-1].startswith(w) for w in WAIT_LEAVES):
+            waiting += n
+            continue
         own[frames[-1]] += n
-        for f in set(frames):
+        # Inclusive counts below the dispatchers (event-loop callbacks, executor
+        # work items, thread entry), so start-up frames do not fill the table.
+        cut = max((i + 1 for i, f in enumerate(frames[:-1]) if f.startswith(DISPATCH_FRAMES)),
+                  default=0)
+        for f in set(frames[cut:]):
             incl[f] += n
-    total = total or 1
+    busy = max(total - waiting, 1)
 
     def rows(counter: Counter) -> list[dict]:
-        return [{"function": f, "samples": n, "pct": round(100 * n / total, 1)}
+        return [{"function": f, "samples": n, "pct": round(100 * n / busy, 1)}
                 for f, n in counter.most_common(top)]
-    return {"samples": total, "by_own_samples": rows(own), "by_inclusive_samples": rows(incl)}
+    return {"samples": total, "waiting_samples": waiting, "busy_samples": total - waiting,
+            "threads": dict(threads), "by_own_samples": rows(own), "by_inclusive_samples": rows(incl)}
 
 
 def run_profile(nodes: int = 3, tool: str = "cprofile", concurrency: int = 64,
                 read_ratio: float = 0.0, duration_s: float = 10.0, warmup_s: float = 1.0,
                 value_bytes: int = 100, keys: int = 1000, top: int = 15,
-                out_dir: Path | None = None, show_progress: bool = True) -> dict:
+                out_dir: Path | None = None, show_progress: bool = True, clock: str = "wall") -> dict:
     """Profile the nodes of a fresh cluster under closed-loop load; a summary dict."""
     if tool not in ("cprofile", "py-spy"):
         raise ValueError("tool must be cprofile or py-spy")
     if tool == "py-spy" and shutil.which("py-spy") is None:
         return {"tool": tool, "available": False, "reason": "py-spy is not installed (pip install py-spy)"}
     profile_nodes = tuple(range(1, nodes + 1)) if tool == "cprofile" else ()
-    cluster = BenchCluster(nodes, profile_nodes=profile_nodes, keep_data=True)  # removed below
+    cluster = BenchCluster(nodes, profile_nodes=profile_nodes, profile_clock=clock,
+                           keep_data=True)  # removed below
     result: dict = {"tool": tool, "available": True, "nodes": nodes, "concurrency": concurrency,
                     "read_ratio": read_ratio, "duration_s": duration_s}
+    if tool == "cprofile":
+        result["clock"] = clock
     spies: list[tuple[int, subprocess.Popen, Path]] = []
     try:
         cluster.start()
@@ -163,16 +208,22 @@ def format_profile(result: dict) -> str:
             lines.append(f"{role} (node {doc['node']}): {doc['error']}")
             continue
         if "by_own_time" in doc:
-            lines.append(f"\n{role} (node {doc['node']}): top by own time "
-                         f"(main thread, {doc['total_s']:.1f} s profiled)")
-            lines.append(f"  {'own s':>7} {'own %':>6} {'cum s':>7} {'calls':>9}  function")
+            clock = "CPU" if result.get("clock") == "cpu" else "wall-clock"
+            lines.append(f"\n{role} (node {doc['node']}): top by own {clock} time, main thread: "
+                         f"{doc['busy_s']:.2f} s busy, {doc['idle_s']:.2f} s waiting in epoll")
+            lines.append(f"  {'own s':>7} {'busy %':>6} {'cum s':>7} {'calls':>9}  function")
             for r in doc["by_own_time"]:
-                lines.append(f"  {r['tottime_s']:7.2f} {r['own_pct']:6.1f} {r['cumtime_s']:7.2f} "
+                lines.append(f"  {r['tottime_s']:7.3f} {r['own_pct']:6.1f} {r['cumtime_s']:7.3f} "
                              f"{r['ncalls']:9d}  {r['function']} ({r['where']})")
         else:
-            lines.append(f"\n{role} (node {doc['node']}): top by own samples "
-                         f"(all threads, {doc['samples']} samples)")
+            threads = ", ".join(f"{k} {v}" for k, v in doc.get("threads", {}).items())
+            lines.append(f"\n{role} (node {doc['node']}): top by own samples, all threads "
+                         f"({doc['busy_samples']} busy + {doc['waiting_samples']} waiting samples; "
+                         f"{threads}); % of busy samples")
             for r in doc["by_own_samples"]:
+                lines.append(f"  {r['pct']:5.1f}%  {r['function']}")
+            lines.append(f"{role}: top by inclusive samples (below the event loop / thread entry)")
+            for r in doc["by_inclusive_samples"]:
                 lines.append(f"  {r['pct']:5.1f}%  {r['function']}")
     return "\n".join(lines)
 
