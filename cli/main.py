@@ -13,7 +13,9 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import math
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -33,6 +35,8 @@ from kvpaxos.client import (
 # Longer than a node's own request timeout (5 s by default), so that after a
 # node answers 504 there is still time to retry the call on another node.
 DEFAULT_TIMEOUT_S = 10.0
+# `kv snapshot save` waits for a node to write a fresh snapshot and then streams it.
+SNAPSHOT_TIMEOUT_S = 120.0
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -204,7 +208,12 @@ def status(ctx: click.Context, as_json: bool, **target: Any) -> None:
 
 
 def format_status_table(nodes: list[dict[str, Any]]) -> str:
-    header = ("ID", "ADDRESS", "ROLE", "LEADER", "BALLOT", "CHOSEN", "APPLIED", "STATE")
+    """One row per node. ROLE says "rebuilding" for a node that lost its data and does
+    not vote yet; SNAPSHOT is its last snapshot's slot; BEHIND is the leader's chosen
+    slot minus the node's applied slot ("-" if unknown)."""
+    header = ("ID", "ADDRESS", "ROLE", "LEADER", "BALLOT", "CHOSEN", "APPLIED", "SNAPSHOT",
+              "BEHIND", "STATE")
+    leader_chosen = _leader_chosen(nodes)
     rows = [header]
     for n in nodes:
         up = bool(n.get("up"))
@@ -212,11 +221,70 @@ def format_status_table(nodes: list[dict[str, Any]]) -> str:
         def cell(name: str) -> str:
             value = n.get(name)
             return "-" if value is None or (not up and name != "address") else str(value)
-        rows.append((cell("id") if up else str(n.get("id") or "?"), cell("address"), cell("role"),
-                     cell("leader"), cell("ballot"), cell("chosen"), cell("applied"),
-                     "up" if up else "down"))
+        role = cell("role")
+        if up and n.get("deciding"):
+            role = "deciding"  # new data directory: asking peers whether the cluster is new
+        elif up and n.get("voting") is False:
+            role = "rebuilding"
+        snap = n.get("snapshot")
+        snap_slot = str(snap["slot"]) if up and isinstance(snap, dict) and "slot" in snap else "-"
+        applied = n.get("applied")
+        behind = (str(max(0, leader_chosen - applied))
+                  if up and leader_chosen is not None and isinstance(applied, int) else "-")
+        rows.append((cell("id") if up else str(n.get("id") or "?"), cell("address"), role,
+                     cell("leader"), cell("ballot"), cell("chosen"), cell("applied"), snap_slot,
+                     behind, "up" if up else "down"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def _leader_chosen(nodes: list[dict[str, Any]]) -> int | None:
+    """The chosen slot of the node that leads (the highest ballot, if two think they do)."""
+    leaders = [n for n in nodes if n.get("up") and n.get("role") == "leader"
+               and n.get("leader") == n.get("id") and isinstance(n.get("chosen"), int)]
+    if not leaders:
+        return None
+    return max(leaders, key=lambda n: _ballot_key(n.get("ballot")))["chosen"]
+
+
+def _ballot_key(ballot: Any) -> tuple[int, int]:
+    head, _, tail = str(ballot).partition(".")
+    return (int(head), int(tail)) if head.isdigit() and tail.isdigit() else (0, 0)
+
+
+SIZE_UNITS = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
+SIZE_PATTERN = re.compile(r"\s*(\d+)\s*(?:([kmg])(?:i?b)?|b)?\s*", re.IGNORECASE)
+
+
+class Number(click.ParamType):
+    """An int or float option with a lower bound, whose errors are one `error: ...` line."""
+
+    name = "number"
+
+    def __init__(self, kind: type, low: float, open_low: bool = False, sizes: bool = False) -> None:
+        self.kind, self.low, self.open_low, self.sizes = kind, low, open_low, sizes
+
+    def parse(self, value: Any) -> int | float | None:
+        if isinstance(value, self.kind) and not isinstance(value, bool):
+            return value
+        text = str(value)
+        if self.sizes and (match := SIZE_PATTERN.fullmatch(text)):
+            return int(match[1]) * SIZE_UNITS[(match[2] or "").lower()]
+        try:
+            number = self.kind(text)
+        except ValueError:
+            return None
+        return number if math.isfinite(number) else None
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = self.parse(value)
+        if number is None or not (number > self.low if self.open_low else number >= self.low):
+            name = param.opts[0] if param is not None and param.opts else "value"
+            what = "an integer" if self.kind is int else "a number"
+            rule = f"> {self.low:g}" if self.open_low else f">= {self.low:g}"
+            unit = " (a size like 65536, 512KiB or 64MiB)" if self.sizes else ""
+            raise CliError(f"{name} must be {what} {rule}{unit}, not {value!r}", exit_code=2)
+        return number
 
 
 @cli.command()
@@ -226,11 +294,24 @@ def format_status_table(nodes: list[dict[str, Any]]) -> str:
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help=f"Where this node keeps its state [default: ./{DEFAULT_DATA_DIR}/node-ID].")
 @click.option("--tick-ms", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--snapshot-every", "snapshot_every", type=Number(int, 1), default=10_000,
+              show_default=True, metavar="SLOTS",
+              help="Write a snapshot after this many applied slots.")
+@click.option("--snapshot-every-bytes", type=Number(int, 1, sizes=True), default="64MiB",
+              show_default=True, metavar="BYTES",
+              help="... or after this many bytes of applied commands (suffixes KiB, MiB, GiB).")
+@click.option("--compact-keep", type=Number(int, 0), default=1_000, show_default=True,
+              metavar="SLOTS",
+              help="Slots of log kept behind a snapshot, for peers that are a little behind.")
+@click.option("--request-timeout", type=Number(float, 0, open_low=True), default=5.0,
+              show_default=True, metavar="SECONDS",
+              help="Answer 504 (outcome unknown) if a request is not done after this long.")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False),
               default="info", show_default=True)
 @click.pass_context
 def serve(ctx: click.Context, node_id: int, cluster_spec: str, data_dir: str | None,
-          tick_ms: int, log_level: str) -> None:
+          tick_ms: int, snapshot_every: int, snapshot_every_bytes: int, compact_keep: int,
+          request_timeout: float, log_level: str) -> None:
     """Run one node in the foreground until interrupted."""
     from kvpaxos.config import ConfigError, NodeConfig, parse_cluster
 
@@ -238,7 +319,10 @@ def serve(ctx: click.Context, node_id: int, cluster_spec: str, data_dir: str | N
     node_dir = Path(data_dir) if data_dir else Path(root_dir) / f"node-{node_id}"
     try:
         config = NodeConfig(node_id=node_id, cluster=parse_cluster(cluster_spec),
-                            data_dir=str(node_dir.resolve()), tick_ms=tick_ms)
+                            data_dir=str(node_dir.resolve()), tick_ms=tick_ms,
+                            snapshot_every_slots=snapshot_every,
+                            snapshot_every_bytes=snapshot_every_bytes,
+                            compact_keep_slots=compact_keep, request_timeout_s=request_timeout)
     except ConfigError as exc:
         raise CliError(str(exc), exit_code=2) from None
     try:
@@ -269,6 +353,52 @@ def serve(ctx: click.Context, node_id: int, cluster_spec: str, data_dir: str | N
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+@cli.group()
+def snapshot() -> None:
+    """Back up a running cluster and seed a new cluster from a backup."""
+
+
+@snapshot.command(name="save")
+@click.argument("file", type=click.Path(dir_okay=False))
+@target_options(envvar=None)
+@click.pass_context
+def snapshot_save(ctx: click.Context, file: str, **target: Any) -> None:
+    """Save a fresh snapshot of the cluster's state to FILE (checked, then renamed into place)."""
+    merged = _target(ctx, target)
+    if not (target.get("timeout") or ctx.find_root().params.get("timeout")):
+        merged["timeout"] = SNAPSHOT_TIMEOUT_S  # a large state takes a while to write and send
+    urls = resolve_endpoints(merged["server"], merged["endpoints"], merged["data_dir"])
+    from cli import backup  # imported here: the other commands need none of it
+    header = backup.save(urls, file, merged["timeout"])
+    click.echo(f"saved snapshot of slot {header['slot']} ({header['keys']} keys, "
+               f"{header['bytes']} bytes) from {header['source']} to {file}")
+
+
+@snapshot.command(name="restore")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--data-dir", "node_dir", type=click.Path(file_okay=False), required=True,
+              help="A new node's data directory (must hold no node state).")
+def snapshot_restore(file: str, node_dir: str) -> None:
+    """Put the snapshot FILE into the new data directory of a node of a NEW cluster.
+
+    Restore the same file into every node's directory, then start the nodes: they
+    vote from the start and carry on from the snapshot's slot.
+    """
+    from cli import backup  # imported here: the other commands need none of it
+    header = backup.restore(file, node_dir)
+    click.echo(f"restored snapshot of slot {header['slot']} ({header['keys']} keys) into {node_dir}")
+
+
+@snapshot.command(name="info")
+@click.argument("file", type=click.Path(dir_okay=False))
+def snapshot_info(file: str) -> None:
+    """Check FILE's checksum and print what it holds."""
+    from cli import backup  # imported here: the other commands need none of it
+    header = backup.check(file)
+    click.echo(f"{file}: snapshot of slot {header['slot']}, {header['keys']} keys, revision "
+               f"{header['revision']}, {header['bytes']} bytes; checksum ok")
 
 
 cli.add_command(cluster)

@@ -55,6 +55,14 @@ class NodeConfig:
             raise ConfigError(f"node id {self.node_id} is not in the cluster map")
         if not 0 < self.value_bytes_max <= VALUE_BYTES_MAX:
             raise ConfigError(f"value size limit must be between 1 and {VALUE_BYTES_MAX} bytes")
+        for name, low in (("tick_ms", 1), ("snapshot_every_slots", 1), ("snapshot_every_bytes", 1),
+                          ("compact_keep_slots", 0)):
+            value = getattr(self, name)
+            if type(value) is not int or value < low:
+                raise ConfigError(f"{name} must be an integer >= {low}, not {value!r}")
+        if not 0 < self.request_timeout_s < float("inf"):
+            raise ConfigError(f"request_timeout_s must be a positive number of seconds, "
+                              f"not {self.request_timeout_s!r}")
 
     @property
     def address(self) -> tuple[str, int]:
