@@ -32,7 +32,7 @@ _SYNC_NAMES = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
 
 
 def _encode(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"))
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
 class SqliteStorage:

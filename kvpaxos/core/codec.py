@@ -142,7 +142,9 @@ def message_from_wire(x: Any) -> m.Message:
 
 def encode_frame(src: int, msgs: list[m.Message]) -> str:
     """One peer frame: the sender and the messages gathered in one event-loop turn."""
-    return json.dumps({"src": src, "msgs": [message_to_wire(x) for x in msgs]}, separators=(",", ":"))
+    # ensure_ascii=False: non-ASCII text travels as UTF-8, not as six-byte \u escapes.
+    return json.dumps({"src": src, "msgs": [message_to_wire(x) for x in msgs]},
+                      separators=(",", ":"), ensure_ascii=False)
 
 
 def decode_frame(data: str | bytes) -> tuple[int, list[m.Message | WireError]]:

@@ -25,6 +25,7 @@ class Proposal:
     value: Batch
     votes: set[int] = field(default_factory=set)
     idle_ticks: int = 0
+    backoff: int = 1  # resends wait retry_ticks * backoff; it doubles, so big values do not flood
 
 
 @dataclass

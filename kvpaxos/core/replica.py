@@ -427,8 +427,9 @@ class Replica:
             self._send_heartbeat()
         for slot, proposal in lead.proposals.items():
             proposal.idle_ticks += 1
-            if proposal.idle_ticks >= self.config.retry_ticks:
+            if proposal.idle_ticks >= self.config.retry_ticks * proposal.backoff:
                 proposal.idle_ticks = 0
+                proposal.backoff = min(2 * proposal.backoff, 8)
                 accept = m.Accept(lead.ballot, slot, proposal.value)
                 for p in self.peers:
                     if p not in proposal.votes:

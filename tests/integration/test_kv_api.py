@@ -290,9 +290,6 @@ def test_values_at_the_limit_are_accepted_however_json_escapes_them(make_cluster
         assert single.get(1, name, stale=True, timeout=30).body["value"] == value, name
 
 
-@pytest.mark.xfail(reason="a value at the limit is several MiB of JSON between nodes; writing it "
-                          "through a follower can cost leader elections and 503/504s, and on a busy "
-                          "machine the cluster can take minutes to settle", strict=False)
 def test_large_values_replicate_without_elections(make_cluster):
     cluster = make_cluster(3)
     leader = cluster.wait_for_leader()
