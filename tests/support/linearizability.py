@@ -515,9 +515,11 @@ def _explain(ops: Sequence[Op], max_steps: int, budget_s: float,
     culprit = next((op for op in current if op.outcome == OK and op.end == cut), None)
     # A removal that needs far more search than the history it shrinks is not worth it.
     shrink_steps = min(max_steps, max(20_000, 4 * _search(current, max_steps)[1]))
+    keep_reason = culprit is not None and not _fails([o for o in current if o.id != culprit.id], max_steps)
 
-    # Drop ops (with whatever only they explain) while the rest still fails: in
-    # halves, then quarters, ..., then one at a time until nothing more goes.
+    # Drop ops (with whatever only they explain) while the rest still fails, and
+    # still passes without the culprit: in halves, then quarters, ..., then one
+    # at a time until nothing more goes.
     size = max(1, len(current) // 2)
     while time.monotonic() < deadline:
         shrunk = False
@@ -537,7 +539,9 @@ def _explain(ops: Sequence[Op], max_steps: int, budget_s: float,
                 else:
                     removed = set()
             rest = [o for o in current if o.id not in removed]
-            if removed and rest and _fails(rest, shrink_steps):
+            # Keep the reason: what remains must fail, and only because of the culprit.
+            if removed and rest and _fails(rest, shrink_steps) and (
+                    not keep_reason or not _fails([o for o in rest if o.id != culprit.id], shrink_steps)):
                 current = rest
                 shrunk = True
             else:
@@ -547,6 +551,7 @@ def _explain(ops: Sequence[Op], max_steps: int, budget_s: float,
         size = max(1, size // 2)
     complete = time.monotonic() < deadline
     current.sort(key=lambda o: (o.start, o.id))
+
     msg = (f"no linearization of these {len(current)} ops"
            + ("" if complete else " (shrinking stopped at its time budget)"))
     return msg, current, culprit
