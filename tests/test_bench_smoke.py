@@ -71,6 +71,7 @@ def test_kv_bench_tiny_run_writes_json_and_svg(tmp_path):
     for s in level["ops"].values():
         check_summary(s)
     assert set(level["server_cpu_s"]) == {"1", "2", "3"}
+    assert level["server_cpu_us_per_op"] is None or level["server_cpu_us_per_op"] > 0
     assert all(v >= 0 for v in level["server_cpu_s"].values())
     batch = kv["batch"]
     if batch["available"]:
@@ -78,7 +79,7 @@ def test_kv_bench_tiny_run_writes_json_and_svg(tmp_path):
         check_summary(batch["ops"]["batch"]) if "batch" in batch["ops"] else None
     else:
         assert batch["reason"]
-    rate = kv["rate"]
+    (rate,) = kv["rate"]
     assert rate["rate"] == 50 and isinstance(rate["meets_targets"], bool)
     assert kv["reads"]["concurrency"] == 2 and kv["reads"]["writes_ops_s"] >= 0
     (base,) = doc["aiohttp"]["sweep"]

@@ -24,6 +24,16 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[in
     return levels
 
 
+def _float_list(ctx: click.Context, param: click.Parameter, value: str) -> list[float]:
+    try:
+        values = [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter("expected comma-separated numbers, e.g. 1000 or 200,1000") from None
+    if not values or any(v <= 0 for v in values):
+        raise click.BadParameter("every rate must be positive")
+    return values
+
+
 def _modes(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
     from kvpaxos.bench.suite import ALL_MODES
     modes = [m.strip() for m in value.split(",") if m.strip()]
@@ -58,8 +68,8 @@ def _modes(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
 @click.option("--batch-size", type=click.IntRange(1, 10_000), default=100, show_default=True,
               help="Operations per POST /v1/batch in the batched mode.")
 @click.option("--batch-concurrency", type=click.IntRange(1), default=16, show_default=True)
-@click.option("--rate", type=click.FloatRange(1), default=1000.0, show_default=True,
-              help="Writes per second of the open-loop fixed-rate mode.")
+@click.option("--rate", "rates", default="1000", show_default=True, callback=_float_list,
+              help="Writes per second of the open-loop fixed-rate mode (comma-separated for several).")
 @click.option("--rate-duration", type=click.FloatRange(0.1), default=10.0, show_default=True)
 @click.option("--reads-concurrency", type=click.IntRange(1), default=64, show_default=True,
               help="Clients of the reads-vs-writes mode.")
@@ -73,7 +83,7 @@ def _modes(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
 @click.pass_context
 def bench(ctx: click.Context, nodes: int, concurrency: list[int], read_ratio: float, value_bytes: int,
           keys: int, duration: float, warmup: float, client_procs: int, target: str,
-          exactly_once: bool, modes: list[str], batch_size: int, batch_concurrency: int, rate: float,
+          exactly_once: bool, modes: list[str], batch_size: int, batch_concurrency: int, rates: list[float],
           rate_duration: float, reads_concurrency: int, syncobj_outstanding: int, out_dir: str,
           tag: str, as_json: bool, quiet: bool) -> None:
     """Benchmark a fresh local cluster against baselines; write JSON and SVG results.
@@ -91,7 +101,7 @@ def bench(ctx: click.Context, nodes: int, concurrency: list[int], read_ratio: fl
         nodes=nodes, concurrency=concurrency, read_ratio=read_ratio, value_bytes=value_bytes, keys=keys,
         duration_s=duration, warmup_s=warmup, client_procs=client_procs, target=target,
         exactly_once=exactly_once, modes=modes, batch_size=batch_size,
-        batch_concurrency=batch_concurrency, rate=rate, rate_duration_s=rate_duration,
+        batch_concurrency=batch_concurrency, rates=rates, rate_duration_s=rate_duration,
         reads_concurrency=reads_concurrency, syncobj_outstanding=syncobj_outstanding,
         out_dir=Path(out_dir), tag=tag, show_progress=not quiet)
     doc = run_suite(opts)

@@ -50,7 +50,7 @@ class SuiteOptions:
     modes: list[str] = field(default_factory=lambda: list(ALL_MODES))
     batch_size: int = 100
     batch_concurrency: int = 16
-    rate: float = 1000.0
+    rates: list[float] = field(default_factory=lambda: [1000.0])
     rate_duration_s: float = 10.0
     reads_concurrency: int = 64
     syncobj_outstanding: int = 1000
@@ -102,21 +102,60 @@ def _measure(runner: LoadRunner, w: Workload, pids: Callable[[], dict[str, int |
     result, duration = runner.run(w, on_window=cpu, label=label)
     out = level_summary(result, duration, batch_size)
     out["server_cpu_s"] = cpu.used
-    out["server_cpu_total_s"] = round(sum(cpu.used.values()), 3)
+    total_cpu = sum(cpu.used.values())
+    out["server_cpu_total_s"] = round(total_cpu, 3)
+    ops = (out.get("batch_ops_s") or out["total_ops_s"]) * duration
+    # Work per operation is much less sensitive than throughput to other load
+    # on the machine: a starved server does less work and uses less CPU alike.
+    out["server_cpu_us_per_op"] = round(1e6 * total_cpu / ops, 1) if ops else None
+    out["client_cpu_us_per_request"] = (round(1e6 * out["client_cpu_s"] / (out["total_ops_s"] * duration), 1)
+                                        if out["total_ops_s"] else None)
     return out
 
 
-def _sweep(runner: LoadRunner, base: Workload, opts: SuiteOptions, name: str,
-           pids: Callable[[], dict[str, int | None]]) -> list[dict]:
-    levels = []
-    for c in opts.concurrency:
-        w = Workload(**{**base.__dict__, "concurrency": c, "label": f"{name} c={c}"})
-        level = {"concurrency": c, "duration_s": w.duration_s, **_measure(runner, w, pids, w.label)}
-        levels.append(level)
-    return levels
+def _level(runner: LoadRunner, base: Workload, c: int, name: str,
+           pids: Callable[[], dict[str, int | None]]) -> dict:
+    w = Workload(**{**base.__dict__, "concurrency": c, "label": f"{name} c={c}"})
+    return {"concurrency": c, "duration_s": w.duration_s, **_measure(runner, w, pids, w.label)}
 
 
-def run_kvpaxos(opts: SuiteOptions, runner: LoadRunner) -> dict:
+class EchoServer:
+    """The bare aiohttp baseline server (kvpaxos.bench.echo_server) in its own process."""
+
+    def __init__(self) -> None:
+        self.port = free_ports(1)[0]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "kvpaxos.bench.echo_server", str(self.port)],
+                                     env=child_env(), stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                get_json(self.port, "/v1/status")
+                return
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.close()
+                    raise RuntimeError("the aiohttp baseline server did not start") from None
+                time.sleep(0.05)
+
+    def pids(self) -> dict[str, int | None]:
+        return {"server": self.proc.pid}
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def run_kvpaxos(opts: SuiteOptions, runner: LoadRunner, echo: EchoServer | None = None,
+                echo_out: dict | None = None) -> dict:
+    """kvpaxos modes; with `echo`, each sweep level is followed at once by the same level
+    against the aiohttp baseline (into echo_out["sweep"]), so that both see the same
+    background load on the machine."""
     out: dict[str, Any] = {"nodes": opts.nodes, "target": opts.target,
                            "exactly_once": opts.exactly_once}
     _log(opts, f"starting a fresh {opts.nodes}-node kvpaxos cluster ...")
@@ -133,8 +172,17 @@ def run_kvpaxos(opts: SuiteOptions, runner: LoadRunner) -> dict:
         def pids() -> dict[str, int | None]:
             return {str(i): n.pid if n.alive() else None for i, n in cluster.nodes.items()}
 
+        echo_base = None
+        if echo is not None and echo_out is not None:
+            echo_base = Workload(**{**base.__dict__, "urls": [echo.url]})
+            populate(echo_base)
+            echo_out["sweep"] = []
         if "sweep" in opts.modes:
-            out["sweep"] = _sweep(runner, base, opts, "kvpaxos", pids)
+            out["sweep"] = []
+            for c in opts.concurrency:
+                out["sweep"].append(_level(runner, base, c, "kvpaxos", pids))
+                if echo_base is not None:
+                    echo_out["sweep"].append(_level(runner, echo_base, c, "aiohttp baseline", echo.pids))
         if "batch" in opts.modes:
             ok, why = probe_batch(urls[0])
             if not ok:
@@ -147,16 +195,18 @@ def run_kvpaxos(opts: SuiteOptions, runner: LoadRunner) -> dict:
                                 "batch_size": opts.batch_size, "duration_s": w.duration_s,
                                 **_measure(runner, w, pids, w.label, opts.batch_size)}
         if "rate" in opts.modes:
-            w = Workload(**{**base.__dict__, "mode": "rate", "rate": opts.rate, "read_ratio": 0.0,
-                            "duration_s": opts.rate_duration_s,
-                            "label": f"kvpaxos {opts.rate:g} writes/s open loop"})
-            level = _measure(runner, w, pids, w.label)
-            put = level["ops"].get("put", {})
-            level.update({"rate": opts.rate, "duration_s": w.duration_s, "targets_ms": RATE_TARGETS_MS,
-                          "achieved_ops_s": put.get("ops_s", 0.0),
-                          "meets_targets": bool(put) and put["p50_ms"] < RATE_TARGETS_MS["p50"]
-                          and put["p99_ms"] < RATE_TARGETS_MS["p99"]})
-            out["rate"] = level
+            out["rate"] = []
+            for rate in opts.rates:
+                w = Workload(**{**base.__dict__, "mode": "rate", "rate": rate, "read_ratio": 0.0,
+                                "duration_s": opts.rate_duration_s,
+                                "label": f"kvpaxos {rate:g} writes/s open loop"})
+                level = _measure(runner, w, pids, w.label)
+                put = level["ops"].get("put", {})
+                level.update({"rate": rate, "duration_s": w.duration_s, "targets_ms": RATE_TARGETS_MS,
+                              "achieved_ops_s": put.get("ops_s", 0.0),
+                              "meets_targets": bool(put) and put["p50_ms"] < RATE_TARGETS_MS["p50"]
+                              and put["p99_ms"] < RATE_TARGETS_MS["p99"]})
+                out["rate"].append(level)
         if "reads" in opts.modes:
             c = opts.reads_concurrency
             reads = _measure(runner, Workload(**{**base.__dict__, "concurrency": c, "read_ratio": 1.0}),
@@ -175,35 +225,11 @@ def run_kvpaxos(opts: SuiteOptions, runner: LoadRunner) -> dict:
     return out
 
 
-def run_aiohttp(opts: SuiteOptions, runner: LoadRunner) -> dict:
-    port = free_ports(1)[0]
-    proc = subprocess.Popen([sys.executable, "-m", "kvpaxos.bench.echo_server", str(port)],
-                            env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                get_json(port, "/v1/status")
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("the aiohttp baseline server did not start")
-                time.sleep(0.05)
-        url = f"http://127.0.0.1:{port}"
-        base = Workload([url], read_ratio=opts.read_ratio, value_bytes=opts.value_bytes, keys=opts.keys,
-                        warmup_s=opts.warmup_s, duration_s=opts.duration_s,
-                        exactly_once=opts.exactly_once)
-        populate(base)
-        levels = _sweep(runner, base, opts, "aiohttp baseline", lambda: {"server": proc.pid})
-        return {"what": "bare aiohttp server, one process, same routes, no work behind them",
-                "sweep": levels}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def run_aiohttp_only(opts: SuiteOptions, runner: LoadRunner, echo: EchoServer) -> dict:
+    base = Workload([echo.url], read_ratio=opts.read_ratio, value_bytes=opts.value_bytes, keys=opts.keys,
+                    warmup_s=opts.warmup_s, duration_s=opts.duration_s, exactly_once=opts.exactly_once)
+    populate(base)
+    return {"sweep": [_level(runner, base, c, "aiohttp baseline", echo.pids) for c in opts.concurrency]}
 
 
 def _best(levels: list[dict], op: str | None = None) -> dict | None:
@@ -228,11 +254,15 @@ def compute_ratios(doc: dict) -> dict:
                 "throughput": _ratio(a["total_ops_s"], b["total_ops_s"]),
                 "put_p50": _ratio(a["ops"].get("put", {}).get("p50_ms"), b["ops"].get("put", {}).get("p50_ms")),
                 "get_p50": _ratio(a["ops"].get("get", {}).get("p50_ms"), b["ops"].get("get", {}).get("p50_ms")),
+                "server_cpu_per_op": _ratio(a.get("server_cpu_us_per_op"), b.get("server_cpu_us_per_op")),
             })
         ratios["kvpaxos_vs_aiohttp"] = {
             "per_level": per_level,
             "best_throughput": _ratio(_best(sweep)["total_ops_s"], _best(base)["total_ops_s"]),
         }
+        per_op = [x["server_cpu_per_op"] for x in per_level if x["server_cpu_per_op"]]
+        if per_op:
+            ratios["kvpaxos_vs_aiohttp"]["server_cpu_per_op_median"] = sorted(per_op)[len(per_op) // 2]
     so = doc.get("pysyncobj") or {}
     if so.get("available") and so.get("ops_s"):
         r: dict[str, Any] = {"pysyncobj_ops_s": so["ops_s"]}
@@ -246,6 +276,11 @@ def compute_ratios(doc: dict) -> dict:
         if (kv.get("batch") or {}).get("batch_ops_s"):
             r["batch_ops_s"] = kv["batch"]["batch_ops_s"]
             r["batched"] = _ratio(kv["batch"]["batch_ops_s"], so["ops_s"])
+            r["batched_cpu_per_op"] = _ratio(kv["batch"].get("server_cpu_us_per_op"),
+                                             so.get("server_cpu_us_per_op"))
+        if (kv.get("reads") or {}).get("writes"):
+            r["writes_only_cpu_per_op"] = _ratio(kv["reads"]["writes"].get("server_cpu_us_per_op"),
+                                                 so.get("server_cpu_us_per_op"))
         ratios["kvpaxos_vs_pysyncobj"] = r
     reads = kv.get("reads") or {}
     if reads.get("writes_ops_s") and reads.get("concurrency") == ETCD_REFERENCE["clients"]:
@@ -269,12 +304,20 @@ def run_suite(opts: SuiteOptions) -> dict:
                                                for k, v in opts.__dict__.items()},
     }
     with LoadRunner(opts.client_procs, opts.show_progress) as runner:
-        doc["load_generator"] = {"procs": opts.client_procs, "client": f"aiohttp, keep-alive"}
-        if any(m in opts.modes for m in ("sweep", "batch", "rate", "reads")):
-            doc["kvpaxos"] = run_kvpaxos(opts, runner)
-        if "aiohttp" in opts.modes:
-            _log(opts, "aiohttp baseline ...")
-            doc["aiohttp"] = run_aiohttp(opts, runner)
+        doc["load_generator"] = {"procs": opts.client_procs, "client": "aiohttp, keep-alive"}
+        echo = EchoServer() if "aiohttp" in opts.modes else None
+        try:
+            if echo is not None:
+                doc["aiohttp"] = {"what": "bare aiohttp server, one process, same routes, no work "
+                                          "behind them; each level measured right after kvpaxos'"}
+            if any(m in opts.modes for m in ("sweep", "batch", "rate", "reads")):
+                doc["kvpaxos"] = run_kvpaxos(opts, runner, echo if "sweep" in opts.modes else None,
+                                             doc.get("aiohttp"))
+            if echo is not None and "sweep" not in opts.modes:
+                doc["aiohttp"].update(run_aiohttp_only(opts, runner, echo))
+        finally:
+            if echo is not None:
+                echo.close()
     if "pysyncobj" in opts.modes:
         from kvpaxos.bench.syncobj_bench import run_syncobj
         _log(opts, f"PySyncObj baseline ({opts.nodes} nodes) ...")
@@ -344,11 +387,16 @@ def plot_series(doc: dict) -> list[dict]:
                 if pts:
                     series.append({"name": f"{name} {op} {pct}", "points": pts, "dashed": dashed,
                                    "color": shade})
+    b = (doc.get("kvpaxos") or {}).get("batch") or {}
+    if b.get("available") and b.get("ops", {}).get("batch") and b.get("batch_ops_s"):
+        series.append({"name": "kvpaxos batch p50", "color": "#9467bd",
+                       "points": [(b["batch_ops_s"], b["ops"]["batch"]["p50_ms"],
+                                   f"{b['concurrency']}x{b['batch_size']}")]})
     so = doc.get("pysyncobj") or {}
     if so.get("available") and so.get("ops", {}).get("set"):
         s = so["ops"]["set"]
-        series.append({"name": f"PySyncObj set p50 ({so['outstanding']} outst.)",
-                       "points": [(s["ops_s"], s["p50_ms"], "")], "color": "#d62728"})
+        series.append({"name": "PySyncObj p50", "color": "#d62728",
+                       "points": [(s["ops_s"], s["p50_ms"], f"{so['outstanding']} outst.")]})
     return series
 
 
@@ -367,13 +415,16 @@ def format_sweep(title: str, levels: list[dict]) -> str:
     lines = [title,
              f"{'clients':>7} | {'put/s':>9} {'p50':>7} {'p90':>7} {'p99':>7} {'p99.9':>8} | "
              f"{'get/s':>9} {'p50':>7} {'p90':>7} {'p99':>7} {'p99.9':>8} | {'errors':>6} | "
-             f"server CPU s (per process) | client CPU s"]
+             f"server CPU s (per process) | server CPU us/op | client CPU s"]
     for lv in levels:
         cpu = " ".join(f"{v:.2f}" for v in lv.get("server_cpu_s", {}).values())
         errors = sum(lv.get("errors", {}).values())
+        per_op = lv.get("server_cpu_us_per_op")
         lines.append(f"{lv['concurrency']:7d} | {_fmt_ops(lv, 'put')} | {_fmt_ops(lv, 'get')} | "
-                     f"{errors:6d} | {cpu:26} | {lv.get('client_cpu_s', 0):.2f}")
-    lines.append("(latencies in ms; CPU seconds over the measured window)")
+                     f"{errors:6d} | {cpu:26} | {per_op if per_op is not None else '-':>16} | "
+                     f"{lv.get('client_cpu_s', 0):.2f}")
+    lines.append("(latencies in ms; CPU over the measured window; us/op: all server processes' CPU "
+                 "per completed operation)")
     return "\n".join(lines)
 
 
@@ -397,11 +448,11 @@ def format_report(doc: dict) -> str:
             s = b["ops"].get("batch", {})
             out += ["", f"batched: {b['concurrency']} clients x {b['batch_size']} puts per POST /v1/batch: "
                     f"{b.get('batch_ops_s', 0):,.0f} ops/s ({s.get('ops_s', 0) / b['batch_size']:,.1f} "
-                    f"requests/s, request p50 {s.get('p50_ms', 0):.1f} ms, p99 {s.get('p99_ms', 0):.1f} ms)"]
+                    f"requests/s, request p50 {s.get('p50_ms', 0):.1f} ms, p99 {s.get('p99_ms', 0):.1f} ms; "
+                    f"{b.get('server_cpu_us_per_op')} us server CPU per op)"]
         else:
             out += ["", f"batched: not measured: {b['reason']}"]
-    r = kv.get("rate")
-    if r:
+    for r in kv.get("rate") or []:
         put = r["ops"].get("put", {})
         verdict = "meets" if r["meets_targets"] else "misses"
         out += ["", f"fixed rate: {r['rate']:g} writes/s open loop for {r['duration_s']:g} s: achieved "
@@ -423,7 +474,8 @@ def format_report(doc: dict) -> str:
             out += ["", f"PySyncObj, {so['nodes']} nodes, {so['outstanding']} operations outstanding, "
                     f"journal {so['journal']}: {so['ops_s']:,.0f} ops/s, p50 {s['p50_ms']:.1f} ms, "
                     f"p99 {s['p99_ms']:.1f} ms; node CPU s "
-                    f"{' '.join(f'{v:.2f}' for v in so['node_cpu_s'].values())}"]
+                    f"{' '.join(f'{v:.2f}' for v in so['node_cpu_s'].values())} "
+                    f"({so.get('server_cpu_us_per_op')} us per op)"]
         else:
             out += ["", f"PySyncObj: not measured: {so['reason']}"]
     e = doc["etcd_reference"]
@@ -436,6 +488,9 @@ def format_report(doc: dict) -> str:
         if a:
             per = ", ".join(f"c={x['concurrency']}: {x['throughput']}" for x in a["per_level"])
             out.append(f"  kvpaxos / aiohttp baseline throughput: best {a['best_throughput']} ({per})")
+            cpu = ", ".join(f"c={x['concurrency']}: {x['server_cpu_per_op']}" for x in a["per_level"])
+            out.append(f"  kvpaxos / aiohttp baseline server CPU per operation (all kvpaxos nodes "
+                       f"together): median {a.get('server_cpu_per_op_median')} ({cpu})")
         p = ratios.get("kvpaxos_vs_pysyncobj")
         if p:
             parts = [f"{label} {p[key]}" for key, label in (("single_puts", "best single-put level"),
@@ -443,6 +498,11 @@ def format_report(doc: dict) -> str:
                                                              ("batched", "batched"))
                      if p.get(key) is not None]
             out.append(f"  kvpaxos / PySyncObj ops/s: {', '.join(parts)}")
+            parts = [f"{label} {p[key]}" for key, label in (("writes_only_cpu_per_op", "writes only"),
+                                                             ("batched_cpu_per_op", "batched"))
+                     if p.get(key) is not None]
+            if parts:
+                out.append(f"  kvpaxos / PySyncObj server CPU per operation: {', '.join(parts)}")
         e2 = ratios.get("kvpaxos_vs_etcd_reference")
         if e2:
             out.append(f"  kvpaxos / etcd reference (not measured here): puts/s {e2['puts']}, "

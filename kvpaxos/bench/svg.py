@@ -29,10 +29,10 @@ def _fmt(v: float) -> str:
 
 
 def throughput_latency_svg(series: list[dict], title: str, subtitle: str = "",
-                           width: int = 820, height: int = 520) -> str:
+                           width: int = 860, height: int = 520) -> str:
     """series: [{"name": str, "points": [(ops_s, latency_ms, label), ...], "dashed": bool}]."""
     pts = [(x, y) for s in series for x, y, _ in s["points"] if x > 0 and y > 0]
-    left, right, top, bottom = 80, 200, 60, 60
+    left, right, top, bottom = 80, 215, 60, 60
     pw, ph = width - left - right, height - top - bottom
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
            f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
@@ -77,8 +77,10 @@ def throughput_latency_svg(series: list[dict], title: str, subtitle: str = "",
         for x, y, lab in good:
             out.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3.5" fill="{color}"/>')
             if lab:
-                out.append(f'<text x="{sx(x) + 5:.1f}" y="{sy(y) - 5:.1f}" fill="{color}" '
-                           f'font-size="10">{escape(str(lab))}</text>')
+                near_right = sx(x) > left + pw - 70
+                tx, anchor = (sx(x) - 5, "end") if near_right else (sx(x) + 5, "start")
+                out.append(f'<text x="{tx:.1f}" y="{sy(y) - 5:.1f}" fill="{color}" font-size="10" '
+                           f'text-anchor="{anchor}">{escape(str(lab))}</text>')
         ly = top + 16 + 20 * i
         out.append(f'<line x1="{left + pw + 14}" y1="{ly - 4}" x2="{left + pw + 38}" y2="{ly - 4}" '
                    f'stroke="{color}" stroke-width="2"{dash}/>')

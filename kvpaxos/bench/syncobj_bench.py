@@ -97,7 +97,10 @@ def run_syncobj(nodes: int = 3, duration_s: float = 5.0, warmup_s: float = 1.0,
             print(f"  pysyncobj: {summary['ops_s']:,.0f} ops/s", file=sys.stderr, flush=True)
         node_cpu = {str(i + 1): round(cpu1[i] - cpu0[i], 3)
                     for i in range(nodes) if cpu0[i] is not None and cpu1[i] is not None}
+        total_cpu = sum(node_cpu.values())
+        ops = summary["ops_s"] * duration_s
         return {"available": True, "nodes": nodes, "outstanding": outstanding,
+                "server_cpu_us_per_op": round(1e6 * total_cpu / ops, 1) if ops else None,
                 "journal": "mmap file, no fsync" if journal else "memory", "load_from": target,
                 "duration_s": duration_s, "ops": {"set": summary}, "ops_s": summary["ops_s"],
                 "errors": dict(errors), "node_cpu_s": node_cpu}
