@@ -3,6 +3,8 @@
 Each node is a separate `python -m cli.main serve` process, so killing one is a
 real crash of one replica. The layout (DIR/cluster.json, DIR/node-N/) is stable,
 so running `kv cluster up` again brings back the same nodes with their data.
+The nodes share a cluster secret, DIR/secret (mode 0600), made on the first run:
+only processes that hold it can join the cluster's peer links.
 """
 from __future__ import annotations
 
@@ -27,7 +29,9 @@ from cli.common import (
     default_nodes, read_cluster_file,
 )
 from kvpaxos.client import Client, KvError
+from kvpaxos.security import write_new_secret
 
+SECRET_FILE = "secret"
 READY_TIMEOUT_S = 15.0
 STOP_GRACE_S = 5.0
 POLL_S = 0.25
@@ -77,6 +81,8 @@ def up(ctx: click.Context, count: int | None, data_dir: str | None, base_port: i
     for node in nodes:
         node.directory.mkdir(parents=True, exist_ok=True)
     write_cluster_file(root, addresses)
+    if write_new_secret(str(root / SECRET_FILE)):
+        click.echo(f"made a new cluster secret in {root / SECRET_FILE}")
 
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -151,12 +157,15 @@ def write_cluster_file(root: Path, addresses: dict[int, str]) -> None:
 def serve_args(node: Node, addresses: dict[int, str], for_humans: bool = False) -> list[str]:
     """The `kv serve` command of a node; for humans, with the `kv` script if it is on PATH."""
     spec = ",".join(f"{i}={a}" for i, a in addresses.items())
+    secret = node.directory.parent / SECRET_FILE
     if for_humans:
         prog = ["kv"] if shutil.which("kv") else [Path(sys.executable).name, "-m", "cli.main"]
         data_dir = str(node.directory)
     else:
         prog, data_dir = [sys.executable, "-m", "cli.main"], str(node.directory.resolve())
-    return prog + ["serve", "--id", str(node.node_id), "--cluster", spec, "--data-dir", data_dir]
+        secret = secret.resolve()
+    return prog + ["serve", "--id", str(node.node_id), "--cluster", spec, "--data-dir", data_dir,
+                   "--secret-file", str(secret)]
 
 
 def start_node(node: Node, addresses: dict[int, str]) -> None:

@@ -27,9 +27,11 @@ import click
 
 from cli.cluster import cluster
 from cli.common import DEFAULT_DATA_DIR, CliError, resolve_endpoints
+from cli.secure import client_security, serve_security_options
 from kvpaxos.bench.command import bench
 from kvpaxos.client import (
-    BadRequest, Client, KvError, NotFound, OutcomeUnknown, PreconditionFailed, Unavailable,
+    BadRequest, Client, KvError, NotFound, OutcomeUnknown, PreconditionFailed, Unauthorized,
+    Unavailable,
 )
 
 # Longer than a node's own request timeout (5 s by default), so that after a
@@ -59,6 +61,13 @@ def target_options(envvar: str | None) -> Callable[[Callable[..., Any]], Callabl
             click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
                          metavar="SECONDS",
                          help=f"Give up a request after this long [default: {DEFAULT_TIMEOUT_S:g}]."),
+            click.option("--token", envvar=envvar and "KV_TOKEN", default=None, metavar="TOKEN",
+                         help="Bearer token for nodes that require one"
+                         + (" [env: KV_TOKEN]." if envvar else ".")),
+            click.option("--ca-file", envvar=envvar and "KV_CA_FILE", default=None,
+                         type=click.Path(dir_okay=False), metavar="FILE",
+                         help="CA certificate(s) to verify https:// nodes with"
+                         + (" [env: KV_CA_FILE]." if envvar else ".")),
         ]
         for option in reversed(options):
             func = option(func)
@@ -80,7 +89,7 @@ def connect(ctx: click.Context, local: dict[str, Any], key: str | None = None) -
     """A client for the targeted cluster; turns client errors into one-line CLI errors."""
     target = _target(ctx, local)
     urls = resolve_endpoints(target["server"], target["endpoints"], target["data_dir"])
-    client = Client(urls, timeout_s=target["timeout"])
+    client = Client(urls, timeout_s=target["timeout"], **client_security(target))
     try:
         yield client
     except KvError as exc:
@@ -105,6 +114,8 @@ def describe_error(exc: KvError, key: str | None, urls: list[str]) -> str:
         return f"{where} unavailable{detail}{hint}"
     if isinstance(exc, BadRequest):
         return f"bad request for {about}{detail}"
+    if isinstance(exc, Unauthorized):
+        return f"{about} refused: missing or wrong token (pass --token or set KV_TOKEN)"
     return f"{about} failed: {exc.code}{detail}"
 
 
@@ -308,10 +319,13 @@ class Number(click.ParamType):
               help="Answer 504 (outcome unknown) if a request is not done after this long.")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False),
               default="info", show_default=True)
+@click.option("--log-format", type=click.Choice(("text", "json")), default="text", show_default=True,
+              help="text: key=value pairs; json: one JSON object per line.")
+@serve_security_options
 @click.pass_context
 def serve(ctx: click.Context, node_id: int, cluster_spec: str, data_dir: str | None,
           tick_ms: int, snapshot_every: int, snapshot_every_bytes: int, compact_keep: int,
-          request_timeout: float, log_level: str) -> None:
+          request_timeout: float, log_level: str, log_format: str = "text", **security: Any) -> None:
     """Run one node in the foreground until interrupted."""
     from kvpaxos.config import ConfigError, NodeConfig, parse_cluster
 
@@ -325,6 +339,7 @@ def serve(ctx: click.Context, node_id: int, cluster_spec: str, data_dir: str | N
                             compact_keep_slots=compact_keep, request_timeout_s=request_timeout)
     except ConfigError as exc:
         raise CliError(str(exc), exit_code=2) from None
+    config = _with_security(config, security)
     try:
         from kvpaxos.server import serve as serve_node
         from storage.base import StorageError
@@ -336,7 +351,7 @@ def serve(ctx: click.Context, node_id: int, cluster_spec: str, data_dir: str | N
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         if "log_level" in inspect.signature(serve_node).parameters:
-            serve_node(config, log_level=log_level)
+            serve_node(config, log_level=log_level, log_format=log_format)
         else:
             logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                                 format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -349,6 +364,18 @@ def serve(ctx: click.Context, node_id: int, cluster_spec: str, data_dir: str | N
         # A bug, not a user error: keep the traceback in the node's log.
         logging.getLogger("kvpaxos").critical("node %d crashed", node_id, exc_info=True)
         raise CliError(f"node {node_id} crashed; see the log above") from None
+
+
+def _with_security(config: Any, options: dict[str, Any]) -> Any:
+    """The config with the cluster secret, client token and TLS files of `kv serve`."""
+    import dataclasses
+
+    from kvpaxos.config import ConfigError
+    from kvpaxos.security import serve_options
+    try:
+        return dataclasses.replace(config, **serve_options(**options))
+    except ConfigError as exc:
+        raise CliError(str(exc), exit_code=2) from None
 
 
 def _interrupt(signum: int, frame: object) -> None:

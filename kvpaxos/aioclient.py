@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import uuid
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,16 +30,20 @@ _CONNECT_TIMEOUT = getattr(aiohttp, "ConnectionTimeoutError", ())
 class AsyncClient:
     """Use as `async with AsyncClient([...]) as kv:`, or call `await close()` when done.
 
-    As with Client, a client_id passed in must not have been used before.
+    As with Client, a client_id passed in must not have been used before, and
+    `token` / `ca_file` are the bearer token and the CA file for https:// endpoints.
     """
 
     def __init__(self, endpoints: list[str] | str, timeout_s: float = 5.0,
-                 client_id: str | None = None) -> None:
+                 client_id: str | None = None, token: str | None = None,
+                 ca_file: str | None = None) -> None:
         self.endpoints = parse_endpoints(endpoints)
         self.timeout_s = float(timeout_s)
         self._sessions = Sessions(client_id or uuid.uuid4().hex)
         self._preferred = 0
         self._http: aiohttp.ClientSession | None = None
+        self.token = token
+        self._ssl = ssl.create_default_context(cafile=ca_file) if ca_file else None
 
     @property
     def client_id(self) -> str:
@@ -108,7 +113,11 @@ class AsyncClient:
 
     def _session(self) -> aiohttp.ClientSession:
         if self._http is None:
-            self._http = aiohttp.ClientSession(headers={"Accept": "application/json"})
+            headers = {"Accept": "application/json"}
+            if self.token:
+                headers["Authorization"] = f"Bearer {self.token}"
+            connector = aiohttp.TCPConnector(ssl=self._ssl) if self._ssl is not None else None
+            self._http = aiohttp.ClientSession(headers=headers, connector=connector)
         return self._http
 
     async def _write(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:

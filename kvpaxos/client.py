@@ -17,6 +17,7 @@ from __future__ import annotations
 import http.client
 import json
 import select
+import ssl
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +32,8 @@ from kvpaxos.client_support import (
 
 __all__ = [
     "KvError", "NotFound", "PreconditionFailed", "Unavailable", "OutcomeUnknown",
-    "BadRequest", "Entry", "Client", "AsyncClient", "parse_endpoints", "normalize_endpoint",
+    "BadRequest", "Unauthorized", "Entry", "Client", "AsyncClient", "parse_endpoints",
+    "normalize_endpoint",
 ]
 
 # A blackholed host must not eat the whole budget of a call; connecting on a
@@ -71,6 +73,10 @@ class BadRequest(KvError):
     """The request was rejected as malformed or too large (400, 413)."""
 
 
+class Unauthorized(KvError):
+    """The node wants a (different) bearer token: pass token= / --token / KV_TOKEN (401, 403)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     key: str
@@ -88,6 +94,8 @@ def raise_for_status(status: int, doc: dict[str, Any]) -> dict[str, Any]:
         raise NotFound(code, message, status)
     if status == 412:
         raise PreconditionFailed(code, message, status)
+    if status in (401, 403):
+        raise Unauthorized(code, message, status)
     if status in (400, 413):
         raise BadRequest(code, message, status)
     if status == 503:
@@ -123,15 +131,20 @@ class Client:
     Not for use from several threads at once; give each thread its own Client.
     Sequence numbers start at 1 for each instance and the cluster remembers the
     last one per client_id, so a client_id passed in must not have been used before.
+    `token` is sent as `Authorization: Bearer <token>`; `ca_file` verifies https://
+    endpoints (default: the system's CAs).
     """
 
     def __init__(self, endpoints: list[str] | str, timeout_s: float = 5.0,
-                 client_id: str | None = None) -> None:
+                 client_id: str | None = None, token: str | None = None,
+                 ca_file: str | None = None) -> None:
         self.endpoints = parse_endpoints(endpoints)
         self.timeout_s = float(timeout_s)
         self._sessions = Sessions(client_id or uuid.uuid4().hex)
         self._preferred = 0
         self._conns: dict[int, http.client.HTTPConnection] = {}
+        self.token, self.ca_file = token, ca_file
+        self._ssl = ssl.create_default_context(cafile=ca_file) if ca_file else None
 
     @property
     def client_id(self) -> str:
@@ -181,7 +194,8 @@ class Client:
         return self._status_of(endpoint, self.timeout_s)
 
     def _status_of(self, endpoint: str, timeout_s: float, once: bool = False) -> dict[str, Any]:
-        one = Client([endpoint], timeout_s=timeout_s)
+        one = Client([endpoint], timeout_s=timeout_s, token=self.token)
+        one.ca_file, one._ssl = self.ca_file, self._ssl
         try:
             return one._call("GET", "/v1/status", max_tries=1 if once else None)
         finally:
@@ -242,6 +256,8 @@ class Client:
         conn = self._connection(index, timeout_s)
         conn.sock.settimeout(max(timeout_s, 0.01))
         headers = {"Accept": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
         if payload is not None:
             headers["Content-Type"] = "application/json"
         try:
@@ -264,8 +280,12 @@ class Client:
             conn = None
         if conn is None or conn.sock is None:
             parts = urlsplit(self.endpoints[index])
-            cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-            conn = cls(parts.hostname, parts.port, timeout=min(CONNECT_TIMEOUT_S, max(timeout_s, 0.01)))
+            timeout = min(CONNECT_TIMEOUT_S, max(timeout_s, 0.01))
+            if parts.scheme == "https":
+                conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout,
+                                                   context=self._ssl)
+            else:
+                conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
             try:
                 conn.connect()
             except OSError as exc:

@@ -1,7 +1,7 @@
 """Node configuration: the cluster map and the knobs of one `kv serve` process."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kvpaxos.core.commands import VALUE_BYTES_MAX
 
@@ -49,6 +49,13 @@ class NodeConfig:
     snapshot_every_slots: int = 10_000
     snapshot_every_bytes: int = 64 * 1024 * 1024
     compact_keep_slots: int = 1_000
+    # Security (kvpaxos/security.py): peers prove they hold `secret`; clients send `token`;
+    # with a certificate the node serves HTTPS and dials its peers over TLS.
+    secret: bytes | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
 
     def __post_init__(self) -> None:
         if self.node_id not in self.cluster:
@@ -67,3 +74,8 @@ class NodeConfig:
     @property
     def address(self) -> tuple[str, int]:
         return self.cluster[self.node_id]
+
+    @property
+    def scheme(self) -> str:
+        """The scheme of every node's HTTP API: TLS is all or nothing in a cluster."""
+        return "https" if self.tls_cert else "http"

@@ -18,6 +18,7 @@ from kvpaxos.errors import (BadRequest, InvalidJson, InvalidKey, KvError, NoQuor
                             PreconditionFailed, ValueTooLarge)
 from kvpaxos.node import Node
 from kvpaxos.transport import PeerTransport
+from kvpaxos import metrics, security
 
 log = logging.getLogger("kvpaxos.http")
 
@@ -203,11 +204,29 @@ async def get_snapshot(request: web.Request) -> web.StreamResponse:
         f.close()
 
 
+async def get_metrics(request: web.Request) -> web.Response:
+    """Prometheus text exposition of this node (kvpaxos/metrics.py)."""
+    text = metrics.render(request.app[NODE], request.app[TRANSPORT])
+    return web.Response(body=text.encode("utf-8"), headers={"Content-Type": metrics.CONTENT_TYPE})
+
+
+def _security_middlewares(node: Node) -> list:
+    """With a client token, every route that can show data needs it (security.is_open; 401)."""
+    if node.config.token is None:
+        return []
+
+    def refused(request: web.Request) -> None:
+        node.counters["http_unauthorized"] += 1
+
+    return [security.token_middleware(node.config.token, refused)]
+
+
 def init_app(node: Node, transport: PeerTransport) -> web.Application:
     # JSON escaping (json.dumps' default \uXXXX) can turn one UTF-8 byte into six,
     # and a PUT may carry both value and if_value at the limit.
     body_max = 12 * node.config.value_bytes_max + 64 * 1024
-    app = web.Application(middlewares=[errors_as_json], client_max_size=body_max)
+    app = web.Application(middlewares=[errors_as_json, *_security_middlewares(node)],
+                          client_max_size=body_max)
     app[NODE] = node
     app[TRANSPORT] = transport
     # {key:.*}, not .+: an empty key reaches _key and is answered 400 invalid_key.
@@ -217,5 +236,6 @@ def init_app(node: Node, transport: PeerTransport) -> web.Application:
     app.router.add_get("/v1/kv", list_keys)
     app.router.add_get("/v1/status", status)
     app.router.add_get("/v1/snapshot", get_snapshot)
+    app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/v1/peer", transport.handle_inbound)
     return app

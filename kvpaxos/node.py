@@ -28,7 +28,7 @@ import random
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import aiohttp
@@ -40,6 +40,9 @@ from kvpaxos.core.commands import Batch, Command, Result
 from kvpaxos.core.kvstate import KVState
 from kvpaxos.core.replica import CoreConfig, Ready, Replica, Role
 from kvpaxos.errors import NoQuorum, OutcomeUnknown
+from kvpaxos.logs import fields
+from kvpaxos.metrics import NodeMetrics
+from kvpaxos.security import peer_session, peer_url
 from kvpaxos.snapshotter import Snapshotter
 from storage.base import Storage, Writes
 
@@ -52,6 +55,7 @@ Send = Callable[[int, m.Message], bool]  # False: certainly not sent
 @dataclass
 class _Waiter:
     future: asyncio.Future  # Result once applied; None once certainly not applied
+    started: float = field(default_factory=time.perf_counter)  # for the commit latency
 
 
 class Node:
@@ -85,6 +89,7 @@ class Node:
         self.send_peer: Send = lambda dst, msg: False
         self.on_fatal: Callable[[BaseException], None] = lambda exc: None
         self.counters: Counter[str] = Counter()
+        self.metrics = NodeMetrics()  # histograms; GET /metrics renders both
         self.boot_id = os.urandom(4).hex()
         self._cmd_ids = itertools.count(1)
         self._read_ids = itertools.count(1)
@@ -109,7 +114,7 @@ class Node:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._ticker = asyncio.create_task(self._tick_forever())
-        self._http = aiohttp.ClientSession()
+        self._http = peer_session(self.config)
         if self.deciding:
             self._spawn(self._decide_voting())
         self._wake()  # replay the chosen log we loaded into the state machine
@@ -167,15 +172,18 @@ class Node:
                     "non-voter until a ballot above round %d chooses a slot", self.id, horizon)
 
     async def _peer_status(self, peer: int) -> dict | None:
-        host, port = self.config.cluster[peer]
         assert self._http is not None
         try:
-            async with self._http.get(f"http://{host}:{port}/v1/status",
+            async with self._http.get(self.peer_url(peer, "/v1/status"),
                                       timeout=aiohttp.ClientTimeout(total=1)) as resp:
                 body = await resp.json()
                 return body if resp.status == 200 and isinstance(body, dict) else None
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, OSError):
             return None
+
+    def peer_url(self, peer: int, path: str) -> str:
+        """URL of `path` on a peer's HTTP API (https when the cluster uses TLS)."""
+        return peer_url(self.config, peer, path)
 
     def install_state(self, state: KVState) -> None:
         """Adopt a verified snapshot newer than our state and continue the log after it."""
@@ -228,7 +236,7 @@ class Node:
                 if leader == self.id:
                     self.replica.propose(cmd)
                     self._wake()
-                elif not self.send_peer(leader, m.ClientRequest(cmd)):
+                elif not self._forward(leader, m.ClientRequest(cmd)):
                     await asyncio.sleep(self.config.tick_ms / 1000)  # link down: not sent
                     continue
                 maybe_taken = True
@@ -304,10 +312,18 @@ class Node:
         else:
             self._slot_waiters.setdefault(slot, []).append(cmd_id)
 
+    def _forward(self, leader: int, msg: m.Message) -> bool:
+        sent = self.send_peer(leader, msg)
+        if sent:
+            self.counters["requests_forwarded"] += 1
+        return sent
+
     def _resolve(self, cmd_id: str, result: Result | None) -> None:
         waiter = self._waiters.pop(cmd_id, None)
         if waiter is not None and not waiter.future.done():
             waiter.future.set_result(result)
+            if result is not None:
+                self.metrics.commit_latency.observe(time.perf_counter() - waiter.started)
 
     # -- the Ready loop -------------------------------------------------------
 
@@ -322,6 +338,8 @@ class Node:
         if ready.is_empty():
             return
         self._note_leader()
+        self.counters["commands_proposed"] += len(ready.proposed)
+        self.counters["slots_chosen"] += len(ready.chosen)
         for cmd_id, slot in ready.proposed.items():
             origin = self._remote_cmds.pop(cmd_id, None)
             if origin is not None:
@@ -366,6 +384,7 @@ class Node:
         for cmd_id in self._slot_waiters.pop(slot, ()):
             self._resolve(cmd_id, None)
         self.counters["slots_applied"] += 1
+        self.metrics.batch_size.observe(len(batch.commands))
 
     def _commit_or_send(self) -> None:
         if self._committing:
@@ -389,8 +408,10 @@ class Node:
             log.critical("storage write failed, stopping: %s", exc)
             self.on_fatal(exc)
             return
+        elapsed = time.perf_counter() - started
         self.counters["fsyncs"] += 1
-        self.counters["fsync_us_total"] += int((time.perf_counter() - started) * 1e6)
+        self.counters["fsync_us_total"] += int(elapsed * 1e6)
+        self.metrics.fsync_latency.observe(elapsed)
         self._send_all(messages)
         self._commit_or_send()
 
@@ -409,7 +430,10 @@ class Node:
             self._last_leader = leader
             if leader is not None:
                 self.counters["leader_changes"] += 1
-                log.info("node %d: leader is now %d (ballot %s)", self.id, leader, self.replica.ballot)
+                log.info("leader changed", extra=fields(leader=leader, ballot=str(self.replica.ballot),
+                                                        role=self.replica.role.value))
+            else:
+                log.info("leader lost", extra=fields(ballot=str(self.replica.ballot)))
 
     # -- views ----------------------------------------------------------------
 

@@ -8,9 +8,11 @@ import signal
 
 from aiohttp import web
 
+from kvpaxos import logs
 from kvpaxos.config import NodeConfig
 from kvpaxos.http import init_app
 from kvpaxos.node import Node
+from kvpaxos.security import peer_ssl_context, server_ssl_context
 from kvpaxos.transport import PeerTransport
 from storage.sqlite import FILE_NAME as SQLITE_FILE
 from storage.sqlite import SqliteStorage
@@ -23,7 +25,8 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
     fresh = not os.path.exists(os.path.join(config.data_dir, SQLITE_FILE))
     storage = SqliteStorage(config.data_dir, config.node_id)
     node = Node(config, storage, fresh=fresh)
-    transport = PeerTransport(config.node_id, config.cluster, node.deliver)
+    transport = PeerTransport(config.node_id, config.cluster, node.deliver, secret=config.secret,
+                              ssl_context=peer_ssl_context(config))
     node.send_peer = transport.send
     failure: list[BaseException] = []
 
@@ -36,10 +39,13 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
     await runner.setup()
     host, port = config.address
     try:
-        await web.TCPSite(runner, host, port, reuse_address=True).start()
+        tls = server_ssl_context(config.tls_cert, config.tls_key) if config.tls_cert else None
+        await web.TCPSite(runner, host, port, reuse_address=True, ssl_context=tls).start()
         await node.start()
         await transport.start()
-        log.info("node %d serving on %s:%d, data in %s", config.node_id, host, port, config.data_dir)
+        log.info("node serving", extra=logs.fields(
+            url=f"{config.scheme}://{host}:{port}", data_dir=config.data_dir,
+            peer_auth="secret" if config.secret else "none", client_token=config.token is not None))
         await stop.wait()
     finally:
         await transport.stop()
@@ -49,9 +55,8 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         raise failure[0]
 
 
-def serve(config: NodeConfig, log_level: str = "info") -> None:
-    logging.basicConfig(level=log_level.upper(),
-                        format=f"%(asctime)s node{config.node_id} %(levelname)s %(name)s: %(message)s")
+def serve(config: NodeConfig, log_level: str = "info", log_format: str = "text") -> None:
+    logs.setup(log_level, log_format, node_id=config.node_id)
 
     async def main() -> None:
         stop = asyncio.Event()

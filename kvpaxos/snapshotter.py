@@ -107,11 +107,10 @@ class Snapshotter:
 
     async def fetch_and_install(self, node: Node, peer: int, session: aiohttp.ClientSession) -> None:
         """Install peer's snapshot if it is ahead of us; tell the replica either way."""
-        host, port = node.config.cluster[peer]
         tmp = self.path + ".recv.tmp"
         loop = asyncio.get_running_loop()
         try:
-            async with session.get(f"http://{host}:{port}/v1/snapshot",
+            async with session.get(node.peer_url(peer, "/v1/snapshot"),
                                    timeout=aiohttp.ClientTimeout(total=300, sock_read=30)) as resp:
                 if resp.status != 200:
                     raise snapshot.SnapshotError(f"peer {peer} answered {resp.status}")

@@ -1,24 +1,33 @@
 """Peer links: one persistent WebSocket per direction per pair of nodes.
 
-Each node dials every peer at ws://HOST:PORT/v1/peer and sends on that link;
-it receives on the links peers dialed to it. Messages queued during one
+Each node dials every peer at ws://HOST:PORT/v1/peer (wss:// with TLS) and
+sends on that link; it receives on the links peers dialed to it. With a cluster
+secret, both ends first prove they hold it (kvpaxos/security.py) and no Paxos
+frame is sent or accepted before that. Messages queued during one
 event-loop turn go out as one frame. A link that is down drops what is queued:
 Paxos tolerates loss and the core retransmits, so nothing here retries
 messages, only connections. Frames from peers are decoded defensively: a
 malformed message is counted and dropped, and the link stays up.
+
+Logs say when a link's state changes (up, down, cannot connect for a new
+reason), never once per reconnect attempt; refused strangers are logged at most
+once a minute per address.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections import Counter
-from typing import Callable
+from typing import Any, Callable
 
 import aiohttp
 from aiohttp import web
 
 from kvpaxos.core import messages as m
 from kvpaxos.core.codec import WireError, decode_frame, encode_frame
+from kvpaxos.logs import RateLimit, StateLog, fields
+from kvpaxos.security import HANDSHAKE_TIMEOUT_S, AuthError, Handshake
 
 log = logging.getLogger("kvpaxos.transport")
 
@@ -30,8 +39,15 @@ NODE_HEADER = "X-Kv-Node"
 class PeerLink:
     """The outbound link to one peer, reconnecting with backoff."""
 
-    def __init__(self, self_id: int, peer_id: int, url: str, session: aiohttp.ClientSession) -> None:
+    def __init__(self, self_id: int, peer_id: int, url: str, session: aiohttp.ClientSession,
+                 handshake: Handshake | None = None, ssl_context: ssl.SSLContext | None = None,
+                 counters: Counter[str] | None = None) -> None:
         self.self_id, self.peer_id, self.url, self.session = self_id, peer_id, url, session
+        self.handshake = handshake
+        self.connect_options: dict[str, Any] = {} if ssl_context is None else {"ssl": ssl_context}
+        self.counters: Counter[str] = Counter() if counters is None else counters
+        self.states = StateLog()
+        self.failures = 0  # connection attempts failed since the link was last up
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.queue: list[m.Message] = []
         self.flush_scheduled = False
@@ -70,39 +86,82 @@ class PeerLink:
     async def run(self) -> None:
         backoff = 0.05
         while True:
+            reason = "closed"
             try:
                 async with self.session.ws_connect(
                         self.url, headers={NODE_HEADER: str(self.self_id)}, heartbeat=5.0,
-                        max_msg_size=FRAME_BYTES_MAX, autoping=True) as ws:
+                        max_msg_size=FRAME_BYTES_MAX, autoping=True, **self.connect_options) as ws:
+                    if self.handshake is not None:
+                        await self._authenticate(ws)
                     self.ws = ws
                     backoff = 0.05
-                    log.info("link %d->%d up", self.self_id, self.peer_id)
+                    self.counters["links_up_outbound"] += 1
+                    self.states.changed("state", "up")
+                    log.info("link up", extra=fields(peer=self.peer_id, url=self.url,
+                                                     failed_attempts=self.failures))
+                    self.failures = 0
                     async for _ in ws:  # peers never write on our outbound link
                         pass
-            except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
-                pass
-            if self.ws is not None:
-                log.info("link %d->%d down", self.self_id, self.peer_id)
-            self.ws = None
+                    reason = f"closed by the peer (code {ws.close_code})"
+            except AuthError as e:
+                self.counters["auth_failed_outbound"] += 1
+                reason = f"authentication failed: {e}"
+                self.failures += 1
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as e:
+                reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+                self.failures += 1
+            was_up, self.ws = self.ws is not None, None
+            # Log when the state changes: up -> down, or a different reason for failing.
+            # A peer that stays unreachable is logged once, not on every attempt.
+            kind = "down" if was_up else reason.split(":", 1)[0]
+            if self.states.changed("state", kind) is not None:
+                level = logging.WARNING if kind == "authentication failed" else logging.INFO
+                log.log(level, "link down" if was_up else "link cannot connect; retrying quietly",
+                        extra=fields(peer=self.peer_id, url=self.url, reason=reason))
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 1.0)
+
+    async def _authenticate(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Prove we hold the secret and check that the peer does too; AuthError if not."""
+        assert self.handshake is not None
+        try:
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+                challenge = await ws.receive()
+                if challenge.type is not aiohttp.WSMsgType.TEXT:
+                    raise AuthError("the peer sent no challenge (is it configured with the secret?)")
+                answer, check_reply = self.handshake.answer(challenge.data, self.peer_id)
+                await ws.send_str(answer)
+                reply = await ws.receive()
+                if reply.type is not aiohttp.WSMsgType.TEXT:
+                    raise AuthError("the peer refused our proof (does it hold the same secret?)")
+                check_reply(reply.data)
+        except TimeoutError:
+            raise AuthError(f"no handshake within {HANDSHAKE_TIMEOUT_S:g} s (is the peer configured "
+                            "with the secret?)") from None
 
 
 class PeerTransport:
     def __init__(self, self_id: int, cluster: dict[int, tuple[str, int]],
-                 deliver: Callable[[int, list[m.Message]], None]) -> None:
+                 deliver: Callable[[int, list[m.Message]], None], *, secret: bytes | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.self_id = self_id
         self.cluster = cluster
         self.deliver = deliver
         self.links: dict[int, PeerLink] = {}
         self.session: aiohttp.ClientSession | None = None
         self.counters: Counter[str] = Counter()
+        self.handshake = Handshake(secret, self_id) if secret is not None else None
+        self.ssl_context = ssl_context
+        self.refusals = RateLimit(60.0)  # log a refused address once a minute
+        self.malformed_log = RateLimit(60.0)
 
     async def start(self) -> None:
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=2.0))
+        scheme = "ws" if self.ssl_context is None else "wss"
         for peer, (host, port) in self.cluster.items():
             if peer != self.self_id:
-                link = PeerLink(self.self_id, peer, f"http://{_host(host)}:{port}/v1/peer", self.session)
+                link = PeerLink(self.self_id, peer, f"{scheme}://{_host(host)}:{port}/v1/peer", self.session,
+                                self.handshake, self.ssl_context, self.counters)
                 link.task = asyncio.create_task(link.run())
                 self.links[peer] = link
 
@@ -125,23 +184,59 @@ class PeerTransport:
         claimed = request.headers.get(NODE_HEADER, "")
         if not claimed.isdigit() or int(claimed) not in self.cluster or int(claimed) == self.self_id:
             self.counters["peer_refused"] += 1
+            self._log_refusal(request, claimed[:32], "unknown peer id")
             raise web.HTTPForbidden(text='{"error": "forbidden", "message": "unknown peer"}',
                                     content_type="application/json")
         peer = int(claimed)
         ws = web.WebSocketResponse(heartbeat=5.0, max_msg_size=FRAME_BYTES_MAX)
         await ws.prepare(request)
+        if self.handshake is not None:
+            try:
+                await self._check_dialer(ws, peer)
+            except AuthError as e:
+                self.counters["auth_refused"] += 1
+                self._log_refusal(request, claimed, str(e))
+                await ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION, message=b"authentication failed")
+                return ws
+        self.counters["links_up_inbound"] += 1
         async for frame in ws:
             if frame.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
                 continue
             self._on_frame(peer, frame.data)
         return ws
 
+    async def _check_dialer(self, ws: web.WebSocketResponse, peer: int) -> None:
+        """Challenge the dialer, check its proof, prove ourselves; AuthError if it fails."""
+        assert self.handshake is not None
+        nonce, challenge = self.handshake.challenge()
+        try:
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+                await ws.send_str(challenge)
+                answer = await ws.receive()
+        except TimeoutError:
+            raise AuthError(f"no proof within {HANDSHAKE_TIMEOUT_S:g} s") from None
+        except (ConnectionError, RuntimeError) as e:
+            raise AuthError(f"link lost during the handshake: {e}") from None
+        if answer.type is not aiohttp.WSMsgType.TEXT:
+            raise AuthError("no proof: the dialer closed the link or sent binary data")
+        await ws.send_str(self.handshake.check_dialer(answer.data, nonce, peer))
+
+    def _log_refusal(self, request: web.Request, claimed: str, reason: str) -> None:
+        remote = request.remote or "?"
+        suppressed = self.refusals.allow(remote)
+        if suppressed is not None:
+            log.warning("peer link refused", extra=fields(remote=remote, claimed_node=claimed, reason=reason,
+                                                          refused_since_last_log=suppressed))
+
     def _on_frame(self, peer: int, data: str | bytes) -> None:
         try:
             src, decoded = decode_frame(data)
         except WireError as e:
             self.counters["malformed_frames"] += 1
-            log.debug("malformed frame from node %d: %s", peer, e)
+            suppressed = self.malformed_log.allow(peer)
+            if suppressed is not None:
+                log.warning("malformed frame from a peer", extra=fields(peer=peer, error=str(e)[:200],
+                                                                         dropped_since_last_log=suppressed))
             return
         if src != peer:
             self.counters["malformed_frames"] += 1
