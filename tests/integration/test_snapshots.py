@@ -464,3 +464,37 @@ def test_save_restore_into_a_new_cluster_and_refuse_damaged_backups(clusters, tm
         assert "not a usable snapshot" in refused.stderr
     assert "checksum" in refusals[0].stderr and "truncated" in refusals[1].stderr
     assert not list(tmp_path.glob("new-*/snapshot.json*"))
+
+
+# -- the operator's view -------------------------------------------------------------------------
+
+def test_serve_rejects_bad_snapshot_options_with_one_line(tmp_path):
+    base = ["serve", "--id", "1", "--cluster", "1=127.0.0.1:1", "--data-dir", str(tmp_path / "n")]
+    bad = [("--snapshot-every", "0"), ("--snapshot-every", "many"), ("--snapshot-every-bytes", "12 parsecs"),
+           ("--compact-keep", "-1"), ("--request-timeout", "0"), ("--request-timeout", "nan")]
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda opt: kv(*base, *opt, timeout=30), bad))
+    for (option, value), result in zip(bad, results):
+        assert result.returncode == 2, (option, value, result)
+        assert result.stderr.startswith(f"error: {option} must be ") and result.stderr.count("\n") == 1
+    assert not (tmp_path / "n").exists()
+
+
+def test_status_table_shows_snapshot_lag_and_rebuilding():
+    from cli.main import format_status_table
+    nodes = [
+        {"id": 1, "address": "h:1", "role": "leader", "leader": 1, "ballot": "7.1", "chosen": 120,
+         "applied": 118, "voting": True, "deciding": False, "snapshot": {"slot": 100}, "up": True},
+        {"id": 2, "address": "h:2", "role": "follower", "leader": 1, "ballot": "7.1", "chosen": 30,
+         "applied": 20, "voting": False, "deciding": False, "rebuilding": 6, "snapshot": {"slot": 0},
+         "up": True},
+        {"id": 3, "address": "h:3", "up": False},
+    ]
+    rows = [line.split() for line in format_status_table(nodes).splitlines()]
+    assert rows[0] == ["ID", "ADDRESS", "ROLE", "LEADER", "BALLOT", "CHOSEN", "APPLIED", "SNAPSHOT",
+                       "BEHIND", "STATE"]
+    assert rows[1] == ["1", "h:1", "leader", "1", "7.1", "120", "118", "100", "2", "up"]
+    assert rows[2] == ["2", "h:2", "rebuilding", "1", "7.1", "30", "20", "0", "100", "up"]
+    assert rows[3] == ["3", "h:3", "-", "-", "-", "-", "-", "-", "-", "down"]
+    no_leader = [dict(n, role="follower", leader=None) for n in nodes[:2]]
+    assert [line.split()[8] for line in format_status_table(no_leader).splitlines()[1:]] == ["-", "-"]
