@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.client
 import os
 import shutil
+import ssl
 import time
 from pathlib import Path
 from typing import Any
@@ -39,20 +40,26 @@ def check(path: str | Path) -> dict[str, Any]:
     return header
 
 
-def save(urls: list[str], path: str | Path, timeout_s: float) -> dict[str, Any]:
-    """Download a fresh snapshot from the first node that serves one; verify; rename into place."""
+def save(urls: list[str], path: str | Path, timeout_s: float, token: str | None = None,
+         ca_file: str | None = None) -> dict[str, Any]:
+    """Download a fresh snapshot from the first node that serves one; verify; rename into place.
+    `token` is sent as a bearer token; `ca_file` verifies https:// nodes."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     if path.parent and not path.parent.is_dir():
         raise CliError(f"directory {path.parent} does not exist")
     attempts = Attempts(len(urls), 0, timeout_s, write=False)
+    headers = {"Accept": "application/x-ndjson"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    context = ssl.create_default_context(cafile=ca_file) if ca_file else None
     try:
         while (step := attempts.next()) is not None:
             index, delay = step
             time.sleep(delay)
             url = urls[index]
             try:
-                status, detail = _download(url, tmp, max(attempts.remaining(), 1.0))
+                status, detail = _download(url, tmp, max(attempts.remaining(), 1.0), headers, context)
             except (OSError, http.client.HTTPException) as exc:
                 attempts.failed(f"{url}: {exc or type(exc).__name__}", sent=False)
                 continue
@@ -60,6 +67,9 @@ def save(urls: list[str], path: str | Path, timeout_s: float) -> dict[str, Any]:
                 if status in RETRY_STATUSES:
                     attempts.failed(f"{url}: HTTP {status} {detail}", sent=False, status=status)
                     continue
+                if status in (401, 403):
+                    raise CliError(f"{url} refused the snapshot: missing or wrong token "
+                                   "(pass --token or set KV_TOKEN)")
                 raise CliError(f"{url} refused the snapshot: HTTP {status} {detail}")
             try:
                 header = snapshot.verify(str(tmp))
@@ -77,13 +87,17 @@ def save(urls: list[str], path: str | Path, timeout_s: float) -> dict[str, Any]:
     raise CliError(f"{where} gave no snapshot (last error: {attempts.last_error})")
 
 
-def _download(url: str, tmp: Path, timeout_s: float) -> tuple[int, str]:
+def _download(url: str, tmp: Path, timeout_s: float, headers: dict[str, str],
+              context: ssl.SSLContext | None) -> tuple[int, str]:
     """GET a fresh snapshot into tmp (fsynced). (status, error text of a non-200 answer)."""
     parts = urlsplit(url)
-    cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    conn = cls(parts.hostname, parts.port, timeout=timeout_s)
+    if parts.scheme == "https":
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+            parts.hostname, parts.port, timeout=timeout_s, context=context)
+    else:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout_s)
     try:
-        conn.request("GET", SNAPSHOT_PATH, headers={"Accept": "application/x-ndjson"})
+        conn.request("GET", SNAPSHOT_PATH, headers=headers)
         resp = conn.getresponse()
         if resp.status != 200:
             doc = decode_body(resp.read())

@@ -398,7 +398,7 @@ def snapshot_save(ctx: click.Context, file: str, **target: Any) -> None:
         merged["timeout"] = SNAPSHOT_TIMEOUT_S  # a large state takes a while to write and send
     urls = resolve_endpoints(merged["server"], merged["endpoints"], merged["data_dir"])
     from cli import backup  # imported here: the other commands need none of it
-    header = backup.save(urls, file, merged["timeout"])
+    header = backup.save(urls, file, merged["timeout"], **client_security(merged))
     click.echo(f"saved snapshot of slot {header['slot']} ({header['keys']} keys, "
                f"{header['bytes']} bytes) from {header['source']} to {file}")
 

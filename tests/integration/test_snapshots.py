@@ -498,3 +498,17 @@ def test_status_table_shows_snapshot_lag_and_rebuilding():
     assert rows[3] == ["3", "h:3", "-", "-", "-", "-", "-", "-", "-", "down"]
     no_leader = [dict(n, role="follower", leader=None) for n in nodes[:2]]
     assert [line.split()[8] for line in format_status_table(no_leader).splitlines()[1:]] == ["-", "-"]
+
+
+def test_save_sends_the_client_token(clusters, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-token-for-backups\n")
+    cluster = clusters(SMALL + ["--token-file", str(token_file)])
+    backup = tmp_path / "guarded.snap"
+    refused = kv("snapshot", "save", str(backup), "--endpoints", endpoints(cluster))
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1 and "token" in refused.stderr
+    assert not backup.exists() and not (tmp_path / "guarded.snap.tmp").exists()
+    saved = kv("snapshot", "save", str(backup), "--endpoints", endpoints(cluster),
+               "--token", "s3cret-token-for-backups")
+    assert saved.returncode == 0, saved.stderr
+    assert kv("snapshot", "info", str(backup)).returncode == 0
