@@ -1,0 +1,764 @@
+"""Replica behaviour, driven by hand: elections, takeover, choosing, learning, reads, batching.
+
+`Net` routes each Ready the way the runtime must: persist its writes to the node's
+disk first, then queue its messages. Tests deliver, drop or forge messages one by
+one, so each protocol rule is checked in isolation (PAXOS_NOTES rules in brackets).
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from kvpaxos.core import messages as m
+from kvpaxos.core.ballot import ZERO, Ballot
+from kvpaxos.core.commands import NOOP, PUT, Batch, Command
+from kvpaxos.core.replica import CoreConfig, Ready, Replica, Role
+
+CONFIG = CoreConfig(election_ticks=10, heartbeat_ticks=2, retry_ticks=4, window_slots=8,
+                    batch_count_max=16, catchup_entries_max=4)
+
+Envelope = tuple[int, int, m.Message]  # (src, dst, message)
+
+
+@dataclass
+class Disk:
+    promised: Ballot = ZERO
+    accepted: dict[int, tuple[Ballot, Batch]] = field(default_factory=dict)
+    chosen: dict[int, Batch] = field(default_factory=dict)
+
+
+class Net:
+    def __init__(self, n: int = 3, config: CoreConfig = CONFIG, seed: int = 0,
+                 disks: dict[int, Disk] | None = None) -> None:
+        self.members = tuple(range(1, n + 1))
+        self.config = config
+        self.seed = seed
+        self.disks = disks or {i: Disk() for i in self.members}
+        self.nodes = {i: self._boot(i) for i in self.members}
+        self.queue: list[Envelope] = []
+        self.readies: dict[int, list[Ready]] = {i: [] for i in self.members}
+        self.reads: dict[int, list[tuple[int, int | None]]] = {i: [] for i in self.members}
+        self.applied: dict[int, list[tuple[int, Batch]]] = {i: [] for i in self.members}
+
+    def _boot(self, i: int) -> Replica:
+        d = self.disks[i]
+        return Replica(i, self.members, self.config, random.Random(self.seed * 1000 + i),
+                       promised=d.promised, accepted=dict(d.accepted), chosen=dict(d.chosen))
+
+    def restart(self, i: int) -> Replica:
+        """Crash node i (dropping messages queued to it) and boot it from its disk."""
+        self.queue = [e for e in self.queue if e[1] != i]
+        self.nodes[i] = self._boot(i)
+        return self.nodes[i]
+
+    def flush(self, i: int) -> Ready:
+        """Persist node i's Ready, check persist-before-send [3], then queue its messages."""
+        ready = self.nodes[i].take_ready()
+        d = self.disks[i]
+        if ready.promised is not None:
+            assert ready.promised >= d.promised, "a persisted promise went backwards"
+            d.promised = ready.promised
+        d.accepted.update(ready.accepted)
+        d.chosen.update(ready.chosen)
+        for dst, msg in ready.messages:
+            if isinstance(msg, m.Promise):
+                assert d.promised >= msg.ballot, f"node {i} sent {msg} before persisting it"
+            if isinstance(msg, m.Accepted):
+                assert d.accepted[msg.slot][0] == msg.ballot, f"node {i} sent {msg} before persisting it"
+            self.queue.append((i, dst, msg))
+        self.readies[i].append(ready)
+        self.reads[i].extend(ready.reads)
+        self.applied[i].extend(ready.apply)
+        return ready
+
+    def flush_all(self) -> None:
+        for i in self.members:
+            self.flush(i)
+
+    def take(self, match: Callable[[int, int, m.Message], bool]) -> list[Envelope]:
+        """Remove and return the queued messages that match."""
+        out = [e for e in self.queue if match(*e)]
+        self.queue = [e for e in self.queue if not match(*e)]
+        return out
+
+    def deliver(self, match: Callable[[int, int, m.Message], bool] = lambda s, d, x: True,
+                drop: Callable[[int, int, m.Message], bool] = lambda s, d, x: False,
+                rounds: int = 50) -> None:
+        """Flush, then deliver matching messages (and what they cause) until none are left."""
+        self.flush_all()
+        for _ in range(rounds):
+            batch = self.take(match)
+            if not batch:
+                return
+            for src, dst, msg in batch:
+                if not drop(src, dst, msg):
+                    self.nodes[dst].step(src, msg)
+            self.flush_all()
+        raise AssertionError("messages still flowing after many rounds")
+
+    def tick(self, i: int, n: int = 1) -> None:
+        for _ in range(n):
+            self.nodes[i].tick()
+
+    def campaign(self, i: int) -> Ballot:
+        """Tick node i (only) until it starts an election; returns its ballot. Nothing is sent."""
+        r = self.nodes[i]
+        for _ in range(2 * self.config.election_ticks + 1):
+            if r.role is Role.CANDIDATE:
+                return r.ballot
+            r.tick()
+        raise AssertionError(f"node {i} never started an election")
+
+    def elect(self, i: int) -> Ballot:
+        ballot = self.campaign(i)
+        self.deliver()
+        assert self.nodes[i].role is Role.LEADER
+        return ballot
+
+    def queued(self, match: Callable[[int, int, m.Message], bool]) -> list[Envelope]:
+        return [e for e in self.queue if match(*e)]
+
+
+def put(key: str, value: str, cmd_id: str = "") -> Command:
+    return Command(PUT, key, value, cmd_id=cmd_id or f"{key}={value}")
+
+
+def is_type(*types: type) -> Callable[[int, int, m.Message], bool]:
+    return lambda src, dst, msg: isinstance(msg, types)
+
+
+def between(a: int, b: int) -> Callable[[int, int, m.Message], bool]:
+    return lambda src, dst, msg: {src, dst} == {a, b} or src == dst == a
+
+
+# -- elections ----------------------------------------------------------------------
+
+
+def test_a_follower_campaigns_after_its_randomized_timeout_in_ticks() -> None:
+    timeouts = set()
+    for seed in range(30):
+        r = Replica(1, (1, 2, 3), CONFIG, random.Random(seed))
+        limit = r.election_timeout
+        assert CONFIG.election_ticks <= limit < 2 * CONFIG.election_ticks
+        for _ in range(limit - 1):
+            r.tick()
+        assert r.role is Role.FOLLOWER and r.take_ready().is_empty()
+        r.tick()
+        assert r.role is Role.CANDIDATE
+        timeouts.add(limit)
+    assert len(timeouts) > 3  # randomised, so two nodes rarely duel [15]
+
+
+def test_a_live_leader_keeps_followers_from_campaigning() -> None:
+    net = Net()
+    net.elect(1)
+    for _ in range(10 * CONFIG.election_ticks):
+        for i in net.members:
+            net.tick(i)
+        net.deliver()
+    assert [net.nodes[i].role for i in net.members] == [Role.LEADER, Role.FOLLOWER, Role.FOLLOWER]
+    assert net.nodes[2].leader_id == net.nodes[3].leader_id == 1
+
+
+def test_election_makes_one_leader_that_everyone_follows() -> None:
+    net = Net(n=5)
+    ballot = net.elect(3)
+    assert ballot == Ballot(1, 3)
+    assert net.nodes[3].role is Role.LEADER
+    for i in (1, 2, 4, 5):
+        assert net.nodes[i].role is Role.FOLLOWER
+        assert net.nodes[i].leader_id == 3
+        assert net.nodes[i].acceptor.promised == ballot
+
+
+def test_candidate_persists_its_own_promise_in_the_ready_that_sends_the_prepares() -> None:
+    net = Net()
+    ballot = net.campaign(1)
+    ready = net.nodes[1].take_ready()
+    assert ready.promised == ballot
+    assert (1, m.Promise(ballot, 1, ())) in ready.messages  # our vote, after our write [3]
+    assert sorted(dst for dst, msg in ready.messages if isinstance(msg, m.Prepare)) == [2, 3]
+
+
+def test_leader_persists_its_own_accept_in_the_ready_that_sends_the_accepts() -> None:
+    net = Net()
+    ballot = net.elect(1)
+    leader = net.nodes[1]
+    assert leader.propose(put("k", "v"))
+    ready = net.flush(1)
+    [slot] = ready.proposed.values()
+    value = ready.accepted[slot][1]
+    assert ready.accepted == {slot: (ballot, value)}
+    assert (1, m.Accepted(ballot, slot)) in ready.messages
+    assert sorted(dst for dst, msg in ready.messages if isinstance(msg, m.Accept)) == [2, 3]
+
+
+def test_the_leader_counts_its_own_vote_only_when_its_accepted_message_arrives() -> None:
+    net = Net(n=3)
+    ballot = net.elect(1)
+    net.nodes[1].propose(put("k", "v"))
+    [slot] = net.flush(1).proposed.values()
+    net.deliver(match=lambda s, d, x: d == 2 and isinstance(x, m.Accept))  # a peer votes
+    net.deliver(match=lambda s, d, x: s == 2 and isinstance(x, m.Accepted))
+    assert slot not in net.nodes[1].learner.chosen  # one vote of two: own write not yet reported
+    net.deliver(match=lambda s, d, x: s == d == 1 and x == m.Accepted(ballot, slot))
+    assert slot in net.nodes[1].learner.chosen
+
+
+@pytest.mark.parametrize("persisted", [Ballot(7, 3), Ballot(7, 1), Ballot(0, 0)])
+def test_restarted_node_campaigns_above_its_persisted_promise(persisted: Ballot) -> None:
+    net = Net(disks={1: Disk(promised=persisted), 2: Disk(), 3: Disk()})
+    ballot = net.campaign(1)
+    assert ballot == Ballot(persisted.round + 1, 1)  # rule 4: never a ballot it may have used
+
+
+def test_restart_never_reuses_a_ballot_of_a_previous_life() -> None:
+    net = Net()
+    first = net.elect(1)
+    net.restart(1)
+    second = net.campaign(1)
+    assert second > first
+    net.deliver()
+    net.restart(1)
+    assert net.campaign(1) > second
+
+
+def test_ballots_seen_in_messages_raise_the_next_ballot() -> None:
+    net = Net()
+    r = net.nodes[1]
+    r.step(2, m.Reject(Ballot(1, 1), Ballot(9, 3)))
+    assert net.campaign(1) == Ballot(10, 1)
+
+
+# -- leader takeover (rule 6) -------------------------------------------------------
+
+X, Y, Z, W = (Batch((put("k", v),), ts_ms=1) for v in "XYZW")
+
+
+def takeover(promises: dict[int, m.Promise], n: int = 5, chosen: dict[int, Batch] | None = None,
+             ) -> tuple[Net, Ballot]:
+    """Node 1 campaigns at round 5 (it had promised 4.4) and gets the given promises."""
+    disks = {i: Disk() for i in range(1, n + 1)}
+    disks[1] = Disk(promised=Ballot(4, 4), chosen=dict(chosen or {}))
+    net = Net(n=n, disks=disks)
+    ballot = net.campaign(1)
+    assert ballot == Ballot(5, 1)
+    net.deliver(match=lambda s, d, x: s == d == 1)  # our own promise
+    net.take(lambda s, d, x: True)  # the Prepares are answered below, by hand
+    for src, promise in promises.items():
+        net.nodes[1].step(src, promise)
+    net.flush(1)
+    return net, ballot
+
+
+def accepts_sent(net: Net, ballot: Ballot) -> dict[int, Batch]:
+    out: dict[int, Batch] = {}
+    for _, _, msg in net.queued(lambda s, d, x: s == 1 and d == 2 and isinstance(x, m.Accept)):
+        assert msg.ballot == ballot  # every proposal under the NEW ballot
+        out[msg.slot] = msg.value
+    return out
+
+
+def test_takeover_proposes_the_highest_ballot_value_and_fills_holes_with_noops() -> None:
+    b = Ballot(5, 1)
+    net, ballot = takeover({
+        2: m.Promise(b, 1, (m.AcceptedEntry(1, Ballot(2, 2), X), m.AcceptedEntry(3, Ballot(3, 3), Y))),
+        3: m.Promise(b, 1, (m.AcceptedEntry(1, Ballot(3, 3), Z), m.AcceptedEntry(3, Ballot(2, 2), W))),
+    })
+    leader = net.nodes[1]
+    assert leader.role is Role.LEADER
+    proposed = accepts_sent(net, ballot)
+    assert proposed[1] == Z  # accepted at 3.3 beats 2.2
+    assert proposed[2] == NOOP  # a hole no promise mentions
+    assert proposed[3] == Y
+    assert all(v == NOOP for s, v in proposed.items() if s > 3)  # at most a fresh no-op above
+    assert {s: leader.acceptor.accepted[s] for s in (1, 2, 3)} == {1: (ballot, Z), 2: (ballot, NOOP),
+                                                                   3: (ballot, Y)}
+
+
+def test_takeover_gives_new_commands_only_fresh_slots_after_the_range() -> None:
+    b = Ballot(5, 1)
+    net, ballot = takeover({
+        2: m.Promise(b, 1, (m.AcceptedEntry(4, Ballot(2, 2), X),)),
+        3: m.Promise(b, 1, ()),
+    })
+    leader = net.nodes[1]
+    leader.propose(put("new", "1", cmd_id="n1"))
+    leader.propose(put("new", "2", cmd_id="n2"))
+    ready = net.flush(1)
+    assert min(ready.proposed.values()) > 4
+    proposed = accepts_sent(net, ballot)
+    assert proposed[4] == X and all(proposed[s] == NOOP for s in (1, 2, 3))
+
+
+def test_takeover_prefers_a_value_known_to_be_chosen_here_or_at_a_promiser() -> None:
+    # Slot 1 is known here from before the campaign, so the campaign starts at slot 2.
+    # Slot 3 is known chosen here and slot 4 at node 3: the accepted values reported
+    # for them (possible only after a disk loss) are not proposed.
+    b = Ballot(5, 1)
+    net, ballot = takeover({
+        2: m.Promise(b, 2, (m.AcceptedEntry(3, Ballot(3, 3), Y), m.AcceptedEntry(4, Ballot(3, 3), Y))),
+        3: m.Promise(b, 2, (), chosen=(m.ChosenEntry(4, Z),)),
+    }, chosen={1: X, 3: W})
+    proposed = accepts_sent(net, ballot)
+    assert 1 not in proposed
+    assert proposed[2] == NOOP and proposed[3] == W and proposed[4] == Z
+
+
+def test_promise_entries_below_the_campaign_start_are_ignored() -> None:
+    b = Ballot(5, 1)
+    net, ballot = takeover({
+        2: m.Promise(b, 3, (m.AcceptedEntry(2, Ballot(2, 2), Y), m.AcceptedEntry(3, Ballot(2, 2), X))),
+        3: m.Promise(b, 3, ()),
+    }, chosen={1: W, 2: W})
+    proposed = accepts_sent(net, ballot)
+    assert min(proposed) == 3 and proposed[3] == X
+    assert net.nodes[1].learner.chosen[2] == W
+
+
+def test_takeover_waits_for_a_majority_of_promises() -> None:
+    b = Ballot(5, 1)
+    net, _ = takeover({2: m.Promise(b, 1, ())})  # with our own: 2 of 5
+    assert net.nodes[1].role is Role.CANDIDATE
+    net.nodes[1].step(2, m.Promise(b, 1, ()))  # a duplicate is not a new vote
+    assert net.nodes[1].role is Role.CANDIDATE
+    net.nodes[1].step(3, m.Promise(Ballot(4, 1), 1, ()))  # nor is a promise for another ballot
+    assert net.nodes[1].role is Role.CANDIDATE
+    net.nodes[1].step(4, m.Promise(b, 1, ()))
+    assert net.nodes[1].role is Role.LEADER
+
+
+# -- choosing (rule 7) ---------------------------------------------------------------
+
+
+def test_a_slot_is_chosen_only_with_a_majority_at_the_current_ballot() -> None:
+    net = Net(n=5)
+    old = net.elect(1)
+    # Node 1 campaigns again: its second ballot is higher; late votes for the first do not count.
+    net.nodes[1].step(2, m.Reject(old, Ballot(old.round + 1, 2)))
+    assert net.nodes[1].role is Role.FOLLOWER
+    net.flush(1)
+    net.queue.clear()
+    new = net.campaign(1)
+    net.deliver(match=lambda s, d, x: isinstance(x, (m.Prepare, m.Promise)))
+    leader = net.nodes[1]
+    assert leader.role is Role.LEADER and new > old
+    net.take(lambda s, d, x: True)
+    leader.propose(put("k", "v"))
+    [slot] = net.flush(1).proposed.values()
+    chosen_before = dict(leader.learner.chosen)
+    for src in (1, 2, 3, 4, 5):
+        leader.step(src, m.Accepted(old, slot))  # votes for the old ballot
+    net.flush(1)
+    assert slot not in leader.learner.chosen
+    for src in (1, 2):
+        leader.step(src, m.Accepted(new, slot))
+        leader.step(src, m.Accepted(new, slot))  # a duplicate vote is one vote
+    net.flush(1)
+    assert slot not in leader.learner.chosen
+    leader.step(5, m.Accepted(new, slot))
+    ready = net.flush(1)
+    assert slot in ready.chosen and set(leader.learner.chosen) - set(chosen_before) >= {slot}
+
+
+# -- stepping down (rule 8) ---------------------------------------------------------
+
+
+def leader_with_pending_commands() -> tuple[Net, Ballot, list[Command]]:
+    config = CoreConfig(election_ticks=10, heartbeat_ticks=2, retry_ticks=4, window_slots=1,
+                        batch_count_max=1)
+    net = Net(n=3, config=config)
+    ballot = net.elect(1)
+    leader = net.nodes[1]
+    cmds = [put("k", str(i)) for i in range(4)]
+    for c in cmds:
+        leader.propose(c)
+    net.flush(1)  # one slot in flight (window of 1); the others wait
+    return net, ballot, cmds[1:]
+
+
+def higher(b: Ballot, node: int = 2) -> Ballot:
+    return Ballot(b.round + 1, node)
+
+
+STEP_DOWN_CASES: dict[str, Callable[[Ballot], tuple[int, m.Message]]] = {
+    "reject": lambda b: (2, m.Reject(b, higher(b))),
+    "accept": lambda b: (2, m.Accept(higher(b), 9, NOOP)),
+    "heartbeat": lambda b: (2, m.Heartbeat(higher(b), 0, 1)),
+    "commit": lambda b: (2, m.Commit(higher(b), 0)),
+}
+
+
+@pytest.mark.parametrize("case", STEP_DOWN_CASES, ids=str)
+def test_leader_steps_down_on_a_higher_ballot_and_hands_back_pending_commands(case: str) -> None:
+    net, ballot, waiting = leader_with_pending_commands()
+    leader = net.nodes[1]
+    leader.read_index(77)
+    src, msg = STEP_DOWN_CASES[case](ballot)
+    leader.step(src, msg)
+    assert leader.role is Role.FOLLOWER and leader.lead is None
+    ready = net.flush(1)
+    assert ready.dropped == waiting
+    assert (77, None) in ready.reads  # its pending reads are refused, not left hanging
+    assert not leader.propose(put("k", "late"))
+
+
+def test_leader_ignores_lower_or_equal_ballots() -> None:
+    net, ballot, _ = leader_with_pending_commands()
+    leader = net.nodes[1]
+    lower = Ballot(ballot.round - 1, 2)
+    leader.step(2, m.Reject(ballot, lower))
+    leader.step(2, m.Reject(ballot, ballot))
+    leader.step(2, m.Heartbeat(lower, 0, 1))
+    leader.step(2, m.Commit(lower, 0))
+    leader.step(2, m.Accept(lower, 9, NOOP))
+    assert leader.role is Role.LEADER
+    ready = net.flush(1)
+    assert ready.dropped == []
+    assert (2, m.Reject(lower, ballot)) in ready.messages  # the stale leader learns of us
+
+
+def test_candidate_steps_down_on_a_higher_prepare_and_promises_it() -> None:
+    net = Net()
+    ballot = net.campaign(1)
+    net.flush(1)
+    r = net.nodes[1]
+    rival = higher(ballot, 3)
+    r.step(3, m.Prepare(rival, 1))
+    assert r.role is Role.FOLLOWER and r.lead is None
+    ready = net.flush(1)
+    assert ready.promised == rival
+    assert (3, m.Promise(rival, 1, ())) in ready.messages
+
+
+def test_candidate_steps_down_on_a_higher_reject() -> None:
+    net = Net()
+    ballot = net.campaign(1)
+    net.nodes[1].step(2, m.Reject(ballot, higher(ballot)))
+    assert net.nodes[1].role is Role.FOLLOWER
+
+
+def test_live_leader_refuses_a_higher_prepare_but_yields_to_the_ballot_in_use() -> None:
+    # A leader in contact with a majority does not promise a rival's higher ballot (leader
+    # stickiness: a rejoining node must not depose it); its refusal names its own ballot,
+    # so the rival does not mistake it for a higher promise. Once the rival's ballot is
+    # used (an Accept, heartbeat or rejection), the leader steps down (rule 8).
+    net = Net()
+    ballot = net.elect(1)
+    leader = net.nodes[1]
+    rival = higher(ballot, 3)
+    leader.step(3, m.Prepare(rival, 1))
+    assert leader.role is Role.LEADER and leader.acceptor.promised == ballot
+    ready = net.flush(1)
+    assert (3, m.Reject(rival, ballot)) in ready.messages
+    leader.step(3, m.Accept(rival, 5, NOOP))
+    assert leader.role is Role.FOLLOWER
+
+
+def test_check_quorum_a_leader_cut_off_from_a_majority_steps_down() -> None:
+    net = Net()
+    net.elect(1)
+    leader = net.nodes[1]
+    for _ in range(4 * CONFIG.election_ticks):
+        leader.tick()
+        net.flush(1)
+        net.queue.clear()  # nobody hears it, it hears nobody
+    assert leader.role is not Role.LEADER
+
+
+# -- learning -------------------------------------------------------------------------
+
+
+def test_follower_learns_from_commit_via_its_own_accepted_value_at_that_ballot() -> None:
+    net = Net()
+    ballot = net.elect(1)
+    net.nodes[1].propose(put("k", "v"))
+    [slot] = net.flush(1).proposed.values()
+    value = net.nodes[1].acceptor.accepted[slot][1]
+    net.deliver(match=lambda s, d, x: d == 2 and isinstance(x, m.Accept))  # node 2 accepts
+    net.queue.clear()
+    follower = net.nodes[2]
+    assert slot not in follower.learner.chosen
+    follower.step(1, m.Commit(ballot, slot))
+    ready = net.flush(2)
+    assert ready.chosen == {slot: value}
+    assert ready.apply[-1] == (slot, value)
+
+
+def test_follower_learns_from_heartbeat_commit_index_too() -> None:
+    net = Net()
+    ballot = net.elect(1)
+    net.nodes[1].propose(put("k", "v"))
+    [slot] = net.flush(1).proposed.values()
+    net.deliver(match=lambda s, d, x: d == 3 and isinstance(x, m.Accept))
+    net.queue.clear()
+    net.nodes[3].step(1, m.Heartbeat(ballot, slot, 99))
+    assert slot in net.flush(3).chosen
+
+
+def test_a_value_accepted_under_another_ballot_is_not_taken_as_chosen() -> None:
+    net = Net()
+    r = net.nodes[2]
+    r.step(1, m.Accept(Ballot(1, 1), 1, X))
+    net.flush(2)
+    net.queue.clear()
+    r.step(3, m.Commit(Ballot(2, 3), 1))  # slot 1 chosen under 2.3: value unknown here
+    ready = net.flush(2)
+    assert ready.chosen == {} and ready.apply == []
+    assert (3, m.CatchUpRequest(1, 1)) in ready.messages  # fetched, never guessed [10]
+
+
+def test_follower_fetches_a_gap_with_catch_up_and_applies_in_order() -> None:
+    net = Net()
+    r = net.nodes[2]
+    b = Ballot(1, 1)
+    r.step(1, m.Accept(b, 1, X))
+    r.step(1, m.Accept(b, 6, W))
+    r.step(1, m.Commit(b, 6))
+    ready = net.flush(2)
+    assert ready.apply == [(1, X)]
+    requests = [msg for dst, msg in ready.messages if isinstance(msg, m.CatchUpRequest)]
+    assert requests == [m.CatchUpRequest(2, 5)]  # bounded by catchup_entries_max
+    r.step(1, m.CatchUpReply((m.ChosenEntry(2, Y), m.ChosenEntry(3, Z), m.ChosenEntry(4, NOOP),
+                              m.ChosenEntry(5, X))))
+    ready = net.flush(2)
+    assert ready.apply == [(2, Y), (3, Z), (4, NOOP), (5, X), (6, W)]
+
+
+def test_catch_up_requests_are_served_from_chosen_values_up_to_the_first_unknown() -> None:
+    net = Net()
+    r = Replica(1, (1, 2, 3), CONFIG, random.Random(0), chosen={1: X, 2: Y, 3: Z, 5: W})
+    net.nodes[1] = r
+    r.step(2, m.CatchUpRequest(2, 9))
+    ready = r.take_ready()
+    assert ready.messages == [(2, m.CatchUpReply((m.ChosenEntry(2, Y), m.ChosenEntry(3, Z))))]
+
+
+def test_catch_up_retries_after_silence() -> None:
+    net = Net()
+    r = net.nodes[2]
+    r.step(1, m.Commit(Ballot(1, 1), 2))
+    first = [msg for _, msg in net.flush(2).messages if isinstance(msg, m.CatchUpRequest)]
+    assert first == [m.CatchUpRequest(1, 2)]
+    net.queue.clear()
+    again: list[m.Message] = []
+    for _ in range(CONFIG.retry_ticks + 1):
+        r.tick()
+        again += [msg for _, msg in net.flush(2).messages if isinstance(msg, m.CatchUpRequest)]
+        net.queue.clear()
+    assert again == first
+
+
+def test_a_whole_cluster_converges_on_the_same_log() -> None:
+    net = Net(n=5)
+    net.elect(2)
+    for k in range(12):
+        net.nodes[2].propose(put(f"k{k % 3}", str(k)))
+        net.deliver()
+    for i in net.members:
+        net.tick(i, CONFIG.heartbeat_ticks)
+    net.deliver()
+    logs = {i: net.applied[i] for i in net.members}
+    assert len({repr(v) for v in logs.values()}) == 1
+    commands = [c.value for _, b in logs[1] for c in b.commands]
+    assert commands == [str(k) for k in range(12)]
+
+
+# -- reads (rule 13, 14) ------------------------------------------------------------------
+
+
+def test_leader_answers_a_read_only_after_a_majority_acks_a_round_and_its_first_slot_is_chosen() -> None:
+    net = Net()
+    ballot = net.campaign(1)
+    net.deliver(match=is_type(m.Prepare, m.Promise))  # leader, but nothing of its own chosen
+    leader = net.nodes[1]
+    assert leader.role is Role.LEADER
+    leader.read_index(5)  # the Accepts for its first slot stay queued for now
+    net.flush(1)
+    beats = net.queued(lambda s, d, x: isinstance(x, m.Heartbeat))
+    assert beats, "a read starts a heartbeat round"
+    net.deliver(match=is_type(m.Heartbeat, m.HeartbeatAck))
+    assert net.reads[1] == []  # a majority acked, but no slot of this ballot is chosen yet
+    net.deliver()
+    assert len(net.reads[1]) == 1
+    read_id, index = net.reads[1][0]
+    assert read_id == 5 and index is not None
+    assert index >= leader.lead.barrier_slot  # type: ignore[union-attr]
+    assert all(s in leader.learner.chosen for s in range(1, index + 1))
+    assert ballot == leader.ballot
+
+
+def test_leader_read_waits_for_acks_at_its_own_ballot() -> None:
+    net = Net()
+    ballot = net.elect(1)
+    leader = net.nodes[1]
+    net.queue.clear()
+    leader.read_index(6)
+    net.flush(1)
+    [(_, _, beat)] = net.queued(lambda s, d, x: d == 2 and isinstance(x, m.Heartbeat))
+    net.queue.clear()
+    stale = Ballot(ballot.round - 1, 1) if ballot.round > 1 else Ballot(0, 1)
+    leader.step(2, m.HeartbeatAck(stale, beat.hb_seq, 0))  # an ack for another ballot
+    leader.step(3, m.HeartbeatAck(ballot, beat.hb_seq - 1, 0))  # an ack for an earlier round
+    net.flush(1)
+    assert net.reads[1] == []
+    leader.step(2, m.HeartbeatAck(ballot, beat.hb_seq, 0))
+    net.flush(1)
+    assert [r for r, _ in net.reads[1]] == [6]
+
+
+def test_read_index_covers_every_slot_chosen_before_the_read() -> None:
+    net = Net()
+    net.elect(1)
+    for k in range(3):
+        net.nodes[1].propose(put("k", str(k)))
+        net.deliver()
+    chosen_before = net.nodes[1].learner.chosen_through
+    net.nodes[1].read_index(8)
+    net.deliver()
+    [(_, index)] = net.reads[1]
+    assert index is not None and index >= chosen_before
+
+
+def test_follower_forwards_read_index_to_the_leader_and_relays_the_answer() -> None:
+    net = Net()
+    net.elect(1)
+    follower = net.nodes[3]
+    follower.read_index(9)
+    ready = net.flush(3)
+    assert (1, m.ReadIndexRequest(9)) in ready.messages
+    assert net.reads[3] == []  # never answered from its own copy [14]
+    net.deliver()
+    [(read_id, index)] = net.reads[3]
+    assert read_id == 9 and index is not None
+    assert index >= net.nodes[1].lead.barrier_slot  # type: ignore[union-attr]
+
+
+def test_a_forwarded_read_also_waits_for_a_fresh_heartbeat_round() -> None:
+    net = Net()
+    ballot = net.elect(1)
+    net.queue.clear()
+    leader = net.nodes[1]
+    leader.step(3, m.ReadIndexRequest(12))
+    ready = net.flush(1)
+    assert not [x for _, x in ready.messages if isinstance(x, m.ReadIndexReply)]
+    beats = [x for _, x in ready.messages if isinstance(x, m.Heartbeat)]
+    assert beats and all(b.ballot == ballot for b in beats)
+    net.deliver(match=lambda s, d, x: isinstance(x, m.Heartbeat) and d == 2)
+    net.deliver(match=lambda s, d, x: isinstance(x, m.HeartbeatAck))
+    [(_, dst, reply)] = net.queued(lambda s, d, x: isinstance(x, m.ReadIndexReply))
+    assert dst == 3 and reply.read_id == 12 and reply.index is not None
+
+
+def test_node_without_a_leader_answers_none() -> None:
+    net = Net()
+    net.nodes[2].read_index(4)
+    assert net.flush(2).reads == [(4, None)]
+    net.campaign(2)  # a candidate is no leader either
+    net.nodes[2].read_index(5)
+    assert (5, None) in net.flush(2).reads
+
+
+def test_a_non_leader_asked_for_a_read_index_refuses() -> None:
+    net = Net()
+    net.nodes[2].step(3, m.ReadIndexRequest(11))
+    assert (3, m.ReadIndexReply(11, None)) in net.flush(2).messages
+
+
+# -- forged and impossible messages (rule 9) ----------------------------------------------
+
+FORGED: dict[str, tuple[int, m.Message]] = {
+    "prepare whose ballot names another node": (2, m.Prepare(Ballot(5, 3), 1)),
+    "accept whose ballot names another node": (2, m.Accept(Ballot(5, 3), 1, X)),
+    "heartbeat whose ballot names another node": (2, m.Heartbeat(Ballot(5, 3), 1, 1)),
+    "commit whose ballot names another node": (2, m.Commit(Ballot(5, 3), 1)),
+    "promise for a ballot that is not ours": (2, m.Promise(Ballot(5, 3), 1, ())),
+    "accepted for a ballot that is not ours": (2, m.Accepted(Ballot(5, 2), 1)),
+    "unknown sender": (9, m.Prepare(Ballot(5, 9), 1)),
+    "ballot of a non-member": (2, m.Reject(Ballot(1, 1), Ballot(5, 9))),
+    "accept at slot 0": (2, m.Accept(Ballot(5, 2), 0, X)),
+    "accepted at slot 0": (2, m.Accepted(Ballot(5, 1), 0)),
+    "prepare from slot 0": (2, m.Prepare(Ballot(5, 2), 0)),
+    "catch-up from slot 0": (2, m.CatchUpRequest(0, 3)),
+}
+
+
+@pytest.mark.parametrize("case", FORGED, ids=str)
+def test_forged_messages_are_dropped_and_counted(case: str) -> None:
+    net = Net()
+    r = net.nodes[1]
+    src, msg = FORGED[case]
+    r.step(src, msg)
+    assert r.malformed == 1
+    assert r.take_ready().is_empty()
+    assert r.acceptor.promised == ZERO and r.acceptor.accepted == {}
+    assert r.max_round == 0  # a forged ballot does not even inflate the next election
+
+
+# -- batching --------------------------------------------------------------------------
+
+
+def batching_leader(window_slots: int, batch_count_max: int, batch_bytes_max: int = 1 << 20,
+                    ) -> tuple[Net, Replica]:
+    config = CoreConfig(election_ticks=10, heartbeat_ticks=2, retry_ticks=4, window_slots=window_slots,
+                        batch_count_max=batch_count_max, batch_bytes_max=batch_bytes_max)
+    net = Net(config=config)
+    net.elect(1)
+    return net, net.nodes[1]
+
+
+def slots_of(ready: Ready) -> dict[int, list[str]]:
+    out: dict[int, list[str]] = {}
+    for cmd_id, slot in ready.proposed.items():
+        out.setdefault(slot, []).append(cmd_id)
+    return out
+
+
+def test_commands_waiting_when_a_slot_opens_share_one_slot() -> None:
+    net, leader = batching_leader(window_slots=1, batch_count_max=100)
+    for i in range(5):
+        leader.propose(put("k", str(i), cmd_id=f"c{i}"))
+    first = slots_of(net.flush(1))
+    assert list(first.values()) == [["c0", "c1", "c2", "c3", "c4"]]
+
+
+def test_batches_are_bounded_by_count_and_window() -> None:
+    net, leader = batching_leader(window_slots=2, batch_count_max=3)
+    for i in range(10):
+        leader.propose(put("k", str(i), cmd_id=f"c{i}"))
+    first = slots_of(net.flush(1))
+    assert sorted(first.values()) == [["c0", "c1", "c2"], ["c3", "c4", "c5"]]
+    assert len(leader.lead.proposals) == 2  # type: ignore[union-attr]
+    assert net.flush(1).proposed == {}  # the window is full: the rest wait
+    seen = len(net.readies[1])
+    net.deliver(match=lambda s, d, x: isinstance(x, (m.Accept, m.Accepted)) and x.slot == min(first))
+    later = [slots_of(r) for r in net.readies[1][seen:] if r.proposed]
+    assert [list(s.values()) for s in later] == [[["c6", "c7", "c8"]]]  # one slot opened: one batch
+    net.deliver()
+    proposed = [cid for ready in net.readies[1] for cid in ready.proposed]
+    assert proposed == [f"c{i}" for i in range(10)]
+
+
+def test_batches_are_bounded_in_bytes_but_always_carry_one_command() -> None:
+    big = "x" * 1000
+    net, leader = batching_leader(window_slots=8, batch_count_max=100, batch_bytes_max=2500)
+    for i in range(5):
+        leader.propose(put("k", big, cmd_id=f"c{i}"))
+    slots = slots_of(net.flush(1))
+    assert sorted(slots.values()) == [["c0", "c1"], ["c2", "c3"], ["c4"]]
+    net.deliver()
+    _, leader2 = batching_leader(window_slots=8, batch_count_max=100, batch_bytes_max=10)
+    leader2.propose(put("k", big, cmd_id="huge"))
+    assert list(slots_of(leader2.take_ready()).values()) == [["huge"]]
+
+
+def test_batch_carries_the_leader_clock_for_session_expiry() -> None:
+    net, leader = batching_leader(window_slots=4, batch_count_max=4)
+    leader.tick(now_ms=12345)
+    leader.propose(put("k", "v"))
+    ready = net.flush(1)
+    [slot] = ready.proposed.values()
+    assert ready.accepted[slot][1].ts_ms == 12345

@@ -1,0 +1,152 @@
+"""Protocol safety by deterministic simulation (see tests/simulator.py).
+
+- Many seeds across 3 and 5 replicas, in chunks so `pytest -n auto` spreads them;
+  a failure names every failing seed, and `Simulation(seed, n_nodes=n).run()` replays it.
+- Planted bugs prove the checks bite: acks before persisting (rule 3) and a leader
+  that ignores what phase 1 found (rule 6) must each be caught within 300 seeds.
+- The same seed gives the same run, also under a different string-hash seed.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from kvpaxos.core.leader import LeaderState
+from simulator import Faults, Simulation, SimulationFailure
+
+CHUNK_SEEDS = 15
+CHUNKS = {3: 14, 5: 6}  # 210 seeds on 3 replicas, 90 on 5
+PLANTED_BUG_SEEDS = 300
+TEST_TIME_LIMIT_S = 120
+
+
+@pytest.fixture(autouse=True)
+def time_limit() -> Iterator[None]:
+    def timed_out(signum: int, frame: object) -> None:
+        raise TimeoutError(f"simulation test ran longer than {TEST_TIME_LIMIT_S} s")
+
+    previous = signal.signal(signal.SIGALRM, timed_out)
+    signal.setitimer(signal.ITIMER_REAL, TEST_TIME_LIMIT_S)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+CASES = [(n, chunk) for n, count in CHUNKS.items() for chunk in range(count)]
+
+
+@pytest.mark.parametrize(("n_nodes", "chunk"), CASES, ids=[f"{n}nodes-seeds{c * CHUNK_SEEDS}+" for n, c in CASES])
+def test_seeds_keep_safety_and_liveness(n_nodes: int, chunk: int) -> None:
+    failures: list[str] = []
+    reads = crashes = 0
+    for seed in range(chunk * CHUNK_SEEDS, (chunk + 1) * CHUNK_SEEDS):
+        sim = Simulation(seed, n_nodes=n_nodes)
+        try:
+            sim.run()
+        except SimulationFailure as e:
+            failures.append(f"seed={seed} n_nodes={n_nodes}: {e}")
+        reads += sim.reads_checked
+        crashes += sim.crashes
+    assert not failures, "\n".join(failures)
+    assert reads > 0 and crashes > 0, "the simulation stopped exercising reads or crashes"
+
+
+def first_failure(make: Callable[[int], Simulation]) -> tuple[int, str] | None:
+    """The first seed below PLANTED_BUG_SEEDS whose run breaks safety, and why."""
+    for seed in range(PLANTED_BUG_SEEDS):
+        try:
+            make(seed).run()
+        except SimulationFailure as e:
+            if "no convergence" not in str(e):  # a safety violation, not just a stall
+                return seed, str(e)
+    return None
+
+
+def test_planted_bug_ack_before_persist_is_caught() -> None:
+    def make(seed: int) -> Simulation:
+        faults = replace(Faults.from_seed(random.Random(seed)), ack_before_persist=True)
+        return Simulation(seed, faults=faults)
+
+    found = first_failure(make)
+    assert found is not None, f"acking before persisting went unnoticed in {PLANTED_BUG_SEEDS} seeds"
+    seed, message = found
+    assert f"seed={seed}" in message
+
+
+def test_planted_bug_leader_ignoring_phase_one_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(LeaderState, "merged_values", lambda self: {})
+    found = first_failure(lambda seed: Simulation(seed))
+    assert found is not None, f"a leader proposing its own values went unnoticed in {PLANTED_BUG_SEEDS} seeds"
+    seed, message = found
+    assert f"seed={seed}" in message
+
+
+def test_planted_bug_reads_without_a_heartbeat_round_are_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A leader that answers read-index requests without confirming it still leads (rule 13).
+    monkeypatch.setattr(LeaderState, "confirmed_seq", lambda self, self_id: 1 << 62)
+    found = first_failure(lambda seed: Simulation(seed))
+    assert found is not None and "stale read" in found[1], found
+
+
+def test_planted_bug_reads_before_the_first_own_slot_is_chosen_are_caught(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A new leader that serves reads before a slot of its own ballot is chosen (rule 13).
+    original = LeaderState.releasable_reads
+
+    def without_barrier(self: LeaderState, self_id: int, chosen_through: int) -> list:
+        barrier, self.barrier_slot = self.barrier_slot, 0
+        try:
+            return original(self, self_id, chosen_through)
+        finally:
+            self.barrier_slot = barrier
+
+    monkeypatch.setattr(LeaderState, "releasable_reads", without_barrier)
+    found = first_failure(lambda seed: Simulation(seed))
+    assert found is not None and "stale read" in found[1], found
+
+
+def fingerprint(sim: Simulation) -> str:
+    parts = [sim.canonical_log(), sorted(sim.applied.items()), sim.time, sim.delivered,
+             sim.reads_checked, sim.crashes, sorted(sim.done)]
+    return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+
+REPLAY_SEEDS = [(3, 11), (5, 4)]
+
+
+@pytest.mark.parametrize(("n_nodes", "seed"), REPLAY_SEEDS)
+def test_the_same_seed_replays_the_same_run(n_nodes: int, seed: int) -> None:
+    first, second = Simulation(seed, n_nodes=n_nodes), Simulation(seed, n_nodes=n_nodes)
+    first.run()
+    second.run()
+    assert first.canonical_log() == second.canonical_log()
+    assert len(first.canonical_log()) > 10
+    assert fingerprint(first) == fingerprint(second)
+
+
+def test_replay_does_not_depend_on_string_hashing() -> None:
+    n_nodes, seed = REPLAY_SEEDS[0]
+    sim = Simulation(seed, n_nodes=n_nodes)
+    sim.run()
+    tests_dir = Path(__file__).parent
+    code = (
+        "import sys; sys.path[:0] = sys.argv[1:3]\n"
+        "from simulator import Simulation\n"
+        "from test_simulation import fingerprint\n"
+        f"sim = Simulation({seed}, n_nodes={n_nodes}); sim.run(); print(fingerprint(sim))\n"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    out = subprocess.run([sys.executable, "-c", code, str(tests_dir), str(tests_dir.parent)],
+                         env=env, capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == fingerprint(sim)
