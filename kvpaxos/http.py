@@ -16,6 +16,7 @@ from aiohttp import web
 from kvpaxos.core.commands import DELETE, KEY_BYTES_MAX, PUT, Command, Result
 from kvpaxos.errors import (BadRequest, InvalidJson, InvalidKey, KvError, NoQuorum, NotFound,
                             PreconditionFailed, ValueTooLarge)
+from kvpaxos.dashboard import setup_dashboard
 from kvpaxos.node import Node
 from kvpaxos.transport import PeerTransport
 from kvpaxos import metrics, security
@@ -238,4 +239,5 @@ def init_app(node: Node, transport: PeerTransport) -> web.Application:
     app.router.add_get("/v1/snapshot", get_snapshot)
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/v1/peer", transport.handle_inbound)
+    setup_dashboard(app, node, transport)  # GET /, /v1/events, /v1/dashboard: kvpaxos/dashboard
     return app

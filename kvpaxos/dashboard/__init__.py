@@ -1,0 +1,23 @@
+"""The live dashboard every node serves: the page at `/` and the data behind it.
+
+Routes (added to the node's app by `setup_dashboard`, called from init_app):
+
+- `GET /` and `GET /dashboard/{app.js,style.css,favicon.svg}`: the page, plain
+  files shipped in kvpaxos/dashboard/static (no build step, no CDN);
+- `GET /v1/dashboard`: one JSON snapshot of this node's view: its /v1/status,
+  its newest log slots with their batches, its message counters and its
+  per-second write statistics;
+- `GET /v1/events`: the same snapshot as server-sent events, a few per second;
+- `GET /v1/dashboard/find?client_id=C&seq=N`: the slot a client's write went
+  into, for the page's "try it" panel.
+
+Cross-origin: the page is served by one node and talks to all of them, so
+GETs of /v1/status, /v1/events, /v1/dashboard* and /v1/kv* answer any origin
+(`Access-Control-Allow-Origin: *`; they carry no credentials). Writes
+(PUT/DELETE on /v1/kv/...) are allowed cross-origin only from a page served
+by a member of this cluster, so that an unrelated web site open in the same
+browser cannot write to the store.
+"""
+from kvpaxos.dashboard.routes import setup_dashboard
+
+__all__ = ["setup_dashboard"]

@@ -1,0 +1,893 @@
+/* kvpaxos live dashboard: plain JavaScript, no build step, no external files.
+ *
+ * Data sources (all on the cluster's own nodes):
+ *  - GET /v1/status of every member, twice a second: up or down, role, ballot,
+ *    leader, chosen and applied slot. A member that does not answer is shown
+ *    down at once; the members are the serving node and its status "peers".
+ *  - GET /v1/events (server-sent events) of one node, a few times a second:
+ *    that node's full view (its log window with batches, its counters, its
+ *    write statistics). It starts on the node that served this page and moves
+ *    to another live node when that one stops answering.
+ *  - GET /v1/dashboard of every other live member, once a second: the same
+ *    view, so the log strip can show what each node's acceptor holds.
+ * The "try it" panel sends GET/PUT/DELETE /v1/kv/KEY to the server picked and
+ * asks that server (GET /v1/dashboard/find) which slot the write landed in.
+ */
+"use strict";
+
+(() => {
+  const POLL_STATUS_MS = 500;
+  const STATUS_TIMEOUT_MS = 1000;
+  const POLL_VIEW_MS = 1000;
+  const VIEW_TIMEOUT_MS = 1500;
+  const STREAM_STALE_MS = 1600;
+  const STREAM_FIRST_EVENT_MS = 3000;
+  const HOME_AGAIN_AFTER_MS = 3000;
+  const TRY_TIMEOUT_MS = 15000;
+  const RATE_POINTS = 120;
+  const SERIES_SECONDS = 300;
+  const STRIP_SLOTS = 24;
+  const TIMELINE_MAX = 80;
+  const LAT_BASE_MS = 0.25;
+  const MSG_TYPES = [
+    ["Prepare", "phase 1a"], ["Promise", "phase 1b"], ["Accept", "phase 2a"],
+    ["Accepted", "phase 2b"], ["Commit", "chosen"], ["Heartbeat", "leader alive"],
+    ["HeartbeatAck", ""], ["Reject", "ballot too low"], ["CatchUpRequest", "fetch log"],
+    ["ClientRequest", "forwarded write"],
+  ];
+  // Counted where sent, except forwarded writes, which are counted where they arrive.
+  const COUNTER_OF = { ClientRequest: "recv_ClientRequest" };
+  const STATE_RANK = { applied: 4, chosen: 3, accepted: 2, proposed: 1, none: 0, unknown: 0, down: 0 };
+
+  const $ = (id) => document.getElementById(id);
+  const S = {
+    members: new Map(),
+    homeId: null,
+    streamId: null,
+    es: null,
+    lastEventAt: 0,
+    streamOpenedAt: 0,
+    offsetMs: 0,
+    leader: null,
+    lastLeader: null,
+    leaderChanges: 0,
+    rateHist: new Map(MSG_TYPES.map(([t]) => [t, []])),
+    fsyncRate: 0,
+    timeline: [],
+    highlight: null,
+    highlightUntil: 0,
+    tryServer: null,
+    clientId: "dashboard-" + randHex(12),
+    seq: 0,
+    busy: false,
+    renderQueued: false,
+  };
+
+  // -- helpers ---------------------------------------------------------------
+
+  function randHex(n) {
+    const bytes = new Uint8Array(n);
+    crypto.getRandomValues(bytes);
+    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("").slice(0, n);
+  }
+
+  function esc(s) {
+    return String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+  }
+
+  function sleep(ms) { return new Promise((r) => setTimeout(r, ms)); }
+
+  async function fetchT(url, opts = {}, ms = STATUS_TIMEOUT_MS) {
+    const ctl = new AbortController();
+    const timer = setTimeout(() => ctl.abort(), ms);
+    try {
+      return await fetch(url, { cache: "no-store", ...opts, signal: ctl.signal });
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  async function getJSON(url, ms) {
+    const resp = await fetchT(url, {}, ms);
+    if (!resp.ok) throw new Error(`HTTP ${resp.status}`);
+    return resp.json();
+  }
+
+  function url(m, path) { return `${location.protocol}//${m.addr}${path}`; }
+
+  function ballotKey(b) {
+    const [r, n] = String(b || "0.0").split(".").map((x) => parseInt(x, 10) || 0);
+    return r * 1e6 + n;
+  }
+
+  function clock(t) {
+    return new Date(t).toLocaleTimeString([], { hour12: false, hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  }
+
+  function fmtRate(v) {
+    if (!isFinite(v) || v <= 0) return "0";
+    return v < 10 ? v.toFixed(1) : Math.round(v).toLocaleString();
+  }
+
+  function fmtMs(ms) {
+    if (ms == null || !isFinite(ms)) return "–";
+    if (ms < 1) return ms.toFixed(2) + " ms";
+    if (ms < 10) return ms.toFixed(1) + " ms";
+    if (ms < 1000) return Math.round(ms) + " ms";
+    return (ms / 1000).toFixed(2) + " s";
+  }
+
+  function sorted() { return [...S.members.values()].sort((a, b) => a.id - b.id); }
+
+  function serverNowMs() { return Date.now() + S.offsetMs; }
+
+  // -- members -----------------------------------------------------------------
+
+  function getMember(id, addr) {
+    let m = S.members.get(id);
+    if (!m) {
+      m = {
+        id, addr, up: null, upSince: 0, downSince: 0, status: null, view: null, viewAt: 0,
+        series: new Map(), seriesSec: null, sample: null, rates: {}, boot: null,
+        elections: null, polling: false, viewPolling: false,
+      };
+      S.members.set(id, m);
+    }
+    return m;
+  }
+
+  function adoptPeers(st) {
+    for (const [pid, peer] of Object.entries(st.peers || {})) {
+      const id = parseInt(pid, 10);
+      if (Number.isInteger(id) && peer && peer.address) getMember(id, peer.address);
+    }
+  }
+
+  function onStatus(m, st) {
+    const now = Date.now();
+    if (m.up !== true) {
+      if (m.up === false) addEvent("up", `node ${m.id} is up again`);
+      m.up = true;
+      m.upSince = now;
+    }
+    if (m.elections != null && st.elections > m.elections) {
+      addEvent("election", `node ${m.id} started an election` + (st.elections - m.elections > 1 ? ` (${st.elections - m.elections}×)` : ""));
+    }
+    m.elections = st.elections;
+    m.status = st;
+    adoptPeers(st);
+    updateLeader();
+    scheduleRender();
+  }
+
+  function markDown(m, why) {
+    if (m.up !== false) {
+      m.up = false;
+      m.downSince = Date.now();
+      addEvent("down", `node ${m.id} is down (${why})`);
+      updateLeader();
+      if (S.streamId === m.id) switchStream();
+      scheduleRender();
+    }
+  }
+
+  function updateLeader() {
+    let best = null;
+    for (const m of S.members.values()) {
+      if (m.up === true && m.status && m.status.role === "leader" && m.status.leader === m.id) {
+        if (!best || ballotKey(m.status.ballot) > ballotKey(best.status.ballot)) best = m;
+      }
+    }
+    const id = best ? best.id : null;
+    if (id === S.leader) return;
+    S.leader = id;
+    if (id == null) {
+      addEvent("election", "no leader right now");
+      return;
+    }
+    if (S.lastLeader != null && S.lastLeader !== id) S.leaderChanges += 1;
+    if (S.lastLeader !== id) addEvent("leader", `node ${id} is the leader (ballot ${best.status.ballot})`);
+    S.lastLeader = id;
+  }
+
+  async function pollStatus(m) {
+    if (m.polling) return;
+    m.polling = true;
+    try {
+      const st = await getJSON(url(m, "/v1/status"), STATUS_TIMEOUT_MS);
+      onStatus(m, st);
+    } catch (err) {
+      markDown(m, err.name === "AbortError" ? "no answer in 1 s" : "connection refused");
+    } finally {
+      m.polling = false;
+    }
+  }
+
+  function pollStatuses() { for (const m of S.members.values()) pollStatus(m); }
+
+  async function pollView(m) {
+    if (m.viewPolling || m.up !== true || m.id === S.streamId) return;
+    m.viewPolling = true;
+    try {
+      const since = m.seriesSec == null ? "" : `?series_since=${Math.max(0, m.seriesSec - 3)}`;
+      onView(m, await getJSON(url(m, "/v1/dashboard" + since), VIEW_TIMEOUT_MS), false);
+    } catch (err) {
+      // the status poll decides whether the node is down
+    } finally {
+      m.viewPolling = false;
+    }
+  }
+
+  function pollViews() { for (const m of S.members.values()) pollView(m); }
+
+  function onView(m, doc, fromStream) {
+    if (!doc || typeof doc !== "object") return;
+    if (fromStream) S.offsetMs = doc.now_ms - Date.now();
+    if (doc.boot !== m.boot) {
+      m.boot = doc.boot;
+      m.sample = null;  // a restarted node counts from zero again
+    }
+    m.view = doc;
+    m.viewAt = Date.now();
+    for (const [sec, ok, failed, hist] of doc.series || []) {
+      m.series.set(sec, { ok, failed, hist });
+      if (m.seriesSec == null || sec > m.seriesSec) m.seriesSec = sec;
+    }
+    const horizon = Math.floor(doc.now_ms / 1000) - SERIES_SECONDS - 10;
+    for (const sec of m.series.keys()) if (sec < horizon) m.series.delete(sec);
+    const sample = { t: doc.now_ms, c: doc.counters || {} };
+    if (!m.sample) {
+      m.sample = sample;
+    } else if (sample.t - m.sample.t >= 900) {
+      const dt = (sample.t - m.sample.t) / 1000;
+      const rates = {};
+      for (const [key, val] of Object.entries(sample.c)) {
+        const d = val - (m.sample.c[key] || 0);
+        rates[key] = d >= 0 ? d / dt : 0;
+      }
+      m.rates = rates;
+      m.ratesAt = Date.now();
+      m.sample = sample;
+    }
+    if (doc.status) onStatus(m, doc.status);
+  }
+
+  // -- the event stream --------------------------------------------------------
+
+  function connectStream(id) {
+    if (S.es) S.es.close();
+    const m = S.members.get(id);
+    S.streamId = id;
+    S.streamOpenedAt = Date.now();
+    S.lastEventAt = 0;
+    const es = new EventSource(url(m, "/v1/events"));
+    S.es = es;
+    es.addEventListener("snapshot", (ev) => {
+      if (S.es !== es) return;
+      S.lastEventAt = Date.now();
+      let doc;
+      try { doc = JSON.parse(ev.data); } catch (e) { return; }
+      onView(m, doc, true);
+    });
+    es.onerror = () => {
+      if (S.es === es && es.readyState === EventSource.CLOSED) switchStream();
+    };
+    scheduleRender();
+  }
+
+  function switchStream() {
+    const candidates = sorted().filter((m) => m.up === true && m.id !== S.streamId);
+    const home = candidates.find((m) => m.id === S.homeId);
+    const pick = home || candidates.find((m) => m.id === S.leader) || candidates[0];
+    if (!pick) {
+      // nobody else answers: keep (re)trying the current node
+      if (Date.now() - S.streamOpenedAt > STREAM_FIRST_EVENT_MS && S.streamId != null) connectStream(S.streamId);
+      return;
+    }
+    addEvent("stream", `live data now from node ${pick.id}`);
+    connectStream(pick.id);
+  }
+
+  function watchStream() {
+    const now = Date.now();
+    const m = S.members.get(S.streamId);
+    const stale = S.lastEventAt ? now - S.lastEventAt > STREAM_STALE_MS : now - S.streamOpenedAt > STREAM_FIRST_EVENT_MS;
+    if (!m || m.up === false || stale) {
+      switchStream();
+      return;
+    }
+    const home = S.members.get(S.homeId);
+    if (home && S.streamId !== S.homeId && home.up === true && now - home.upSince > HOME_AGAIN_AFTER_MS) {
+      addEvent("stream", `live data back on node ${home.id}, which served this page`);
+      connectStream(home.id);
+    }
+    renderConn();
+  }
+
+  // -- timeline ----------------------------------------------------------------
+
+  function addEvent(kind, text) {
+    S.timeline.unshift({ t: Date.now(), kind, text });
+    if (S.timeline.length > TIMELINE_MAX) S.timeline.length = TIMELINE_MAX;
+    const ol = $("timeline");
+    if (!ol) return;
+    ol.innerHTML = S.timeline.map((e) => `<li class="${esc(e.kind)}"><span class="ic"></span><time>${clock(e.t)}</time><span>${esc(e.text)}</span></li>`).join("");
+  }
+
+  // -- rendering -----------------------------------------------------------------
+
+  function scheduleRender() {
+    if (S.renderQueued) return;
+    S.renderQueued = true;
+    const run = () => { S.renderQueued = false; render(); };
+    if (document.hidden) setTimeout(run, 250); else requestAnimationFrame(run);
+  }
+
+  function render() {
+    renderSummary();
+    renderConn();
+    renderNodes();
+    renderServers();
+    renderStrip();
+  }
+
+  function upMembers() { return sorted().filter((m) => m.up === true && m.status); }
+
+  function renderSummary() {
+    const all = sorted();
+    const up = upMembers();
+    $("sum-up").textContent = `${up.length} / ${all.length}`;
+    const leader = S.members.get(S.leader);
+    $("leader-id").textContent = leader ? `node ${leader.id}` : "none";
+    $("leader-id").dataset.leader = leader ? String(leader.id) : "";
+    $("sum-ballot").textContent = leader ? leader.status.ballot : "–";
+    const chosen = Math.max(0, ...up.map((m) => m.status.chosen || 0));
+    $("sum-chosen").textContent = up.length ? String(chosen) : "–";
+    $("tile-changes").textContent = String(S.leaderChanges);
+  }
+
+  function renderConn() {
+    const live = S.lastEventAt && Date.now() - S.lastEventAt < STREAM_STALE_MS;
+    $("conn").dataset.live = live ? "true" : "false";
+    $("conn-text").textContent = live ? "live" : (S.members.size ? "reconnecting…" : "connecting…");
+    $("stream-node").textContent = S.streamId ?? "–";
+  }
+
+  function roleOf(m) {
+    if (m.up === false) return "down";
+    if (!m.status) return "unknown";
+    if (m.status.deciding) return "deciding";
+    if (m.status.voting === false) return "rebuilding";
+    return m.status.role;
+  }
+
+  function renderQuorum() {
+    const all = sorted();
+    if (!all.length) return;
+    const up = all.filter((m) => m.up === true).length;
+    const need = Math.floor(all.length / 2) + 1;
+    const ok = up >= need;
+    const box = $("quorum");
+    box.dataset.ok = ok ? "true" : "false";
+    box.innerHTML = `<span class="q-dot"></span><b>${up} of ${all.length}</b> nodes up · a majority is ${need} · ` +
+      (ok ? (S.leader != null ? `node ${S.leader} leads; writes and linearizable reads go through`
+                              : "electing a leader…")
+          : "no majority: writes and linearizable reads wait until enough nodes are back");
+  }
+
+  function renderNodes() {
+    renderQuorum();
+    const box = $("nodes");
+    const all = sorted();
+    const top = Math.max(1, ...all.filter((m) => m.up && m.status).map((m) => m.status.chosen || 0));
+    const leaderChosen = S.leader != null && S.members.get(S.leader).status ? S.members.get(S.leader).status.chosen : null;
+    for (const m of all) {
+      let el = box.querySelector(`.node[data-node="${m.id}"]`);
+      if (!el) {
+        el = document.createElement("div");
+        el.className = "node";
+        el.dataset.node = String(m.id);
+        el.innerHTML = `
+          <div class="node-top"><div class="node-id">${m.id}</div>
+            <div class="node-name"><b>node ${m.id}</b><span class="addr"></span></div>
+            <span class="badge"></span></div>
+          <dl class="kv-grid">
+            <dt>ballot</dt><dd class="f-ballot"></dd><dt>leader</dt><dd class="f-leader"></dd>
+            <dt>chosen</dt><dd class="f-chosen"></dd><dt>applied</dt><dd class="f-applied"></dd>
+            <dt>promised</dt><dd class="f-promised"></dd><dt>elections</dt><dd class="f-elections"></dd>
+          </dl>
+          <div class="progress"><div class="chosen-bar"></div><div class="applied-bar"></div></div>
+          <div class="node-foot"></div>`;
+        const next = [...box.children].find((c) => parseInt(c.dataset.node, 10) > m.id);
+        box.insertBefore(el, next || null);
+      }
+      const st = m.status || {};
+      const role = roleOf(m);
+      el.dataset.role = role;
+      el.dataset.up = m.up === true ? "true" : m.up === false ? "false" : "unknown";
+      el.dataset.leader = S.leader === m.id ? "true" : "false";
+      el.classList.toggle("stream", S.streamId === m.id && m.up === true);
+      el.querySelector(".addr").textContent = m.addr;
+      const badge = el.querySelector(".badge");
+      badge.textContent = role;
+      badge.className = "badge " + role;
+      const set = (cls, v) => { el.querySelector(cls).textContent = v == null ? "–" : String(v); };
+      set(".f-ballot", st.ballot);
+      set(".f-leader", st.leader);
+      set(".f-chosen", st.chosen);
+      set(".f-applied", st.applied);
+      set(".f-promised", st.promised);
+      set(".f-elections", st.elections);
+      el.querySelector(".chosen-bar").style.width = `${Math.min(100, 100 * (st.chosen || 0) / top)}%`;
+      el.querySelector(".applied-bar").style.width = `${Math.min(100, 100 * (st.applied || 0) / top)}%`;
+      const foot = el.querySelector(".node-foot");
+      if (m.up === false) {
+        const secs = Math.max(0, Math.round((Date.now() - m.downSince) / 1000));
+        foot.innerHTML = `<span class="warn">no answer for ${secs} s</span>${m.status ? " · last seen as " + esc(m.status.role) : ""}`;
+      } else if (!m.status) {
+        foot.textContent = "asking…";
+      } else if (m.view && m.view.leading && role === "leader") {
+        const l = m.view.leading;
+        foot.textContent = `leading · ${l.in_flight} slot${l.in_flight === 1 ? "" : "s"} in flight · ${l.queued} queued`;
+      } else if (leaderChosen != null && st.applied != null) {
+        const behind = Math.max(0, leaderChosen - st.applied);
+        foot.textContent = behind === 0 ? "in sync with the leader" : `${behind} slot${behind === 1 ? "" : "s"} behind the leader`;
+      } else {
+        foot.textContent = st.leader == null ? "looking for a leader" : "";
+      }
+    }
+  }
+
+  function renderServers() {
+    const box = $("try-servers");
+    const all = sorted();
+    if (S.tryServer == null && S.homeId != null) S.tryServer = S.homeId;
+    for (const m of all) {
+      let b = box.querySelector(`button[data-server="${m.id}"]`);
+      if (!b) {
+        b = document.createElement("button");
+        b.type = "button";
+        b.dataset.server = String(m.id);
+        b.textContent = String(m.id);
+        b.addEventListener("click", () => { S.tryServer = m.id; renderServers(); });
+        const next = [...box.children].find((c) => parseInt(c.dataset.server, 10) > m.id);
+        box.insertBefore(b, next || null);
+      }
+      b.setAttribute("aria-pressed", S.tryServer === m.id ? "true" : "false");
+      b.dataset.up = m.up === false ? "false" : "true";
+      b.dataset.leader = S.leader === m.id ? "true" : "false";
+      b.title = `server ${m.id} · ${m.addr} · ${m.up === false ? "down" : (m.status ? m.status.role : "?")}`;
+    }
+  }
+
+  // -- the log strip -----------------------------------------------------------
+
+  function slotStates() {
+    const members = sorted();
+    let top = 0;
+    const index = new Map();  // member id -> Map(slot -> entry)
+    const viewTop = new Map();  // member id -> the newest slot its last view covered
+    for (const m of members) {
+      const slots = m.up === true && m.view && m.view.log ? m.view.log.slots : [];
+      const byslot = new Map(slots.map((e) => [e.slot, e]));
+      index.set(m.id, byslot);
+      viewTop.set(m.id, slots.length ? slots[slots.length - 1].slot : 0);
+      for (const e of slots) top = Math.max(top, e.slot);
+      if (m.up === true && m.status) top = Math.max(top, m.status.chosen || 0);
+    }
+    const out = [];
+    for (let slot = Math.max(1, top - STRIP_SLOTS + 1); slot <= top; slot++) {
+      const nodes = [];
+      let batch = null;
+      let ballot = null;
+      const votes = new Set();
+      for (const m of members) {
+        const e = index.get(m.id).get(slot);
+        if (e && e.votes) e.votes.forEach((v) => votes.add(v));
+        if (e && e.batch && (!batch || m.id === S.streamId)) batch = e.batch;
+        if (e && e.ballot && (!ballot || ballotKey(e.ballot) > ballotKey(ballot))) ballot = e.ballot;
+      }
+      for (const m of members) {
+        const e = index.get(m.id).get(slot);
+        let v;
+        if (m.up === false) v = "down";
+        else if (m.status && m.status.applied >= slot) v = "applied";
+        else if (e) v = e.state === "unknown" ? "none" : e.state;
+        else v = m.view && slot <= viewTop.get(m.id) ? "none" : "unknown";  // not reported yet
+        if (votes.has(m.id) && STATE_RANK[v] < STATE_RANK.accepted) v = "accepted";
+        nodes.push({ id: m.id, v, holds: !!(e && e.ballot), ballot: e ? e.ballot : null, compacted: !!(e && e.compacted) });
+      }
+      let state = "unknown";
+      for (const n of nodes) if (STATE_RANK[n.v] > STATE_RANK[state]) state = n.v;
+      if (state === "none" || state === "down") state = "unknown";
+      out.push({ slot, state, nodes, batch, ballot });
+    }
+    return out;
+  }
+
+  function cmdHTML(c) {
+    const k = `<span class="k">${esc(c.key)}</span>`;
+    if (c.op === "del") return `<span class="op del">del</span> ${k}`;
+    if (c.if_value != null || c.if_version != null) {
+      const cond = c.if_value != null ? esc(c.if_value) : `v${c.if_version}`;
+      return `<span class="op cas">cas</span> ${k} <span class="v">${cond}→${esc(c.value ?? "")}</span>`;
+    }
+    return `<span class="op put">put</span> ${k}<span class="v">=${esc(c.value ?? "")}</span>`;
+  }
+
+  function cmdText(c) {
+    if (c.op === "del") return `del ${c.key}`;
+    if (c.if_value != null || c.if_version != null) return `cas ${c.key}: ${c.if_value ?? "v" + c.if_version} → ${c.value}`;
+    return `put ${c.key} = ${c.value}`;
+  }
+
+  function slotTitle(s) {
+    const lines = [`slot ${s.slot}: ${s.state}` + (s.ballot ? ` (ballot ${s.ballot})` : "")];
+    for (const n of s.nodes) {
+      lines.push(`node ${n.id}: ${n.v}` + (n.holds ? `, acceptor holds it (ballot ${n.ballot})` : ""));
+    }
+    if (s.batch) {
+      if (!s.batch.n) lines.push("no-op (a new leader's filler or barrier)");
+      for (const c of s.batch.cmds) lines.push(cmdText(c) + (c.client ? `   [${c.client} #${c.seq}]` : ""));
+      if (s.batch.n > s.batch.cmds.length) lines.push(`… and ${s.batch.n - s.batch.cmds.length} more`);
+    }
+    return lines.join("\n");
+  }
+
+  function slotHTML(s) {
+    let body;
+    if (!s.batch) {
+      body = s.nodes.some((n) => n.compacted) ? `<span class="noop-label">in a snapshot</span>` : `<span class="noop-label">not known here</span>`;
+    } else if (!s.batch.n) {
+      body = `<span class="noop-label">no-op</span>`;
+    } else {
+      const shown = s.batch.cmds.slice(0, 3);
+      body = shown.map((c) => `<div class="cmd">${cmdHTML(c)}</div>`).join("");
+      if (s.batch.n > shown.length) body += `<div class="more">+${s.batch.n - shown.length} more</div>`;
+    }
+    const votes = s.nodes.map((n) => `<span class="vote${n.holds ? " holds" : ""}" data-node="${n.id}" data-v="${n.v}">${n.id}</span>`).join("");
+    return `<div class="slot-head"><span class="slot-num">${s.slot}</span><span class="slot-ballot">${esc(s.ballot || "")}</span></div>
+      <div class="cmds">${body}</div><div class="votes">${votes}</div>`;
+  }
+
+  function renderStrip() {
+    const strip = $("log-strip");
+    const slots = slotStates();
+    if (!slots.length) {
+      if (!strip.querySelector(".log-empty")) strip.innerHTML = `<div class="log-empty">No slots yet: write something with “Try it”.</div>`;
+      return;
+    }
+    strip.querySelector(".log-empty")?.remove();
+    const keep = new Set(slots.map((s) => String(s.slot)));
+    for (const el of [...strip.children]) if (!keep.has(el.dataset.slot)) el.remove();
+    const highlight = Date.now() < S.highlightUntil ? S.highlight : null;
+    slots.forEach((s, i) => {
+      let el = strip.querySelector(`.slot[data-slot="${s.slot}"]`);
+      if (!el) {
+        el = document.createElement("div");
+        el.className = "slot";
+        el.dataset.slot = String(s.slot);
+      }
+      if (strip.children[i] !== el) strip.insertBefore(el, strip.children[i] || null);
+      const html = slotHTML(s);
+      if (el._html !== html) { el.innerHTML = html; el._html = html; }
+      el.dataset.state = s.state;
+      el.classList.toggle("noop", !!(s.batch && !s.batch.n));
+      el.classList.toggle("highlight", s.slot === highlight);
+      el.title = slotTitle(s);
+    });
+  }
+
+  // -- protocol rates -----------------------------------------------------------
+
+  function sampleRates() {
+    const fresh = upMembers().filter((m) => m.ratesAt && Date.now() - m.ratesAt < 4000);
+    for (const [type] of MSG_TYPES) {
+      const key = COUNTER_OF[type] || "sent_" + type;
+      const total = fresh.reduce((acc, m) => acc + (m.rates[key] || 0), 0);
+      const hist = S.rateHist.get(type);
+      hist.push(total);
+      if (hist.length > RATE_POINTS) hist.shift();
+    }
+    S.fsyncRate = fresh.reduce((acc, m) => acc + (m.rates.fsyncs || 0), 0);
+    renderRates();
+  }
+
+  function sparkline(values, w, h) {
+    const max = Math.max(1, ...values);
+    const n = RATE_POINTS;
+    const step = w / (n - 1);
+    const off = n - values.length;
+    const pts = values.map((v, i) => `${((off + i) * step).toFixed(1)},${(h - 2 - (v / max) * (h - 4)).toFixed(1)}`);
+    if (!pts.length) return "";
+    const first = ((off) * step).toFixed(1);
+    return `<path d="M${first},${h} L${pts.join(" L")} L${w},${h} Z" fill="rgba(88,166,255,.15)"/>` +
+      `<polyline points="${pts.join(" ")}" fill="none" stroke="#58a6ff" stroke-width="1.4" vector-effect="non-scaling-stroke"/>`;
+  }
+
+  function renderRates() {
+    const table = $("rates");
+    const rows = MSG_TYPES.map(([type, note]) => {
+      const hist = S.rateHist.get(type);
+      const now = hist.length ? hist[hist.length - 1] : 0;
+      return `<tr class="${now > 0 ? "" : "quiet"}" data-type="${type}"><td class="name">${type} <small>${esc(note)}</small></td>` +
+        `<td class="rate">${fmtRate(now)}/s</td>` +
+        `<td class="spark"><svg viewBox="0 0 200 22" preserveAspectRatio="none">${sparkline(hist, 200, 22)}</svg></td></tr>`;
+    });
+    table.innerHTML = rows.join("");
+    const elections = upMembers().reduce((acc, m) => acc + (m.status.elections || 0), 0);
+    $("tile-elections").textContent = String(elections);
+    $("tile-changes").textContent = String(S.leaderChanges);
+    $("tile-fsync").textContent = fmtRate(S.fsyncRate);
+  }
+
+  // -- write charts ----------------------------------------------------------------
+
+  function mergedSeries() {
+    const lastSec = Math.floor(serverNowMs() / 1000) - 1;
+    const secs = [];
+    for (let sec = lastSec - SERIES_SECONDS + 1; sec <= lastSec; sec++) {
+      let ok = 0, failed = 0;
+      const hist = new Map();
+      for (const m of S.members.values()) {
+        const b = m.series.get(sec);
+        if (!b) continue;
+        ok += b.ok;
+        failed += b.failed;
+        for (const [bin, n] of Object.entries(b.hist)) hist.set(+bin, (hist.get(+bin) || 0) + n);
+      }
+      secs.push({ sec, ok, failed, hist });
+    }
+    return secs;
+  }
+
+  function percentile(hist, q) {
+    let total = 0;
+    for (const n of hist.values()) total += n;
+    if (!total) return null;
+    const bins = [...hist.keys()].sort((a, b) => a - b);
+    let seen = 0;
+    for (const bin of bins) {
+      seen += hist.get(bin);
+      if (seen >= q * total) return LAT_BASE_MS * Math.pow(2, (bin - 0.5) / 2);
+    }
+    return LAT_BASE_MS * Math.pow(2, (bins[bins.length - 1] - 0.5) / 2);
+  }
+
+  function niceMax(v) {
+    if (v <= 1) return 1;
+    const p = Math.pow(10, Math.floor(Math.log10(v)));
+    for (const k of [1, 2, 2.5, 5, 10]) if (k * p >= v) return k * p;
+    return 10 * p;
+  }
+
+  function chartFrame(svg) {
+    const W = Math.max(200, Math.round(svg.clientWidth || 480));
+    const H = Math.max(80, Math.round(svg.clientHeight || 130));
+    svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
+    return { W, H, x0: 44, x1: W - 8, y0: 8, y1: H - 20 };
+  }
+
+  function timeAxis(f) {
+    let s = "";
+    for (let m = 5; m >= 0; m--) {
+      const x = f.x0 + (f.x1 - f.x0) * (1 - m / 5);
+      s += `<line class="grid" x1="${x}" y1="${f.y0}" x2="${x}" y2="${f.y1}"/>`;
+      s += `<text class="axis" x="${x}" y="${f.H - 6}" text-anchor="${m === 0 ? "end" : m === 5 ? "start" : "middle"}">${m ? "-" + m + "m" : "now"}</text>`;
+    }
+    return s;
+  }
+
+  function renderCharts() {
+    const secs = mergedSeries();
+    const total = secs.map((s) => s.ok + s.failed);
+    const last = secs[secs.length - 1];
+    const lastTotal = last ? last.ok + last.failed : 0;
+    const recent = secs.slice(-10);
+    const recentSum = recent.reduce((a, s) => a + s.ok + s.failed, 0);
+    $("sum-wps").textContent = fmtRate(recentSum / 10);
+    $("wps-now").textContent = `· ${fmtRate(recentSum / 10)}/s over the last 10 s, ${fmtRate(lastTotal)} in the last second`;
+
+    // throughput
+    {
+      const svg = $("chart-wps");
+      const f = chartFrame(svg);
+      const max = niceMax(Math.max(...total, 1));
+      const bw = (f.x1 - f.x0) / SERIES_SECONDS;
+      const y = (v) => f.y1 - (v / max) * (f.y1 - f.y0);
+      let ok = "", bad = "";
+      secs.forEach((s, i) => {
+        const x = (f.x0 + i * bw).toFixed(2);
+        const w = Math.max(bw, 1).toFixed(2);
+        if (s.ok) ok += `M${x},${f.y1}V${y(s.ok).toFixed(2)}h${w}V${f.y1}Z`;
+        if (s.failed) bad += `M${x},${y(s.ok).toFixed(2)}V${y(s.ok + s.failed).toFixed(2)}h${w}V${y(s.ok).toFixed(2)}Z`;
+      });
+      let g = timeAxis(f);
+      for (const v of [0, max / 2, max]) {
+        g += `<line class="grid" x1="${f.x0}" y1="${y(v)}" x2="${f.x1}" y2="${y(v)}"/>`;
+        g += `<text class="axis" x="${f.x0 - 6}" y="${y(v) + 3}" text-anchor="end">${fmtRate(v)}/s</text>`;
+      }
+      g += `<path class="bars" d="${ok}"/><path class="failed" d="${bad}"/>`;
+      if (!total.some((v) => v > 0)) g += `<text class="empty" x="${(f.x0 + f.x1) / 2}" y="${(f.y0 + f.y1) / 2}" text-anchor="middle">no writes in the last 5 minutes</text>`;
+      svg.innerHTML = g;
+    }
+
+    // latency (log scale)
+    {
+      const svg = $("chart-lat");
+      const f = chartFrame(svg);
+      const p50 = secs.map((s) => percentile(s.hist, 0.5));
+      const p99 = secs.map((s) => percentile(s.hist, 0.99));
+      const vals = [...p50, ...p99].filter((v) => v != null);
+      const lo = Math.pow(10, Math.floor(Math.log10(Math.max(0.1, Math.min(...vals, 1)))));
+      const hi = Math.max(lo * 10, Math.pow(10, Math.ceil(Math.log10(Math.max(...vals, 10)))));
+      const y = (v) => f.y1 - (Math.log10(v / lo) / Math.log10(hi / lo)) * (f.y1 - f.y0);
+      const bw = (f.x1 - f.x0) / SERIES_SECONDS;
+      const line = (arr, cls) => {
+        let d = "", dots = "";
+        arr.forEach((v, i) => {
+          if (v == null) return;
+          const x = (f.x0 + (i + 0.5) * bw).toFixed(2);
+          d += `${arr[i - 1] == null ? "M" : "L"}${x},${y(v).toFixed(2)}`;
+          if (arr[i - 1] == null && arr[i + 1] == null) dots += `<circle class="dot ${cls}" cx="${x}" cy="${y(v).toFixed(2)}" r="2.2"/>`;
+        });
+        return `<path class="line ${cls}" d="${d}"/>${dots}`;
+      };
+      let g = timeAxis(f);
+      for (let v = lo; v <= hi * 1.001; v *= 10) {
+        g += `<line class="grid" x1="${f.x0}" y1="${y(v)}" x2="${f.x1}" y2="${y(v)}"/>`;
+        g += `<text class="axis" x="${f.x0 - 6}" y="${y(v) + 3}" text-anchor="end">${v >= 1000 ? v / 1000 + "s" : v + "ms"}</text>`;
+      }
+      g += line(p99, "p99") + line(p50, "p50");
+      if (!vals.length) g += `<text class="empty" x="${(f.x0 + f.x1) / 2}" y="${(f.y0 + f.y1) / 2}" text-anchor="middle">no writes in the last 5 minutes</text>`;
+      svg.innerHTML = g;
+      const recentHist = new Map();
+      for (const s of secs.slice(-10)) for (const [b, n] of s.hist) recentHist.set(b, (recentHist.get(b) || 0) + n);
+      const r50 = percentile(recentHist, 0.5), r99 = percentile(recentHist, 0.99);
+      $("lat-now").textContent = r50 == null ? "" : `· last 10 s: p50 ${fmtMs(r50)}, p99 ${fmtMs(r99)}`;
+    }
+  }
+
+  // -- try it ------------------------------------------------------------------
+
+  function setResult(status, html, slot) {
+    const box = $("try-result");
+    box.dataset.status = status;
+    if (slot != null) box.dataset.slot = String(slot); else delete box.dataset.slot;
+    box.innerHTML = html;
+  }
+
+  function addHistory(text, bad) {
+    const ol = $("try-history");
+    const li = document.createElement("li");
+    if (bad) li.className = "bad";
+    li.textContent = `${clock(Date.now())}  ${text}`;
+    ol.insertBefore(li, ol.firstChild);
+    while (ol.children.length > 6) ol.lastChild.remove();
+  }
+
+  function onOpChange() {
+    const op = $("try-op").value;
+    $("try-value").hidden = op === "get" || op === "delete";
+    $("try-old").hidden = op !== "cas";
+    $("try-value").placeholder = op === "cas" ? "new value" : "value";
+  }
+
+  async function findSlot(m, seq) {
+    const q = `/v1/dashboard/find?client_id=${encodeURIComponent(S.clientId)}&seq=${seq}`;
+    for (let i = 0; i < 5; i++) {
+      try {
+        const resp = await fetchT(url(m, q), {}, 2000);
+        if (resp.ok) return (await resp.json()).slot;
+      } catch (e) { /* try again */ }
+      await sleep(200);
+    }
+    return null;
+  }
+
+  async function sendTry(ev) {
+    ev.preventDefault();
+    if (S.busy) return;
+    const m = S.members.get(S.tryServer);
+    if (!m) return;
+    const op = $("try-op").value;
+    const key = $("try-key").value;
+    const value = $("try-value").value;
+    const old = $("try-old").value;
+    if (!key) { setResult("error", `<span class="err">a key is needed</span>`); return; }
+    const path = "/v1/kv/" + encodeURIComponent(key);
+    const what = op === "put" ? `put ${key} = ${JSON.stringify(value)}` : op === "cas" ? `cas ${key}: ${JSON.stringify(old)} → ${JSON.stringify(value)}` : `${op} ${key}`;
+    let opts = {};
+    let seq = null;
+    if (op !== "get") {
+      seq = ++S.seq;
+      const body = { client_id: S.clientId, seq };
+      if (op === "put" || op === "cas") body.value = value;
+      if (op === "cas") body.if_value = old;
+      opts = { method: op === "delete" ? "DELETE" : "PUT", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
+    }
+    S.busy = true;
+    $("try-send").disabled = true;
+    setResult("pending", `sending <span class="big">${esc(what)}</span> through server ${m.id}…`);
+    const t0 = performance.now();
+    let resp, doc;
+    try {
+      resp = await fetchT(url(m, path), opts, TRY_TIMEOUT_MS);
+      doc = await resp.json().catch(() => ({}));
+    } catch (err) {
+      const why = err.name === "AbortError" ? "no answer in 15 s" : "it does not answer";
+      setResult("error", `<span class="err">server ${m.id} (${esc(m.addr)}) is down</span>: ${why}. Pick another server.`);
+      addHistory(`${what} @${m.id} → server down`, true);
+      pollStatus(m);
+      S.busy = false;
+      $("try-send").disabled = false;
+      return;
+    }
+    const ms = performance.now() - t0;
+    try {
+      if (op === "get") {
+        if (resp.ok) {
+          setResult("ok", `<span class="big">${esc(key)} = ${esc(JSON.stringify(doc.value))}</span> · version ${doc.version} · read through server ${m.id} in ${fmtMs(ms)} <span class="muted">(linearizable read: the leader confirms it still leads; no slot is used)</span>`);
+          addHistory(`get ${key} @${m.id} → ${JSON.stringify(doc.value)} (v${doc.version}, ${fmtMs(ms)})`);
+        } else {
+          setResult("error", `<span class="err">${esc(doc.error || "HTTP " + resp.status)}</span>: ${esc(doc.message || "")} <span class="muted">(server ${m.id}, ${fmtMs(ms)})</span>`);
+          addHistory(`get ${key} @${m.id} → ${doc.error || resp.status}`, true);
+        }
+        return;
+      }
+      const applied = resp.ok || resp.status === 404 || resp.status === 412;
+      const head = resp.ok
+        ? `<span class="big">${esc(what)}</span> → version ${doc.version}`
+        : `<span class="err">${esc(doc.error || "HTTP " + resp.status)}</span>: ${esc(doc.message || "")}`;
+      setResult(resp.ok ? "ok" : "error", `${head} · through server ${m.id} in ${fmtMs(ms)}` + (applied ? " · finding its slot…" : ""));
+      if (!applied) { addHistory(`${what} @${m.id} → ${doc.error || resp.status}`, true); return; }
+      const slot = await findSlot(m, seq);
+      const where = slot == null ? "slot not found in the recent log" : `landed in <span class="slotref">slot ${slot}</span>`;
+      setResult(resp.ok ? "ok" : "error", `${head} · through server ${m.id} in ${fmtMs(ms)} · ${where}`, slot);
+      addHistory(`${what} @${m.id} → ${resp.ok ? "v" + doc.version : doc.error}${slot != null ? ", slot " + slot : ""} (${fmtMs(ms)})`, !resp.ok);
+      if (slot != null) {
+        S.highlight = slot;
+        S.highlightUntil = Date.now() + 8000;
+        scheduleRender();
+      }
+    } finally {
+      S.busy = false;
+      $("try-send").disabled = false;
+    }
+  }
+
+  // -- start -------------------------------------------------------------------
+
+  async function start() {
+    $("try-op").addEventListener("change", onOpChange);
+    $("try-form").addEventListener("submit", sendTry);
+    onOpChange();
+    renderRates();
+    renderCharts();
+    let st = null;
+    while (!st) {
+      try {
+        st = await getJSON(`${location.protocol}//${location.host}/v1/status`, 3000);
+      } catch (e) {
+        $("conn-text").textContent = "this node does not answer; retrying…";
+        await sleep(1000);
+      }
+    }
+    S.homeId = st.id;
+    const home = getMember(st.id, location.host);
+    $("home-node").textContent = String(st.id);
+    $("home-addr").textContent = location.host;
+    addEvent("stream", `page opened on node ${st.id} (${location.host})`);
+    onStatus(home, st);
+    connectStream(st.id);
+    pollStatuses();
+    setInterval(pollStatuses, POLL_STATUS_MS);
+    setInterval(pollViews, POLL_VIEW_MS);
+    setInterval(watchStream, 500);
+    setInterval(sampleRates, 1000);
+    setInterval(renderCharts, 1000);
+    setInterval(scheduleRender, 1000);  // "down for N s" and highlight expiry
+  }
+
+  start();
+})();
