@@ -28,6 +28,7 @@ import click
 from cli.cluster import cluster
 from cli.common import DEFAULT_DATA_DIR, CliError, resolve_endpoints
 from cli.secure import client_security, serve_security_options
+from cli.shell import shell
 from kvpaxos.bench.command import bench
 from kvpaxos.client import (
     BadRequest, Client, KvError, NotFound, OutcomeUnknown, PreconditionFailed, Unauthorized,
@@ -429,6 +430,7 @@ def snapshot_info(file: str) -> None:
 
 
 cli.add_command(cluster)
+cli.add_command(shell)
 cli.add_command(bench)
 
 

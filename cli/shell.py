@@ -1,0 +1,361 @@
+"""`kv shell`: an interactive prompt for a cluster, like the original demo's menu.
+
+Pick a server by number (`server 2`) and every command goes through that one
+node, so you can watch any node accept any request; `server any` goes back to
+all of them with failover. Commands: put, get, delete, cas, list, status,
+server, servers, help, quit. Arguments follow shell quoting (`put k "a b"`).
+
+With a terminal, the prompt has line editing and history (readline, kept in
+~/.kv_history). With piped input there is no prompt or banner, only the
+answers, and the exit status is 1 if any command failed:
+
+    printf 'server 2\\nput a 1\\nget a\\n' | kv shell
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import socket
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+import click
+
+from cli.common import DEFAULT_DATA_DIR, resolve_endpoints
+from kvpaxos.client import (
+    BadRequest, Client, KvError, NotFound, OutcomeUnknown, PreconditionFailed, Unavailable,
+)
+
+HISTORY_FILE = "~/.kv_history"
+HISTORY_LENGTH = 1000
+DEFAULT_TIMEOUT_S = 10.0
+CONNECT_PROBE_S = 0.5
+
+HELP = {
+    "put": ("put KEY VALUE", "set KEY to VALUE; prints the new version"),
+    "get": ("get KEY", "print KEY's value and version (a linearizable read)"),
+    "delete": ("delete KEY", "delete KEY (also: del, rm)"),
+    "cas": ("cas KEY OLD NEW", "set KEY to NEW only if its value is OLD"),
+    "list": ("list [PREFIX] [LIMIT]", "keys and values in key order (also: ls)"),
+    "status": ("status", "every node: role, leader, ballot, chosen and applied slot, up or down"),
+    "server": ("server [N|any]", "send everything through server N (no failover), or through any"),
+    "servers": ("servers", "the servers you can pick, and which are up"),
+    "help": ("help [COMMAND]", "this list, or one command's help"),
+    "quit": ("quit", "leave (also: exit, Ctrl-D)"),
+}
+ALIASES = {"del": "delete", "rm": "delete", "ls": "list", "exit": "quit", "?": "help", "q": "quit"}
+
+
+class ShellError(Exception):
+    """A command failed; the message is shown as one `error: ...` line."""
+
+
+@dataclass
+class Shell:
+    endpoints: str | None
+    data_dir: str
+    timeout_s: float
+    out: Callable[[str], None] = click.echo
+    err: Callable[[str], None] = field(default=lambda text: click.echo(text, err=True))
+    client_options: dict[str, Any] = field(default_factory=dict)  # e.g. token, from `kv --token`
+    server: int | None = None
+    urls: list[str] = field(default_factory=list)
+    client: Client | None = None
+
+    # -- targets ---------------------------------------------------------------
+
+    def numbered(self) -> dict[int, str]:
+        """Server number -> URL, as --server numbers them."""
+        return dict(enumerate(resolve_endpoints(None, self.endpoints, self.data_dir), start=1))
+
+    def pick(self, server: int | None) -> None:
+        if server is None:
+            urls = resolve_endpoints(None, self.endpoints, self.data_dir)
+        else:
+            try:
+                urls = resolve_endpoints(server, self.endpoints, self.data_dir)
+            except click.BadParameter as exc:
+                raise ShellError(exc.message) from None
+        self.close()
+        self.server, self.urls = server, urls
+        self.client = self.make_client(urls, self.timeout_s)
+
+    def make_client(self, urls: list[str], timeout_s: float) -> Client:
+        return Client(urls, timeout_s=timeout_s, **self.client_options)
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+    def target(self) -> str:
+        if self.server is None:
+            return "any server"
+        return f"server {self.server} ({urlsplit(self.urls[0]).netloc})"
+
+    def probe(self, url: str) -> str | None:
+        """None if something listens at url, else why not (refused, no answer)."""
+        parts = urlsplit(url)
+        try:
+            with socket.create_connection((parts.hostname, parts.port or 80), timeout=CONNECT_PROBE_S):
+                return None
+        except ConnectionRefusedError:
+            return "connection refused"
+        except TimeoutError:
+            return f"no answer within {CONNECT_PROBE_S:g} s"
+        except OSError as exc:
+            return exc.strerror or str(exc)
+
+    def kv(self) -> Client:
+        """The client for the chosen target; fails fast if the one chosen server is down."""
+        assert self.client is not None
+        if self.server is not None:
+            why = self.probe(self.urls[0])
+            if why is not None:
+                raise ShellError(f"{self.target()} is down ({why}); pick another with "
+                                 f"`server N` or `server any`")
+        return self.client
+
+    def describe(self, exc: KvError, key: str | None) -> str:
+        about = f"key {key!r}" if key is not None else "the request"
+        if isinstance(exc, NotFound):
+            return f"{about} not found"
+        if isinstance(exc, PreconditionFailed):
+            return f"not changed: the current value of {about} is not the one given"
+        if isinstance(exc, OutcomeUnknown):
+            return f"{self.target()} could not say whether the write was applied: {exc.message}"
+        if isinstance(exc, Unavailable):
+            hint = "" if self.server is None else "; try another with `server N` or `server any`"
+            return f"{self.target()} could not serve {about}: {exc.message}{hint}"
+        if isinstance(exc, BadRequest):
+            return f"bad request for {about}: {exc.message}"
+        return f"{about} failed: {exc.code}: {exc.message}"
+
+    # -- commands ----------------------------------------------------------------
+
+    def run(self, line: str) -> bool:
+        """Run one command line; False when the shell should stop. Raises ShellError."""
+        try:
+            words = shlex.split(line, comments=True)
+        except ValueError as exc:
+            raise ShellError(f"cannot parse that line: {exc}") from None
+        if not words:
+            return True
+        name, args = ALIASES.get(words[0].lower(), words[0].lower()), words[1:]
+        if name == "quit":
+            return False
+        handler = getattr(self, f"do_{name}", None)
+        if handler is None:
+            raise ShellError(f"unknown command {words[0]!r}; type `help` for the list")
+        handler(args)
+        return True
+
+    def _arity(self, name: str, args: list[str], low: int, high: int) -> None:
+        if not low <= len(args) <= high:
+            raise ShellError(f"usage: {HELP[name][0]}")
+
+    def _call(self, key: str | None, fn: Callable[[Client], Any]) -> Any:
+        try:
+            return fn(self.kv())
+        except KvError as exc:
+            raise ShellError(self.describe(exc, key)) from None
+
+    def do_help(self, args: list[str]) -> None:
+        if args:
+            name = ALIASES.get(args[0].lower(), args[0].lower())
+            if name not in HELP:
+                raise ShellError(f"no command {args[0]!r}")
+            usage, text = HELP[name]
+            self.out(f"{usage}\n    {text}")
+            return
+        width = max(len(u) for u, _ in HELP.values())
+        self.out("\n".join(f"  {usage.ljust(width)}  {text}" for usage, text in HELP.values()))
+        self.out(f"Now talking to {self.target()}. Quote values with spaces: put k \"a b\".")
+
+    def do_put(self, args: list[str]) -> None:
+        self._arity("put", args, 2, 2)
+        version = self._call(args[0], lambda kv: kv.put(args[0], args[1]))
+        self.out(f"OK (version {version})")
+
+    def do_get(self, args: list[str]) -> None:
+        self._arity("get", args, 1, 1)
+        entry = self._call(args[0], lambda kv: kv.get(args[0]))
+        self.out(f"{json.dumps(entry.value, ensure_ascii=False)} (version {entry.version})")
+
+    def do_delete(self, args: list[str]) -> None:
+        self._arity("delete", args, 1, 1)
+        self._call(args[0], lambda kv: kv.delete(args[0]))
+        self.out("OK (deleted)")
+
+    def do_cas(self, args: list[str]) -> None:
+        self._arity("cas", args, 3, 3)
+        version = self._call(args[0], lambda kv: kv.cas(args[0], args[1], args[2]))
+        self.out(f"OK (version {version})")
+
+    def do_list(self, args: list[str]) -> None:
+        self._arity("list", args, 0, 2)
+        prefix = args[0] if args else ""
+        if len(args) > 1 and not (args[1].isdigit() and 1 <= int(args[1]) <= 10_000):
+            raise ShellError("LIMIT must be a number from 1 to 10000")
+        limit = int(args[1]) if len(args) > 1 else 100
+        entries, more = self._call(None, lambda kv: kv.list_page(prefix, limit))
+        for e in entries:
+            self.out(f"{e.key}\t{json.dumps(e.value, ensure_ascii=False)}")
+        if not entries:
+            self.out("(no keys)" if not prefix else f"(no keys start with {prefix!r})")
+        if more:
+            self.out(f"(more keys match; showing the first {len(entries)})")
+
+    def do_status(self, args: list[str]) -> None:
+        self._arity("status", args, 0, 0)
+        from cli.main import format_status_table  # cli.main registers this command
+
+        # Through every known node, so that one server down does not hide the others.
+        with self.make_client(resolve_endpoints(None, self.endpoints, self.data_dir),
+                              min(self.timeout_s, 2.0)) as everyone:
+            nodes = everyone.cluster_status()
+        self.out(format_status_table(nodes))
+        if not any(n.get("up") for n in nodes):
+            raise ShellError("no node is reachable")
+
+    def do_servers(self, args: list[str]) -> None:
+        self._arity("servers", args, 0, 0)
+        for number, url in self.numbered().items():
+            why = self.probe(url)
+            mark = "*" if number == self.server else " "
+            self.out(f"{mark} {number}  {urlsplit(url).netloc}  {'up' if why is None else 'down (' + why + ')'}")
+        if self.server is None:
+            self.out("  (talking to any server; pick one with `server N`)")
+
+    def do_server(self, args: list[str]) -> None:
+        self._arity("server", args, 0, 1)
+        if not args:
+            self.out(f"talking to {self.target()}")
+            return
+        choice = args[0].lower()
+        if choice in ("any", "all", "*"):
+            self.pick(None)
+            self.out("talking to any server (a down one is skipped)")
+            return
+        if not choice.isdigit() or int(choice) < 1:
+            raise ShellError("usage: server N (a server number) or server any")
+        self.pick(int(choice))
+        why = self.probe(self.urls[0])
+        if why is not None:
+            self.out(f"talking to {self.target()}, which is down ({why})")
+            return
+        try:
+            with self.make_client(self.urls, 1.0) as one:
+                st = one.status(self.urls[0])
+            leader = st.get("leader")
+            role = st.get("role", "?")
+            lead = "it leads" if leader == st.get("id") and role == "leader" else (
+                f"leader is node {leader}" if leader is not None else "no leader known yet")
+            self.out(f"talking to {self.target()}: node {st.get('id')}, {role}, {lead}")
+        except KvError as exc:
+            self.out(f"talking to {self.target()} (status unavailable: {exc.message})")
+
+
+# -- the prompt -------------------------------------------------------------------
+
+
+def _client_options(root_params: dict[str, Any]) -> dict[str, Any]:
+    """Client keyword arguments from the group's security options (--token, --ca-file),
+    when this installation has them."""
+    try:
+        from cli.secure import client_security
+    except ImportError:
+        return {}
+    return client_security(root_params)
+
+
+def _setup_readline() -> Callable[[], None]:
+    """Line editing, history and command completion; returns the function that saves history."""
+    try:
+        import readline
+    except ImportError:
+        return lambda: None
+    path = os.path.expanduser(HISTORY_FILE)
+    try:
+        readline.read_history_file(path)
+    except (OSError, ValueError):
+        pass
+    readline.set_history_length(HISTORY_LENGTH)
+    names = sorted(set(HELP) | set(ALIASES))
+
+    def complete(text: str, state: int) -> str | None:
+        if readline.get_line_buffer().lstrip() != text:
+            return None  # complete command names only
+        matches = [n + " " for n in names if n.startswith(text)]
+        return matches[state] if state < len(matches) else None
+
+    readline.set_completer(complete)
+    readline.parse_and_bind("tab: complete")
+
+    def save() -> None:
+        try:
+            readline.write_history_file(path)
+        except OSError:
+            pass
+    return save
+
+
+@click.command(short_help="Interactive prompt: pick a server, then put/get/...")
+@click.option("--server", "-s", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Start talking to server N only (change it with `server N` at the prompt).")
+@click.option("--endpoints", "-e", default=None, metavar="URL,...",
+              help="Comma-separated node URLs or HOST:PORTs.")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help=f"Directory of the local cluster (holds cluster.json) [default: ./{DEFAULT_DATA_DIR}].")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              metavar="SECONDS", help=f"Give up a request after this long [default: {DEFAULT_TIMEOUT_S:g}].")
+@click.pass_context
+def shell(ctx: click.Context, server: int | None, endpoints: str | None, data_dir: str | None,
+          timeout: float | None) -> None:
+    """Interactive prompt: pick a server number, then put/get/delete/cas/list/status."""
+    root = ctx.find_root().params
+    sh = Shell(endpoints=endpoints or root.get("endpoints"),
+               data_dir=data_dir or root.get("data_dir") or DEFAULT_DATA_DIR,
+               timeout_s=timeout or root.get("timeout") or DEFAULT_TIMEOUT_S,
+               client_options=_client_options(root))
+    server = server or root.get("server")
+    interactive = sys.stdin.isatty()
+    failed = False
+    sh.pick(None)
+    if server is not None:
+        try:
+            sh.run(f"server {server}")
+        except ShellError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--server'") from None
+    save_history = _setup_readline() if interactive else (lambda: None)
+    if interactive:
+        servers = ", ".join(f"{n} = {urlsplit(u).netloc}" for n, u in sh.numbered().items())
+        sh.out(f"kvpaxos shell. Servers: {servers}.\n"
+               f"Talking to {sh.target()}. Type `help` for commands, `quit` to leave.")
+    try:
+        while True:
+            try:
+                line = input(f"kv[{sh.server or 'any'}]> " if interactive else "")
+            except EOFError:
+                if interactive:
+                    sh.out("")
+                break
+            except KeyboardInterrupt:
+                sh.out("")  # Ctrl-C drops the line, as in a shell
+                continue
+            try:
+                if not sh.run(line):
+                    break
+            except ShellError as exc:
+                failed = True
+                sh.err(f"error: {exc}")
+            except KeyboardInterrupt:
+                sh.err("interrupted")
+    finally:
+        save_history()
+        sh.close()
+    if failed and not interactive:
+        ctx.exit(1)

@@ -1,0 +1,134 @@
+"""`kv shell` end to end: the real command, stdin piped, against a real 3-node cluster."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def kv_shell(cluster, script: str, *args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
+    endpoints = ",".join(f"127.0.0.1:{cluster.ports[i]}" for i in cluster.ids)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("KV_ENDPOINTS", None)
+    return subprocess.run([sys.executable, "-m", "cli.main", "shell", "--endpoints", endpoints, *args],
+                          input=script, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout_s)
+
+
+def test_pick_a_server_and_use_every_command(cluster):
+    leader = cluster.wait_for_leader()
+    follower = next(i for i in cluster.ids if i != leader)
+    result = kv_shell(cluster, "\n".join([
+        f"server {follower}",
+        "put a 1",
+        "get a",
+        "put 'two words' \"hello world\"",
+        "get 'two words'",
+        "cas a 1 2",
+        "cas a 1 3",  # fails: a is 2 now
+        "list",
+        "delete a",
+        "get a",  # fails: deleted
+        "server",
+        "status",
+        "help cas",
+        "quit",
+        "put never run",  # after quit
+    ]) + "\n")
+    out, err = result.stdout, result.stderr
+    assert result.returncode == 1, (out, err)  # two commands failed, on purpose
+    assert f"talking to server {follower} (127.0.0.1:{cluster.ports[follower]}): node {follower}, follower, leader is node {leader}" in out
+    assert out.count("OK (version") == 3
+    assert '"1" (version' in out and '"hello world" (version' in out
+    assert "two words\t\"hello world\"" in out and "a\t\"2\"" in out
+    assert "OK (deleted)" in out
+    assert "error: not changed: the current value of key 'a' is not the one given" in err
+    assert "error: key 'a' not found" in err
+    assert f"talking to server {follower} (127.0.0.1:{cluster.ports[follower]})" in out.splitlines()
+    assert "ROLE" in out and "leader" in out  # the status table
+    assert "cas KEY OLD NEW" in out
+    assert "never" not in out + err
+    # The values really are in the cluster, whichever node is asked.
+    assert cluster.get(leader, "two words").body["value"] == "hello world"
+
+
+def test_a_down_server_is_reported_clearly_and_another_can_be_picked(cluster):
+    cluster.wait_for_leader()
+    cluster.kill(3)
+    started = time.monotonic()
+    result = kv_shell(cluster, "server 3\nput k v\nservers\nserver any\nput k v\nget k\nserver 1\nget k\n")
+    assert time.monotonic() - started < 30
+    out, err = result.stdout, result.stderr
+    port3 = cluster.ports[3]
+    assert f"talking to server 3 (127.0.0.1:{port3}), which is down (connection refused)" in out
+    assert (f"error: server 3 (127.0.0.1:{port3}) is down (connection refused); pick another with "
+            "`server N` or `server any`") in err
+    assert f"3  127.0.0.1:{port3}  down (connection refused)" in out
+    assert "talking to any server" in out
+    assert out.count('"v" (version') == 2
+    assert result.returncode == 1  # the put through server 3 failed
+
+
+def test_usage_errors(cluster):
+    result = kv_shell(cluster, "server 7\nserver x\nput onlykey\nfrobnicate\nput 'unclosed\n")
+    err = result.stderr
+    assert "error: there is no server 7 in --endpoints (it has 1, 2, 3)" in err
+    assert "error: usage: server N (a server number) or server any" in err
+    assert "error: usage: put KEY VALUE" in err
+    assert "error: unknown command 'frobnicate'; type `help` for the list" in err
+    assert "error: cannot parse that line" in err
+    assert result.returncode == 1
+    bad_start = kv_shell(cluster, "", "--server", "9")
+    assert bad_start.returncode == 2 and "no server 9" in bad_start.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+def test_interactive_prompt_with_history(cluster, tmp_path):
+    """With a terminal: a banner, a prompt naming the server, and history saved on exit."""
+    import pty
+    import select
+
+    cluster.wait_for_leader()
+    endpoints = ",".join(f"127.0.0.1:{cluster.ports[i]}" for i in cluster.ids)
+    env = dict(os.environ, HOME=str(tmp_path), TERM="dumb", PYTHONUNBUFFERED="1")
+    env.pop("KV_ENDPOINTS", None)
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the real command on the terminal
+        os.chdir(REPO_ROOT)
+        os.execvpe(sys.executable, [sys.executable, "-m", "cli.main", "shell", "--endpoints",
+                                    endpoints, "--server", "2"], env)
+    seen = b""
+
+    def read_until(marker: bytes, timeout_s: float = 20.0) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + timeout_s
+        while marker not in seen:
+            left = deadline - time.monotonic()
+            assert left > 0, f"no {marker!r} in {seen.decode(errors='replace')!r}"
+            ready, _, _ = select.select([fd], [], [], left)
+            if ready:
+                try:
+                    seen += os.read(fd, 4096)
+                except OSError:
+                    break
+
+    try:
+        read_until(b"kv[2]> ")
+        assert b"kvpaxos shell. Servers: 1 = " in seen
+        os.write(fd, b"put hello world\n")
+        read_until(b"OK (version")
+        os.write(fd, b"server any\n")
+        read_until(b"kv[any]> ")
+        os.write(fd, b"quit\n")
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        os.close(fd)
+    history = (tmp_path / ".kv_history").read_text()
+    assert "put hello world" in history and "server any" in history
