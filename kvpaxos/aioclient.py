@@ -118,6 +118,10 @@ class AsyncClient:
                 headers["Authorization"] = f"Bearer {self.token}"
             connector = aiohttp.TCPConnector(ssl=self._ssl) if self._ssl is not None else None
             self._http = aiohttp.ClientSession(headers=headers, connector=connector)
+            # aiohttp silently resends a PUT/DELETE once when its connection breaks and
+            # reports only the second attempt's error: a write the node applied could
+            # then look "certainly not applied". Resends are this client's decision.
+            self._http._retry_connection = False
         return self._http
 
     async def _write(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:

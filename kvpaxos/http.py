@@ -7,17 +7,18 @@ never a 500, and never reaches the log.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from typing import Any, Awaitable, Callable
+from typing import Awaitable, Callable
 
 from aiohttp import web
 
-from kvpaxos.core.commands import DELETE, KEY_BYTES_MAX, PUT, Command, Result
-from kvpaxos.errors import (BadRequest, InvalidJson, InvalidKey, KvError, NoQuorum, NotFound,
+from kvpaxos.core.commands import DELETE, PUT, Command, Result
+from kvpaxos.errors import (BadRequest, KvError, NoQuorum, NotFound,
                             PreconditionFailed, ValueTooLarge)
 from kvpaxos.dashboard import setup_dashboard
+from kvpaxos.batch import run_batch
 from kvpaxos.node import Node
+from kvpaxos.parse import field, json_body, key_of
 from kvpaxos.transport import PeerTransport
 from kvpaxos import metrics, security
 
@@ -52,62 +53,22 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
 
 
 def _key(request: web.Request) -> str:
-    key = request.match_info["key"]
-    if not key or len(key.encode("utf-8", "surrogatepass")) > KEY_BYTES_MAX:
-        raise InvalidKey(f"keys must be 1 to {KEY_BYTES_MAX} bytes of UTF-8")
-    try:
-        key.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidKey("keys must be valid UTF-8") from None
-    return key
-
-
-async def _json_body(request: web.Request, required: bool) -> dict[str, Any]:
-    raw = await request.read()
-    if not raw.strip():
-        if required:
-            raise InvalidJson("a JSON object body is required")
-        return {}
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise InvalidJson(f"body is not valid JSON: {e}") from None
-    if not isinstance(body, dict):
-        raise InvalidJson("body must be a JSON object")
-    return body
-
-
-def _field(body: dict, name: str, kind: type, optional: bool = True) -> Any:
-    value = body.get(name)
-    if value is None:
-        if optional:
-            return None
-        raise BadRequest(f"field {name!r} is required")
-    if type(value) is not kind:
-        raise BadRequest(f"field {name!r} must be a {kind.__name__}")
-    if kind is int and value < 0:
-        raise BadRequest(f"field {name!r} must not be negative")
-    if kind is str:
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise BadRequest(f"field {name!r} must be valid UTF-8") from None
-    return value
+    return key_of(request.match_info["key"])
 
 
 def _command(node: Node, op: str, key: str, body: dict) -> Command:
-    value = _field(body, "value", str, optional=op != PUT)
+    value = field(body, "value", str, optional=op != PUT)
     limit = node.config.value_bytes_max
     for name in ("value", "if_value"):
         v = body.get(name)
         if isinstance(v, str) and len(v.encode("utf-8", "surrogatepass")) > limit:
             raise ValueTooLarge(f"{name} exceeds {limit} bytes")
-    client_id = _field(body, "client_id", str)
-    seq = _field(body, "seq", int)
+    client_id = field(body, "client_id", str)
+    seq = field(body, "seq", int)
     if (client_id is None) != (seq is None) or (client_id is not None and (not client_id or seq < 1)):
         raise BadRequest("client_id (non-empty) and seq (>= 1) come together")
-    return Command(op, key, value if op == PUT else None, _field(body, "if_value", str),
-                   _field(body, "if_version", int), client_id, seq or 0, node.new_cmd_id())
+    return Command(op, key, value if op == PUT else None, field(body, "if_value", str),
+                   field(body, "if_version", int), client_id, seq or 0, node.new_cmd_id())
 
 
 def _check(result: Result, key: str) -> Result:
@@ -142,7 +103,7 @@ async def get_key(request: web.Request) -> web.Response:
 async def put_key(request: web.Request) -> web.Response:
     key = _key(request)
     node = request.app[NODE]
-    cmd = _command(node, PUT, key, await _json_body(request, required=True))
+    cmd = _command(node, PUT, key, await json_body(request, required=True))
     result = _check(await node.submit(cmd), key)
     return web.json_response({"key": key, "version": result.version})
 
@@ -150,7 +111,7 @@ async def put_key(request: web.Request) -> web.Response:
 async def delete_key(request: web.Request) -> web.Response:
     key = _key(request)
     node = request.app[NODE]
-    cmd = _command(node, DELETE, key, await _json_body(request, required=False))
+    cmd = _command(node, DELETE, key, await json_body(request, required=False))
     result = _check(await node.submit(cmd), key)
     return web.json_response({"key": key, "deleted": True, "version": result.version})
 
@@ -164,6 +125,12 @@ async def list_keys(request: web.Request) -> web.Response:
     items, more = node.kv.scan(prefix, int(raw_limit))
     return web.json_response({"items": [{"key": k, "value": v, "version": ver} for k, v, ver in items],
                               "more": more})
+
+
+async def post_batch(request: web.Request) -> web.Response:
+    """Many operations in one request; semantics in kvpaxos/batch.py."""
+    body = await json_body(request, required=True)
+    return web.json_response(await run_batch(request.app[NODE], body))
 
 
 async def status(request: web.Request) -> web.Response:
@@ -235,6 +202,7 @@ def init_app(node: Node, transport: PeerTransport) -> web.Application:
     app.router.add_put("/v1/kv/{key:.*}", put_key)
     app.router.add_delete("/v1/kv/{key:.*}", delete_key)
     app.router.add_get("/v1/kv", list_keys)
+    app.router.add_post("/v1/batch", post_batch)
     app.router.add_get("/v1/status", status)
     app.router.add_get("/v1/snapshot", get_snapshot)
     app.router.add_get("/metrics", get_metrics)

@@ -47,6 +47,10 @@ from kvpaxos.snapshotter import Snapshotter
 from storage.base import Storage, Writes
 
 log = logging.getLogger("kvpaxos.node")
+
+# A Prepare leaves only once the candidate's own promise of its ballot is durable
+# (so a restart never reuses a ballot); Promise and Accepted report acceptor state.
+_AFTER_COMMIT = (m.Prepare, m.Promise, m.Accepted)
 UNDECIDED = -1  # storage's rebuilding mark while a new data directory waits for the peers' answers
 
 Send = Callable[[int, m.Message], bool]  # False: certainly not sent
@@ -106,6 +110,7 @@ class Node:
         self._ticker: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_leader: int | None = None
+        self._leader_change: asyncio.Future | None = None
         self._http: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task] = set()
 
@@ -210,7 +215,7 @@ class Node:
         for msg in msgs:
             self.counters[f"recv_{type(msg).__name__}"] += 1
             if isinstance(msg, m.ClientRequest):
-                self._on_client_request(src, msg.command)
+                self._on_client_request(src, msg.commands)
             elif isinstance(msg, m.ClientReply):
                 self._on_slot_known(msg.cmd_id, msg.slot)
             else:
@@ -222,11 +227,17 @@ class Node:
 
     async def submit(self, cmd: Command) -> Result:
         """Get cmd chosen and applied; its Result, or NoQuorum / OutcomeUnknown."""
+        return (await self.submit_group((cmd,)))[0]
+
+    async def submit_group(self, cmds: tuple[Command, ...]) -> list[Result]:
+        """Get cmds chosen together in one slot and applied, in order; their Results."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.request_timeout_s
         retry_s = self.config.election_ticks * self.config.tick_ms / 1000
-        waiter = self._waiters.setdefault(cmd.cmd_id, _Waiter(loop.create_future()))
-        maybe_taken = False
+        waiters = [self._waiter(c.cmd_id) for c in cmds]
+        maybe_taken = False  # some attempt may still be chosen
+        earlier_pending = False  # an attempt before the latest one may still be chosen
+        exactly_once = cmds[0].client_id is not None
         try:
             while (remaining := deadline - loop.time()) > 0:
                 leader = self.replica.leader_id
@@ -234,30 +245,51 @@ class Node:
                     await asyncio.sleep(self.config.tick_ms / 1000)
                     continue
                 if leader == self.id:
-                    self.replica.propose(cmd)
+                    self.replica.propose(cmds)
                     self._wake()
-                elif not self._forward(leader, m.ClientRequest(cmd)):
+                elif not self._forward(leader, m.ClientRequest(cmds)):
                     await asyncio.sleep(self.config.tick_ms / 1000)  # link down: not sent
                     continue
                 maybe_taken = True
-                # Without a client id a resend could apply twice: wait for this attempt.
-                wait_s = remaining if cmd.client_id is None else min(remaining, 4 * retry_s)
-                try:
-                    result = await asyncio.wait_for(asyncio.shield(waiter.future), wait_s)
-                except TimeoutError:
+                outcome = asyncio.gather(*(w.future for w in waiters))
+                if exactly_once:
+                    # Resending is safe: go again after a while, or at once when the leader changes.
+                    done, _ = await asyncio.wait({outcome, self._next_leader_change()},
+                                                 timeout=min(remaining, 4 * retry_s),
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                else:
+                    # Without a client id a resend could apply twice: wait for this attempt.
+                    done, _ = await asyncio.wait({outcome}, timeout=remaining)
+                if outcome not in done:
+                    earlier_pending = True
                     continue
-                if result is not None:
-                    return result
-                maybe_taken = False  # certainly not applied: safe to send again
-                waiter = self._waiters.setdefault(cmd.cmd_id, _Waiter(loop.create_future()))
+                results = outcome.result()
+                if all(r is not None for r in results):
+                    return results
+                # This attempt's slot went to other commands, so it is certainly not
+                # applied; an earlier attempt that timed out may still be.
+                maybe_taken = earlier_pending
+                waiters = [self._waiter(c.cmd_id) for c in cmds]
                 await asyncio.sleep(self.config.tick_ms / 1000)
         finally:
-            if self._waiters.get(cmd.cmd_id) is waiter and not waiter.future.done():
-                del self._waiters[cmd.cmd_id]
+            for c, w in zip(cmds, waiters):
+                if self._waiters.get(c.cmd_id) is w and not w.future.done():
+                    del self._waiters[c.cmd_id]
         if maybe_taken:
             raise OutcomeUnknown("the command may or may not have been applied; "
                                  "retry with the same client_id and seq to find out")
         raise NoQuorum("no leader could be reached", retry_after_s=1)
+
+    def _next_leader_change(self) -> asyncio.Future:
+        if self._leader_change is None or self._leader_change.done():
+            self._leader_change = asyncio.get_running_loop().create_future()
+        return self._leader_change
+
+    def _waiter(self, cmd_id: str) -> _Waiter:
+        waiter = self._waiters.get(cmd_id)
+        if waiter is None or waiter.future.done():
+            waiter = self._waiters[cmd_id] = _Waiter(asyncio.get_running_loop().create_future())
+        return waiter
 
     async def linearizable_point(self) -> None:
         """Return once local state reflects every write completed before the call (read-index)."""
@@ -295,11 +327,15 @@ class Node:
 
     # -- leader-side forwarding -----------------------------------------------
 
-    def _on_client_request(self, src: int, cmd: Command) -> None:
-        if self.replica.propose(cmd):
-            self._remote_cmds[cmd.cmd_id] = src
+    def _on_client_request(self, src: int, cmds: tuple[Command, ...]) -> None:
+        if not cmds:
+            return
+        if self.replica.propose(cmds):
+            for cmd in cmds:
+                self._remote_cmds[cmd.cmd_id] = src
         else:
-            self.send_peer(src, m.ClientReply(cmd.cmd_id, 0))
+            for cmd in cmds:
+                self.send_peer(src, m.ClientReply(cmd.cmd_id, 0))
 
     def _on_slot_known(self, cmd_id: str, slot: int) -> None:
         """The command went into `slot` (0: it was not taken and may be resent)."""
@@ -340,18 +376,23 @@ class Node:
         self._note_leader()
         self.counters["commands_proposed"] += len(ready.proposed)
         self.counters["slots_chosen"] += len(ready.chosen)
+        # Only messages that report or depend on this node's acceptor state wait for
+        # the group commit; the rest (Accept, heartbeats, commits, catch-up, replies to
+        # forwarding peers) leave now, so the leader's fsync and its followers' overlap.
+        send_now = [(dst, msg) for dst, msg in ready.messages if not isinstance(msg, _AFTER_COMMIT)]
+        self._open_messages.extend((dst, msg) for dst, msg in ready.messages
+                                   if isinstance(msg, _AFTER_COMMIT))
         for cmd_id, slot in ready.proposed.items():
             origin = self._remote_cmds.pop(cmd_id, None)
             if origin is not None:
-                self._open_messages.append((origin, m.ClientReply(cmd_id, slot)))
+                send_now.append((origin, m.ClientReply(cmd_id, slot)))
             self._on_slot_known(cmd_id, slot)
         for cmd in ready.dropped:
             origin = self._remote_cmds.pop(cmd.cmd_id, None)
             if origin is not None:
-                self._open_messages.append((origin, m.ClientReply(cmd.cmd_id, 0)))
+                send_now.append((origin, m.ClientReply(cmd.cmd_id, 0)))
             self._resolve(cmd.cmd_id, None)
         self._open_writes.merge(Writes(ready.promised, ready.accepted, ready.chosen))
-        self._open_messages.extend(ready.messages)
         self._apply(ready)
         if ready.snapshot_from is not None and self._http is not None:
             self._spawn(self.snapshots.fetch_and_install(self, ready.snapshot_from, self._http))
@@ -364,6 +405,7 @@ class Node:
             future = self._read_waiters.get(read_id)
             if future is not None and not future.done():
                 future.set_result(index)
+        self._send_all(send_now)
         self._commit_or_send()
 
     def _apply(self, ready: Ready) -> None:
@@ -428,6 +470,8 @@ class Node:
         leader = self.replica.leader_id
         if leader != self._last_leader:
             self._last_leader = leader
+            if self._leader_change is not None and not self._leader_change.done():
+                self._leader_change.set_result(leader)
             if leader is not None:
                 self.counters["leader_changes"] += 1
                 log.info("leader changed", extra=fields(leader=leader, ballot=str(self.replica.ballot),
