@@ -141,7 +141,7 @@ async def status(request: web.Request) -> web.Response:
     reachable = transport.reachable()
     body["peers"] = {str(p): {"address": f"{h}:{pt}", "reachable": reachable.get(p, False)}
                      for p, (h, pt) in sorted(node.config.cluster.items()) if p != node.id}
-    body["storage"] = node.storage.describe()
+    body["storage"] = await node.run_on_disk(node.storage.describe)  # reads live pragmas: off the loop
     return web.json_response(body)
 
 

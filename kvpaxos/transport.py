@@ -148,6 +148,7 @@ class PeerTransport:
         self.cluster = cluster
         self.deliver = deliver
         self.links: dict[int, PeerLink] = {}
+        self.inbound: set[web.WebSocketResponse] = set()
         self.session: aiohttp.ClientSession | None = None
         self.counters: Counter[str] = Counter()
         self.handshake = Handshake(secret, self_id) if secret is not None else None
@@ -169,6 +170,8 @@ class PeerTransport:
         for link in self.links.values():
             if link.task is not None:
                 link.task.cancel()
+        for ws in list(self.inbound):  # else shutdown waits for peers to hang up
+            await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY)
         if self.session is not None:
             await self.session.close()
 
@@ -199,10 +202,14 @@ class PeerTransport:
                 await ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION, message=b"authentication failed")
                 return ws
         self.counters["links_up_inbound"] += 1
-        async for frame in ws:
-            if frame.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-                continue
-            self._on_frame(peer, frame.data)
+        self.inbound.add(ws)
+        try:
+            async for frame in ws:
+                if frame.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                    continue
+                self._on_frame(peer, frame.data)
+        finally:
+            self.inbound.discard(ws)
         return ws
 
     async def _check_dialer(self, ws: web.WebSocketResponse, peer: int) -> None:
