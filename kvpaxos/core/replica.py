@@ -7,7 +7,10 @@ delivering any message addressed to this node itself), then apply its chosen
 slots in order. Nothing here does I/O; randomness comes from the Random passed in.
 
 Roles are follower, candidate and leader. Candidate and leader share a
-LeaderState for their ballot; a higher ballot seen anywhere ends it (rule 8).
+LeaderState for their ballot; a higher ballot seen anywhere ends it (rule 8),
+except that while a leader is alive, it and its followers refuse a rival's
+Prepare instead of promising it (leader stickiness); the rival's ballot, once
+in use, reaches the leader in an Accept, Commit, Heartbeat or Reject and ends it.
 
 Snapshots: compact(slot) forgets log below a durable snapshot; a peer asking
 for forgotten slots is told to install a snapshot (Ready.snapshot_from), and
@@ -18,6 +21,11 @@ promises, accepts nor acknowledges heartbeats; it learns chosen values by
 catch-up until it sees a slot chosen under a ballot of a round above
 rebuild_round, proposed fresh after that ballot began (Paxos Made Live, 5.1).
 Then it votes again (Ready.became_voter tells the runtime to record that).
+This is safe only if rebuild_round is at least every round the node may have
+promised before it lost its state. Every peer must be asked, not a majority: a
+candidate may hold the lost promise while no member of some majority has seen
+its round, and then win phase 1 with it after this node voted under a lower
+ballot (tests/core/test_replica.py has the five-node case).
 """
 from __future__ import annotations
 

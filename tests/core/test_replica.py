@@ -762,3 +762,149 @@ def test_batch_carries_the_leader_clock_for_session_expiry() -> None:
     ready = net.flush(1)
     [slot] = ready.proposed.values()
     assert ready.accepted[slot][1].ts_ms == 12345
+
+
+# -- compaction, snapshots and rebuilding after a disk loss -------------------------------
+
+
+def test_candidate_behind_a_compacted_log_steps_down_and_catches_up() -> None:
+    net = Net()
+    ballot = net.campaign(1)
+    net.flush(1)
+    net.queue.clear()
+    r = net.nodes[1]
+    r.step(2, m.Promise(ballot, 1, (), compacted_through=5))
+    assert r.role is Role.FOLLOWER  # slots 1..5 are forgotten at node 2: it must not lead
+    requests = [(d, x) for d, x in net.flush(1).messages if isinstance(x, m.CatchUpRequest)]
+    assert requests and requests[0][0] == 2 and requests[0][1].from_slot == 1
+
+
+def test_catch_up_below_the_compacted_log_is_answered_with_the_snapshot_slot() -> None:
+    r = Replica(1, (1, 2, 3), CONFIG, random.Random(0), chosen={s: X for s in range(1, 7)})
+    assert [s for s, _ in r.take_ready().apply] == [1, 2, 3, 4, 5, 6]
+    r.compact(4)
+    r.step(2, m.CatchUpRequest(2, 5))
+    assert r.take_ready().messages == [(2, m.CatchUpReply((), 4))]
+    r.step(2, m.CatchUpRequest(5, 9))
+    assert r.take_ready().messages == [(2, m.CatchUpReply((m.ChosenEntry(5, X), m.ChosenEntry(6, X))))]
+
+
+def test_a_snapshot_beyond_what_we_know_is_requested_then_installed() -> None:
+    r = Replica(2, (1, 2, 3), CONFIG, random.Random(0))
+    r.step(1, m.Commit(Ballot(1, 1), 12))
+    r.take_ready()
+    r.step(1, m.CatchUpReply((), 10))
+    ready = r.take_ready()
+    assert ready.snapshot_from == 1
+    r.install_snapshot(10)
+    assert r.learner.applied_through == 10
+    r.step(1, m.CatchUpReply((m.ChosenEntry(11, X), m.ChosenEntry(12, Y))))
+    assert r.take_ready().apply == [(11, X), (12, Y)]
+
+
+def rebuilding_replica(rebuild_round: int = 3) -> Replica:
+    return Replica(2, (1, 2, 3), CONFIG, random.Random(0), voting=False, rebuild_round=rebuild_round)
+
+
+def test_a_rebuilding_node_neither_promises_accepts_acks_nor_campaigns() -> None:
+    r = rebuilding_replica()
+    b = Ballot(4, 1)
+    r.step(1, m.Prepare(b, 1))
+    r.step(1, m.Accept(b, 1, X))
+    r.step(1, m.Heartbeat(b, 0, 1))
+    ready = r.take_ready()
+    assert not [x for _, x in ready.messages if isinstance(x, (m.Promise, m.Accepted, m.HeartbeatAck))]
+    assert ready.promised is None and ready.accepted == {}
+    assert r.acceptor.promised == ZERO and r.leader_id == 1  # it follows the leader all the same
+    for _ in range(4 * CONFIG.election_ticks):
+        r.tick()
+    assert r.role is Role.FOLLOWER and r.elections == 0
+
+
+def test_a_rebuilding_node_asks_a_leader_of_an_old_round_for_a_new_ballot() -> None:
+    r = rebuilding_replica(rebuild_round=3)
+    r.step(1, m.Heartbeat(Ballot(3, 1), 0, 1))
+    assert (1, m.Rebuilding(3)) in r.take_ready().messages
+    net = Net()
+    old = net.elect(1)
+    net.queue.clear()
+    net.nodes[1].step(2, m.Rebuilding(old.round + 2))
+    assert net.nodes[1].role is Role.CANDIDATE
+    assert net.nodes[1].ballot.round > old.round + 2
+
+
+def test_a_rebuilding_node_votes_again_once_it_knows_a_fresh_slot_chosen_under_a_newer_ballot() -> None:
+    r = rebuilding_replica(rebuild_round=3)
+    b = Ballot(4, 1)
+    r.step(1, m.Commit(b, 2, 2))  # slot 2 was proposed fresh under 4.1 and is chosen
+    ready = r.take_ready()
+    assert not ready.became_voter and not r.voting  # it does not know slots 1..2 yet
+    assert (1, m.CatchUpRequest(1, 2)) in ready.messages
+    r.step(1, m.CatchUpReply((m.ChosenEntry(1, X), m.ChosenEntry(2, NOOP))))
+    ready = r.take_ready()
+    assert ready.became_voter and r.voting
+    r.step(1, m.Prepare(Ballot(5, 1), 3))
+    assert any(isinstance(x, m.Promise) for _, x in r.take_ready().messages)
+
+
+def test_a_commit_under_the_rebuild_round_does_not_make_a_voter() -> None:
+    r = rebuilding_replica(rebuild_round=3)
+    r.step(1, m.Commit(Ballot(3, 1), 2, 2))
+    r.step(1, m.CatchUpReply((m.ChosenEntry(1, X), m.ChosenEntry(2, NOOP))))
+    assert not r.take_ready().became_voter and not r.voting
+
+
+def forgotten_promise_scenario(horizon_from: tuple[int, ...]) -> dict[int, set[Batch]]:
+    """Five nodes. Candidate 3 holds a promise from node 5; node 5 then loses its disk and
+    rebuilds with a horizon taken from the promises of `horizon_from`. Node 1 leads at a
+    lower ballot, node 5 votes again, and a command is proposed while node 2 is cut off.
+    Node 2 then promises candidate 3, which completes phase 1 with node 5's lost promise.
+    Returns every value any node learned as chosen, per slot."""
+    net = Net(n=5)
+    cand, wiped, lead, late = 3, 5, 1, 2
+    ballot = net.campaign(cand)
+    net.deliver(match=lambda s, d, x: (s == cand and d in (cand, wiped)) or (s == wiped and d == cand))
+    net.take(lambda s, d, x: s == cand)
+    horizon = max(net.disks[p].promised.round for p in horizon_from)
+    net.disks[wiped] = Disk()
+    net.nodes[wiped] = Replica(wiped, net.members, CONFIG, random.Random(5), voting=False,
+                               rebuild_round=horizon)
+    net.campaign(lead)
+    cut = lambda s, d, x: cand in (s, d)  # noqa: E731
+    for _ in range(4 * CONFIG.election_ticks):
+        net.deliver(drop=cut)
+        for i in (lead, late, 4, wiped):
+            net.tick(i)
+        if net.nodes[wiped].voting and net.nodes[lead].role is Role.LEADER:
+            break
+    net.nodes[late].election_timeout = 1000  # it stays a follower
+    if net.nodes[lead].role is Role.LEADER:
+        net.nodes[lead].propose(put("k", "v"))
+    net.deliver(drop=lambda s, d, x: cand in (s, d) or late in (s, d))
+    for _ in range(CONFIG.election_ticks):
+        net.tick(late)  # its leader has gone quiet
+    if net.nodes[cand].role is Role.CANDIDATE:
+        net.nodes[late].step(cand, m.Prepare(ballot, 1))
+    group = {cand, wiped, late}
+    net.deliver(match=lambda s, d, x: s in group and d in group)
+    chosen: dict[int, set[Batch]] = {}
+    for i in net.members:
+        for ready in net.readies[i]:
+            for slot, value in ready.chosen.items():
+                chosen.setdefault(slot, set()).add(value)
+    return chosen
+
+
+def test_rebuild_horizon_from_every_peer_covers_a_promise_the_node_forgot() -> None:
+    # The candidate's own promise is durable, so asking every peer bounds the lost one:
+    # node 5 votes only under a ballot above the candidate's, which then cannot win.
+    chosen = forgotten_promise_scenario(horizon_from=(1, 2, 3, 4))
+    assert all(len(values) == 1 for values in chosen.values()), chosen
+
+
+def test_rebuild_horizon_from_a_majority_only_can_miss_a_forgotten_promise() -> None:
+    # Why the horizon must come from every peer: a majority (1, 2, 4) never saw the
+    # candidate's round, node 5 votes for the command under node 1's lower ballot, and the
+    # candidate later chooses a different value for the same slot with node 5's old promise.
+    chosen = forgotten_promise_scenario(horizon_from=(1, 2, 4))
+    assert any(len(values) > 1 for values in chosen.values())
