@@ -74,8 +74,11 @@ def machine_info() -> dict:
         info["git_commit"] = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
             cwd=Path(__file__).resolve().parent).stdout.strip() or None
+        info["git_dirty"] = bool(subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+            timeout=5, cwd=Path(__file__).resolve().parent).stdout.strip()) if info["git_commit"] else None
     except (OSError, subprocess.SubprocessError):
-        info["git_commit"] = None
+        info["git_commit"] = info["git_dirty"] = None
     return info
 
 
@@ -436,8 +439,9 @@ def format_report(doc: dict) -> str:
     o = doc["options"]
     kv = doc.get("kvpaxos") or {}
     if kv.get("sweep"):
+        where = "the leader" if kv["target"] == "leader" else "all nodes"
         out += ["", format_sweep(
-            f"kvpaxos, {kv['nodes']} nodes, clients -> {kv['target']} nodes, read ratio {o['read_ratio']}, "
+            f"kvpaxos, {kv['nodes']} nodes, clients -> {where}, read ratio {o['read_ratio']}, "
             f"{o['value_bytes']}-byte values, {o['keys']} keys, {o['duration_s']:g} s per level:", kv["sweep"])]
     base = doc.get("aiohttp") or {}
     if base.get("sweep"):
