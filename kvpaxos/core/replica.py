@@ -357,7 +357,10 @@ class Replica:
             # Slots we have not learned were compacted away there: we cannot know
             # their values, so we must not lead. Catch up from that peer instead.
             self._step_down()
-            self.leader_commit = max(self.leader_commit, msg.compacted_through)
+            if msg.compacted_through > self.leader_commit:
+                # No leader's Commit vouches for these slots, so our accepted values
+                # under commit_ballot say nothing about them: fetch them, never infer.
+                self.leader_commit, self.commit_ballot = msg.compacted_through, ZERO
             self.commit_source = src
             return
         if lead.add_promise(src, msg):

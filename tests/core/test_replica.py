@@ -908,3 +908,32 @@ def test_rebuild_horizon_from_a_majority_only_can_miss_a_forgotten_promise() -> 
     # candidate later chooses a different value for the same slot with node 5's old promise.
     chosen = forgotten_promise_scenario(horizon_from=(1, 2, 4))
     assert any(len(values) > 1 for values in chosen.values())
+
+
+def test_a_compacted_promise_does_not_vouch_for_values_accepted_under_an_old_commit_ballot() -> None:
+    # Found by the simulator (5 nodes, seed 895). Node 2 accepted V for slot 5 under 1.1, whose
+    # leader committed only through slot 4; another leader then chose a different value there.
+    # A promise saying "compacted through 9" raised the commit index to 9 but left the commit
+    # ballot at 1.1, so the next catch-up reply made node 2 take its own V as chosen.
+    r = Replica(2, (1, 2, 3), CONFIG, random.Random(0), chosen={s: NOOP for s in range(1, 5)})
+    old = Ballot(1, 1)
+    r.step(1, m.Accept(old, 5, X))
+    r.step(1, m.Commit(old, 4))
+    r.take_ready()
+    for _ in range(2 * CONFIG.election_ticks):
+        if r.role is Role.CANDIDATE:
+            break
+        r.tick()
+    ballot = r.ballot
+    assert r.role is Role.CANDIDATE and r.lead is not None and r.lead.from_slot == 5
+    r.step(3, m.Promise(ballot, 5, (), compacted_through=9))
+    assert r.role is Role.FOLLOWER
+    r.step(3, m.CatchUpReply((), 9))  # asks the runtime for a snapshot
+    r.step(3, m.CatchUpReply((), 9))  # a duplicate while the snapshot is pending
+    r.step(3, m.CatchUpReply((m.ChosenEntry(6, Y),)))
+    ready = r.take_ready()
+    assert 5 not in r.learner.chosen and 5 not in ready.chosen
+    r.install_snapshot(4)  # a snapshot that does not reach slot 5 must not vouch for it either
+    assert 5 not in r.learner.chosen
+    r.step(3, m.CatchUpReply((m.ChosenEntry(5, W),)))
+    assert r.learner.chosen[5] == W
