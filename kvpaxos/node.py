@@ -439,13 +439,23 @@ class Node:
         self._open_writes, self._open_messages = Writes(), []
         self._committing = True
         started = time.perf_counter()
-        assert self._loop is not None
-        future = self._loop.run_in_executor(self._disk, self.storage.save, writes)
-        future.add_done_callback(lambda f: self._on_committed(f, messages, started))
+        loop = self._loop
+        assert loop is not None
+        submit = getattr(self.storage, "submit", None)
+        if submit is not None:
+            # Queued straight to the storage's own writer thread, which reports back.
+            submit(writes, lambda: loop.call_soon_threadsafe(self._on_committed, None, messages, started))
+        else:
+            future = loop.run_in_executor(self._disk, self.storage.save, writes)
+            future.add_done_callback(lambda f: self._on_committed(f.exception(), messages, started))
 
-    def _on_committed(self, future: asyncio.Future, messages: list, started: float) -> None:
+    def _on_committed(self, exc: BaseException | None, messages: list, started: float) -> None:
         self._committing = False
-        exc = future.exception()
+        if exc is None and hasattr(self.storage, "check"):
+            try:
+                self.storage.check()
+            except Exception as e:  # noqa: BLE001 - any storage failure stops the node
+                exc = e
         if exc is not None:
             log.critical("storage write failed, stopping: %s", exc)
             self.on_fatal(exc)
