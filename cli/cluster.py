@@ -94,7 +94,7 @@ def up(ctx: click.Context, count: int | None, data_dir: str | None, base_port: i
                        f"        to start it by hand: {' '.join(serve_args(node, addresses, True))}")
         wait_ready(nodes, stop)
         if not stop.is_set() and not all(n.reported for n in nodes):
-            click.echo(usage_hint(root, len(nodes)))
+            click.echo(usage_hint(root, len(nodes), f"{nodes[0].url}/"))
             supervise(nodes, stop)
     finally:
         stop_nodes(nodes)
@@ -286,10 +286,11 @@ def _signal(proc: subprocess.Popen[Any], signum: int) -> None:
         pass
 
 
-def usage_hint(root: Path, count: int) -> str:
+def usage_hint(root: Path, count: int, dashboard_url: str | None = None) -> str:
     default = Path(DEFAULT_DATA_DIR).resolve() == root.resolve()
     dir_opt = "" if default else f" --data-dir {root}"
+    watch = f"\nwatch: {dashboard_url}  (the live dashboard; any node serves it)" if dashboard_url else ""
     return (f"cluster of {count} node(s) running; data in {root}. Press Ctrl-C to stop.\n"
             f"try: kv put hello world --server {min(3, count)}{dir_opt}\n"
             f"     kv get hello --server 1{dir_opt}\n"
-            f"     kv status{dir_opt}")
+            f"     kv status{dir_opt}{watch}")
