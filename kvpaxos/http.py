@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import urllib.parse
 from typing import Awaitable, Callable
 
 from aiohttp import web
 
 from kvpaxos.core.commands import DELETE, PUT, Command, Result
-from kvpaxos.errors import (BadRequest, KvError, NoQuorum, NotFound,
+from kvpaxos.errors import (BadRequest, InvalidKey, KvError, NoQuorum, NotFound,
                             PreconditionFailed, ValueTooLarge)
 from kvpaxos.dashboard import setup_dashboard
 from kvpaxos.batch import run_batch
@@ -27,6 +28,7 @@ log = logging.getLogger("kvpaxos.http")
 NODE = web.AppKey("node", Node)
 TRANSPORT = web.AppKey("transport", PeerTransport)
 LIST_LIMIT_MAX = 10_000
+KEY_PATH = "/v1/kv/"
 SNAPSHOT_CHUNK_BYTES = 256 * 1024
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -53,6 +55,14 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
 
 
 def _key(request: web.Request) -> str:
+    # The router leaves a percent-escape that does not decode to UTF-8 (%FF) as the
+    # literal text "%FF", so a key that is not UTF-8 would be stored under another name.
+    raw = request.rel_url.raw_path
+    if raw.startswith(KEY_PATH):
+        try:
+            urllib.parse.unquote_to_bytes(raw[len(KEY_PATH):]).decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidKey("keys must be valid UTF-8 (percent-encode its UTF-8 bytes)") from None
     return key_of(request.match_info["key"])
 
 
@@ -119,7 +129,7 @@ async def delete_key(request: web.Request) -> web.Response:
 async def list_keys(request: web.Request) -> web.Response:
     prefix = request.query.get("prefix", "")
     raw_limit = request.query.get("limit", "1000")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= LIST_LIMIT_MAX:
+    if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= LIST_LIMIT_MAX:
         raise BadRequest(f"limit must be an integer from 1 to {LIST_LIMIT_MAX}")
     node = await _consistent(request)
     items, more = node.kv.scan(prefix, int(raw_limit))
@@ -197,10 +207,11 @@ def init_app(node: Node, transport: PeerTransport) -> web.Application:
                           client_max_size=body_max)
     app[NODE] = node
     app[TRANSPORT] = transport
-    # {key:.*}, not .+: an empty key reaches _key and is answered 400 invalid_key.
-    app.router.add_get("/v1/kv/{key:.*}", get_key)
-    app.router.add_put("/v1/kv/{key:.*}", put_key)
-    app.router.add_delete("/v1/kv/{key:.*}", delete_key)
+    # "*", not "+": an empty key reaches _key and is answered 400 invalid_key.
+    # [\s\S], not ".": a key may hold a newline (%0A), which "." does not match.
+    app.router.add_get("/v1/kv/{key:[\\s\\S]*}", get_key)
+    app.router.add_put("/v1/kv/{key:[\\s\\S]*}", put_key)
+    app.router.add_delete("/v1/kv/{key:[\\s\\S]*}", delete_key)
     app.router.add_get("/v1/kv", list_keys)
     app.router.add_post("/v1/batch", post_batch)
     app.router.add_get("/v1/status", status)

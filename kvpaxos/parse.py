@@ -32,7 +32,7 @@ async def json_body(request: web.Request, required: bool) -> dict[str, Any]:
         return {}
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: absurd nesting
         raise InvalidJson(f"body is not valid JSON: {e}") from None
     if not isinstance(body, dict):
         raise InvalidJson("body must be a JSON object")
