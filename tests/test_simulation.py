@@ -24,7 +24,9 @@ from kvpaxos.core.leader import LeaderState
 from simulator import Faults, Simulation, SimulationFailure
 
 CHUNK_SEEDS = 15
-CHUNKS = {3: 14, 5: 6}  # 210 seeds on 3 replicas, 90 on 5
+CHUNKS = {3: 10, 5: 10}  # 150 seeds on 3 replicas, 150 on 5
+# (n_nodes, seed) pairs that once found a bug, replayed on every run.
+REGRESSION_SEEDS = [(5, 895)]  # a compacted promise let a node take its own accepts as chosen
 PLANTED_BUG_SEEDS = 300
 TEST_TIME_LIMIT_S = 120
 
@@ -60,6 +62,11 @@ def test_seeds_keep_safety_and_liveness(n_nodes: int, chunk: int) -> None:
         crashes += sim.crashes
     assert not failures, "\n".join(failures)
     assert reads > 0 and crashes > 0, "the simulation stopped exercising reads or crashes"
+
+
+@pytest.mark.parametrize(("n_nodes", "seed"), REGRESSION_SEEDS)
+def test_seeds_that_once_found_bugs(n_nodes: int, seed: int) -> None:
+    Simulation(seed, n_nodes=n_nodes).run()
 
 
 def first_failure(make: Callable[[int], Simulation]) -> tuple[int, str] | None:
