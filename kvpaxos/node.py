@@ -29,7 +29,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 import aiohttp
 
@@ -147,10 +147,37 @@ class Node:
         return await asyncio.get_running_loop().run_in_executor(self._disk, fn, *args)
 
     async def _decide_voting(self) -> None:
-        """New data directory: find out whether the cluster is new or we lost our state."""
+        """New data directory: find out whether the cluster is new or we lost our state.
+
+        Any state a majority ever held shows in ceil(n/2) of the other nodes, which
+        is enough to call the cluster new. A node that lost its state must hear
+        from EVERY peer before it picks its rebuild horizon: a candidate's own
+        promise of its ballot is durable before its Prepare leaves, so only asking
+        everyone is sure to see a ballot we may have promised and forgotten (a
+        majority can miss it while that Prepare is still in flight to them).
+        """
         peers = [p for p in self.config.cluster if p != self.id]
-        needed = min(len(peers), len(self.config.cluster) - len(self.config.cluster) // 2)
-        answers: dict[int, dict] = {}
+        enough_for_new = min(len(peers), len(self.config.cluster) - len(self.config.cluster) // 2)
+        answers = await self._ask_peers(peers, enough_for_new)
+        if not _holds_state(answers.values()):
+            log.info("node %d: new cluster, voting from the start", self.id)
+            await self.run_on_disk(self.storage.set_rebuilding, None)
+            self.deciding = False
+            self.replica.voting = True
+            return
+        answers = await self._ask_peers(peers, len(peers), answers)
+        horizon = max([_round(a.get("promised", "0.0")) for a in answers.values()]
+                      + [a.get("rebuilding") or 0 for a in answers.values()])
+        await self.run_on_disk(self.storage.set_rebuilding, horizon)
+        self.replica.rebuild_round = horizon
+        self.deciding = False
+        log.warning("node %d: data directory is new but the cluster holds state: rebuilding as a "
+                    "non-voter until a ballot above round %d chooses a slot", self.id, horizon)
+
+    async def _ask_peers(self, peers: list[int], needed: int,
+                         answers: dict[int, dict] | None = None) -> dict[int, dict]:
+        """Poll peers' /v1/status until `needed` of them have answered."""
+        answers = dict(answers or {})
         while len(answers) < needed:
             for peer in peers:
                 if peer not in answers:
@@ -159,22 +186,7 @@ class Node:
                         answers[peer] = status
             if len(answers) < needed:
                 await asyncio.sleep(0.2)
-        rounds = [_round(a.get("promised", "0.0")) for a in answers.values()]
-        rounds += [a.get("rebuilding") or 0 for a in answers.values()]
-        has_state = any(a.get("chosen", 0) > 0 or a.get("voting") is False and not a.get("deciding")
-                        for a in answers.values()) or max(rounds, default=0) > 0
-        if not has_state:
-            log.info("node %d: new cluster, voting from the start", self.id)
-            await self.run_on_disk(self.storage.set_rebuilding, None)
-            self.deciding = False
-            self.replica.voting = True
-            return
-        horizon = max(rounds)
-        await self.run_on_disk(self.storage.set_rebuilding, horizon)
-        self.replica.rebuild_round = horizon
-        self.deciding = False
-        log.warning("node %d: data directory is new but the cluster holds state: rebuilding as a "
-                    "non-voter until a ballot above round %d chooses a slot", self.id, horizon)
+        return answers
 
     async def _peer_status(self, peer: int) -> dict | None:
         assert self._http is not None
@@ -508,6 +520,13 @@ class Node:
             "rebuilding": None if r.voting or self.deciding else r.rebuild_round,
             "snapshot": self.snapshots.describe(),
         }
+
+
+def _holds_state(answers: Iterable[dict]) -> bool:
+    """Whether any of these /v1/status answers shows Paxos state (or a rebuilding node)."""
+    return any(a.get("chosen", 0) > 0 or _round(a.get("promised", "0.0")) > 0
+               or (a.get("rebuilding") or 0) > 0
+               or (a.get("voting") is False and not a.get("deciding")) for a in answers)
 
 
 def _round(ballot: object) -> int:

@@ -120,13 +120,12 @@ class Simulation:
         self.nodes[i] = self._boot(i)
 
     def wipe(self, i: int) -> None:
-        """Crash node i and lose its disk. Like the runtime, it asks a majority of the
-        others for the highest round they know and rebuilds below it as a non-voter."""
+        """Crash node i and lose its disk. Like the runtime, it asks every other node
+        for the highest round it knows and rebuilds below it as a non-voter."""
         self.crash(i)
         self.wipes += 1
         others = [p for p in self.members if p != i]
-        asked = self.rng.sample(others, len(self.members) // 2 + 1 if len(others) > 2 else len(others))
-        seen = max(self.disks[p].promised.round for p in asked)
+        seen = max(self.disks[p].promised.round for p in others)
         self.disks[i] = DiskState(rebuilding_round=seen)
         self.restart(i)
 
