@@ -25,6 +25,8 @@ from typing import Any
 
 import click
 
+from kvpaxos.core.commands import VALUE_BYTES_MAX
+
 from cli.cluster import cluster
 from cli.common import DEFAULT_DATA_DIR, CliError, resolve_endpoints
 from cli.secure import client_security, serve_security_options
@@ -318,6 +320,9 @@ class Number(click.ParamType):
 @click.option("--request-timeout", type=Number(float, 0, open_low=True), default=5.0,
               show_default=True, metavar="SECONDS",
               help="Answer 504 (outcome unknown) if a request is not done after this long.")
+@click.option("--max-value-bytes", type=click.IntRange(1, VALUE_BYTES_MAX), default=VALUE_BYTES_MAX,
+              show_default=True, metavar="BYTES",
+              help="Largest value (UTF-8 bytes) this node accepts; larger ones get 413.")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False),
               default="info", show_default=True)
 @click.option("--log-format", type=click.Choice(("text", "json")), default="text", show_default=True,
@@ -326,7 +331,8 @@ class Number(click.ParamType):
 @click.pass_context
 def serve(ctx: click.Context, node_id: int, cluster_spec: str, data_dir: str | None,
           tick_ms: int, snapshot_every: int, snapshot_every_bytes: int, compact_keep: int,
-          request_timeout: float, log_level: str, log_format: str = "text", **security: Any) -> None:
+          request_timeout: float, max_value_bytes: int, log_level: str, log_format: str = "text",
+          **security: Any) -> None:
     """Run one node in the foreground until interrupted."""
     from kvpaxos.config import ConfigError, NodeConfig, parse_cluster
 
@@ -337,7 +343,8 @@ def serve(ctx: click.Context, node_id: int, cluster_spec: str, data_dir: str | N
                             data_dir=str(node_dir.resolve()), tick_ms=tick_ms,
                             snapshot_every_slots=snapshot_every,
                             snapshot_every_bytes=snapshot_every_bytes,
-                            compact_keep_slots=compact_keep, request_timeout_s=request_timeout)
+                            compact_keep_slots=compact_keep, request_timeout_s=request_timeout,
+                            value_bytes_max=max_value_bytes)
     except ConfigError as exc:
         raise CliError(str(exc), exit_code=2) from None
     config = _with_security(config, security)

@@ -335,3 +335,23 @@ def test_nodes_keep_serving_and_never_500(api):
         assert api.is_alive(node)
         log = api.log_path(node).read_text(errors="replace")
         assert "Traceback" not in log and "Error handling request" not in log, api.log_tail(node, 60)
+
+
+def test_server_option_lowers_the_value_limit(tmp_path):
+    """`kv serve --max-value-bytes` lowers the 1 MiB limit; larger values get 413 and are not stored."""
+    from support.cluster import Cluster
+
+    class Limited(Cluster):
+        def command(self, i: int) -> list[str]:
+            return super().command(i) + ["--max-value-bytes", "100"]
+
+    cluster = Limited(tmp_path / "limited", n=1)
+    try:
+        cluster.start()
+        cluster.wait_for_leader()
+        assert cluster.put(1, "fits", "x" * 100).status == 200
+        too_big = cluster.put(1, "big", "é" * 51)  # 102 bytes of UTF-8
+        assert too_big.status == 413 and too_big.body["error"] == "value_too_large", too_big
+        assert cluster.get(1, "big").status == 404
+    finally:
+        cluster.stop_all()
