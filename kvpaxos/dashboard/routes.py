@@ -5,6 +5,7 @@ import asyncio
 import ipaddress
 import json
 import logging
+import re
 import time
 from importlib import resources
 from typing import Any, Awaitable, Callable
@@ -98,7 +99,8 @@ def _int_param(request: web.Request, name: str, low: int, high: int, default: in
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.lstrip("-").isdigit() or not low <= int(raw) <= high:
+    # fullmatch on ASCII digits: str.isdigit() also accepts "²", which int() refuses.
+    if not re.fullmatch(r"-?[0-9]{1,18}", raw) or not low <= int(raw) <= high:
         raise BadRequest(f"{name} must be an integer from {low} to {high}")
     return int(raw)
 
