@@ -59,6 +59,7 @@ class CoreConfig:
     batch_count_max: int = 1024
     batch_bytes_max: int = 4 * 1024 * 1024
     catchup_entries_max: int = 256
+    catchup_bytes_max: int = 512 * 1024
     learn_scan_max: int = 4096
 
 
@@ -541,12 +542,14 @@ class Replica:
             self._send(src, m.CatchUpReply((), self.learner.compacted_through))
             return
         entries = []
+        size = 0
         hi = min(msg.to_slot, msg.from_slot + self.config.catchup_entries_max - 1)
         for slot in range(msg.from_slot, hi + 1):
             value = self.learner.chosen.get(slot)
-            if value is None:
-                break
+            if value is None or (entries and size >= self.config.catchup_bytes_max):
+                break  # bounded in bytes too: encoding a huge reply would stall the sender
             entries.append(m.ChosenEntry(slot, value))
+            size += sum(c.size_bytes() for c in value.commands)
         self._send(src, m.CatchUpReply(tuple(entries)))
 
     def _on_catchup_reply(self, src: int, msg: m.CatchUpReply) -> None:
