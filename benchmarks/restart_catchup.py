@@ -4,7 +4,7 @@ For each state size N (keys), on a fresh local 3-node cluster of real `kv serve`
 processes:
 
   catch-up  one follower is stopped, N keys are written through the other two
-            (many concurrent PUTs of small values), then the follower is started
+            (concurrent POST /v1/batch requests of small values), then the follower is started
             again; measured from its process start until its applied slot reaches
             the leader's (by log entries, or by streaming and installing a
             snapshot when the others compacted past it).
@@ -72,19 +72,23 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.02) -> fl
         time.sleep(interval)
 
 
-async def fill(urls: list[str], count: int, concurrency: int, value_bytes: int) -> float:
-    """PUT keys fill/0000000.. (small values) with `concurrency` requests in flight; seconds taken."""
+async def fill(urls: list[str], count: int, concurrency: int, value_bytes: int, batch: int = 200) -> float:
+    """Write keys fill/0000000.. (small values), `batch` per POST /v1/batch with
+    `concurrency` requests in flight; seconds taken. Rewriting a key is harmless,
+    so a failed request is simply sent again."""
     value = "v" * value_bytes
-    next_key = iter(range(count))
+    starts = iter(range(0, count, batch))
     started = time.monotonic()
     timeout = aiohttp.ClientTimeout(total=30)
 
     async def worker(w: int, session: aiohttp.ClientSession) -> None:
-        for n in next_key:
+        for first in starts:
+            ops = [{"op": "put", "key": f"fill/{n:07d}", "value": value}
+                   for n in range(first, min(first + batch, count))]
             for attempt in range(20):
-                url = urls[(n + attempt) % len(urls)]
+                url = urls[(first // batch + attempt) % len(urls)]
                 try:
-                    async with session.put(f"{url}/v1/kv/fill%2F{n:07d}", json={"value": value}) as resp:
+                    async with session.post(f"{url}/v1/batch", json={"ops": ops}) as resp:
                         await resp.read()
                         if resp.status == 200:
                             break
@@ -92,7 +96,7 @@ async def fill(urls: list[str], count: int, concurrency: int, value_bytes: int) 
                     pass
                 await asyncio.sleep(0.05 * (attempt + 1))
             else:
-                raise RuntimeError(f"could not write key {n}")
+                raise RuntimeError(f"could not write keys from {first}")
 
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
@@ -113,7 +117,8 @@ def measure(size: int, root: Path, args: argparse.Namespace) -> dict[str, Any]:
         lagging = next(i for i in cluster.ids if i != leader)
         live = [i for i in cluster.ids if i != lagging]
         cluster.kill(lagging)
-        fill_s = asyncio.run(fill([cluster.url(i) for i in live], size, args.concurrency, args.value_bytes))
+        fill_s = asyncio.run(fill([cluster.url(i) for i in live], size, args.concurrency,
+                                  args.value_bytes, args.batch))
         leader = cluster.wait_for_leader(timeout=30)
         target = cluster.status(leader)["applied"]
 
@@ -225,7 +230,8 @@ def machine() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10000,100000", help="comma-separated key counts")
-    parser.add_argument("--concurrency", type=int, default=64, help="PUTs in flight while filling")
+    parser.add_argument("--concurrency", type=int, default=16, help="requests in flight while filling")
+    parser.add_argument("--batch", type=int, default=200, help="puts per POST /v1/batch while filling")
     parser.add_argument("--value-bytes", type=int, default=16)
     parser.add_argument("--snapshot-every", type=int, default=1000, help="kv serve --snapshot-every")
     parser.add_argument("--compact-keep", type=int, default=100, help="kv serve --compact-keep")
@@ -246,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(results[-1]), flush=True)
     doc = {"benchmark": "restart_catchup", "machine": machine(),
            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "settings": {
-               k: getattr(args, k) for k in ("concurrency", "value_bytes", "snapshot_every", "compact_keep")},
+               k: getattr(args, k) for k in ("concurrency", "batch", "value_bytes", "snapshot_every", "compact_keep")},
            "results": results}
     (out / "restart_catchup.json").write_text(json.dumps(doc, indent=2) + "\n")
     (out / "restart_catchup.svg").write_text(svg_plot(results, "kvpaxos: restart and catch-up time"))
