@@ -8,31 +8,16 @@ is planted in them.
 """
 from __future__ import annotations
 
-import contextlib
 import itertools
 import random
-import signal
 import time
 from dataclasses import dataclass, replace
 
 import pytest
 
+from support.timing import time_limit
 from support.linearizability import (CAS, DELETE, FAILED, INF, LINEARIZABLE, OK, READ, UNDECIDED,
                                      UNKNOWN, VIOLATION, WRITE, Op, check, check_key)
-
-
-@contextlib.contextmanager
-def time_limit(seconds: float):
-    """Fail the test (instead of hanging) if the block runs longer than `seconds`."""
-    def expired(signum, frame):
-        raise TimeoutError(f"test exceeded its {seconds:g}s time limit")
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 # -- shorthand for hand-written histories ------------------------------------------

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -22,6 +21,7 @@ import pytest
 
 from kvpaxos.core.leader import LeaderState
 from simulator import Faults, Simulation, SimulationFailure
+from support.timing import time_limit as bounded
 
 CHUNK_SEEDS = 15
 CHUNKS = {3: 10, 5: 10}  # 150 seeds on 3 replicas, 150 on 5
@@ -33,16 +33,8 @@ TEST_TIME_LIMIT_S = 120
 
 @pytest.fixture(autouse=True)
 def time_limit() -> Iterator[None]:
-    def timed_out(signum: int, frame: object) -> None:
-        raise TimeoutError(f"simulation test ran longer than {TEST_TIME_LIMIT_S} s")
-
-    previous = signal.signal(signal.SIGALRM, timed_out)
-    signal.setitimer(signal.ITIMER_REAL, TEST_TIME_LIMIT_S)
-    try:
+    with bounded(TEST_TIME_LIMIT_S, "simulation test"):
         yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 CASES = [(n, chunk) for n, count in CHUNKS.items() for chunk in range(count)]
