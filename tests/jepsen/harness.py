@@ -25,6 +25,8 @@ Fault kinds (Nemesis.KINDS):
   kill_random, kill_leader   SIGKILL one node, restart it after the hold
   kill_all                   SIGKILL every node at once, restart them all
   kill_majority              SIGKILL a majority (the leader among it)
+  wipe_random                SIGKILL one node and delete its data directory; it
+                             restarts empty and rebuilds from its peers
   pause_random, pause_leader SIGSTOP, SIGCONT after the hold
   partition_half             a random minority cut off from the majority
   isolate_leader             the leader alone on one side
@@ -44,6 +46,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import signal
 import time
 from collections import Counter
@@ -67,7 +70,7 @@ CHECK_MAX_STEPS = 2_000_000  # per key
 PROCESS_KINDS = ("kill_random", "kill_leader", "kill_all", "pause_random", "pause_leader")
 NETWORK_KINDS = ("partition_half", "isolate_leader", "bridge", "one_way_leader", "stall_half",
                  "delay", "loss")
-EXTRA_KINDS = ("kill_majority",)
+EXTRA_KINDS = ("kill_majority", "wipe_random")
 ALL_KINDS = PROCESS_KINDS + NETWORK_KINDS
 
 # What a finding means: a safety anomaly is a wrong answer; a liveness one is a missing answer.
@@ -79,10 +82,11 @@ class FaultCluster(Cluster):
     planted bug (tests/support/planted.py)."""
 
     def __init__(self, tmp_path: str | os.PathLike, n: int = 3, planted: str | None = None,
-                 proxy: bool = True, seed: int = 0, **kwargs: Any) -> None:
+                 proxy: bool = True, seed: int = 0, node_args: tuple[str, ...] = (), **kwargs: Any) -> None:
         self.net: NetProxy | None = None
         super().__init__(tmp_path, n=n, **kwargs)
         self.planted = planted
+        self.node_args = list(node_args)  # more `kv serve` options, e.g. snapshot settings
         if proxy:
             self.net = NetProxy(self.ports, seed=seed, log_path=self.dir / "netproxy.log")
 
@@ -98,7 +102,7 @@ class FaultCluster(Cluster):
         if self.planted:
             assert cmd[1:3] == ["-m", "cli.main"], cmd
             cmd[1:3] = [str(PLANTED), self.planted]
-        return cmd
+        return cmd + self.node_args
 
     def pause(self, i: int) -> None:
         self._signal(i, signal.SIGSTOP)
@@ -199,6 +203,9 @@ class Nemesis:
             self.rng.shuffle(rest)
             targets = ([leader] if leader is not None else []) + rest
             await self.kill(targets[: len(ids) // 2 + 1], kind, hold)
+        elif kind == "wipe_random":
+            target = self.rng.choice(ids)
+            await self.kill([target], kind, hold, wipe=True)
         elif kind in ("pause_random", "pause_leader"):
             target = await self._target(kind)
             await self.pause([target], kind, hold)
@@ -227,9 +234,12 @@ class Nemesis:
         else:
             raise ValueError(f"unknown fault kind {kind!r}")
 
-    async def kill(self, targets: list[int], kind: str, hold: float) -> None:
+    async def kill(self, targets: list[int], kind: str, hold: float, wipe: bool = False) -> None:
         targets = [i for i in targets if i not in self.down]
         await asyncio.to_thread(self.cluster.kill_many, targets, signal.SIGKILL)
+        if wipe:  # the disk is lost: the node comes back empty and must rebuild
+            for i in targets:
+                await asyncio.to_thread(shutil.rmtree, self.cluster.data_dir(i), True)
         self.down.update(targets)
         self.paused.difference_update(targets)
         self.note(kind, nodes=targets, hold_s=round(hold, 2))
@@ -446,6 +456,8 @@ def run_plan(cluster: FaultCluster, plan: Plan, seed: int, write_artifacts: bool
 
     scans, applied = _converged_scans(cluster, "")
     report["applied"] = applied
+    report["snapshots"] = {i: {k: v for k, v in st.get("snapshot", {}).items() if k in ("slot", "taken", "installed")}
+                           for i, st in cluster.statuses().items()}
     if not scans:
         found("not_converged", [f"nodes did not reach the same applied slot: {applied}"])
     else:

@@ -3,7 +3,9 @@ process and network faults, checked for linearizability (see harness.py).
 
 CI mode (the default, `pytest tests/jepsen`): 3 nodes, three runs of about 20 s
 with fresh seeds; each run injects a different third of the fault kinds, so
-together they cover all of them. Soak mode (`KV_SOAK=1 pytest tests/jepsen -k
+together they cover all of them. Nodes snapshot every 300 slots, so snapshots,
+compaction and catching up by snapshot happen under the faults too (the
+default settings run in test_faults.py). Soak mode (`KV_SOAK=1 pytest tests/jepsen -k
 soak`): 5 nodes, KV_SOAK_SEEDS runs (default 5) of KV_SOAK_DURATION seconds of
 faults each (default 180), every kind (and kill_majority) in two overlapping
 streams, process and network.
@@ -33,12 +35,15 @@ CI_GROUPS = {
     "bridge-oneway-stall": ("kill_random", "bridge", "one_way_leader", "stall_half"),
 }
 assert sorted(k for g in CI_GROUPS.values() for k in g) == sorted(ALL_KINDS)
+# Small snapshot intervals, so that runs take snapshots, compact, and nodes that fall
+# behind (killed, paused, cut off) catch up by installing a peer's snapshot.
+SNAPSHOT_ARGS = ("--snapshot-every", "300", "--compact-keep", "50")
 
 
 @pytest.mark.parametrize("group", list(CI_GROUPS))
 def test_ci_faults(fault_cluster, group):
     seed = seeds(1)[0]
-    cluster = fault_cluster(3, seed=seed)
+    cluster = fault_cluster(3, seed=seed, node_args=SNAPSHOT_ARGS)
     plan = Plan(name=f"ci-{group}", nodes=3, kinds=CI_GROUPS[group], warmup_s=2.0, faults_s=16.0,
                 after_s=3.0, cover_all=True)
     outcome = run_plan(cluster, plan, seed)
@@ -56,7 +61,7 @@ SOAK_NODES = int(os.environ.get("KV_SOAK_NODES", "5"))
 @pytest.mark.parametrize("run", range(SOAK_SEEDS if SOAK else 1))
 def test_soak(fault_cluster, run):
     seed = seeds(SOAK_SEEDS)[run]
-    cluster = fault_cluster(SOAK_NODES, seed=seed)
+    cluster = fault_cluster(SOAK_NODES, seed=seed, node_args=SNAPSHOT_ARGS)
     plan = Plan(name=f"soak-n{SOAK_NODES}-run{run}", nodes=SOAK_NODES, kinds=ALL_KINDS + EXTRA_KINDS,
                 streams=2, warmup_s=5.0, faults_s=SOAK_DURATION_S, after_s=5.0, quiet_s=(0.5, 3.0),
                 hold_s=(1.5, 6.0), every_kind_once=False,

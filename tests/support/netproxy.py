@@ -30,6 +30,8 @@ import asyncio
 import json
 import os
 import random
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -63,6 +65,20 @@ class LinkState:
         self.flowing.set()
 
 
+def _reset(writer: asyncio.StreamWriter) -> None:
+    """Close with a reset (RST), not a polite FIN: the peer sees the connection fail."""
+    try:
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    try:
+        writer.transport.abort()
+    except Exception:  # noqa: BLE001 - already gone
+        pass
+
+
 class _Conn:
     """One proxied connection: downstream (the dialing node) <-> upstream (the target node)."""
 
@@ -79,10 +95,7 @@ class _Conn:
             return
         self.closed = True
         for w in self.writers:
-            try:
-                w.transport.abort()
-            except Exception:  # noqa: BLE001 - already gone
-                pass
+            _reset(w)
         for t in self.tasks:
             t.cancel()
         self.link.conns.discard(self)
@@ -157,7 +170,7 @@ class ProxyServer:
                       writer: asyncio.StreamWriter) -> None:
         if link.mode == "block" or (link.loss and self.rng.random() < link.loss):
             link.stats["refused"] += 1
-            writer.transport.abort()
+            _reset(writer)
             return
         conn = _Conn(link, self.rng)
         conn.writers.append(writer)
@@ -170,7 +183,7 @@ class ProxyServer:
             conn.cut()
             return
         if conn.closed:  # blocked while we were connecting
-            up_writer.transport.abort()
+            _reset(up_writer)
             return
         link.stats["accepted"] += 1
         conn.writers.append(up_writer)
