@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from kvpaxos.core import messages as m
 from kvpaxos.core.acceptor import Acceptor
@@ -40,8 +40,10 @@ from kvpaxos.core.commands import Batch, Command
 from kvpaxos.core.leader import LeaderState, PendingRead, Proposal
 from kvpaxos.core.learner import Learner
 
-if TYPE_CHECKING:
-    import random
+class Rng(Protocol):
+    """The randomness a replica uses: a seeded random.Random in tests and the simulator."""
+
+    def randrange(self, stop: int) -> int: ...
 
 
 class Role(str, Enum):
@@ -89,7 +91,7 @@ class Ready:
 
 class Replica:
     def __init__(self, node_id: int, members: tuple[int, ...], config: CoreConfig,
-                 rng: random.Random, *, promised: Ballot = ZERO,
+                 rng: Rng, *, promised: Ballot = ZERO,
                  accepted: dict[int, tuple[Ballot, Batch]] | None = None,
                  chosen: dict[int, Batch] | None = None, applied_through: int = 0,
                  voting: bool = True, rebuild_round: int = 0) -> None:
