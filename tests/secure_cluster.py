@@ -16,7 +16,9 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+from support.cluster import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
@@ -60,20 +62,6 @@ def write_private(path: Path, text: str) -> Path:
     return path
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    last: BaseException | None = None
-    while True:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except (OSError, http.client.HTTPException, KeyError, TypeError, ValueError) as exc:
-            last = exc
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}"
-                                 + (f" (last error: {last!r})" if last else ""))
-        time.sleep(interval)
 
 
 def make_self_signed_cert(directory: Path) -> tuple[Path, Path]:
