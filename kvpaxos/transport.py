@@ -25,7 +25,7 @@ import aiohttp
 from aiohttp import web
 
 from kvpaxos.core import messages as m
-from kvpaxos.core.codec import WireError, decode_frame, encode_frame
+from kvpaxos.core.codec import WireError, decode_frame, encode_message, frame_of
 from kvpaxos.logs import RateLimit, StateLog, fields
 from kvpaxos.security import HANDSHAKE_TIMEOUT_S, AuthError, Handshake
 
@@ -36,12 +36,31 @@ FRAME_BYTES_MAX = 64 * 1024 * 1024
 NODE_HEADER = "X-Kv-Node"
 
 
+class TurnEncoder:
+    """Encodes each message once per event-loop turn, however many links send it
+    (a leader's Accept goes to every peer). Entries hold their message, so its id
+    cannot be reused while the entry lives; the cache empties after the turn."""
+
+    def __init__(self) -> None:
+        self._cache: dict[int, tuple[m.Message, str]] = {}
+
+    def encode(self, msg: m.Message) -> str:
+        hit = self._cache.get(id(msg))
+        if hit is not None and hit[0] is msg:
+            return hit[1]
+        if not self._cache:
+            asyncio.get_running_loop().call_soon(self._cache.clear)
+        text = encode_message(msg)
+        self._cache[id(msg)] = (msg, text)
+        return text
+
+
 class PeerLink:
     """The outbound link to one peer, reconnecting with backoff."""
 
     def __init__(self, self_id: int, peer_id: int, url: str, session: aiohttp.ClientSession,
                  handshake: Handshake | None = None, ssl_context: ssl.SSLContext | None = None,
-                 counters: Counter[str] | None = None) -> None:
+                 counters: Counter[str] | None = None, encoder: TurnEncoder | None = None) -> None:
         self.self_id, self.peer_id, self.url, self.session = self_id, peer_id, url, session
         self.handshake = handshake
         self.connect_options: dict[str, Any] = {} if ssl_context is None else {"ssl": ssl_context}
@@ -53,6 +72,7 @@ class PeerLink:
         self.flush_scheduled = False
         self.dropped = 0
         self.task: asyncio.Task | None = None
+        self.encoder = encoder or TurnEncoder()
 
     @property
     def connected(self) -> bool:
@@ -75,7 +95,8 @@ class PeerLink:
         if msgs and self.connected:
             assert self.ws is not None
             # send_str only buffers into the transport; it does not wait for the peer.
-            asyncio.ensure_future(self._write(self.ws, encode_frame(self.self_id, msgs)))
+            frame = frame_of(self.self_id, [self.encoder.encode(msg) for msg in msgs])
+            asyncio.ensure_future(self._write(self.ws, frame))
 
     async def _write(self, ws: aiohttp.ClientWebSocketResponse, frame: str) -> None:
         try:
@@ -148,6 +169,7 @@ class PeerTransport:
         self.cluster = cluster
         self.deliver = deliver
         self.links: dict[int, PeerLink] = {}
+        self.encoder = TurnEncoder()
         self.inbound: set[web.WebSocketResponse] = set()
         self.session: aiohttp.ClientSession | None = None
         self.counters: Counter[str] = Counter()
@@ -162,7 +184,7 @@ class PeerTransport:
         for peer, (host, port) in self.cluster.items():
             if peer != self.self_id:
                 link = PeerLink(self.self_id, peer, f"{scheme}://{_host(host)}:{port}/v1/peer", self.session,
-                                self.handshake, self.ssl_context, self.counters)
+                                self.handshake, self.ssl_context, self.counters, self.encoder)
                 link.task = asyncio.create_task(link.run())
                 self.links[peer] = link
 

@@ -140,11 +140,19 @@ def message_from_wire(x: Any) -> m.Message:
     return cls(**kwargs)
 
 
+def encode_message(msg: m.Message) -> str:
+    # ensure_ascii=False: non-ASCII text travels as UTF-8, not as six-byte \u escapes.
+    return json.dumps(message_to_wire(msg), separators=(",", ":"), ensure_ascii=False)
+
+
+def frame_of(src: int, encoded: list[str]) -> str:
+    """One peer frame from messages already encoded with encode_message."""
+    return f'{{"src":{int(src)},"msgs":[{",".join(encoded)}]}}'
+
+
 def encode_frame(src: int, msgs: list[m.Message]) -> str:
     """One peer frame: the sender and the messages gathered in one event-loop turn."""
-    # ensure_ascii=False: non-ASCII text travels as UTF-8, not as six-byte \u escapes.
-    return json.dumps({"src": src, "msgs": [message_to_wire(x) for x in msgs]},
-                      separators=(",", ":"), ensure_ascii=False)
+    return frame_of(src, [encode_message(x) for x in msgs])
 
 
 def decode_frame(data: str | bytes) -> tuple[int, list[m.Message | WireError]]:
