@@ -43,6 +43,7 @@ Fault kinds (Nemesis.KINDS):
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
 import random
@@ -57,7 +58,7 @@ from typing import Any
 from support.cluster import REPO_ROOT, Cluster
 from support.history import (Recorder, Workload, errors, longest_gap_without_write, summarize,
                              took_effect, version_anomalies)
-from support.linearizability import OK, WRITE, Op, check
+from support.linearizability import OK, READ, WRITE, Op, check
 from support.netproxy import NetProxy, links_between
 
 from .test_faults import _converged_scans, _diff_scans, _dump_history, _lost_writes
@@ -66,6 +67,8 @@ ARTIFACTS = REPO_ROOT / "tests" / "artifacts" / "jepsen"
 PLANTED = REPO_ROOT / "tests" / "support" / "planted.py"
 HEALED_WRITE_WITHIN_S = 10.0  # a write must be accepted this soon after healing
 CHECK_MAX_STEPS = 2_000_000  # per key
+FINAL_READS_BUDGET_S = 120.0
+FINAL_READS_FAILING_MAX = 12
 
 PROCESS_KINDS = ("kill_random", "kill_leader", "kill_all", "pause_random", "pause_leader")
 NETWORK_KINDS = ("partition_half", "isolate_leader", "bridge", "one_way_leader", "stall_half",
@@ -143,6 +146,17 @@ class Nemesis:
         self.paused: set[int] = set()
         self.net_faulty = False
         self.first_fault_at: float | None = None
+        self.errors: list[str] = []  # nodes that did not come back
+        self.rebuilding: set[int] = set()  # wiped, and not seen voting again since
+
+    def _forget_rebuilt(self) -> None:
+        for i in list(self.rebuilding):
+            try:
+                st = self.cluster.status(i, timeout=2)
+            except (OSError, AssertionError, http.client.HTTPException):
+                continue
+            if st.get("voting") and not st.get("deciding"):
+                self.rebuilding.discard(i)
 
     def note(self, event: str, **extra: Any) -> None:
         self.log.append({"t": round(time.monotonic() - self.t0, 2), "event": event, **extra})
@@ -204,7 +218,18 @@ class Nemesis:
             targets = ([leader] if leader is not None else []) + rest
             await self.kill(targets[: len(ids) // 2 + 1], kind, hold)
         elif kind == "wipe_random":
-            target = self.rng.choice(ids)
+            # Paxos survives the loss of a minority's disks, not more: wipe a node only if,
+            # with it, no more than a minority would be without their state at once.
+            await asyncio.to_thread(self._forget_rebuilt)
+            if len(self.rebuilding) + 1 > (len(ids) - 1) // 2:
+                self.counts[kind] -= 1
+                if not self.counts[kind]:
+                    del self.counts[kind]
+                self.note("wipe skipped: nodes still rebuilding", nodes=sorted(self.rebuilding))
+                await asyncio.sleep(hold)
+                return
+            target = self.rng.choice([i for i in ids if i not in self.rebuilding])
+            self.rebuilding.add(target)
             await self.kill([target], kind, hold, wipe=True)
         elif kind in ("pause_random", "pause_leader"):
             target = await self._target(kind)
@@ -253,7 +278,11 @@ class Nemesis:
             self.down.discard(i)
         self.note("restart", nodes=targets)
         for i in targets:
-            await asyncio.to_thread(self.cluster.wait_ready, i, 30.0)
+            try:
+                await asyncio.to_thread(self.cluster.wait_ready, i, 30.0)
+            except AssertionError as exc:  # it exited or hangs: a finding, not a harness error
+                self.errors.append(f"node {i} did not come back after a restart: {exc}")
+                self.note("not serving", nodes=[i])
         self.note("serving", nodes=targets)
 
     async def pause(self, targets: list[int], kind: str, hold: float) -> None:
@@ -387,9 +416,29 @@ async def _record(cluster: FaultCluster, plan: Plan, seed: int) -> dict[str, Any
         recorder.stop()
         await task
     run_end = time.monotonic()
-    finals = await recorder.read_everywhere(recorder.keys_used + ["heal-probe"])
-    return {"recorder": recorder, "nemesis": nemesis, "finals": finals, "t0": t0,
+    finals, abandoned = await _read_everywhere(recorder, recorder.keys_used + ["heal-probe"])
+    return {"recorder": recorder, "nemesis": nemesis, "finals": finals, "t0": t0, "abandoned": abandoned,
             "faults_from": faults_from, "healed_at": healed_at, "run_end": run_end, **probe}
+
+
+async def _read_everywhere(recorder: Recorder, keys: list[str]) -> tuple[list[Op], str | None]:
+    """Every key from every node (as Recorder.read_everywhere), but a cluster that stopped
+    answering ends it early instead of costing a request timeout per read: (reads, why
+    they were abandoned or None)."""
+    out: list[Op] = []
+    deadline = time.monotonic() + FINAL_READS_BUDGET_S
+    failed_in_a_row = 0
+    async with recorder.session() as session:
+        for key in keys:
+            for i, url in enumerate(recorder.urls, start=1):
+                op = await recorder.execute(session, f"final@{i}", READ, key, url)
+                out.append(op)
+                failed_in_a_row = 0 if op.outcome == OK else failed_in_a_row + 1
+                if failed_in_a_row >= FINAL_READS_FAILING_MAX:
+                    return out, f"{failed_in_a_row} final reads in a row failed"
+                if time.monotonic() > deadline:
+                    return out, f"final reads took over {FINAL_READS_BUDGET_S:g}s"
+    return out, None
 
 
 def run_plan(cluster: FaultCluster, plan: Plan, seed: int, write_artifacts: bool = True) -> Outcome:
@@ -433,11 +482,15 @@ def run_plan(cluster: FaultCluster, plan: Plan, seed: int, write_artifacts: bool
         found("no_write_after_heal", [f"no write accepted within {HEALED_WRITE_WITHIN_S + 5:g}s of healing"])
     elif report["first_write_after_heal_s"] > HEALED_WRITE_WITHIN_S:
         found("slow_write_after_heal", [f"first write after healing took {report['first_write_after_heal_s']}s"])
+    if rec["abandoned"]:
+        found("final_reads_abandoned", [f"final reads abandoned: {rec['abandoned']} "
+                                        f"({len(finals)} of {len(recorder.keys_used) + 1} keys x {cluster.n} nodes done)"])
     failed_finals = [f for f in finals if f.outcome != OK]
     found("final_reads_failed", [f"{len(failed_finals)} final read(s) failed: "
                                  + "; ".join(f.describe(t0) for f in failed_finals[:5])] if failed_finals else [])
     found("unexpected_responses", [f"unexpected responses: {dict(recorder.unexpected)}"]
           if recorder.unexpected else [])
+    found("node_failed", nemesis.errors)
 
     # Safety: linearizable, nothing acknowledged lost, versions name values, same content.
     found("lost_write", _lost_writes(ops, finals, t0))
