@@ -91,6 +91,17 @@ def setup(level: str = "info", fmt: str = "text", node_id: int | None = None) ->
     root.addHandler(handler)
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.server").addFilter(drop_malformed_http)
+
+
+def drop_malformed_http(record: logging.LogRecord) -> bool:
+    """aiohttp logs a full traceback for every unparsable request line or header
+    (and answers it 400 itself): bad input from a client, not a server error, and
+    an easy way to flood the log. Keep everything else it logs."""
+    from aiohttp.http_exceptions import HttpProcessingError
+
+    exc = record.exc_info[1] if record.exc_info else None
+    return not isinstance(exc, HttpProcessingError)
 
 
 class StateLog:

@@ -225,3 +225,20 @@ def test_token_middleware_checks_the_matched_route_not_the_raw_path() -> None:
     for path in ("/v1/kv/a", "/v1/events", "/dashboard/../v1/kv/a", "/nope", "wrong token"):
         assert statuses[path] == 401, (path, statuses)
     assert len(refused) >= 5
+
+
+def test_unparsable_requests_do_not_reach_the_log():
+    import logging
+
+    from aiohttp.http_exceptions import BadStatusLine
+
+    from kvpaxos.logs import drop_malformed_http
+
+    def record(exc: BaseException | None) -> logging.LogRecord:
+        info = (type(exc), exc, None) if exc else None
+        return logging.LogRecord("aiohttp.server", logging.ERROR, __file__, 1, "Error handling request",
+                                 None, info)
+
+    assert not drop_malformed_http(record(BadStatusLine("GARBAGE")))
+    assert drop_malformed_http(record(RuntimeError("a real server error")))
+    assert drop_malformed_http(record(None))
