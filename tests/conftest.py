@@ -12,24 +12,13 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from support.cluster import LIVE, Cluster  # noqa: E402
+from support.cluster import LIVE, Cluster, cluster_factory  # noqa: E402
 
 
 @pytest.fixture
 def make_cluster(tmp_path):
     """Factory: make_cluster(n=3) starts a cluster; every one is killed at teardown."""
-    made: list[Cluster] = []
-
-    def make(n: int = 3, start: bool = True, **kwargs) -> Cluster:
-        cluster = Cluster(tmp_path / f"cluster{len(made)}", n=n, **kwargs)
-        made.append(cluster)
-        if start:
-            cluster.start()
-        return cluster
-
-    yield make
-    for cluster in made:
-        cluster.stop_all()
+    yield from cluster_factory(tmp_path)
 
 
 @pytest.fixture

@@ -72,24 +72,18 @@ def cpu_seconds(pid: int) -> float | None:
 
 def get_json(port: int, path: str, timeout: float = 1.0) -> tuple[int, Any]:
     """(status, decoded body) of one GET on a fresh connection; OSError if nothing answers."""
-    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        data = resp.read()
-    finally:
-        conn.close()
-    try:
-        return resp.status, json.loads(data) if data else None
-    except ValueError:
-        return resp.status, None
+    return request_json(port, "GET", path, None, timeout)
 
 
 def request_json(port: int, method: str, path: str, body: Any, timeout: float = 5.0) -> tuple[int, Any]:
+    """(status, decoded body) of one request (JSON body unless None) on a fresh connection."""
     conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:
-        conn.request(method, path, body=json.dumps(body).encode(),
-                     headers={"Content-Type": "application/json"})
+        if body is None:
+            conn.request(method, path)
+        else:
+            conn.request(method, path, body=json.dumps(body).encode(),
+                         headers={"Content-Type": "application/json"})
         resp = conn.getresponse()
         data = resp.read()
     finally:

@@ -56,9 +56,9 @@ from pathlib import Path
 from typing import Any
 
 from support.cluster import REPO_ROOT, Cluster
-from support.history import (Recorder, Workload, errors, longest_gap_without_write, summarize,
+from support.history import (Recorder, Workload, errors, first_write_after, longest_gap_without_write, summarize,
                              took_effect, version_anomalies)
-from support.linearizability import OK, READ, WRITE, Op, check
+from support.linearizability import OK, READ, Op, check
 from support.netproxy import NetProxy, links_between
 
 from .test_faults import _converged_scans, _diff_scans, _dump_history, _lost_writes
@@ -400,17 +400,10 @@ async def _record(cluster: FaultCluster, plan: Plan, seed: int) -> dict[str, Any
         await nemesis.run(plan.stream_kinds(), faults_from + plan.faults_s, plan.every_kind_once, plan.cover_all)
         healed_at = time.monotonic()
         # The cluster must take a write soon after healing; clients keep going meanwhile.
-        async with recorder.session() as session:
-            n = 0
-            while time.monotonic() - healed_at < HEALED_WRITE_WITHIN_S + 5:
-                n += 1
-                url = recorder.urls[n % len(recorder.urls)]
-                op = await recorder.execute(session, "probe", WRITE, "heal-probe", url, value=f"probe-{n}",
-                                            client=(f"s{seed}-probe", n))
-                if op.outcome == OK:
-                    probe["first_write_after_heal_s"] = round(op.end - healed_at, 2)
-                    break
-                await asyncio.sleep(0.1)
+        first = await first_write_after(recorder, healed_at, HEALED_WRITE_WITHIN_S + 5, f"s{seed}-probe",
+                                        pause_s=0.1)
+        if first is not None:
+            probe["first_write_after_heal_s"] = round(first, 2)
         await asyncio.sleep(max(0.0, healed_at + plan.after_s - time.monotonic()))
     finally:
         recorder.stop()

@@ -30,7 +30,7 @@ from collections import Counter
 from typing import Any
 
 from support.cluster import Cluster
-from support.history import (Recorder, Workload, errors, longest_gap_without_write, summarize,
+from support.history import (Recorder, Workload, errors, first_write_after, longest_gap_without_write, summarize,
                              took_effect, version_anomalies)
 from support.linearizability import CAS, DELETE, OK, READ, UNKNOWN, WRITE, Op, check
 
@@ -176,18 +176,8 @@ async def _record_with_faults(cluster: Cluster, seed: int, report: dict) -> tupl
     report["fault_log"] = nemesis.log
 
     # The cluster must take a write soon after healing.
-    first_write = None
-    async with recorder.session() as session:
-        n = 0
-        while time.monotonic() - healed_at < HEALED_WRITE_WITHIN_S + 5:
-            n += 1
-            url = recorder.urls[n % len(recorder.urls)]
-            op = await recorder.execute(session, "probe", WRITE, "heal-probe", url, value=f"probe-{n}",
-                                        client=(f"s{seed}-probe", n))
-            if op.outcome == OK:
-                first_write = op.end - healed_at
-                break
-            await asyncio.sleep(0.1)
+    first_write = await first_write_after(recorder, healed_at, HEALED_WRITE_WITHIN_S + 5,
+                                          f"s{seed}-probe", pause_s=0.1)
     report["first_write_after_heal_s"] = None if first_write is None else round(first_write, 2)
 
     # Every key from every node, linearizably; these reads are part of the history.

@@ -21,7 +21,7 @@ import urllib.parse
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
@@ -355,3 +355,20 @@ def _stop_quietly(ref: "weakref.ref[Cluster]") -> None:
             cluster.stop_all()
         except Exception:
             pass
+
+
+def cluster_factory(tmp_path: Path, cls: type[Cluster] = Cluster) -> Iterator[Callable[..., Cluster]]:
+    """Body of a pytest fixture: yields make(n=3, start=True, **kwargs) building `cls`
+    clusters under tmp_path, and stops every one of them at teardown."""
+    made: list[Cluster] = []
+
+    def make(n: int = 3, start: bool = True, **kwargs: Any) -> Cluster:
+        cluster = cls(tmp_path / f"cluster{len(made)}", n=n, **kwargs)
+        made.append(cluster)
+        if start:
+            cluster.start()
+        return cluster
+
+    yield make
+    for cluster in made:
+        cluster.stop_all()

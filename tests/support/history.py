@@ -354,3 +354,21 @@ def version_anomalies(ops: Iterable[Op]) -> list[str]:
                 out.append(f"key {key!r}: read #{op.id} saw version {op.meta['version']} after read "
                            f"#{newest_done.id} had finished with version {newest_done.meta['version']}")
     return out
+
+
+async def first_write_after(recorder: Recorder, since: float, within_s: float, client: str,
+                            pause_s: float = 0.0) -> float | None:
+    """Write "heal-probe" through the nodes in turn until one write is acknowledged;
+    its end time after `since` (monotonic), or None if none was within `within_s`."""
+    async with recorder.session() as session:
+        n = 0
+        while time.monotonic() - since < within_s:
+            n += 1
+            url = recorder.urls[n % len(recorder.urls)]
+            op = await recorder.execute(session, "probe", WRITE, "heal-probe", url, value=f"probe-{n}",
+                                        client=(client, n))
+            if op.outcome == OK:
+                return op.end - since
+            if pause_s:
+                await asyncio.sleep(pause_s)
+    return None
