@@ -59,7 +59,7 @@ from support.cluster import REPO_ROOT, Cluster
 from support.history import (Recorder, Workload, errors, first_write_after, longest_gap_without_write, summarize,
                              took_effect, version_anomalies)
 from support.linearizability import OK, READ, Op, check
-from support.netproxy import NetProxy, links_between
+from support.netproxy import NetProxy
 
 from .test_faults import _converged_scans, _diff_scans, _dump_history, _lost_writes
 
