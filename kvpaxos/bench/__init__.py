@@ -2,7 +2,7 @@
 
 Modules:
   cluster    a fresh local cluster of real `kv serve` processes, CPU time from /proc
-  loadgen    the load generator (aiohttp, keep-alive): closed loop, fixed rate, batches
+  loadgen    the load generator (keep-alive; a raw asyncio HTTP client or aiohttp): closed loop, fixed rate, batches
   stats      percentiles and summaries
   baselines  the bare aiohttp server, PySyncObj, etcd reference numbers
   failover   kill -9 the leader, time until a write is acknowledged again

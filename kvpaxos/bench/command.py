@@ -59,6 +59,9 @@ def _modes(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
               help="Unmeasured seconds before each level.")
 @click.option("--client-procs", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Load generator processes.")
+@click.option("--client", type=click.Choice(["raw", "aiohttp"]), default="raw", show_default=True,
+              help="Load generator's HTTP client: a minimal keep-alive client on asyncio (cheap), "
+                   "or aiohttp's client session.")
 @click.option("--target", type=click.Choice(["all", "leader"]), default="all", show_default=True,
               help="Spread clients over all nodes, or send everything to the leader.")
 @click.option("--exactly-once/--no-exactly-once", default=True, show_default=True,
@@ -82,7 +85,7 @@ def _modes(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
 @click.pass_context
 def bench(ctx: click.Context, nodes: int, concurrency: list[int], read_ratio: float, value_bytes: int,
-          keys: int, duration: float, warmup: float, client_procs: int, target: str,
+          keys: int, duration: float, warmup: float, client_procs: int, client: str, target: str,
           exactly_once: bool, modes: list[str], batch_size: int, batch_concurrency: int, rates: list[float],
           rate_duration: float, reads_concurrency: int, syncobj_outstanding: int, out_dir: str,
           tag: str, as_json: bool, quiet: bool) -> None:
@@ -99,7 +102,7 @@ def bench(ctx: click.Context, nodes: int, concurrency: list[int], read_ratio: fl
 
     opts = SuiteOptions(
         nodes=nodes, concurrency=concurrency, read_ratio=read_ratio, value_bytes=value_bytes, keys=keys,
-        duration_s=duration, warmup_s=warmup, client_procs=client_procs, target=target,
+        duration_s=duration, warmup_s=warmup, client_procs=client_procs, client=client, target=target,
         exactly_once=exactly_once, modes=modes, batch_size=batch_size,
         batch_concurrency=batch_concurrency, rates=rates, rate_duration_s=rate_duration,
         reads_concurrency=reads_concurrency, syncobj_outstanding=syncobj_outstanding,

@@ -1,4 +1,10 @@
-"""The load generator: aiohttp with keep-alive connections, one event loop per process.
+"""The load generator: keep-alive HTTP connections, one event loop per process.
+
+Two HTTP clients (Workload.client): "raw" (the default), a minimal keep-alive
+HTTP/1.1 client on asyncio protocols (kvpaxos/bench/rawhttp.py) that costs a
+fraction of aiohttp's CPU per request, so the generator measures the server
+rather than itself; and "aiohttp", the aiohttp client session (what earlier
+results used).
 
 Three shapes of load, each described by a Workload:
   closed  `concurrency` clients, each sending its next request when the last one
@@ -34,6 +40,7 @@ from typing import Any, Callable
 import aiohttp
 from yarl import URL
 
+from kvpaxos.bench import rawhttp
 from kvpaxos.bench.stats import summarize
 
 ERROR_PAUSE_S = 0.01  # after a failed request, so a dead node does not spin a client
@@ -58,6 +65,7 @@ class Workload:
     seed: int = 1
     key_prefix: str = "bench-"
     label: str = ""
+    client: str = "raw"             # raw | aiohttp
 
 
 @dataclass
@@ -126,6 +134,10 @@ class _Gen:
         w = self.w
         for op in ("put", "get", "batch"):
             self.result.latencies[op] = []
+        if w.client == "raw":
+            return await self._run_raw()
+        if w.client != "aiohttp":
+            raise ValueError(f"unknown client {w.client!r} (raw or aiohttp)")
         # Closed loop: one keep-alive connection per client. Open loop: a bounded
         # pool, as a real client has; waiting for a connection counts in latency.
         limit = w.max_connections if w.mode == "rate" else 0
@@ -148,6 +160,224 @@ class _Gen:
             if ticker is not None:
                 ticker.cancel()
         return self.result
+
+    async def _run_raw(self) -> WorkerResult:
+        w = self.w
+        addresses = [rawhttp.host_port(u) for u in w.urls]
+        hosts = [f"{h}:{p}" for h, p in addresses]
+        suffix = "?consistency=stale" if w.stale_reads else ""
+        self.raw_put = [[f"PUT /v1/kv/{k} HTTP/1.1\r\nHost: {h}\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: ".encode() for k in self.keys] for h in hosts]
+        self.raw_get = [[rawhttp.request_bytes("GET", f"/v1/kv/{k}{suffix}", h) for k in self.keys]
+                        for h in hosts]
+        self.raw_batch = [f"POST /v1/batch HTTP/1.1\r\nHost: {h}\r\nContent-Type: application/json\r\n"
+                          f"Content-Length: ".encode() for h in hosts]
+        # Closed loop: one connection per client. Open loop: a bounded pool, as a real
+        # client has; waiting for a connection counts in latency.
+        limit = w.max_connections if w.mode == "rate" else w.concurrency + 1
+        self.pool = pool = rawhttp.Pool(addresses, limit)
+        share = self.share
+
+        def new_session(conn: rawhttp.Conn) -> None:
+            if w.exactly_once:
+                conn.client_id = f"bench-{uuid.uuid4().hex[:12]}-r{share}"
+        pool.on_new = new_session
+        try:
+            await asyncio.sleep(max(0.0, self.start_at - time.monotonic()))
+            cpu_task = asyncio.create_task(self._cpu_window())
+            ticker = asyncio.create_task(self._report_progress()) if self.progress else None
+            expiry = asyncio.create_task(self._expire_forever())
+            if w.mode == "rate":
+                await self._open_loop_raw()
+            else:
+                clients = [asyncio.create_task(self._raw_client(i))
+                           for i in range(self.share, w.concurrency, self.shares)]
+                await asyncio.gather(*clients)
+            await cpu_task
+            expiry.cancel()
+            if ticker is not None:
+                ticker.cancel()
+        finally:
+            pool.close()
+        return self.result
+
+    async def _expire_forever(self) -> None:
+        while True:
+            await asyncio.sleep(min(0.25, self.w.timeout_s / 4))
+            self.pool.expire(self.w.timeout_s)
+
+    def _raw_put_request(self, node: int, k: int, client_id: str | None, seq: int) -> bytes:
+        body = self._put_body(client_id, seq)
+        return b"%s%d\r\n\r\n%s" % (self.raw_put[node][k], len(body), body)
+
+    async def _raw_client(self, index: int) -> None:
+        """A closed-loop client on its own keep-alive connection (reopened after an error)."""
+        w = self.w
+        node = index % len(w.urls)
+        rng = random.Random(self.rng.random())
+        nkeys = len(self.keys)
+        conn: rawhttp.Conn | None = None
+        seq = 0
+        client_id = f"bench-{uuid.uuid4().hex[:12]}-{index}" if w.exactly_once else None
+        results = self.result
+        while time.monotonic() < self.m1:
+            if conn is None or conn.closed:
+                try:
+                    conn = await self.pool.acquire(node)
+                except OSError as exc:
+                    results.errors[f"connect:{type(exc).__name__}"] += 1
+                    await asyncio.sleep(ERROR_PAUSE_S)
+                    continue
+            if w.mode == "batch":
+                seq += 1
+                op, data = "batch", self._batch_request(node, rng, client_id, seq)
+            elif rng.random() < w.read_ratio:
+                op, data = "get", self.raw_get[node][rng.randrange(nkeys)]
+            else:
+                seq += 1
+                op, data = "put", self._raw_put_request(node, rng.randrange(nkeys), client_id, seq)
+            started = time.monotonic()
+            try:
+                status, body = await conn.request(data)
+            except (rawhttp.HttpError, OSError, TimeoutError) as exc:
+                results.errors[f"{op}:{type(exc).__name__}"] += 1
+                self.pool.release(node, conn)
+                conn = None
+                await asyncio.sleep(ERROR_PAUSE_S)
+                continue
+            ended = time.monotonic()
+            if not self._check(op, status, body, started, ended):
+                await asyncio.sleep(ERROR_PAUSE_S)
+        if conn is not None:
+            self.pool.release(node, conn)
+
+    def _check(self, op: str, status: int, body: bytes, started: float, ended: float) -> bool:
+        """Count one response; False if it was an error."""
+        if op == "get" and status == 404:
+            self.result.not_found += 1
+        elif status != 200:
+            self.result.errors[f"{op}:{status}"] += 1
+            return False
+        elif op == "batch":
+            return self._batch_done(body, started, ended)
+        self.record(op, started, ended)
+        return True
+
+    def _batch_body(self, rng: random.Random, client_id: str | None, seq: int) -> bytes:
+        nkeys = len(self.keys)
+        ops = ",".join(
+            '{"op":"put","key":"%s","value":%s}' % (self.keys[rng.randrange(nkeys)], self.value_json)
+            for _ in range(self.w.batch_size))
+        tail = "" if client_id is None else ',"client_id":"%s","seq":%d' % (client_id, seq)
+        return ('{"ops":[%s]%s}' % (ops, tail)).encode()
+
+    def _batch_request(self, node: int, rng: random.Random, client_id: str | None, seq: int) -> bytes:
+        body = self._batch_body(rng, client_id, seq)
+        return b"%s%d\r\n\r\n%s" % (self.raw_batch[node], len(body), body)
+
+    def _batch_done(self, raw: bytes, started: float, ended: float) -> bool:
+        w = self.w
+        try:
+            results = json.loads(raw)["results"]
+        except (ValueError, KeyError, TypeError):
+            self.result.errors["batch:malformed"] += 1
+            return False
+        if len(results) != w.batch_size:
+            self.result.errors["batch:wrong_count"] += 1
+            return False
+        ok = sum(1 for r in results if isinstance(r, dict) and r.get("ok", True) is not False)
+        if self.m0 <= ended <= self.m1:
+            self.result.batch_ops_ok += ok
+            self.result.batch_ops_failed += len(results) - ok
+        self.record("batch", started, ended)
+        return True
+
+    # Open loop, raw client: no task per request. Every request due is started at
+    # once on an idle connection (a callback records its answer); only a request
+    # that must wait for a connection gets a task.
+
+    async def _open_loop_raw(self) -> None:
+        w = self.w
+        rate = w.rate / self.shares
+        interval = 1.0 / rate
+        t0 = self.start_at + self.share * interval / self.shares  # interleave the processes
+        self.outstanding = 0
+        self.drained: asyncio.Future | None = None
+        limit = max(1000, int(rate * w.timeout_s))
+        timer = _Timer()
+        i = 0
+        try:
+            while True:
+                planned = t0 + i * interval
+                if planned >= self.m1:
+                    break
+                now = time.monotonic()
+                if planned > now:
+                    await timer.sleep_until(planned)
+                    now = time.monotonic()
+                # Start everything due by now (a late wake-up starts several).
+                while planned <= now and planned < self.m1:
+                    i += 1
+                    if self.outstanding >= limit:
+                        self.result.unsent += 1
+                    else:
+                        self._start_open(planned, i)
+                    planned = t0 + i * interval
+        finally:
+            timer.close()
+        if self.outstanding:
+            self.drained = asyncio.get_running_loop().create_future()
+            await self.drained
+
+    def _start_open(self, planned: float, i: int) -> None:
+        if time.monotonic() - planned > 0.001:
+            self.result.late += 1
+        node = i % len(self.w.urls)
+        is_get = self.rng.random() < self.w.read_ratio
+        k = self.rng.randrange(len(self.keys))
+        self.outstanding += 1
+        conn = self.pool.acquire_now(node)
+        if conn is None:
+            asyncio.ensure_future(self._open_after_wait(planned, node, k, is_get))
+        else:
+            self._send_open(conn, planned, node, k, is_get)
+
+    async def _open_after_wait(self, planned: float, node: int, k: int, is_get: bool) -> None:
+        try:
+            conn = await self.pool.acquire(node)
+        except OSError as exc:
+            self.result.errors[f"connect:{type(exc).__name__}"] += 1
+            self._open_done()
+            return
+        self._send_open(conn, planned, node, k, is_get)
+
+    def _send_open(self, conn: rawhttp.Conn, planned: float, node: int, k: int, is_get: bool) -> None:
+        if is_get:
+            data, op = self.raw_get[node][k], "get"
+        else:
+            client_id = conn.client_id if self.w.exactly_once else None
+            if client_id is not None:
+                conn.seq += 1
+            data, op = self._raw_put_request(node, k, client_id, conn.seq), "put"
+        fut = conn.request(data)
+        fut.add_done_callback(lambda f: self._on_open_answer(f, op, conn, node, planned))
+
+    def _on_open_answer(self, fut: asyncio.Future, op: str, conn: rawhttp.Conn, node: int,
+                        planned: float) -> None:
+        ended = time.monotonic()
+        self.pool.release(node, conn)
+        exc = fut.exception()
+        if exc is not None:
+            self.result.errors[f"{op}:{type(exc).__name__}"] += 1
+        else:
+            status, body = fut.result()
+            self._check(op, status, body, planned, ended)
+        self._open_done()
+
+    def _open_done(self) -> None:
+        self.outstanding -= 1
+        if self.outstanding == 0 and self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
 
     async def _cpu_window(self) -> None:
         await asyncio.sleep(max(0.0, self.m0 - time.monotonic()))
@@ -316,6 +546,62 @@ class _Gen:
         """Latency counts from the planned start; note requests that started late."""
         if time.monotonic() - planned > 0.001:
             self.result.late += 1
+
+
+class _Timer:
+    """Sleep until a CLOCK_MONOTONIC instant with sub-millisecond precision.
+
+    asyncio's timers wake through epoll_wait, whose timeout is whole
+    milliseconds rounded up: an open loop at 1,000 requests/s would start each
+    request up to 1 ms late (0.5 ms on average), which is a quarter of a 2 ms
+    latency target. On Linux a timerfd (through libc) wakes the loop on time;
+    elsewhere this falls back to asyncio.sleep.
+    """
+
+    def __init__(self) -> None:
+        self.fd = -1
+        self.waiter: asyncio.Future | None = None
+        try:
+            import ctypes
+            import os
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            self._os = os
+            self._spec = (ctypes.c_long * 4)()  # itimerspec: interval (0), value (s, ns)
+            self._settime = libc.timerfd_settime
+            fd = libc.timerfd_create(1, 0o4000 | 0o2000000)  # CLOCK_MONOTONIC, NONBLOCK | CLOEXEC
+            if fd >= 0:
+                asyncio.get_running_loop().add_reader(fd, self._fired)
+                self.fd = fd
+        except (OSError, AttributeError, RuntimeError, NotImplementedError):
+            self.fd = -1
+
+    async def sleep_until(self, t: float) -> None:
+        if self.fd < 0:
+            await asyncio.sleep(max(0.0, t - time.monotonic()))
+            return
+        sec = int(t)
+        self._spec[2], self._spec[3] = sec, max(1, int((t - sec) * 1e9))
+        if self._settime(self.fd, 1, self._spec, None) != 0:  # TFD_TIMER_ABSTIME
+            await asyncio.sleep(max(0.0, t - time.monotonic()))
+            return
+        self.waiter = asyncio.get_running_loop().create_future()
+        await self.waiter
+
+    def _fired(self) -> None:
+        try:
+            self._os.read(self.fd, 8)
+        except BlockingIOError:
+            return
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            asyncio.get_running_loop().remove_reader(self.fd)
+            self._os.close(self.fd)
+            self.fd = -1
 
 
 def run_share(w: Workload, share: int, shares: int, start_at: float,

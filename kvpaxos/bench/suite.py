@@ -45,6 +45,7 @@ class SuiteOptions:
     duration_s: float = 5.0
     warmup_s: float = 1.0
     client_procs: int = 1
+    client: str = "raw"               # raw | aiohttp: the load generator's HTTP client
     target: str = "all"               # all | leader: which nodes the clients talk to
     exactly_once: bool = True
     modes: list[str] = field(default_factory=lambda: list(ALL_MODES))
@@ -168,7 +169,7 @@ def run_kvpaxos(opts: SuiteOptions, runner: LoadRunner, echo: EchoServer | None 
         urls = [cluster.nodes[leader].url] if opts.target == "leader" else cluster.urls
         base = Workload(urls, concurrency=1, read_ratio=opts.read_ratio, value_bytes=opts.value_bytes,
                         keys=opts.keys, warmup_s=opts.warmup_s, duration_s=opts.duration_s,
-                        exactly_once=opts.exactly_once)
+                        exactly_once=opts.exactly_once, client=opts.client)
         written = populate(base)
         _log(opts, f"  wrote {written} keys of {opts.value_bytes} bytes")
 
@@ -230,7 +231,8 @@ def run_kvpaxos(opts: SuiteOptions, runner: LoadRunner, echo: EchoServer | None 
 
 def run_aiohttp_only(opts: SuiteOptions, runner: LoadRunner, echo: EchoServer) -> dict:
     base = Workload([echo.url], read_ratio=opts.read_ratio, value_bytes=opts.value_bytes, keys=opts.keys,
-                    warmup_s=opts.warmup_s, duration_s=opts.duration_s, exactly_once=opts.exactly_once)
+                    warmup_s=opts.warmup_s, duration_s=opts.duration_s, exactly_once=opts.exactly_once,
+                    client=opts.client)
     populate(base)
     return {"sweep": [_level(runner, base, c, "aiohttp baseline", echo.pids) for c in opts.concurrency]}
 
@@ -307,7 +309,7 @@ def run_suite(opts: SuiteOptions) -> dict:
                                                for k, v in opts.__dict__.items()},
     }
     with LoadRunner(opts.client_procs, opts.show_progress) as runner:
-        doc["load_generator"] = {"procs": opts.client_procs, "client": "aiohttp, keep-alive"}
+        doc["load_generator"] = {"procs": opts.client_procs, "client": f"{opts.client}, keep-alive"}
         echo = EchoServer() if "aiohttp" in opts.modes else None
         try:
             if echo is not None:
