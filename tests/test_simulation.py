@@ -93,7 +93,7 @@ def test_planted_bug_leader_ignoring_phase_one_is_caught(monkeypatch: pytest.Mon
 
 def test_planted_bug_reads_without_a_heartbeat_round_are_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     # A leader that answers read-index requests without confirming it still leads (rule 13).
-    monkeypatch.setattr(LeaderState, "confirmed_seq", lambda self, self_id: 1 << 62)
+    monkeypatch.setattr(LeaderState, "confirmed_seq", lambda self, self_id, config: 1 << 62)
     found = first_failure(lambda seed: Simulation(seed))
     assert found is not None and "stale read" in found[1], found
 
@@ -101,16 +101,7 @@ def test_planted_bug_reads_without_a_heartbeat_round_are_caught(monkeypatch: pyt
 def test_planted_bug_reads_before_the_first_own_slot_is_chosen_are_caught(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # A new leader that serves reads before a slot of its own ballot is chosen (rule 13).
-    original = LeaderState.releasable_reads
-
-    def without_barrier(self: LeaderState, self_id: int, chosen_through: int) -> list:
-        barrier, self.barrier_slot = self.barrier_slot, 0
-        try:
-            return original(self, self_id, chosen_through)
-        finally:
-            self.barrier_slot = barrier
-
-    monkeypatch.setattr(LeaderState, "releasable_reads", without_barrier)
+    monkeypatch.setattr(LeaderState, "barrier_chosen", lambda self, chosen_through: True)
     found = first_failure(lambda seed: Simulation(seed))
     assert found is not None and "stale read" in found[1], found
 

@@ -14,6 +14,7 @@ from typing import Any, Callable
 from kvpaxos.core import messages as m
 from kvpaxos.core.ballot import Ballot
 from kvpaxos.core.commands import OPS, PUT, Batch, Command
+from kvpaxos.core.membership import MEMBER_OPS
 
 
 class WireError(ValueError):
@@ -56,7 +57,7 @@ def command_from_wire(x: Any) -> Command:
     if not isinstance(x, list) or len(x) != 9:
         raise WireError("bad command")
     op, key, value, if_value, if_version, client_id, seq, cmd_id, part = x
-    if op not in OPS or type(key) is not str or type(cmd_id) is not str:
+    if (op not in OPS and op not in MEMBER_OPS) or type(key) is not str or type(cmd_id) is not str:
         raise WireError("bad command")
     if op == PUT and type(value) is not str:
         raise WireError("a put needs a string value")  # the state machine asserts it
@@ -115,7 +116,7 @@ _INT_CODEC = (lambda i: i, _int)
 _TYPES: dict[str, type] = {cls.__name__: cls for cls in (
     m.Prepare, m.Promise, m.Accept, m.Accepted, m.Reject, m.Commit, m.Heartbeat,
     m.HeartbeatAck, m.CatchUpRequest, m.CatchUpReply, m.ReadIndexRequest, m.ReadIndexReply,
-    m.Rebuilding, m.ClientRequest, m.ClientReply)}
+    m.Rebuilding, m.Resign, m.ClientRequest, m.ClientReply)}
 _FIELDS: dict[type, tuple[str, ...]] = {cls: tuple(f.name for f in fields(cls)) for cls in _TYPES.values()}
 
 

@@ -97,7 +97,8 @@ class KVState:
             self.revision += 1
             self.data[cmd.key] = (cmd.value, self.revision)
             return Result(True, version=self.revision)
-        assert cmd.op == DELETE
+        if cmd.op != DELETE:
+            return Result(True)  # a membership command: kvpaxos/core/membership.py decides it
         if current is None:
             return Result(False, "not_found")
         self.revision += 1

@@ -9,6 +9,9 @@ A LeaderState exists only while its node is a candidate or the leader of
   (a group of commands from one request always lands whole in one slot);
 - read-index rounds: reads wait for a heartbeat round acknowledged by a
   majority at `ballot`, and for the leader's first own-ballot slot to be chosen.
+Majorities are always counted in one configuration (kvpaxos/core/membership.py),
+passed in by the replica: the configuration of the slot voted on, or for phase 1
+and reads, each configuration that governs an open slot.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from dataclasses import dataclass, field
 from kvpaxos.core import messages as m
 from kvpaxos.core.ballot import Ballot
 from kvpaxos.core.commands import NOOP, Batch, Command
+from kvpaxos.core.membership import Config
 
 
 @dataclass
@@ -36,33 +40,45 @@ class PendingRead:
 
 
 class LeaderState:
-    def __init__(self, ballot: Ballot, from_slot: int, members: tuple[int, ...]) -> None:
+    def __init__(self, ballot: Ballot, from_slot: int) -> None:
         self.ballot = ballot
         self.from_slot = from_slot
-        self.members = members
-        self.quorum = len(members) // 2 + 1
         self.promises: dict[int, m.Promise] = {}
+        self.top = 0  # the highest slot any promise mentioned
+        self._merged: dict[int, Batch] | None = None
+        self.prepare_sent: dict[int, int] = {}  # peer -> tick of the last Prepare sent to it
         self.proposals: dict[int, Proposal] = {}
         self.next_slot = from_slot
-        self.barrier_slot = from_slot
+        self.barrier_slot = 0  # the first fresh slot of this ballot, once proposed
         self.pending: deque[tuple[Command, ...]] = deque()  # groups never split across slots
         self.idle_ticks = 0
         self.hb_seq = 0
         self.acked_seq: dict[int, int] = {}
         self.heard_tick: dict[int, int] = {}
+        self.progress: dict[int, int] = {}  # peer -> chosen_through it last reported
+        self.promoting: tuple[int, int] | None = None  # (learner, tick) of the last promotion sent
         self.unsent_reads: list[PendingRead] = []
         self.reads_by_seq: dict[int, list[PendingRead]] = {}
 
     # -- phase 1 --------------------------------------------------------------
 
-    def add_promise(self, src: int, promise: m.Promise) -> bool:
-        """Record a promise for this ballot; True once a majority has promised."""
+    def add_promise(self, src: int, promise: m.Promise) -> None:
+        """Record a promise for this ballot (promises may keep arriving after phase 1,
+        from voters of a configuration that took effect since)."""
         self.promises[src] = promise
-        return len(self.promises) >= self.quorum
+        self._merged = None
+        slots = [e.slot for e in promise.accepted] + [c.slot for c in promise.chosen]
+        self.top = max([self.top, *slots])
+
+    def has_promises(self, config: Config) -> bool:
+        return config.is_quorum(self.promises)
 
     def merged_values(self) -> dict[int, Batch]:
         """For each slot any promise mentions, the value known chosen there, else the
-        value accepted with the highest ballot."""
+        value accepted with the highest ballot. Promises from more than a majority only
+        add values that a higher ballot already had to propose, so they never hurt."""
+        if self._merged is not None:
+            return self._merged
         best: dict[int, tuple[Ballot, Batch]] = {}
         for promise in self.promises.values():
             for e in promise.accepted:
@@ -73,25 +89,26 @@ class LeaderState:
             for c in promise.chosen:
                 if c.slot >= self.from_slot:
                     merged[c.slot] = c.value  # known chosen: no other value is possible
+        self._merged = merged
         return merged
 
     # -- phase 2 --------------------------------------------------------------
 
-    def add_vote(self, src: int, slot: int) -> Batch | None:
-        """Count an Accepted for this ballot; the value once a majority accepted it."""
+    def add_vote(self, src: int, slot: int, config: Config) -> Batch | None:
+        """Count an Accepted for this ballot; the value once a majority of the slot's
+        configuration accepted it."""
         proposal = self.proposals.get(slot)
-        if proposal is None:
+        if proposal is None or src not in config.voters:
             return None
         proposal.votes.add(src)
-        if len(proposal.votes) < self.quorum:
+        if len(proposal.votes) < config.quorum:
             return None
         del self.proposals[slot]
         return proposal.value
 
-    def next_batch(self, window_slots: int, count_max: int, bytes_max: int,
-                   ts_ms: int, force: bool = False) -> Batch | None:
-        """The commands for the next fresh slot, or None when none fit or the window is full."""
-        if len(self.proposals) >= window_slots or not (self.pending or force):
+    def next_batch(self, count_max: int, bytes_max: int, ts_ms: int, force: bool = False) -> Batch | None:
+        """The commands for the next fresh slot (a no-op if forced and none wait), or None."""
+        if not (self.pending or force):
             return None
         commands: list[Command] = []
         size = 0
@@ -109,30 +126,36 @@ class LeaderState:
     def heard(self, src: int, tick: int) -> None:
         self.heard_tick[src] = tick
 
-    def has_quorum_contact(self, self_id: int, tick: int, window_ticks: int) -> bool:
-        recent = sum(1 for p, t in self.heard_tick.items() if p != self_id and tick - t <= window_ticks)
-        return recent + 1 >= self.quorum
+    def has_quorum_contact(self, self_id: int, tick: int, window_ticks: int, configs: list[Config]) -> bool:
+        recent = {p for p, t in self.heard_tick.items() if tick - t <= window_ticks} | {self_id}
+        return all(c.is_quorum(recent) for c in configs)
 
     def ack(self, src: int, hb_seq: int) -> None:
         if hb_seq > self.acked_seq.get(src, 0):
             self.acked_seq[src] = hb_seq
 
-    def confirmed_seq(self, self_id: int) -> int:
-        """The highest heartbeat round acknowledged by a majority (this node included)."""
-        seqs = sorted((s for p, s in self.acked_seq.items() if p != self_id), reverse=True)
-        need = self.quorum - 1
-        if need == 0:
-            return self.hb_seq
-        return seqs[need - 1] if len(seqs) >= need else 0
+    def confirmed_seq(self, self_id: int, config: Config) -> int:
+        """The highest heartbeat round acknowledged by a majority of config's voters
+        (this node included, if it votes)."""
+        seqs = sorted(((self.hb_seq if p == self_id else self.acked_seq.get(p, 0)) for p in config.voters),
+                      reverse=True)
+        return seqs[config.quorum - 1]
 
-    def releasable_reads(self, self_id: int, chosen_through: int) -> list[PendingRead]:
-        if chosen_through < self.barrier_slot:
+    def barrier_chosen(self, chosen_through: int) -> bool:
+        """Whether this ballot's first fresh slot, and every slot any promise mentioned,
+        is chosen and known here."""
+        return self.barrier_slot > 0 and chosen_through >= max(self.barrier_slot, self.top)
+
+    def releasable_reads(self, self_id: int, chosen_through: int, config: Config) -> list[PendingRead]:
+        """Reads whose heartbeat round a majority of `config` acknowledged; each is
+        answered with the current chosen_through as its read point."""
+        if not self.barrier_chosen(chosen_through) or not self.has_promises(config):
             return []
-        confirmed = self.confirmed_seq(self_id)
+        confirmed = self.confirmed_seq(self_id, config)
         out: list[PendingRead] = []
         for seq in sorted(s for s in self.reads_by_seq if s <= confirmed):
             for read in self.reads_by_seq.pop(seq):
-                read.index = max(read.index, self.barrier_slot)
+                read.index = max(read.index, chosen_through)
                 out.append(read)
         return out
 

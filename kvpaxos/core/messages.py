@@ -128,6 +128,15 @@ class Rebuilding:
     round: int
 
 
+@dataclass(frozen=True, slots=True)
+class Resign:
+    """From a leader that is no longer a member: stop following `ballot`; `successor`
+    (a voter of the new configuration) starts an election at once."""
+
+    ballot: Ballot
+    successor: int
+
+
 # -- node-level messages: handled by the node runtime, never by the replica ----
 
 
@@ -160,6 +169,7 @@ Message = (
     | ReadIndexRequest
     | ReadIndexReply
     | Rebuilding
+    | Resign
     | ClientRequest
     | ClientReply
 )

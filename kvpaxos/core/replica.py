@@ -26,6 +26,16 @@ promised before it lost its state. Every peer must be asked, not a majority: a
 candidate may hold the lost promise while no member of some majority has seen
 its round, and then win phase 1 with it after this node voted under a lower
 ballot (tests/core/test_replica.py has the five-node case).
+
+Membership (kvpaxos/core/membership.py) advances with chosen_through: the
+replica always knows the configuration of every slot up to chosen_through +
+alpha, and never proposes beyond. A slot is proposed only once a majority of
+its own configuration has promised this ballot (a leader asks the voters of a
+configuration that takes effect later as soon as it learns of them), and its
+votes are counted in that configuration only. Learners follow the log but make
+no promises. Reads are served only while no change is in flight. A replica the
+configuration no longer names stops once every slot its old configuration
+governs is chosen (Ready.removed); a leader first names a successor (Resign).
 """
 from __future__ import annotations
 
@@ -36,9 +46,10 @@ from typing import Protocol
 from kvpaxos.core import messages as m
 from kvpaxos.core.acceptor import Acceptor
 from kvpaxos.core.ballot import ZERO, Ballot
-from kvpaxos.core.commands import Batch, Command
+from kvpaxos.core.commands import Batch, Command, Result
 from kvpaxos.core.leader import LeaderState, PendingRead, Proposal
 from kvpaxos.core.learner import Learner
+from kvpaxos.core.membership import MEMBER_PROMOTE, Config, Membership
 
 class Rng(Protocol):
     """The randomness a replica uses: a seeded random.Random in tests and the simulator."""
@@ -79,6 +90,9 @@ class Ready:
     dropped: list[Command] = field(default_factory=list)
     snapshot_from: int | None = None
     became_voter: bool = False
+    membership: Membership | None = None  # as of the end of `apply`
+    member_results: dict[str, Result] = field(default_factory=dict)  # by cmd_id
+    removed: bool = False  # this node is no longer a member: stop it
 
     def must_persist(self) -> bool:
         return self.promised is not None or bool(self.accepted)
@@ -86,19 +100,25 @@ class Ready:
     def is_empty(self) -> bool:
         return not (self.must_persist() or self.chosen or self.messages or self.apply
                     or self.reads or self.proposed or self.dropped or self.snapshot_from
-                    or self.became_voter)
+                    or self.became_voter or self.removed)
 
 
 class Replica:
-    def __init__(self, node_id: int, members: tuple[int, ...], config: CoreConfig,
+    def __init__(self, node_id: int, members: tuple[int, ...] | Membership, config: CoreConfig,
                  rng: Rng, *, promised: Ballot = ZERO,
                  accepted: dict[int, tuple[Ballot, Batch]] | None = None,
                  chosen: dict[int, Batch] | None = None, applied_through: int = 0,
                  voting: bool = True, rebuild_round: int = 0) -> None:
-        assert node_id in members
+        """`members`: the initial voters, or the membership as of applied_through."""
         self.id = node_id
-        self.members = tuple(sorted(members))
-        self.peers = tuple(p for p in self.members if p != node_id)
+        self.membership = (members if isinstance(members, Membership)
+                           else Membership.initial(members, config.window_slots))
+        self.member_through = applied_through  # the membership covers the log up to here
+        self.peers: tuple[int, ...] = ()
+        self._contacts: frozenset[int] = frozenset()
+        self._ever: set[int] = set()
+        self._peers_for: tuple[Membership, bool] | None = None
+        self.removed = False
         self.config = config
         self.rng = rng
         self.acceptor = Acceptor(promised, accepted)
@@ -126,10 +146,13 @@ class Replica:
         self.malformed = 0
         self.elections = 0
         self._ready = Ready()
+        self._advance_membership()
 
     # -- inputs ---------------------------------------------------------------
 
     def tick(self, now_ms: int | None = None) -> None:
+        if self.removed:
+            return
         self.ticks += 1
         if now_ms is not None:
             self.clock_ms = max(self.clock_ms, now_ms)
@@ -139,7 +162,7 @@ class Replica:
             self.election_elapsed += 1
             if self.role is Role.CANDIDATE:
                 self._tick_candidate()
-            if self.election_elapsed >= self.election_timeout:
+            if self.election_elapsed >= self.election_timeout and self._may_lead():
                 self._start_election()
         if self.catchup_idle is not None:
             self.catchup_idle += 1
@@ -166,7 +189,9 @@ class Replica:
             self._ready.reads.append((read_id, None))
 
     def step(self, src: int, msg: m.Message) -> None:
-        if src not in self.members or not self._well_formed(src, msg):
+        if self.removed:
+            return
+        if src not in self._contacts or not self._well_formed(src, msg):
             self.malformed += 1
             return
         for b in (getattr(msg, "ballot", None), getattr(msg, "promised", None)):
@@ -205,17 +230,23 @@ class Replica:
                 if self.role is Role.LEADER and self.ballot.round <= msg.round:
                     self.max_round = max(self.max_round, msg.round)
                     self._start_election()  # a new ballot above the rebuilding node's horizon
+            case m.Resign():
+                self._on_resign(src, msg)
 
     def compact(self, through_slot: int) -> None:
         """Forget log entries up to through_slot; a durable snapshot covers them."""
         self.acceptor.compact(min(through_slot, self.learner.applied_through))
         self.learner.compact(min(through_slot, self.learner.applied_through))
 
-    def install_snapshot(self, slot: int) -> None:
-        """The runtime installed a snapshot taken at `slot`; continue the log after it."""
+    def install_snapshot(self, slot: int, membership: Membership | None = None) -> None:
+        """The runtime installed a snapshot taken at `slot`, with the membership as of
+        that slot; continue the log after it."""
         self.snapshot_pending = False
+        if membership is not None and slot > self.member_through:
+            self.membership, self.member_through = membership, slot
         self.learner.install_snapshot(slot)
         self.acceptor.compact(self.learner.applied_through)
+        self._advance_membership()
         self._learn_committed(self.commit_ballot, self.leader_commit)
 
     def snapshot_failed(self) -> None:
@@ -238,6 +269,7 @@ class Replica:
         ready.promised, ready.accepted = writes.promised, writes.accepted
         ready.chosen = self.learner.take_new_chosen()
         ready.apply = self.learner.take_applicable()
+        ready.membership = self.membership
         return ready
 
     # -- views ----------------------------------------------------------------
@@ -246,9 +278,10 @@ class Replica:
     def ballot(self) -> Ballot:
         return self.lead.ballot if self.lead is not None else self.leader_ballot
 
-    @property
-    def quorum(self) -> int:
-        return len(self.members) // 2 + 1
+    def window_configs(self) -> list[Config]:
+        """The configurations of the slots a leader may propose now."""
+        ct = self.learner.chosen_through
+        return self.membership.between(ct + 1, ct + self.membership.alpha)
 
     # -- helpers --------------------------------------------------------------
 
@@ -263,6 +296,55 @@ class Replica:
         for p in self.peers:
             self._send(p, msg)
 
+    def _may_lead(self) -> bool:
+        return self.voting and self.id in self.membership.latest.voters
+
+    def _votes_now(self) -> bool:
+        """Whether this node is an acceptor of some slot a leader may propose now."""
+        return self.voting and any(self.id in c.voters for c in self.window_configs())
+
+    def _advance_membership(self) -> None:
+        """Run the member commands of newly chosen slots, in order."""
+        ct = self.learner.chosen_through
+        ms = self.membership
+        for slot in range(self.member_through + 1, ct + 1):
+            batch = self.learner.chosen.get(slot)
+            if batch is not None and batch.commands:
+                ms, results = ms.apply(slot, batch)
+                for cmd, result in results:
+                    self._ready.member_results[cmd.cmd_id] = result
+        self.member_through = max(self.member_through, ct)
+        self.membership = ms
+        settled = ms.settled(ct + 1)
+        if self._peers_for is None or self._peers_for[0] is not ms or self._peers_for[1] != settled:
+            self._peers_for = (ms, settled)
+            contacts = set(ms.latest.members).union(ms.at(ct + 1).members)
+            self._contacts = frozenset(contacts | {self.id})
+            self.peers = tuple(sorted(contacts - {self.id}))
+            self._ever = ms.ever() | {self.id}
+            if settled and self.id in ms.removed and not self.removed:
+                self._leave()
+
+    def _leave(self) -> None:
+        """No configuration from the next slot on names this node: hand over and stop."""
+        self.removed = True
+        self._ready.removed = True
+        if self.role is Role.LEADER and self.lead is not None:
+            voters = self.membership.latest.voters
+            progress = self.lead.progress
+            successor = max(voters, key=lambda p: (progress.get(p, -1), -p))
+            resign = m.Resign(self.lead.ballot, successor)
+            for p in self.peers:
+                self._send(p, resign)
+        self._step_down()
+
+    def _on_resign(self, src: int, msg: m.Resign) -> None:
+        if self.leader_id == src and self.leader_ballot == msg.ballot:
+            self.leader_id = None  # no longer sticky to it: its successor's Prepare may win
+            self.election_elapsed = 0
+        if msg.successor == self.id and self.role is not Role.LEADER and self._may_lead():
+            self._start_election()
+
     def _well_formed(self, src: int, msg: m.Message) -> bool:
         """Reject forged or impossible messages: a leader's messages carry its own ballot."""
         if isinstance(msg, (m.Prepare, m.Accept, m.Commit, m.Heartbeat)) and msg.ballot.node_id != src:
@@ -270,7 +352,7 @@ class Replica:
         if isinstance(msg, (m.Promise, m.Accepted, m.HeartbeatAck)) and msg.ballot.node_id != self.id:
             return False
         for b in (getattr(msg, "ballot", None), getattr(msg, "promised", None)):
-            if b is not None and b != ZERO and b.node_id not in self.members:
+            if b is not None and b != ZERO and b.node_id not in self._ever:
                 return False
         # Slots are numbered from 1: a slot-0 Accept would persist a record no one can learn.
         return all(getattr(msg, name, 1) >= 1 for name in ("slot", "from_slot"))
@@ -318,7 +400,7 @@ class Replica:
         self.max_round = ballot.round
         self.role = Role.CANDIDATE
         self.leader_id = None
-        self.lead = LeaderState(ballot, self.learner.chosen_through + 1, self.members)
+        self.lead = LeaderState(ballot, self.learner.chosen_through + 1)
         self.election_elapsed = 0
         self.election_timeout = self._random_timeout()
         prepare = m.Prepare(ballot, self.lead.from_slot)
@@ -326,19 +408,29 @@ class Replica:
         # any Prepare leaves (rule 4), and our vote arrives only after it is durable.
         self._send(self.id, self.acceptor.on_prepare(prepare))
         self._broadcast(prepare)
+        for p in self.peers:
+            self.lead.prepare_sent[p] = self.ticks
 
     def _tick_candidate(self) -> None:
+        for config in self.window_configs():
+            self._ask_promises(config)
+
+    def _ask_promises(self, config: Config) -> None:
+        """Send this ballot's Prepare to config's voters that have not promised it
+        (again after retry_ticks)."""
         lead = self.lead
         assert lead is not None
-        lead.idle_ticks += 1
-        if lead.idle_ticks >= self.config.retry_ticks:
-            lead.idle_ticks = 0
-            prepare = m.Prepare(lead.ballot, lead.from_slot)
-            for p in self.peers:
-                if p not in lead.promises:
-                    self._send(p, prepare)
+        prepare = None
+        for p in config.voters:
+            if p != self.id and p not in lead.promises and \
+                    self.ticks - lead.prepare_sent.get(p, -self.config.retry_ticks) >= self.config.retry_ticks:
+                lead.prepare_sent[p] = self.ticks
+                prepare = prepare or m.Prepare(lead.ballot, lead.from_slot)
+                self._send(p, prepare)
 
     def _on_prepare(self, src: int, msg: m.Prepare) -> None:
+        if not self._votes_now():
+            return  # a learner, or a member on its way out: its promise would count nowhere
         if src != self.id and self._leader_alive() and msg.ballot.node_id != self.leader_id:
             # A live leader exists: refusing keeps a rejoining node from deposing it.
             self._send(src, m.Reject(msg.ballot, max(self.acceptor.promised, self.ballot)))
@@ -354,9 +446,9 @@ class Replica:
 
     def _on_promise(self, src: int, msg: m.Promise) -> None:
         lead = self.lead
-        if self.role is not Role.CANDIDATE or lead is None or msg.ballot != lead.ballot:
+        if lead is None or msg.ballot != lead.ballot or src in lead.promises:
             return
-        if msg.compacted_through >= lead.from_slot:
+        if msg.compacted_through > self.learner.chosen_through:
             # Slots we have not learned were compacted away there: we cannot know
             # their values, so we must not lead. Catch up from that peer instead.
             self._step_down()
@@ -366,8 +458,10 @@ class Replica:
                 self.leader_commit, self.commit_ballot = msg.compacted_through, ZERO
             self.commit_source = src
             return
-        if lead.add_promise(src, msg):
-                self._become_leader()
+        lead.add_promise(src, msg)
+        lead.heard(src, self.ticks)
+        if self.role is Role.CANDIDATE and all(lead.has_promises(c) for c in self.window_configs()):
+            self._become_leader()
 
     def _on_reject(self, msg: m.Reject) -> None:
         if self.lead is not None and msg.promised > self.lead.ballot:
@@ -379,20 +473,8 @@ class Replica:
         self.role = Role.LEADER
         self.leader_id = self.id
         self.leader_ballot = lead.ballot
-        for src in lead.promises:
-            lead.heard(src, self.ticks)
-        merged = lead.merged_values()
-        known = [s for s in self.learner.chosen if s >= lead.from_slot]
-        top = max([lead.from_slot - 1, *merged, *known])
-        for slot in range(lead.from_slot, top + 1):
-            # Rule 6: highest-ballot accepted value, chosen value if known, else a no-op.
-            value = self.learner.chosen.get(slot) or merged.get(slot) or Batch()
-            self._propose_slot(slot, value)
-        lead.next_slot = top + 1
-        # Always one fresh slot above everything phase 1 found: once it is chosen,
-        # a slot was chosen under this ballot (for reads and for rebuilding nodes).
-        self._flush_proposals(force=True)
-        lead.barrier_slot = lead.next_slot - 1
+        lead.top = max([lead.top, *(s for s in self.learner.chosen if s >= lead.from_slot)])
+        self._flush_proposals()
         self.commit_sent = self.learner.chosen_through
         self._send_heartbeat()
 
@@ -408,30 +490,54 @@ class Replica:
         self._send(self.id, reply)
         self._broadcast(accept)
 
-    def _flush_proposals(self, force: bool = False) -> None:
+    def _flush_proposals(self) -> None:
+        """Propose slots in order while their configuration is known and has promised.
+
+        Rule 6 for each slot: the chosen value if known, else the highest-ballot value
+        phase 1 found, else fresh commands (or a no-op where the slot must be filled:
+        up to the highest slot any promise mentioned, the first fresh slot of the
+        ballot, and every slot before a configuration change takes effect).
+        """
         lead = self.lead
         assert lead is not None
         c = self.config
-        while True:
-            batch = lead.next_batch(c.window_slots, c.batch_count_max, c.batch_bytes_max,
-                                    self.clock_ms, force)
-            if batch is None:
+        ms = self.membership
+        limit = self.learner.chosen_through + ms.alpha  # alpha: configurations known up to here
+        fill_below = ms.history[-1].effective
+        merged: dict[int, Batch] | None = None
+        # Slots known chosen here need no proposal (and may be compacted away already).
+        lead.next_slot = max(lead.next_slot, self.learner.chosen_through + 1)
+        while (slot := lead.next_slot) <= limit:
+            config = ms.at(slot)
+            if not lead.has_promises(config):
+                self._ask_promises(config)
                 return
-            force = False
-            slot = lead.next_slot
+            if merged is None:
+                merged = lead.merged_values()
+            value = self.learner.chosen.get(slot) or merged.get(slot)
+            if value is None:
+                must = slot <= lead.top or lead.barrier_slot == 0 or slot < fill_below
+                value = lead.next_batch(c.batch_count_max, c.batch_bytes_max, self.clock_ms, must)
+                if value is None:
+                    return
+                if lead.barrier_slot == 0 and slot > lead.top:
+                    # The first fresh slot above everything phase 1 found: once it is chosen,
+                    # a slot was chosen under this ballot (for reads and rebuilding nodes).
+                    lead.barrier_slot = slot
+                for cmd in value.commands:
+                    self._ready.proposed[cmd.cmd_id] = slot
             lead.next_slot += 1
-            self._propose_slot(slot, batch)
-            for cmd in batch.commands:
-                self._ready.proposed[cmd.cmd_id] = slot
+            self._propose_slot(slot, value)
 
     def _on_accepted(self, src: int, msg: m.Accepted) -> None:
         lead = self.lead
         if self.role is not Role.LEADER or lead is None or msg.ballot != lead.ballot:
             return
         lead.heard(src, self.ticks)
-        value = lead.add_vote(src, msg.slot)
+        value = lead.add_vote(src, msg.slot, self.membership.at(msg.slot))
         if value is not None:
             self.learner.learn(msg.slot, value)
+            self._advance_membership()
 
     def _tick_leader(self) -> None:
         lead = self.lead
@@ -445,12 +551,32 @@ class Replica:
                 proposal.idle_ticks = 0
                 proposal.backoff = min(2 * proposal.backoff, 8)
                 accept = m.Accept(lead.ballot, slot, proposal.value)
-                for p in self.peers:
-                    if p not in proposal.votes:
+                for p in self.membership.at(slot).voters:
+                    if p not in proposal.votes and p != self.id:
                         self._send(p, accept)
         window = 2 * self.config.election_ticks
-        if self.ticks % window == 0 and not lead.has_quorum_contact(self.id, self.ticks, window):
+        if self.ticks % window == 0 and not lead.has_quorum_contact(self.id, self.ticks, window,
+                                                                    self.window_configs()):
             self._step_down()  # check quorum: a leader cut off from a majority stops leading
+            return
+        self._maybe_promote()
+
+    def _maybe_promote(self) -> None:
+        """Propose making a learner a voter once it has caught up with the log."""
+        lead = self.lead
+        assert lead is not None
+        ct = self.learner.chosen_through
+        ms = self.membership
+        if not ms.settled(ct + 1) or not ms.latest.learners:
+            return
+        if lead.promoting is not None and self.ticks - lead.promoting[1] < 4 * self.config.election_ticks:
+            return
+        for learner in ms.latest.learners:
+            if lead.progress.get(learner, -1) + ms.alpha >= ct:
+                lead.promoting = (learner, self.ticks)
+                cmd_id = f"promote.{learner}.{lead.ballot.round}.{lead.ballot.node_id}.{self.ticks}"
+                lead.pending.append((Command(MEMBER_PROMOTE, str(learner), cmd_id=cmd_id),))
+                return
 
     def _send_heartbeat(self) -> None:
         lead = self.lead
@@ -467,14 +593,17 @@ class Replica:
             self._send_heartbeat()
             lead.reads_by_seq[lead.hb_seq] = lead.unsent_reads
             lead.unsent_reads = []
-        for read in lead.releasable_reads(self.id, self.learner.chosen_through):
-            self._answer_read(read.origin, read.read_id, read.index)
+        ct = self.learner.chosen_through
+        if self.membership.settled(ct + 1):  # reads wait while a configuration change is in flight
+            for read in lead.releasable_reads(self.id, ct, self.membership.latest):
+                self._answer_read(read.origin, read.read_id, read.index)
 
     def _on_heartbeat_ack(self, src: int, msg: m.HeartbeatAck) -> None:
         lead = self.lead
         if self.role is Role.LEADER and lead is not None and msg.ballot == lead.ballot:
             lead.heard(src, self.ticks)
             lead.ack(src, msg.hb_seq)
+            lead.progress[src] = msg.chosen_through
 
     def _on_read_request(self, src: int, msg: m.ReadIndexRequest) -> None:
         if self.role is Role.LEADER and self.lead is not None:
@@ -522,6 +651,7 @@ class Replica:
                 value = self.acceptor.accepted_at(slot, ballot)
                 if value is not None:
                     self.learner.learn(slot, value)
+        self._advance_membership()
         if not self.voting and 0 < self.fresh_slot <= self.learner.chosen_through:
             # A slot proposed fresh under a ballot begun after our rebuild is chosen, and we
             # know every chosen value up to it (so our promises can report them): vote again.
@@ -561,6 +691,7 @@ class Replica:
             return
         for e in msg.entries:
             self.learner.learn(e.slot, e.value)
+        self._advance_membership()
         self.catchup_idle = None
         self._learn_committed(self.commit_ballot, self.leader_commit)
 
