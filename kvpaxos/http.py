@@ -7,6 +7,7 @@ never a 500, and never reaches the log.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import urllib.parse
 from typing import Awaitable, Callable
@@ -34,6 +35,18 @@ SNAPSHOT_CHUNK_BYTES = 256 * 1024
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+_JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}
+
+
+def _json_str(text: str) -> bytes:
+    return json.dumps(text).encode()
+
+
+def _json_bytes(body: bytes, status: int = 200) -> web.Response:
+    """A JSON response from ready bytes (what web.json_response gives, without the encoder)."""
+    return web.Response(body=body, status=status, headers=_JSON_HEADERS)
+
+
 def error_body(code: str, message: str, status: int, headers: dict | None = None) -> web.Response:
     return web.json_response({"error": code, "message": message}, status=status, headers=headers)
 
@@ -58,7 +71,7 @@ def _key(request: web.Request) -> str:
     # The router leaves a percent-escape that does not decode to UTF-8 (%FF) as the
     # literal text "%FF", so a key that is not UTF-8 would be stored under another name.
     raw = request.rel_url.raw_path
-    if raw.startswith(KEY_PATH):
+    if "%" in raw and raw.startswith(KEY_PATH):
         try:
             urllib.parse.unquote_to_bytes(raw[len(KEY_PATH):]).decode("utf-8")
         except UnicodeDecodeError:
@@ -115,7 +128,7 @@ async def put_key(request: web.Request) -> web.Response:
     node = request.app[NODE]
     cmd = _command(node, PUT, key, await json_body(request, required=True))
     result = _check(await node.submit(cmd), key)
-    return web.json_response({"key": key, "version": result.version})
+    return _json_bytes(b'{"key": %s, "version": %d}' % (_json_str(key), result.version))
 
 
 async def delete_key(request: web.Request) -> web.Response:

@@ -15,6 +15,12 @@ from kvpaxos.errors import BadRequest, InvalidJson, InvalidKey
 
 
 def key_of(key: str) -> str:
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError:
+        size = -1  # a lone surrogate: the checks below say which error it is
+    if 0 < size <= KEY_BYTES_MAX:
+        return key
     if not key or len(key.encode("utf-8", "surrogatepass")) > KEY_BYTES_MAX:
         raise InvalidKey(f"keys must be 1 to {KEY_BYTES_MAX} bytes of UTF-8")
     try:
