@@ -120,3 +120,44 @@ def test_profile_tiny(tmp_path, tool):
     assert {"function", "where", "ncalls", "tottime_s", "cumtime_s"} <= set(leader["by_own_time"][0])
     assert "top by own" in format_profile(doc)
     assert (tmp_path / "profile-leader.prof").exists()
+
+
+def test_raw_http_client_keeps_alive_parses_split_responses_and_expires():
+    import asyncio
+
+    from kvpaxos.bench import rawhttp
+
+    async def main() -> None:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                if b"/slow" in head:
+                    await asyncio.sleep(5)
+                body = b'{"ok": true}'
+                reply = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+                    len(body), body)
+                for i in range(0, len(reply), 7):  # in pieces: the parser must wait for the whole
+                    writer.write(reply[i:i + 7])
+                    await writer.drain()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        pool = rawhttp.Pool([("127.0.0.1", port)], limit=1)
+        conn = await pool.acquire(0)
+        for _ in range(3):  # one connection, several requests
+            assert await conn.request(rawhttp.request_bytes("GET", "/x", f"127.0.0.1:{port}")) == (
+                200, b'{"ok": true}')
+        pool.release(0, conn)
+        assert await pool.acquire(0) is conn and len(pool.all) == 1
+        slow = conn.request(rawhttp.request_bytes("GET", "/slow", "h"))
+        await asyncio.sleep(0.05)
+        pool.expire(0.01)
+        try:
+            await slow
+            raise AssertionError("the slow request should have timed out")
+        except TimeoutError:
+            pass
+        assert conn.closed
+        pool.close()
+        server.close()
+
+    asyncio.run(main())

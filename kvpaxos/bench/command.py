@@ -156,6 +156,8 @@ def format_failover(doc: dict) -> str:
 @click.option("--tool", type=click.Choice(["cprofile", "py-spy"]), default="cprofile", show_default=True)
 @click.option("--concurrency", "-c", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--read-ratio", type=click.FloatRange(0, 1), default=0.0, show_default=True)
+@click.option("--rate", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="Open-loop requests per second instead of closed-loop clients (0: closed loop).")
 @click.option("--duration", type=click.FloatRange(0.5), default=10.0, show_default=True)
 @click.option("--top", type=click.IntRange(1), default=15, show_default=True)
 @click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall", show_default=True,
@@ -163,15 +165,15 @@ def format_failover(doc: dict) -> str:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=DEFAULT_OUT, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--quiet", "-q", is_flag=True)
-def profile(nodes: int, tool: str, concurrency: int, read_ratio: float, duration: float, top: int,
-            clock: str, out_dir: str, as_json: bool, quiet: bool) -> None:
-    """Profile the leader and a follower while they serve closed-loop load."""
+def profile(nodes: int, tool: str, concurrency: int, read_ratio: float, rate: float, duration: float,
+            top: int, clock: str, out_dir: str, as_json: bool, quiet: bool) -> None:
+    """Profile the leader and a follower while they serve closed-loop (or fixed-rate) load."""
     from kvpaxos.bench.profile import format_profile, run_profile
     from kvpaxos.bench.suite import machine_info, write_json
 
     doc = {"benchmark": f"kv bench profile --tool {tool}", "machine": machine_info(),
            **run_profile(nodes, tool, concurrency, read_ratio, duration, top=top,
-                         out_dir=Path(out_dir), show_progress=not quiet, clock=clock)}
+                         out_dir=Path(out_dir), show_progress=not quiet, clock=clock, rate=rate)}
     doc["files"] = write_json(doc, Path(out_dir), f"profile-{tool}")
     if as_json:
         click.echo(json.dumps(doc, indent=2))

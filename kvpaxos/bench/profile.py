@@ -119,8 +119,10 @@ def pyspy_top(raw_path: Path, top: int = 15) -> dict:
 def run_profile(nodes: int = 3, tool: str = "cprofile", concurrency: int = 64,
                 read_ratio: float = 0.0, duration_s: float = 10.0, warmup_s: float = 1.0,
                 value_bytes: int = 100, keys: int = 1000, top: int = 15,
-                out_dir: Path | None = None, show_progress: bool = True, clock: str = "wall") -> dict:
-    """Profile the nodes of a fresh cluster under closed-loop load; a summary dict."""
+                out_dir: Path | None = None, show_progress: bool = True, clock: str = "wall",
+                rate: float = 0.0) -> dict:
+    """Profile the nodes of a fresh cluster under closed-loop load (or, with rate > 0,
+    open-loop writes at that rate); a summary dict."""
     if tool not in ("cprofile", "py-spy"):
         raise ValueError("tool must be cprofile or py-spy")
     if tool == "py-spy" and shutil.which("py-spy") is None:
@@ -129,7 +131,7 @@ def run_profile(nodes: int = 3, tool: str = "cprofile", concurrency: int = 64,
     cluster = BenchCluster(nodes, profile_nodes=profile_nodes, profile_clock=clock,
                            keep_data=True)  # removed below
     result: dict = {"tool": tool, "available": True, "nodes": nodes, "concurrency": concurrency,
-                    "read_ratio": read_ratio, "duration_s": duration_s}
+                    "read_ratio": read_ratio, "duration_s": duration_s, "rate": rate}
     if tool == "cprofile":
         result["clock"] = clock
     spies: list[tuple[int, subprocess.Popen, Path]] = []
@@ -140,7 +142,8 @@ def run_profile(nodes: int = 3, tool: str = "cprofile", concurrency: int = 64,
         result["leader"], result["follower"] = leader, follower
         w = Workload(cluster.urls, concurrency=concurrency, read_ratio=read_ratio,
                      value_bytes=value_bytes, keys=keys, warmup_s=warmup_s, duration_s=duration_s,
-                     label=f"profile load c={concurrency}")
+                     mode="rate" if rate > 0 else "closed", rate=rate,
+                     label=f"profile load {rate:g}/s" if rate > 0 else f"profile load c={concurrency}")
         if read_ratio > 0:
             populate(w)
 
@@ -195,7 +198,9 @@ def format_profile(result: dict) -> str:
     """A readable table of a run_profile() result."""
     if not result.get("available", True):
         return f"profile ({result['tool']}): {result['reason']}"
-    lines = [f"profile ({result['tool']}), {result['nodes']} nodes, {result['concurrency']} clients, "
+    load_shape = (f"{result['rate']:g} requests/s open loop" if result.get("rate")
+                  else f"{result['concurrency']} clients")
+    lines = [f"profile ({result['tool']}), {result['nodes']} nodes, {load_shape}, "
              f"read ratio {result['read_ratio']}, {result['duration_s']:g} s"]
     load = result.get("load", {})
     if load:
