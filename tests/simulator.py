@@ -3,11 +3,15 @@
 One seed drives everything: message order (reordering), loss, duplication,
 delay, partitions, crash-restarts, snapshots with log compaction, snapshot
 transfer to lagging nodes, and wipes (a node loses its disk and rejoins as a
-non-voting member until it may vote again). Each replica is the pure core plus an
+non-voting member until it may vote again), and, when asked for, membership
+changes: new nodes join as learners (booting from a copy of a member's state
+and configuration, as `kv serve --join` does), get promoted, and members are
+removed for good. Each replica is the pure core plus an
 in-memory durable store; a crash throws away everything else. After every step
 the simulator checks safety:
   (a) no slot is ever learned with two different values, across all nodes;
-  (b) every node's applied sequence is a prefix of one global sequence.
+  (b) every node's applied sequence is a prefix of one global sequence;
+  (d) every node that applied slot s holds the same configuration after it.
 Clients keep submitting puts, deletes and compare-and-sets all through the
 fault phase, so faults hit a busy cluster, and issue read-index reads at random
 nodes: (c) a read point returned for a read must cover every slot any node had
@@ -27,6 +31,7 @@ from kvpaxos.core import messages as m
 from kvpaxos.core.ballot import ZERO, Ballot
 from kvpaxos.core.commands import DELETE, PUT, Batch, Command
 from kvpaxos.core.kvstate import KVState
+from kvpaxos.core.membership import MEMBER_ADD, MEMBER_OPS, MEMBER_REMOVE, Membership
 from kvpaxos.core.replica import CoreConfig, Replica, Role
 
 
@@ -45,6 +50,7 @@ class Faults:
     snapshot_every: int = 0  # applied slots between snapshots; 0 = never
     compact_keep: int = 2    # slots kept in the log below a snapshot
     ack_before_persist: bool = False  # planted bug: replies leave before the write is durable
+    member_rate: float = 0.0  # chance per step of asking for a membership change
 
     @classmethod
     def from_seed(cls, rng: random.Random) -> "Faults":
@@ -60,6 +66,7 @@ class DiskState:
     accepted: dict[int, tuple[Ballot, Batch]] = field(default_factory=dict)
     chosen: dict[int, Batch] = field(default_factory=dict)
     snapshot: KVState | None = None
+    snapshot_membership: Membership | None = None  # the configuration as of the snapshot's slot
     rebuilding_round: int | None = None  # set while the node may not vote
 
 
@@ -68,6 +75,7 @@ class SimNode:
     replica: Replica
     disk: DiskState
     state: KVState
+    membership: Membership
     unpersisted: list = field(default_factory=list)  # only with ack_before_persist
 
 
@@ -79,7 +87,12 @@ class Simulation:
         self.faults = faults or Faults.from_seed(self.rng)
         self.config = config or CoreConfig(election_ticks=8, heartbeat_ticks=2, retry_ticks=3,
                                            window_slots=4, batch_count_max=3, catchup_entries_max=5)
-        self.members = tuple(range(1, n_nodes + 1))
+        self.members = list(range(1, n_nodes + 1))  # every node ever started and not removed
+        self.genesis = Membership.initial(self.members, self.config.window_slots)
+        self.removed: set[int] = set()
+        self.member_cmd: tuple[Command, int] | None = None  # the change being asked for, sent when
+        self.member_changes = 0  # changes that took effect in some node's log
+        self.canon_membership: dict[int, Membership] = {}
         self.disks = {i: DiskState() for i in self.members}
         self.applied: dict[int, int] = {i: 0 for i in self.members}
         self.nodes: dict[int, SimNode | None] = {i: self._boot(i) for i in self.members}
@@ -104,12 +117,13 @@ class Simulation:
         d = self.disks[i]
         state = copy.deepcopy(d.snapshot) if d.snapshot is not None else KVState()
         base = state.applied_slot
-        r = Replica(i, self.members, self.config, random.Random(self.rng.random()),
+        membership = d.snapshot_membership or self.genesis
+        r = Replica(i, membership, self.config, random.Random(self.rng.random()),
                     promised=d.promised, accepted={s: v for s, v in d.accepted.items() if s > base},
                     chosen={s: v for s, v in d.chosen.items() if s > base}, applied_through=base,
                     voting=d.rebuilding_round is None, rebuild_round=d.rebuilding_round or 0)
         self.applied[i] = base
-        return SimNode(r, d, state)
+        return SimNode(r, d, state, membership)
 
     def crash(self, i: int) -> None:
         self.nodes[i] = None
@@ -125,8 +139,15 @@ class Simulation:
         self.crash(i)
         self.wipes += 1
         others = [p for p in self.members if p != i]
-        seen = max(self.disks[p].promised.round for p in others)
+        seen = max([self.disks[p].promised.round for p in others] + [0])
         self.disks[i] = DiskState(rebuilding_round=seen)
+        live = [n for p, n in self.nodes.items() if n is not None and p != i]
+        if self.member_changes and live:
+            # The configuration changed since the start: like `kv serve --join`, begin from
+            # a member's state and configuration instead of the initial one.
+            donor = max(live, key=lambda n: n.state.applied_slot)
+            self.disks[i].snapshot = copy.deepcopy(donor.state)
+            self.disks[i].snapshot_membership = donor.membership
         self.restart(i)
 
     # -- the step loop ----------------------------------------------------------
@@ -150,30 +171,33 @@ class Simulation:
         for item in due[: rng.randint(1, 8) + len(due) // 4]:
             self.inflight.remove(item)
             _, src, dst, msg = item
-            node = self.nodes[dst]
+            node = self.nodes.get(dst)
             if node is not None:
                 self.delivered += 1
                 node.replica.step(src, msg)
         self._drive_clients()
-        for i in self.members:
+        self._drive_membership()
+        for i in list(self.members):
             self._process_ready(i)
 
     def _inject_faults(self) -> None:
         rng, f = self.rng, self.faults
-        if rng.random() < f.partition_rate:
+        if rng.random() < f.partition_rate and len(self.members) > 1:
             a, b = rng.sample(self.members, 2)
             self.blocked ^= {(a, b), (b, a)}
         if rng.random() < f.crash_rate:
             i = rng.choice(self.members)
             if self.nodes[i] is None:
                 self.restart(i)
-            elif sum(n is None for n in self.nodes.values()) < len(self.members) // 2:
+            elif sum(self.nodes[p] is None for p in self.members) < len(self.members) // 2 \
+                    and self._may_lose(i):
                 self.crash(i)
         if rng.random() < f.wipe_rate:
             i = rng.choice(self.members)
-            down = sum(n is None for n in self.nodes.values())
-            rebuilding = sum(d.rebuilding_round is not None for d in self.disks.values())
-            if down + rebuilding < len(self.members) // 2 and self.disks[i].rebuilding_round is None:
+            down = sum(self.nodes[p] is None for p in self.members)
+            rebuilding = sum(self.disks[p].rebuilding_round is not None for p in self.members)
+            if down + rebuilding < len(self.members) // 2 and self.disks[i].rebuilding_round is None \
+                    and self._may_lose(i):
                 self.wipe(i)
         if f.ack_before_persist and rng.random() < 0.05:
             i = rng.choice(self.members)
@@ -227,8 +251,29 @@ class Simulation:
             for cmd, result in node.state.apply(slot, value):
                 if result.error != "stale_sequence":
                     self.done.add((cmd.client_id or "", cmd.seq))
+        if ready.membership is not None:
+            node.membership = ready.membership
+            for new_id in ready.membership.latest.members:
+                if new_id not in self.disks:
+                    # Added: the new node starts from a copy of this member's state and
+                    # configuration, as `kv serve --join` does.
+                    self.disks[new_id] = DiskState(snapshot=copy.deepcopy(node.state),
+                                                   snapshot_membership=ready.membership)
+                    self.members.append(new_id)
+                    self.nodes[new_id] = self._boot(new_id)
+            if ready.apply:
+                last = ready.apply[-1][0]
+                known = self.canon_membership.setdefault(last, ready.membership)
+                if known != ready.membership:
+                    self.fail(f"node {i} holds configuration {ready.membership.latest} after slot "
+                              f"{last}, another node {known.latest}")
         for read_id, index in ready.reads:
             self._check_read(i, read_id, index)
+        for cmd_id, result in ready.member_results.items():
+            self._member_result(i, node, cmd_id, result)
+        if ready.removed:
+            self._remove_node(i)
+            return
         self._maybe_snapshot(i, node)
         if ready.snapshot_from is not None:
             self._transfer_snapshot(ready.snapshot_from, i)
@@ -238,6 +283,7 @@ class Simulation:
         last = node.disk.snapshot.applied_slot if node.disk.snapshot else 0
         if every and node.state.applied_slot - last >= every:
             node.disk.snapshot = copy.deepcopy(node.state)
+            node.disk.snapshot_membership = node.membership
             keep_from = node.state.applied_slot - self.faults.compact_keep
             node.disk.accepted = {s: v for s, v in node.disk.accepted.items() if s > keep_from}
             node.disk.chosen = {s: v for s, v in node.disk.chosen.items() if s > keep_from}
@@ -257,7 +303,8 @@ class Simulation:
                 self.fail(f"node {src} has a snapshot at {slot} but slot {s} was never chosen")
         node.state = copy.deepcopy(snap)
         node.disk.snapshot = copy.deepcopy(snap)
-        node.replica.install_snapshot(slot)
+        node.disk.snapshot_membership = node.membership = self.disks[src].snapshot_membership
+        node.replica.install_snapshot(slot, node.membership)
         self.applied[dst] = slot
         self.snapshots_installed += 1
 
@@ -312,6 +359,73 @@ class Simulation:
             return Command(PUT, key, value, if_value=f"{c.name}-{c.seq - 1}", client_id=c.name, seq=c.seq)
         return Command(PUT, key, value, if_version=rng.randrange(4), client_id=c.name, seq=c.seq)
 
+    # -- membership changes -------------------------------------------------------
+
+    def _current(self) -> tuple[Membership, int]:
+        """The membership as the most advanced live node knows it, and that node's slot."""
+        live = [n for n in self.nodes.values() if n is not None]
+        if not live:
+            return self.genesis, 0
+        node = max(live, key=lambda n: n.state.applied_slot)
+        return node.membership, node.state.applied_slot
+
+    def _intact_voters(self, voters: tuple[int, ...], losing: int = 0) -> int:
+        return sum(1 for p in voters if p != losing and self.nodes.get(p) is not None
+                   and self.disks[p].rebuilding_round is None)
+
+    def _may_lose(self, i: int) -> bool:
+        """Whether crashing or wiping node i keeps a majority of every open configuration
+        up and intact (losing more is losing the cluster, for real clusters too)."""
+        if not self.member_changes and not self.faults.member_rate:
+            return True  # the fixed-membership runs keep their original fault schedule
+        ms, slot = self._current()
+        return all(self._intact_voters(c.voters, i) >= c.quorum for c in (ms.at(slot + 1), ms.latest))
+
+    def _drive_membership(self) -> None:
+        """While faults run, now and then ask the leader to add a node or remove one."""
+        rng = self.rng
+        if self.member_cmd is None and self.faulty and rng.random() < self.faults.member_rate:
+            live = [n for n in self.nodes.values() if n is not None]
+            if not live:
+                return
+            latest = self._current()[0].latest
+            new_id = max(self.members + sorted(self.removed)) + 1
+            victim = rng.choice(latest.members)
+            remaining = tuple(p for p in latest.voters if p != victim)
+            if len(remaining) >= 3 and self._intact_voters(remaining) >= len(remaining) // 2 + 1 \
+                    and rng.random() < 0.5:
+                cmd = Command(MEMBER_REMOVE, str(victim), cmd_id=f"remove.{victim}.{self.time}")
+            elif len(latest.members) < 7:
+                cmd = Command(MEMBER_ADD, str(new_id), f"sim:{new_id}", cmd_id=f"add.{new_id}.{self.time}")
+            else:
+                return
+            self.member_cmd = (cmd, -1000)
+        if self.member_cmd is None:
+            return
+        cmd, sent_at = self.member_cmd
+        if self.time - sent_at > 60:
+            leaders = [n for n in self.nodes.values() if n is not None and n.replica.role is Role.LEADER]
+            if leaders and rng.choice(leaders).replica.propose(replace(cmd, cmd_id=f"{cmd.cmd_id}.{self.time}")):
+                self.member_cmd = (cmd, self.time)
+
+    def _member_result(self, i: int, node: SimNode, cmd_id: str, result) -> None:  # noqa: ANN001
+        if self.member_cmd is None or not cmd_id.startswith(self.member_cmd[0].cmd_id + "."):
+            return
+        cmd = self.member_cmd[0]
+        self.member_cmd = None
+        if not result.ok:
+            return  # e.g. change_in_progress: a later change is asked for instead
+        self.member_changes += 1
+
+    def _remove_node(self, i: int) -> None:
+        """Node i learned it is no longer a member: it stops for good."""
+        self.nodes[i] = None
+        self.inflight = [x for x in self.inflight if x[2] != i]
+        if i in self.members:
+            self.members.remove(i)
+        self.removed.add(i)
+        self.applied.pop(i, None)
+
     # -- running ----------------------------------------------------------------
 
     def run(self, fault_steps: int = 3000, heal_steps: int = 6000) -> None:
@@ -334,6 +448,7 @@ class Simulation:
         for i in self.members:
             if self.nodes[i] is None:
                 self.restart(i)
+        self.member_cmd = None
         for _ in range(heal_steps):
             self.step()
             if self._converged():
@@ -344,11 +459,19 @@ class Simulation:
         self._check_exactly_once()
 
     def _converged(self) -> bool:
+        current, slot = self._current()
+        if current.settled(slot + 1):
+            for i in [p for p in self.members if p in current.removed]:
+                self._remove_node(i)  # removed while it could reach no member: its operator stops it
         if any(c.seq <= c.total for c in self.clients):
             return False
-        if any(d.rebuilding_round is not None for d in self.disks.values()):
+        if any(self.disks[p].rebuilding_round is not None for p in self.members):
             return False
         top = max(self.applied.values())
+        if any(n is not None and (n.membership.latest.learners or n.replica.removed
+                                  or any(r in n.membership.latest.members for r in self.removed))
+               for n in self.nodes.values()):
+            return False  # a learner still waits for promotion, or a removal for its node to stop
         return all(a == top for a in self.applied.values()) and all(s in self.canon for s in range(1, top + 1))
 
     def _check_exactly_once(self) -> None:
@@ -359,8 +482,8 @@ class Simulation:
         if counter.executed != {k: 1 for k in want}:
             extra = {k: v for k, v in counter.executed.items() if v != 1 or k not in want}
             self.fail(f"commands not applied exactly once: {extra or want - set(counter.executed)}")
-        for i, d in self.disks.items():
-            if d.rebuilding_round is not None:
+        for i in self.members:
+            if self.disks[i].rebuilding_round is not None:
                 self.fail(f"node {i} never became a voter again after its wipe")
         states = {i: n.state.data for i, n in self.nodes.items() if n is not None}
         if len({repr(sorted(s.items())) for s in states.values()}) != 1:
@@ -387,6 +510,8 @@ class _CountingKV(KVState):
         self.executed: dict[tuple[str, int], int] = {}
 
     def _execute(self, cmd: Command):  # type: ignore[override]
+        if cmd.op in MEMBER_OPS:
+            return super()._execute(cmd)
         key = (cmd.client_id or "", cmd.seq)
         self.executed[key] = self.executed.get(key, 0) + 1
         return super()._execute(cmd)

@@ -140,3 +140,26 @@ def test_replay_does_not_depend_on_string_hashing() -> None:
     out = subprocess.run([sys.executable, "-c", code, str(tests_dir), str(tests_dir.parent)],
                          env=env, capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == fingerprint(sim)
+
+
+MEMBER_CHUNKS = 6  # 90 seeds with membership changes mixed into the faults
+
+
+def membership_sim(seed: int, n_nodes: int = 3) -> Simulation:
+    faults = replace(Faults.from_seed(random.Random(seed)), member_rate=0.01)
+    return Simulation(seed, n_nodes=n_nodes, faults=faults)
+
+
+@pytest.mark.parametrize("chunk", range(MEMBER_CHUNKS), ids=[f"seeds{c * CHUNK_SEEDS}+" for c in range(MEMBER_CHUNKS)])
+def test_membership_changes_keep_safety_and_liveness(chunk: int) -> None:
+    failures: list[str] = []
+    changes = 0
+    for seed in range(chunk * CHUNK_SEEDS, (chunk + 1) * CHUNK_SEEDS):
+        sim = membership_sim(seed, n_nodes=3 + seed % 3)
+        try:
+            sim.run()
+        except SimulationFailure as e:
+            failures.append(f"seed={seed}: {e}")
+        changes += sim.member_changes
+    assert not failures, "\n".join(failures)
+    assert changes >= CHUNK_SEEDS, "the simulation stopped exercising membership changes"

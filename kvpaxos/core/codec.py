@@ -116,7 +116,7 @@ _INT_CODEC = (lambda i: i, _int)
 _TYPES: dict[str, type] = {cls.__name__: cls for cls in (
     m.Prepare, m.Promise, m.Accept, m.Accepted, m.Reject, m.Commit, m.Heartbeat,
     m.HeartbeatAck, m.CatchUpRequest, m.CatchUpReply, m.ReadIndexRequest, m.ReadIndexReply,
-    m.Rebuilding, m.Resign, m.ClientRequest, m.ClientReply)}
+    m.Rebuilding, m.Resign, m.Removed, m.ClientRequest, m.ClientReply)}
 _FIELDS: dict[type, tuple[str, ...]] = {cls: tuple(f.name for f in fields(cls)) for cls in _TYPES.values()}
 
 

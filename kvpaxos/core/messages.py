@@ -137,6 +137,14 @@ class Resign:
     successor: int
 
 
+@dataclass(frozen=True, slots=True)
+class Removed:
+    """To a node the log has removed from the cluster (once no slot of a configuration
+    naming it is still open): stop."""
+
+    slot: int
+
+
 # -- node-level messages: handled by the node runtime, never by the replica ----
 
 
@@ -170,6 +178,7 @@ Message = (
     | ReadIndexReply
     | Rebuilding
     | Resign
+    | Removed
     | ClientRequest
     | ClientReply
 )

@@ -115,8 +115,6 @@ class Replica:
                            else Membership.initial(members, config.window_slots))
         self.member_through = applied_through  # the membership covers the log up to here
         self.peers: tuple[int, ...] = ()
-        self._contacts: frozenset[int] = frozenset()
-        self._ever: set[int] = set()
         self._peers_for: tuple[Membership, bool] | None = None
         self.removed = False
         self.config = config
@@ -162,8 +160,12 @@ class Replica:
             self.election_elapsed += 1
             if self.role is Role.CANDIDATE:
                 self._tick_candidate()
-            if self.election_elapsed >= self.election_timeout and self._may_lead():
-                self._start_election()
+            if self.election_elapsed >= self.election_timeout:
+                if self._may_lead():
+                    self._start_election()
+                else:
+                    self.election_elapsed = 0
+                    self._probe()
         if self.catchup_idle is not None:
             self.catchup_idle += 1
             if self.catchup_idle >= self.config.retry_ticks:
@@ -191,7 +193,10 @@ class Replica:
     def step(self, src: int, msg: m.Message) -> None:
         if self.removed:
             return
-        if src not in self._contacts or not self._well_formed(src, msg):
+        if src < 1 or (src in self.membership.removed and src not in self.peers):
+            self._on_removed_node(src)
+            return
+        if not self._well_formed(src, msg):
             self.malformed += 1
             return
         for b in (getattr(msg, "ballot", None), getattr(msg, "promised", None)):
@@ -232,6 +237,8 @@ class Replica:
                     self._start_election()  # a new ballot above the rebuilding node's horizon
             case m.Resign():
                 self._on_resign(src, msg)
+            case m.Removed():
+                self._leave()
 
     def compact(self, through_slot: int) -> None:
         """Forget log entries up to through_slot; a durable snapshot covers them."""
@@ -319,9 +326,7 @@ class Replica:
         if self._peers_for is None or self._peers_for[0] is not ms or self._peers_for[1] != settled:
             self._peers_for = (ms, settled)
             contacts = set(ms.latest.members).union(ms.at(ct + 1).members)
-            self._contacts = frozenset(contacts | {self.id})
             self.peers = tuple(sorted(contacts - {self.id}))
-            self._ever = ms.ever() | {self.id}
             if settled and self.id in ms.removed and not self.removed:
                 self._leave()
 
@@ -338,6 +343,22 @@ class Replica:
                 self._send(p, resign)
         self._step_down()
 
+    def _probe(self) -> None:
+        """Ask a random peer for the log after ours. A node that hears no leader may have
+        missed configuration changes (its leader may be a node it does not know yet, whose
+        messages it drops); the log tells it. A member tells a removed node so (Removed)."""
+        if self.peers:
+            ct = self.learner.chosen_through
+            peer = self.peers[self.rng.randrange(len(self.peers))]
+            self._send(peer, m.CatchUpRequest(ct + 1, ct + self.config.catchup_entries_max))
+
+    def _on_removed_node(self, src: int) -> None:
+        ms = self.membership
+        if src in ms.removed and ms.settled(self.learner.chosen_through + 1):
+            self._send(src, m.Removed(ms.history[-1].slot))  # every slot it had a vote in is chosen
+        else:
+            self.malformed += 1
+
     def _on_resign(self, src: int, msg: m.Resign) -> None:
         if self.leader_id == src and self.leader_ballot == msg.ballot:
             self.leader_id = None  # no longer sticky to it: its successor's Prepare may win
@@ -349,10 +370,10 @@ class Replica:
         """Reject forged or impossible messages: a leader's messages carry its own ballot."""
         if isinstance(msg, (m.Prepare, m.Accept, m.Commit, m.Heartbeat)) and msg.ballot.node_id != src:
             return False
-        if isinstance(msg, (m.Promise, m.Accepted, m.HeartbeatAck)) and msg.ballot.node_id != self.id:
-            return False
+        if isinstance(msg, (m.Promise, m.Accepted, m.HeartbeatAck, m.Reject)) and msg.ballot.node_id != self.id:
+            return False  # these answer a message of ours, so they carry our own ballot
         for b in (getattr(msg, "ballot", None), getattr(msg, "promised", None)):
-            if b is not None and b != ZERO and b.node_id not in self._ever:
+            if b is not None and b != ZERO and b.node_id < 1:
                 return False
         # Slots are numbered from 1: a slot-0 Accept would persist a record no one can learn.
         return all(getattr(msg, name, 1) >= 1 for name in ("slot", "from_slot"))
@@ -410,6 +431,7 @@ class Replica:
         self._broadcast(prepare)
         for p in self.peers:
             self.lead.prepare_sent[p] = self.ticks
+        self._probe()
 
     def _tick_candidate(self) -> None:
         for config in self.window_configs():
