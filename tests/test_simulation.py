@@ -5,6 +5,9 @@
 - Planted bugs prove the checks bite: acks before persisting (rule 3) and a leader
   that ignores what phase 1 found (rule 6) must each be caught within 300 seeds.
 - The same seed gives the same run, also under a different string-hash seed.
+- Membership changes (joins, promotions, removals) mixed into the same faults, with
+  planted bugs of their own: a change that governs open slots at once, and a leader
+  that counts a learner's vote.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from kvpaxos.core.leader import LeaderState
+from kvpaxos.core.membership import Config, Membership
 from simulator import Faults, Simulation, SimulationFailure
 from support.timing import time_limit as bounded
 
@@ -163,3 +167,36 @@ def test_membership_changes_keep_safety_and_liveness(chunk: int) -> None:
         changes += sim.member_changes
     assert not failures, "\n".join(failures)
     assert changes >= CHUNK_SEEDS, "the simulation stopped exercising membership changes"
+
+
+def first_membership_failure() -> tuple[int, str] | None:
+    """The first of PLANTED_BUG_SEEDS membership runs that breaks safety, and why."""
+    for seed in range(PLANTED_BUG_SEEDS):
+        try:
+            membership_sim(seed, n_nodes=3 + seed % 3).run()
+        except SimulationFailure as e:
+            if "no convergence" not in str(e):
+                return seed, str(e)
+    return None
+
+
+def test_planted_bug_every_slot_in_the_latest_configuration_is_caught(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A change that governs every open slot as soon as it is chosen (no alpha window):
+    # slots a leader proposed under the old configuration get counted in the new one.
+    monkeypatch.setattr(Membership, "at", lambda self, slot: self.latest)
+    monkeypatch.setattr(Membership, "between", lambda self, lo, hi: [self.latest])
+    found = first_membership_failure()
+    assert found is not None and "chosen twice" in found[1], found
+
+
+def test_planted_bug_learner_votes_counted_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A leader that counts a learner's Accepted towards the majority of a slot.
+    counted = LeaderState.add_vote
+
+    def add_vote(self: LeaderState, src: int, slot: int, config: Config) -> object:
+        return counted(self, src, slot, Config(config.voters + config.learners, ()))
+
+    monkeypatch.setattr(LeaderState, "add_vote", add_vote)
+    found = first_membership_failure()
+    assert found is not None and "chosen twice" in found[1], found

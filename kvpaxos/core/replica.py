@@ -117,6 +117,7 @@ class Replica:
         self.peers: tuple[int, ...] = ()
         self._peers_for: tuple[Membership, bool] | None = None
         self.removed = False
+        self.leave_after: int | None = None  # removed: stop once the new voters know the log to here
         self.config = config
         self.rng = rng
         self.acceptor = Acceptor(promised, accepted)
@@ -193,7 +194,8 @@ class Replica:
     def step(self, src: int, msg: m.Message) -> None:
         if self.removed:
             return
-        if src < 1 or (src in self.membership.removed and src not in self.peers):
+        if src < 1 or (src in self.membership.removed and src not in self.peers
+                       and not isinstance(msg, m.Resign)):
             self._on_removed_node(src)
             return
         if not self._well_formed(src, msg):
@@ -327,11 +329,17 @@ class Replica:
             self._peers_for = (ms, settled)
             contacts = set(ms.latest.members).union(ms.at(ct + 1).members)
             self.peers = tuple(sorted(contacts - {self.id}))
-            if settled and self.id in ms.removed and not self.removed:
-                self._leave()
+            if settled and self.id in ms.removed and not self.removed and self.leave_after is None:
+                self.leave_after = ct
+                if self.role is not Role.LEADER:
+                    self._leave()
 
     def _leave(self) -> None:
-        """No configuration from the next slot on names this node: hand over and stop."""
+        """No configuration from the next slot on names this node: hand over and stop.
+
+        A removed leader first waits until a majority of the new voters has learned the
+        log up to its removal (they may hold the accepted values without knowing they
+        were chosen, and could not elect anyone under the old configuration without it)."""
         self.removed = True
         self._ready.removed = True
         if self.role is Role.LEADER and self.lead is not None:
@@ -404,6 +412,8 @@ class Replica:
         self.leader_id = None
         self.election_elapsed = 0
         self.election_timeout = self._random_timeout()
+        if self.leave_after is not None and not self.removed:
+            self._leave()  # a removed leader that lost its leadership has nothing left to do
 
     def _answer_read(self, origin: int, read_id: int, index: int | None) -> None:
         if origin == self.id:
@@ -580,6 +590,11 @@ class Replica:
         if self.ticks % window == 0 and not lead.has_quorum_contact(self.id, self.ticks, window,
                                                                     self.window_configs()):
             self._step_down()  # check quorum: a leader cut off from a majority stops leading
+            return
+        if self.leave_after is not None:
+            caught_up = {p for p, through in lead.progress.items() if through >= self.leave_after}
+            if self.membership.latest.is_quorum(caught_up):
+                self._leave()
             return
         self._maybe_promote()
 
