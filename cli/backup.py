@@ -3,16 +3,16 @@
 save    streams GET /v1/snapshot?fresh=true from any node (a snapshot taken at a
         linearizable point, so it holds every write acknowledged before the
         command started) to FILE.tmp, checks its checksum, then renames it to FILE.
-restore checks FILE and copies it to DIR/snapshot.json (through a temporary file
-        and an atomic rename) in a directory that holds no node state. A node
-        started on such a directory votes from the start: restore into every
-        node's directory of a NEW cluster, then start them all.
+restore checks FILE and writes its data to DIR/snapshot.json (through a temporary
+        file and an atomic rename) in a directory that holds no node state,
+        without the old cluster's configuration: the new cluster's --cluster
+        gives that. A node started on such a directory votes from the start:
+        restore into every node's directory of a NEW cluster, then start them all.
 """
 from __future__ import annotations
 
 import http.client
 import os
-import shutil
 import ssl
 import time
 from pathlib import Path
@@ -123,22 +123,21 @@ def restore(source: str | Path, data_dir: str | Path) -> dict[str, Any]:
     if data_dir.exists() and not data_dir.is_dir():
         raise CliError(f"{data_dir} is not a directory")
     try:
+        state = snapshot.read(str(source))
+    except snapshot.SnapshotError as exc:
+        raise CliError(f"{source} is not a usable snapshot: {exc}") from None
+    if state.applied_slot != header["slot"]:
+        raise CliError(f"{source} changed while it was being read; try again")
+    state.membership = None  # the old cluster's members and addresses do not carry over
+    try:
         data_dir.mkdir(parents=True, exist_ok=True)
         target = snapshot.path_in(str(data_dir))
-        tmp = target + ".tmp"
-        with open(source, "rb") as src, open(tmp, "wb") as dst:
-            shutil.copyfileobj(src, dst, CHUNK_BYTES)
-            dst.flush()
-            os.fsync(dst.fileno())
+        snapshot.write(target, state)  # a temporary file, fsynced, renamed into place
+        copied = snapshot.verify(target)
     except OSError as exc:
         raise CliError(f"cannot write into {data_dir}: {exc.strerror or exc}") from None
-    try:
-        copied = snapshot.verify(tmp)
     except snapshot.SnapshotError as exc:
-        os.remove(tmp)
         raise CliError(f"the copy in {data_dir} is damaged: {exc}") from None
-    if copied["slot"] != header["slot"]:
-        os.remove(tmp)
-        raise CliError(f"{source} changed while it was being copied; try again")
-    snapshot.install_file(tmp, target)
+    if copied["slot"] != header["slot"] or copied["keys"] != header["keys"]:
+        raise CliError(f"the copy in {data_dir} does not match {source}")
     return header

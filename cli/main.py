@@ -303,8 +303,13 @@ class Number(click.ParamType):
 
 @cli.command()
 @click.option("--id", "node_id", type=click.IntRange(min=1), required=True, help="This node's id.")
-@click.option("--cluster", "cluster_spec", required=True, metavar="1=HOST:PORT,...",
-              help="Every node of the cluster, this one included.")
+@click.option("--cluster", "cluster_spec", default=None, metavar="1=HOST:PORT,...",
+              help="Every node of a new cluster, this one included (its initial configuration).")
+@click.option("--join", "join_url", default=None, metavar="URL",
+              help="Join the running cluster that the node at URL belongs to (as a learner; it "
+                   "becomes a voter once caught up). Needs --address.")
+@click.option("--address", default=None, metavar="HOST:PORT",
+              help="Where this node listens and its peers reach it (with --join).")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help=f"Where this node keeps its state [default: ./{DEFAULT_DATA_DIR}/node-ID].")
 @click.option("--tick-ms", type=click.IntRange(min=1), default=20, show_default=True)
@@ -329,7 +334,8 @@ class Number(click.ParamType):
               help="text: key=value pairs; json: one JSON object per line.")
 @serve_security_options
 @click.pass_context
-def serve(ctx: click.Context, node_id: int, cluster_spec: str, data_dir: str | None,
+def serve(ctx: click.Context, node_id: int, cluster_spec: str | None, join_url: str | None,
+          address: str | None, data_dir: str | None,
           tick_ms: int, snapshot_every: int, snapshot_every_bytes: int, compact_keep: int,
           request_timeout: float, max_value_bytes: int, log_level: str, log_format: str = "text",
           **security: Any) -> None:
@@ -338,8 +344,21 @@ def serve(ctx: click.Context, node_id: int, cluster_spec: str, data_dir: str | N
 
     root_dir = ctx.find_root().params.get("data_dir") or DEFAULT_DATA_DIR
     node_dir = Path(data_dir) if data_dir else Path(root_dir) / f"node-{node_id}"
+    if (cluster_spec is None) == (join_url is None):
+        raise CliError("give either --cluster (a new cluster) or --join URL with --address "
+                       "(a running one)", exit_code=2)
+    if join_url is not None:
+        if address is None:
+            raise CliError("--join needs --address HOST:PORT (where this node listens)", exit_code=2)
+        if not join_url.startswith(("http://", "https://")):
+            raise CliError(f"--join must be a node's URL (http://HOST:PORT), not {join_url!r}", exit_code=2)
+        cluster_spec = f"{node_id}={address}"
+    elif address is not None:
+        raise CliError("--address goes with --join; with --cluster, this node's entry gives it",
+                       exit_code=2)
+    assert cluster_spec is not None
     try:
-        config = NodeConfig(node_id=node_id, cluster=parse_cluster(cluster_spec),
+        config = NodeConfig(node_id=node_id, cluster=parse_cluster(cluster_spec), join_url=join_url,
                             data_dir=str(node_dir.resolve()), tick_ms=tick_ms,
                             snapshot_every_slots=snapshot_every,
                             snapshot_every_bytes=snapshot_every_bytes,
@@ -366,7 +385,7 @@ def serve(ctx: click.Context, node_id: int, cluster_spec: str, data_dir: str | N
             serve_node(config)
     except KeyboardInterrupt:
         return
-    except (OSError, StorageError) as exc:
+    except (OSError, StorageError, ConfigError) as exc:
         raise CliError(f"node {node_id}: {exc}") from None
     except Exception:
         # A bug, not a user error: keep the traceback in the node's log.

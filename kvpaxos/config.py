@@ -56,6 +56,7 @@ class NodeConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_ca: str | None = None
+    join_url: str | None = None  # `kv serve --join`: become a member through this node first
 
     def __post_init__(self) -> None:
         if self.node_id not in self.cluster:

@@ -40,6 +40,18 @@ class ValueTooLarge(KvError):
     status, code = 413, "value_too_large"
 
 
+class MemberChangeRefused(KvError):
+    """A membership change the configuration refused; `code` says why (409, or 404 for
+    a node that is not a member)."""
+
+    status, code = 409, "member_change_refused"
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = 404 if code in ("not_a_member", "not_a_learner") else 409
+
+
 class NoQuorum(KvError):
     """No leader could be reached; the command was certainly not applied."""
 

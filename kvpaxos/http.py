@@ -15,11 +15,12 @@ from typing import Awaitable, Callable
 from aiohttp import web
 
 from kvpaxos.core.commands import DELETE, PUT, Command, Result
+from kvpaxos.core.membership import MEMBER_ADD, MEMBER_REMOVE
 from kvpaxos.errors import (BadRequest, InvalidKey, KvError, NoQuorum, NotFound,
                             PreconditionFailed, ValueTooLarge)
 from kvpaxos.dashboard import setup_dashboard
 from kvpaxos.batch import run_batch
-from kvpaxos.node import Node
+from kvpaxos.node import Node, parse_address
 from kvpaxos.parse import field, json_body, key_of
 from kvpaxos.transport import PeerTransport
 from kvpaxos import metrics, security
@@ -195,6 +196,59 @@ async def get_snapshot(request: web.Request) -> web.StreamResponse:
         f.close()
 
 
+async def get_members(request: web.Request) -> web.Response:
+    """The configuration and its recent history (linearizable unless ?consistency=stale)."""
+    node = await _consistent(request)
+    return web.json_response(node.members())
+
+
+async def add_member(request: web.Request) -> web.Response:
+    """Add a learner: {"id": N, "address": "HOST:PORT"}. ?wait=voter returns once the
+    leader has promoted it (after it caught up), ?timeout=SECONDS bounding that wait."""
+    node = request.app[NODE]
+    body = await json_body(request, required=True)
+    node_id = field(body, "id", int, optional=False)
+    address = field(body, "address", str, optional=False)
+    if node_id < 1 or node_id >= 1 << 31:
+        raise BadRequest("field 'id' must be a positive integer")
+    if parse_address(address) is None or len(address) > 255:
+        raise BadRequest("field 'address' must be HOST:PORT")
+    wait = request.query.get("wait", "learner")
+    if wait not in ("learner", "voter"):
+        raise BadRequest("wait must be 'learner' or 'voter'")
+    timeout = _seconds(request.query.get("timeout", "60"))
+    await node.change_members(Command(MEMBER_ADD, str(node_id), address, cmd_id=node.new_cmd_id()))
+    if wait == "voter":
+        await node.wait_for_voter(node_id, timeout)
+    return web.json_response(node.members())
+
+
+async def remove_member(request: web.Request) -> web.Response:
+    """Remove a voter or learner for good. Refused (409 would_lose_quorum) if a majority
+    of the voters left does not answer now, unless ?force=true."""
+    node = request.app[NODE]
+    raw = request.match_info["id"]
+    if not (raw.isascii() and raw.isdigit()) or not 0 < int(raw) < 1 << 31:
+        raise BadRequest("the member id must be a positive integer")
+    force = request.query.get("force", "false")
+    if force not in ("true", "false"):
+        raise BadRequest("force must be 'true' or 'false'")
+    if force == "false":
+        await node.check_quorum_without(int(raw))
+    await node.change_members(Command(MEMBER_REMOVE, raw, cmd_id=node.new_cmd_id()))
+    return web.json_response(node.members())
+
+
+def _seconds(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 3600:
+        raise BadRequest("timeout must be a number of seconds from 0 to 3600")
+    return value
+
+
 async def get_metrics(request: web.Request) -> web.Response:
     """Prometheus text exposition of this node (kvpaxos/metrics.py)."""
     text = metrics.render(request.app[NODE], request.app[TRANSPORT])
@@ -229,6 +283,9 @@ def init_app(node: Node, transport: PeerTransport) -> web.Application:
     app.router.add_post("/v1/batch", post_batch)
     app.router.add_get("/v1/status", status)
     app.router.add_get("/v1/snapshot", get_snapshot)
+    app.router.add_get("/v1/members", get_members)
+    app.router.add_post("/v1/members", add_member)
+    app.router.add_delete("/v1/members/{id}", remove_member)
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/v1/peer", transport.handle_inbound)
     setup_dashboard(app, node, transport)  # GET /, /v1/events, /v1/dashboard: kvpaxos/dashboard

@@ -12,6 +12,12 @@ Requests wait by command id: any node that applies the slot holding a command
 can answer it, so a follower forwards a command to the leader and answers its
 client from its own copy of the log.
 
+Membership: the configuration is replicated state (kvpaxos/core/membership.py).
+The node keeps the one as of its applied slot in its key-value state (so
+snapshots carry it), dials the peers it names, and stops itself once the log
+removes it. The initial configuration (from --cluster) is recorded in storage
+on first start: a restart replays the log from it, whatever --cluster says.
+
 A node whose data directory is new does not vote until it knows whether the
 cluster is new too: it asks its peers (enough of them that one must hold any
 state a majority ever held). If some peer holds Paxos state, this node lost
@@ -38,8 +44,9 @@ from kvpaxos.core import messages as m
 from kvpaxos.core.ballot import ZERO
 from kvpaxos.core.commands import Batch, Command, Result
 from kvpaxos.core.kvstate import KVState
+from kvpaxos.core.membership import Membership
 from kvpaxos.core.replica import CoreConfig, Ready, Replica, Role
-from kvpaxos.errors import NoQuorum, OutcomeUnknown
+from kvpaxos.errors import MemberChangeRefused, NoQuorum, OutcomeUnknown
 from kvpaxos.logs import fields
 from kvpaxos.metrics import NodeMetrics
 from kvpaxos.security import peer_session, peer_url
@@ -82,16 +89,29 @@ class Node:
             storage.set_rebuilding(UNDECIDED)
         if rebuild_round == UNDECIDED:
             rebuild_round = None
+        genesis = storage.genesis()
+        if genesis is None:
+            members = Membership.initial(config.cluster, config.window_slots,
+                                         {i: address_text(a) for i, a in config.cluster.items()})
+            storage.set_genesis(members.to_json())
+        else:
+            members = Membership.from_json(genesis)
+        if self.kv.membership is None:
+            self.kv.membership = members  # no snapshot yet (or one from before membership changes)
         core = CoreConfig(election_ticks=config.election_ticks, heartbeat_ticks=config.heartbeat_ticks,
                           retry_ticks=max(2, config.heartbeat_ticks * 2), window_slots=config.window_slots,
                           batch_count_max=config.batch_count_max, batch_bytes_max=config.batch_bytes_max)
         self.replica = Replica(
-            self.id, tuple(config.cluster), core, random.Random(), promised=durable.promised,
+            self.id, self.kv.membership, core, random.Random(), promised=durable.promised,
             accepted={s: v for s, v in durable.accepted.items() if s > base},
             chosen={s: v for s, v in durable.chosen.items() if s > base}, applied_through=base,
             voting=rebuild_round is None and not self.deciding, rebuild_round=rebuild_round or 0)
         self.send_peer: Send = lambda dst, msg: False
         self.on_fatal: Callable[[BaseException], None] = lambda exc: None
+        self.on_peers: Callable[[dict[int, tuple[str, int]]], None] = lambda cluster: None
+        self.on_removed: Callable[[], None] = lambda: None
+        self.removed = False
+        self._peers_for: tuple[Membership, bool] | None = None
         self.counters: Counter[str] = Counter()
         self.metrics = NodeMetrics()  # histograms; GET /metrics renders both
         self.boot_id = os.urandom(4).hex()
@@ -120,6 +140,7 @@ class Node:
         self._loop = asyncio.get_running_loop()
         self._ticker = asyncio.create_task(self._tick_forever())
         self._http = peer_session(self.config)
+        self._sync_peers()
         if self.deciding:
             self._spawn(self._decide_voting())
         self._wake()  # replay the chosen log we loaded into the state machine
@@ -205,8 +226,10 @@ class Node:
     def install_state(self, state: KVState) -> None:
         """Adopt a verified snapshot newer than our state and continue the log after it."""
         assert state.applied_slot > self.kv.applied_slot
+        if state.membership is None:
+            state.membership = self.kv.membership  # a peer's snapshot from before membership changes
         self.kv = state
-        self.replica.install_snapshot(state.applied_slot)
+        self.replica.install_snapshot(state.applied_slot, state.membership)
         self._wake_applied()
         self._wake()
 
@@ -405,7 +428,17 @@ class Node:
                 send_now.append((origin, m.ClientReply(cmd.cmd_id, 0)))
             self._resolve(cmd.cmd_id, None)
         self._open_writes.merge(Writes(ready.promised, ready.accepted, ready.chosen))
+        for cmd_id, result in ready.member_results.items():
+            self._resolve(cmd_id, result)  # before the key-value state answers them with a placeholder
         self._apply(ready)
+        if ready.membership is not None:
+            self.kv.membership = ready.membership
+            self._sync_peers()
+        if ready.removed and not self.removed:
+            self.removed = True
+            log.warning("this node was removed from the cluster; stopping",
+                        extra=fields(slot=self.kv.applied_slot))
+            self.on_removed()
         if ready.snapshot_from is not None and self._http is not None:
             self._spawn(self.snapshots.fetch_and_install(self, ready.snapshot_from, self._http))
         if ready.became_voter:
@@ -501,6 +534,120 @@ class Node:
             else:
                 log.info("leader lost", extra=fields(ballot=str(self.replica.ballot)))
 
+    def _sync_peers(self) -> None:
+        """Dial the nodes of the configurations governing open slots (their addresses come
+        from the membership); hang up on the rest."""
+        ms = self.kv.membership
+        assert ms is not None
+        settled = ms.settled(self.kv.applied_slot + 1)
+        if self._peers_for is not None and self._peers_for[0] is ms and self._peers_for[1] == settled:
+            return
+        first = self._peers_for is None
+        self._peers_for = (ms, settled)
+        cluster: dict[int, tuple[str, int]] = {}
+        for cfg in (ms.at(self.kv.applied_slot + 1), ms.latest):
+            for i, text in cfg.addresses:
+                address = parse_address(text)
+                if address is not None:
+                    cluster[i] = address
+        for i in set(ms.latest.members) | set(ms.at(self.kv.applied_slot + 1).members):
+            if i not in cluster and i in self.config.cluster:
+                cluster[i] = self.config.cluster[i]
+        cluster.setdefault(self.id, self.config.address)
+        if cluster != self.config.cluster:
+            if not first:
+                log.info("configuration changed", extra=fields(
+                    voters=",".join(map(str, ms.latest.voters)),
+                    learners=",".join(map(str, ms.latest.learners)) or "-",
+                    change=ms.history[-1].what, slot=ms.history[-1].slot))
+            self.config.cluster.clear()
+            self.config.cluster.update(cluster)
+            self.on_peers(dict(cluster))
+
+    def members(self) -> dict:
+        """The configuration as of the applied slot, with its history (GET /v1/members)."""
+        ms = self.kv.membership
+        assert ms is not None
+        slot = self.kv.applied_slot
+        latest = ms.latest
+        last = ms.history[-1]
+        members = [{"id": i, "address": latest.address(i), "role": "voter" if i in latest.voters else "learner"}
+                   for i in latest.members]
+        return {
+            "applied": slot,
+            "leader": self.replica.leader_id,
+            "alpha": ms.alpha,
+            "members": members,
+            "voters": list(latest.voters),
+            "learners": list(latest.learners),
+            "removed": list(ms.removed),
+            "pending": None if ms.settled(slot + 1) else _change_json(last),
+            "history": [_change_json(c) for c in ms.history],
+        }
+
+    async def change_members(self, cmd: Command) -> Result:
+        """Get a membership command chosen and applied; MemberChangeRefused if the
+        configuration refused it (the result says why)."""
+        result = await self.submit(cmd)
+        if not result.ok:
+            raise MemberChangeRefused(result.error or "refused", _REFUSALS.get(result.error or "", "refused"))
+        # Answer once the change governs the next slot here (the leader fills the alpha
+        # window with no-ops at once), so the next change is not refused as in progress.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.request_timeout_s
+        while loop.time() < deadline and not self.removed:
+            ms = self.kv.membership
+            assert ms is not None
+            if ms.settled(self.kv.applied_slot + 1):
+                break
+            await asyncio.sleep(self.config.tick_ms / 1000)
+        return result
+
+    async def wait_for_voter(self, node_id: int, timeout_s: float) -> None:
+        """Return once node_id votes in the configuration governing the next slot here."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            ms = self.kv.membership
+            assert ms is not None
+            if node_id in ms.latest.voters and ms.settled(self.kv.applied_slot + 1):
+                return
+            if node_id not in ms.latest.members:
+                raise MemberChangeRefused("not_a_member", f"node {node_id} is not a member")
+            if loop.time() > deadline:
+                raise OutcomeUnknown(f"node {node_id} is not a voter yet (it is promoted once "
+                                     "it has caught up with the log)")
+            await asyncio.sleep(self.config.tick_ms / 1000)
+
+    async def check_quorum_without(self, node_id: int) -> None:
+        """Refuse to remove node_id if a majority of the voters left could not be reached
+        now (removing one more node would stop the cluster): MemberChangeRefused."""
+        ms = self.kv.membership
+        assert ms is not None
+        remaining = [p for p in ms.latest.voters if p != node_id]
+        if not remaining:
+            return  # the configuration refuses it with last_voter
+        up = 0
+        for p in remaining:
+            if p == self.id:
+                up += self.replica.voting
+                continue
+            if p not in self.config.cluster:
+                continue
+            status = await self._peer_status(p)
+            up += status is not None and status.get("voting") is True
+        if up < len(remaining) // 2 + 1:
+            raise MemberChangeRefused(
+                "would_lose_quorum", f"only {up} of the {len(remaining)} voters left after removing node "
+                f"{node_id} answer now, fewer than a majority; bring them back first (or force it)")
+
+    def member_role(self) -> str:
+        ms = self.kv.membership
+        assert ms is not None
+        if self.id in ms.removed or self.removed:
+            return "removed"
+        return "voter" if self.id in ms.latest.voters else "learner" if self.id in ms.latest.learners else "joining"
+
     # -- views ----------------------------------------------------------------
 
     def status(self) -> dict:
@@ -516,10 +663,41 @@ class Node:
             "elections": r.elections,
             "malformed_messages": r.malformed,
             "voting": r.voting,
+            "member": self.member_role(),
+            "voters": list(self.kv.membership.latest.voters) if self.kv.membership else [],
             "deciding": self.deciding,
             "rebuilding": None if r.voting or self.deciding else r.rebuild_round,
             "snapshot": self.snapshots.describe(),
         }
+
+
+_REFUSALS = {
+    "change_in_progress": "another membership change has not taken effect yet; retry shortly",
+    "id_reused": "that id belonged to a removed node; ids are never reused, pick a new one",
+    "already_member": "that id is already a member, with another address",
+    "not_a_member": "no member has that id",
+    "not_a_learner": "that node is not a learner",
+    "last_voter": "the last voter cannot be removed",
+    "bad_address": "the address must be HOST:PORT",
+    "bad_member_id": "member ids are positive integers",
+}
+
+
+def address_text(address: tuple[str, int]) -> str:
+    return f"{address[0]}:{address[1]}"
+
+
+def parse_address(text: str) -> tuple[str, int] | None:
+    host, colon, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host, int(port)
+
+
+def _change_json(c) -> dict:  # noqa: ANN001 - a membership Change
+    return {"slot": c.slot, "effective": c.effective, "what": c.what,
+            "voters": list(c.config.voters), "learners": list(c.config.learners)}
 
 
 def _holds_state(answers: Iterable[dict]) -> bool:

@@ -12,7 +12,8 @@ from aiohttp import web
 from kvpaxos import logs
 from kvpaxos.config import NodeConfig
 from kvpaxos.http import init_app
-from kvpaxos.node import Node
+from kvpaxos.join import has_state, join
+from kvpaxos.node import UNDECIDED, Node
 from kvpaxos.security import peer_ssl_context, server_ssl_context
 from kvpaxos.transport import PeerTransport
 from storage.sqlite import FILE_NAME as SQLITE_FILE
@@ -24,7 +25,14 @@ log = logging.getLogger("kvpaxos.server")
 async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
     """Run a node until `stop` is set; the storage is opened and closed here."""
     fresh = not os.path.exists(os.path.join(config.data_dir, SQLITE_FILE))
+    rejoin = False
+    if config.join_url is not None and not has_state(config.data_dir, SQLITE_FILE):
+        rejoin = await join(config)
     storage = SqliteStorage(config.data_dir, config.node_id)
+    if rejoin and storage.rebuilding() is None:
+        # This id voted before and its data directory is new: it lost its promises.
+        # Undecided, the node asks every peer for the round to rebuild under.
+        storage.set_rebuilding(UNDECIDED)
     node = Node(config, storage, fresh=fresh)
     transport = PeerTransport(config.node_id, config.cluster, node.deliver, secret=config.secret,
                               ssl_context=peer_ssl_context(config))
@@ -36,6 +44,9 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         stop.set()
 
     node.on_fatal = fatal
+    node.on_peers = transport.set_peers
+    # Removed from the cluster: answer what is in flight, then stop (exit status 0).
+    node.on_removed = lambda: asyncio.get_running_loop().call_later(REMOVED_GRACE_S, stop.set)
     runner = web.AppRunner(init_app(node, transport), access_log=None, handle_signals=False)
     await runner.setup()
     host, port = config.address
@@ -60,6 +71,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
 # commit; with CPython's default 5 ms switch interval a busy event loop made every
 # fsync'd commit wait several milliseconds for it.
 SWITCH_INTERVAL_S = 0.0005
+REMOVED_GRACE_S = 1.0
 
 
 def serve(config: NodeConfig, log_level: str = "info", log_format: str = "text") -> None:

@@ -34,6 +34,7 @@ log = logging.getLogger("kvpaxos.transport")
 QUEUE_MESSAGES_MAX = 100_000
 FRAME_BYTES_MAX = 64 * 1024 * 1024
 NODE_HEADER = "X-Kv-Node"
+ADDRESS_HEADER = "X-Kv-Address"  # the dialer's own HOST:PORT, so a node that does not know it yet can answer
 
 
 class TurnEncoder:
@@ -73,6 +74,8 @@ class PeerLink:
         self.dropped = 0
         self.task: asyncio.Task | None = None
         self.encoder = encoder or TurnEncoder()
+        self.address: tuple[str, int] | None = None
+        self.headers: dict[str, str] = {NODE_HEADER: str(self_id)}
 
     @property
     def connected(self) -> bool:
@@ -103,7 +106,7 @@ class PeerLink:
             reason = "closed"
             try:
                 async with self.session.ws_connect(
-                        self.url, headers={NODE_HEADER: str(self.self_id)}, heartbeat=5.0,
+                        self.url, headers=self.headers, heartbeat=5.0,
                         max_msg_size=FRAME_BYTES_MAX, autoping=True, **self.connect_options) as ws:
                     if self.handshake is not None:
                         await self._authenticate(ws)
@@ -173,13 +176,41 @@ class PeerTransport:
 
     async def start(self) -> None:
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=2.0))
+        self.set_peers(self.cluster)
+
+    def set_peers(self, cluster: dict[int, tuple[str, int]]) -> None:
+        """Dial the peers of a new configuration and hang up on those no longer in it."""
+        if cluster is not self.cluster:
+            self.cluster.clear()
+            self.cluster.update(cluster)
+        if self.session is None:
+            return  # start() dials them
+        for peer in [p for p in self.links if p not in self.cluster]:
+            link = self.links.pop(peer)
+            if link.task is not None:
+                link.task.cancel()
+            log.info("link closed: no longer a member", extra=fields(peer=peer))
+        for peer, address in self.cluster.items():
+            link = self.links.get(peer)
+            if peer == self.self_id or (link is not None and link.address == address):
+                continue
+            if link is not None and link.task is not None:
+                link.task.cancel()  # the peer moved
+            self._dial(peer, address)
+
+    def _dial(self, peer: int, address: tuple[str, int]) -> None:
+        assert self.session is not None
         scheme = "ws" if self.ssl_context is None else "wss"
-        for peer, (host, port) in self.cluster.items():
-            if peer != self.self_id:
-                link = PeerLink(self.self_id, peer, f"{scheme}://{_host(host)}:{port}/v1/peer", self.session,
-                                self.handshake, self.ssl_context, self.counters, self.encoder)
-                link.task = asyncio.create_task(link.run())
-                self.links[peer] = link
+        host, port = address
+        link = PeerLink(self.self_id, peer, f"{scheme}://{_host(host)}:{port}/v1/peer", self.session,
+                        self.handshake, self.ssl_context, self.counters, self.encoder)
+        link.address = address
+        link.headers = {NODE_HEADER: str(self.self_id)}
+        own = self.cluster.get(self.self_id)
+        if own is not None:
+            link.headers[ADDRESS_HEADER] = f"{_host(own[0])}:{own[1]}"
+        link.task = asyncio.create_task(link.run())
+        self.links[peer] = link
 
     async def stop(self) -> None:
         for link in self.links.values():
@@ -200,7 +231,9 @@ class PeerTransport:
     async def handle_inbound(self, request: web.Request) -> web.WebSocketResponse:
         """The /v1/peer endpoint: frames from the peer that dialed us."""
         claimed = request.headers.get(NODE_HEADER, "")
-        if not claimed.isdigit() or int(claimed) not in self.cluster or int(claimed) == self.self_id:
+        # A peer we do not know yet may be a member added since our configuration was
+        # last updated (the replica drops messages from removed nodes itself).
+        if not claimed.isdigit() or not 0 < int(claimed) < 1 << 31 or int(claimed) == self.self_id:
             self.counters["peer_refused"] += 1
             self._log_refusal(request, claimed[:32], "unknown peer id")
             raise web.HTTPForbidden(text='{"error": "forbidden", "message": "unknown peer"}',
@@ -217,6 +250,11 @@ class PeerTransport:
                 await ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION, message=b"authentication failed")
                 return ws
         self.counters["links_up_inbound"] += 1
+        if peer not in self.links and self.session is not None:
+            address = _parse_address(request.headers.get(ADDRESS_HEADER, ""))
+            if address is not None:  # answer a node we had not heard of, on its own address
+                self.cluster[peer] = address
+                self._dial(peer, address)
         self.inbound.add(ws)
         try:
             async for frame in ws:
@@ -322,6 +360,14 @@ async def _finish(coro: Coroutine[Any, Any, None], yielded: Any) -> None:
         pass
     finally:
         coro.close()
+
+
+def _parse_address(text: str) -> tuple[str, int] | None:
+    host, colon, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536 or len(text) > 255:
+        return None
+    return host, int(port)
 
 
 def _host(host: str) -> str:

@@ -9,6 +9,7 @@ class MemoryStorage:
         self.state = DurableState()
         self.saves = 0
         self.rebuild_round: int | None = None
+        self.initial: dict | None = None
 
     def load(self) -> DurableState:
         s = self.state
@@ -31,6 +32,12 @@ class MemoryStorage:
 
     def set_rebuilding(self, round_: int | None) -> None:
         self.rebuild_round = round_
+
+    def genesis(self) -> dict | None:
+        return self.initial
+
+    def set_genesis(self, membership: dict) -> None:
+        self.initial = membership
 
     def close(self) -> None:
         pass

@@ -3,6 +3,7 @@
 Layout: one table `paxos` with text keys, so one connection and one transaction
 cover every kind of record (sqlitedict gives each table its own connection):
   "meta"          {"format": 1, "node_id": N, "rebuilding": R or null}
+  "genesis"       the membership the log starts from (kvpaxos/core/membership.py)
   "promised"      [round, node]
   "a/<slot:012>"  [[round, node], batch]   an accepted value
   "c/<slot:012>"  batch                    a chosen value this node learned
@@ -183,6 +184,14 @@ class SqliteStorage:
         meta = dict(self.db.get("meta") or {})
         meta["rebuilding"] = round_
         self.db["meta"] = meta
+        self.db.commit(blocking=True)
+
+    def genesis(self) -> dict | None:
+        value = self.db.get("genesis")
+        return value if isinstance(value, dict) else None
+
+    def set_genesis(self, membership: dict) -> None:
+        self.db["genesis"] = membership
         self.db.commit(blocking=True)
 
     def close(self) -> None:

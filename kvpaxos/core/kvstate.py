@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from kvpaxos.core.commands import DELETE, PUT, Batch, Command, Result
+from kvpaxos.core.membership import Membership
 
 SESSION_TTL_MS = 10 * 60 * 1000
 
@@ -40,6 +41,9 @@ class KVState:
         self.cluster_ms = 0
         self.session_ttl_ms = session_ttl_ms
         self.sessions: OrderedDict[str, Session] = OrderedDict()
+        # The cluster configuration as of applied_slot: the runtime keeps it here (the
+        # replica computes it) so that a snapshot holds it with the data.
+        self.membership: Membership | None = None
 
     def apply(self, slot: int, batch: Batch) -> list[tuple[Command, Result]]:
         assert slot == self.applied_slot + 1, f"slot {slot} applied out of order after {self.applied_slot}"
@@ -125,6 +129,8 @@ def export_rows(state: KVState) -> tuple[dict, dict[str, tuple[str, int]], list[
     """
     header = {"slot": state.applied_slot, "revision": state.revision, "keys": len(state.data),
               "cluster_ms": state.cluster_ms, "session_ttl_ms": state.session_ttl_ms}
+    if state.membership is not None:
+        header["membership"] = state.membership.to_json()
     sessions = [[cid, s.seq, [result_to_wire(r) for r in s.results], s.last_ms]
                 for cid, s in state.sessions.items()]
     return header, dict(state.data), sessions
@@ -136,6 +142,8 @@ def import_rows(header: dict, keys: Iterable[list], sessions: Iterable[list]) ->
     state.applied_slot = int(header["slot"])
     state.revision = int(header["revision"])
     state.cluster_ms = int(header["cluster_ms"])
+    if header.get("membership") is not None:
+        state.membership = Membership.from_json(header["membership"])
     for row in keys:
         k, v, ver = row
         if type(k) is not str or type(v) is not str or type(ver) is not int:
