@@ -121,6 +121,15 @@ def render(node: Any, transport: Any) -> str:
     x.gauge("chosen_slot", "Highest slot such that it and every slot before it are known chosen.",
             r.learner.chosen_through)
     x.gauge("applied_slot", "Highest slot applied to the key-value state.", node.kv.applied_slot)
+    ms = node.kv.membership
+    if ms is not None:
+        x.gauge("member_voters", "Voters in the latest configuration this node applied.", len(ms.latest.voters))
+        x.gauge("member_learners", "Learners in the latest configuration this node applied.",
+                len(ms.latest.learners))
+        x.gauge("member_change_pending", "1 while a configuration change is chosen but not yet in effect.",
+                0 if ms.settled(node.kv.applied_slot + 1) else 1)
+        x.gauge("member_is_voter", "1 if this node votes in the latest configuration.",
+                1 if node.id in ms.latest.voters else 0)
 
     x.counter("elections", "Elections this node started (phase 1 with a new ballot).", r.elections)
     x.counter("leader_changes", "Times the leader this node knows of changed to another node.",
