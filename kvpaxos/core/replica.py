@@ -608,8 +608,10 @@ class Replica:
             return
         if lead.promoting is not None and self.ticks - lead.promoting[1] < 4 * self.config.election_ticks:
             return
+        recent = 2 * self.config.election_ticks
         for learner in ms.latest.learners:
-            if lead.progress.get(learner, -1) + ms.alpha >= ct:
+            heard = lead.heard_tick.get(learner)
+            if heard is not None and self.ticks - heard <= recent and lead.progress.get(learner, -1) + ms.alpha >= ct:
                 lead.promoting = (learner, self.ticks)
                 cmd_id = f"promote.{learner}.{lead.ballot.round}.{lead.ballot.node_id}.{self.ticks}"
                 lead.pending.append((Command(MEMBER_PROMOTE, str(learner), cmd_id=cmd_id),))
