@@ -109,6 +109,10 @@ class Snapshotter:
         """Install peer's snapshot if it is ahead of us; tell the replica either way."""
         tmp = self.path + ".recv.tmp"
         loop = asyncio.get_running_loop()
+        if peer not in node.config.cluster:  # its address left with a configuration change
+            log.warning("snapshot from node %d: no address known for it", peer)
+            node.replica.snapshot_failed()
+            return
         try:
             async with session.get(node.peer_url(peer, "/v1/snapshot"),
                                    timeout=aiohttp.ClientTimeout(total=300, sock_read=30)) as resp:
