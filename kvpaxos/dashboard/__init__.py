@@ -5,8 +5,10 @@ Routes (added to the node's app by `setup_dashboard`, called from init_app):
 - `GET /` and `GET /dashboard/{app.js,style.css,favicon.svg}`: the page, plain
   files shipped in kvpaxos/dashboard/static (no build step, no CDN);
 - `GET /v1/dashboard`: one JSON snapshot of this node's view: its /v1/status,
-  its newest log slots with their batches, its message counters and its
-  per-second write statistics;
+  its newest log slots with their batches, the configuration as it has applied
+  it (voters, learners, the change in flight and the recent changes, as
+  /v1/members answers), its message counters and its per-second write
+  statistics;
 - `GET /v1/events`: the same snapshot as server-sent events, a few per second;
 - `GET /v1/dashboard/find?client_id=C&seq=N`: the slot a client's write went
   into, for the page's "try it" panel.

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from kvpaxos.dashboard.stats import WriteStats
-from kvpaxos.dashboard.views import LOG_SLOTS, find_command, leader_view, log_window
+from kvpaxos.dashboard.views import LOG_SLOTS, find_command, leader_view, log_window, members_view
 from kvpaxos.errors import BadRequest, KvError, NotFound
 
 log = logging.getLogger("kvpaxos.dashboard")
@@ -146,6 +146,7 @@ async def build_snapshot(request: web.Request, dash: Dashboard, series_after: in
         "status": await _status_body(request, dash),
         "log": log_window(node, slots),
         "leading": leader_view(node),
+        "members": members_view(node),
         "counters": dict(node.counters),
         "writes": {"ok": dash.stats.total_ok, "failed": dash.stats.total_failed},
         "series": dash.stats.since(series_after, now),

@@ -1,4 +1,4 @@
-"""What one node knows, as plain JSON for the dashboard: its log window and counters.
+"""What one node knows, as plain JSON for the dashboard: its log window, counters, configuration.
 
 Everything here reads the node's in-memory state on the event loop and copies
 a bounded part of it: the last `LOG_SLOTS` slots, at most `BATCH_COMMANDS`
@@ -113,6 +113,23 @@ def leader_view(node: Any) -> dict[str, Any] | None:
     return {"next_slot": getattr(lead, "next_slot", None),
             "in_flight": len(getattr(lead, "proposals", {}) or {}),
             "queued": len(getattr(lead, "pending", ()) or ())}
+
+
+def members_view(node: Any) -> dict[str, Any] | None:
+    """The configuration as this node has applied it (as GET /v1/members answers, but local:
+    no read-index round, so a page can ask several times a second). None if unknown.
+
+    Every node applies the same changes in the same slots, so the view of the node
+    that applied the most slots is the newest; the page picks that one.
+    """
+    members = getattr(node, "members", None)
+    if members is None:
+        return None
+    try:
+        doc = members()
+    except Exception:  # noqa: BLE001 - degrade the page, never break the snapshot
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def find_command(node: Any, client_id: str, seq: int) -> int | None:

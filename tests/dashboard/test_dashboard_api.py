@@ -166,6 +166,27 @@ def test_snapshot_find_and_write_series(shared):
     assert cluster.request(1, "GET", "/v1/events?interval_ms=1").error == "bad_request"
 
 
+def test_snapshot_carries_the_configuration(shared):
+    """/v1/dashboard and /v1/events carry the configuration as the node applied it."""
+    cluster = shared
+    leader = cluster.wait_for_leader()
+    doc = cluster.request(2, "GET", "/v1/dashboard").body
+    members = doc["members"]
+    assert members["voters"] == [1, 2, 3] and members["learners"] == [] and members["removed"] == []
+    assert [(m["id"], m["role"]) for m in members["members"]] == [(1, "voter"), (2, "voter"), (3, "voter")]
+    assert {m["id"]: m["address"] for m in members["members"]} == {
+        i: cluster.url(i).removeprefix("http://") for i in (1, 2, 3)}
+    assert members["alpha"] >= 1 and members["pending"] is None
+    assert members["history"][0]["what"] == "initial" and members["history"][0]["voters"] == [1, 2, 3]
+    assert members["applied"] == doc["status"]["applied"]
+    wait_for = time.monotonic() + 10
+    while cluster.request(2, "GET", "/v1/dashboard").body["members"]["leader"] != leader:
+        assert time.monotonic() < wait_for, "node 2 does not name the leader"
+        time.sleep(0.1)
+    _, events = asyncio.run(read_events(cluster.url(3) + "/v1/events?interval_ms=100&count=1", 1))
+    assert events[0]["members"]["voters"] == [1, 2, 3]
+
+
 def test_cors_reads_from_anywhere_writes_only_from_member_pages(shared):
     cluster = shared
     import http.client
