@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
+import time
 import uuid
 from typing import Any
 from urllib.parse import urlsplit
@@ -16,11 +17,13 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from kvpaxos.client import (
-    CONNECT_TIMEOUT_S, PROBE_TIMEOUT_S, Entry, KvError, entry_from, give_up, raise_for_status,
+    CONNECT_TIMEOUT_S, PROBE_TIMEOUT_S, WAIT_POLL_S, WAIT_VOTER_S, Conflict, Entry, KvError,
+    NotFound, entry_from, give_up, not_a_voter_yet, raise_for_status, voter_now,
 )
 from kvpaxos.client_support import (
-    RETRY_STATUSES, Attempts, Sessions, decode_body, kv_path, list_path, merge_cluster_status,
-    parse_endpoints, parse_retry_after, put_body, unprobed_peers,
+    RETRY_STATUSES, Attempts, Sessions, decode_body, kv_path, list_path, member_body, member_path,
+    members_path, merge_cluster_status, parse_endpoints, parse_retry_after, put_body,
+    unprobed_peers,
 )
 
 # Raised when the TCP connect itself timed out (aiohttp >= 3.10); the request never left.
@@ -108,6 +111,44 @@ class AsyncClient:
         extra = unprobed_peers(self.endpoints, results)
         results += await asyncio.gather(*(probe(url) for url in extra))
         return merge_cluster_status(results)
+
+    # -- membership (as in Client) --
+
+    async def members(self, stale: bool = False) -> dict[str, Any]:
+        """The /v1/members document; linearizable unless `stale`."""
+        return await self._call("GET", members_path(stale))
+
+    async def add_member(self, node_id: int, address: str, wait: bool = False,
+                         wait_timeout_s: float = WAIT_VOTER_S) -> dict[str, Any]:
+        """Add a learner; with `wait`, return once it is a voter (see Client.add_member)."""
+        doc = await self._member_change("POST", "/v1/members", member_body(node_id, address))
+        if not wait:
+            return doc
+        deadline = time.monotonic() + wait_timeout_s
+        while not voter_now(doc, node_id):
+            if node_id not in doc.get("learners", ()) and node_id not in doc.get("voters", ()):
+                raise NotFound("not_a_member", f"node {node_id} is no longer a member", 404)
+            if time.monotonic() >= deadline:
+                raise not_a_voter_yet(node_id, wait_timeout_s)
+            await asyncio.sleep(WAIT_POLL_S)
+            doc = await self.members()
+        return doc
+
+    async def remove_member(self, node_id: int, force: bool = False) -> dict[str, Any]:
+        """Remove a node for good (see Client.remove_member)."""
+        return await self._member_change("DELETE", member_path(node_id, force))
+
+    async def _member_change(self, method: str, path: str,
+                             body: dict[str, Any] | None = None) -> dict[str, Any]:
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                return await self._call(method, path, body,
+                                        timeout_s=max(0.05, deadline - time.monotonic()))
+            except Conflict as exc:
+                if exc.code != "change_in_progress" or deadline - time.monotonic() < 2 * WAIT_POLL_S:
+                    raise
+            await asyncio.sleep(WAIT_POLL_S)
 
     # -- transport --
 

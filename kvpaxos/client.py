@@ -26,13 +26,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from kvpaxos.client_support import (
-    RETRY_STATUSES, Attempts, Sessions, decode_body, kv_path, list_path, merge_cluster_status,
-    normalize_endpoint, parse_endpoints, parse_retry_after, put_body, unprobed_peers,
+    RETRY_STATUSES, Attempts, Sessions, decode_body, kv_path, list_path, member_body, member_path,
+    members_path, merge_cluster_status, normalize_endpoint, parse_endpoints, parse_retry_after,
+    put_body, unprobed_peers,
 )
 
 __all__ = [
     "KvError", "NotFound", "PreconditionFailed", "Unavailable", "OutcomeUnknown",
-    "BadRequest", "Unauthorized", "Entry", "Client", "AsyncClient", "parse_endpoints",
+    "BadRequest", "Unauthorized", "Conflict", "Entry", "Client", "AsyncClient", "parse_endpoints",
     "normalize_endpoint",
 ]
 
@@ -41,6 +42,10 @@ __all__ = [
 CONNECT_TIMEOUT_S = 1.0
 # How long `cluster_status` waits for each node: a down node should not stall `kv status`.
 PROBE_TIMEOUT_S = 1.0
+# add_member(wait=True): how long to wait for the new node to catch up and become a voter,
+# and how often to look.
+WAIT_VOTER_S = 60.0
+WAIT_POLL_S = 0.2
 
 
 class KvError(Exception):
@@ -77,6 +82,11 @@ class Unauthorized(KvError):
     """The node wants a (different) bearer token: pass token= / --token / KV_TOKEN (401, 403)."""
 
 
+class Conflict(KvError):
+    """The cluster refused a membership change (409); `code` says why: change_in_progress,
+    id_reused, already_member, last_voter, would_lose_quorum."""
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     key: str
@@ -94,6 +104,8 @@ def raise_for_status(status: int, doc: dict[str, Any]) -> dict[str, Any]:
         raise NotFound(code, message, status)
     if status == 412:
         raise PreconditionFailed(code, message, status)
+    if status == 409:
+        raise Conflict(code, message, status)
     if status in (401, 403):
         raise Unauthorized(code, message, status)
     if status in (400, 413):
@@ -110,6 +122,18 @@ def entry_from(doc: dict[str, Any]) -> Entry:
         return Entry(str(doc["key"]), doc["value"], int(doc["version"]))
     except (KeyError, TypeError, ValueError):
         raise KvError("bad_response", f"malformed entry in response: {doc!r:.200}") from None
+
+
+def voter_now(doc: dict[str, Any], node_id: int) -> bool:
+    """Whether a /v1/members document shows node_id as a voter whose promotion is in effect."""
+    pending = doc.get("pending")
+    return node_id in doc.get("voters", ()) and not (
+        isinstance(pending, dict) and pending.get("what") == f"promote {node_id}")
+
+
+def not_a_voter_yet(node_id: int, waited_s: float) -> OutcomeUnknown:
+    return OutcomeUnknown("timeout", f"node {node_id} is a learner but not a voter after {waited_s:g} s "
+                          "(the leader promotes it once it has caught up: is it running?)")
 
 
 def give_up(attempts: Attempts) -> KvError:
@@ -216,6 +240,50 @@ class Client:
             results += pool.map(probe, unprobed_peers(self.endpoints, results))
         return merge_cluster_status(results)
 
+    # -- membership --
+
+    def members(self, stale: bool = False) -> dict[str, Any]:
+        """The configuration: members with their roles, the pending change and the history
+        (the /v1/members document). Linearizable unless `stale`."""
+        return self._call("GET", members_path(stale))
+
+    def add_member(self, node_id: int, address: str, wait: bool = False,
+                   wait_timeout_s: float = WAIT_VOTER_S) -> dict[str, Any]:
+        """Add node_id at address ("host:port") as a learner; with `wait`, return only once
+        it is a voter (the leader promotes it when it has caught up), else raise
+        OutcomeUnknown after wait_timeout_s. Adding a member again at the same address
+        succeeds. Returns the /v1/members document."""
+        doc = self._member_change("POST", "/v1/members", member_body(node_id, address))
+        if not wait:
+            return doc
+        deadline = time.monotonic() + wait_timeout_s
+        while not voter_now(doc, node_id):
+            if node_id not in doc.get("learners", ()) and node_id not in doc.get("voters", ()):
+                raise NotFound("not_a_member", f"node {node_id} is no longer a member", 404)
+            if time.monotonic() >= deadline:
+                raise not_a_voter_yet(node_id, wait_timeout_s)
+            time.sleep(WAIT_POLL_S)
+            doc = self.members()
+        return doc
+
+    def remove_member(self, node_id: int, force: bool = False) -> dict[str, Any]:
+        """Remove node_id for good (its id is never accepted again). Refused with Conflict
+        (would_lose_quorum) if a majority of the remaining voters does not answer now,
+        unless `force`. Removing a removed node again succeeds."""
+        return self._member_change("DELETE", member_path(node_id, force))
+
+    def _member_change(self, method: str, path: str,
+                       body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A membership call, tried again while another change is still taking effect."""
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                return self._call(method, path, body, timeout_s=max(0.05, deadline - time.monotonic()))
+            except Conflict as exc:
+                if exc.code != "change_in_progress" or deadline - time.monotonic() < 2 * WAIT_POLL_S:
+                    raise
+            time.sleep(WAIT_POLL_S)
+
     # -- transport --
 
     def _write(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -226,9 +294,9 @@ class Client:
             self._sessions.release(session)
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None,
-              max_tries: int | None = None) -> dict[str, Any]:
+              max_tries: int | None = None, timeout_s: float | None = None) -> dict[str, Any]:
         write = method != "GET"
-        attempts = Attempts(len(self.endpoints), self._preferred, self.timeout_s, write,
+        attempts = Attempts(len(self.endpoints), self._preferred, timeout_s or self.timeout_s, write,
                             max_tries=max_tries)
         payload = None if body is None else json.dumps(body).encode("utf-8")
         while (step := attempts.next()) is not None:

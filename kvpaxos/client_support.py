@@ -61,6 +61,26 @@ def list_path(prefix: str, limit: int) -> str:
     return "/v1/kv?" + urlencode({"prefix": prefix, "limit": int(limit)})
 
 
+def members_path(stale: bool) -> str:
+    return "/v1/members" + ("?consistency=stale" if stale else "")
+
+
+def member_path(node_id: int, force: bool) -> str:
+    return f"/v1/members/{_member_id(node_id)}" + ("?force=true" if force else "")
+
+
+def member_body(node_id: int, address: str) -> dict[str, Any]:
+    if not isinstance(address, str) or not address:
+        raise ValueError(f"a member's address must be 'host:port', not {address!r}")
+    return {"id": _member_id(node_id), "address": address}
+
+
+def _member_id(node_id: int) -> int:
+    if isinstance(node_id, bool) or not isinstance(node_id, int) or node_id < 1:
+        raise ValueError(f"member ids are positive integers, not {node_id!r}")
+    return node_id
+
+
 def put_body(value: str, if_value: str | None, if_version: int | None) -> dict[str, Any]:
     body: dict[str, Any] = {"value": value}
     if if_value is not None:
