@@ -6,13 +6,15 @@ from pathlib import Path
 
 import click
 
-from kvpaxos.client import normalize_endpoint, parse_endpoints
+from kvpaxos.client import Client, KvError, normalize_endpoint, parse_endpoints
 
 DEFAULT_DATA_DIR = "kvdata"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_BASE_PORT = 7001
 DEFAULT_NODES = 3
 CLUSTER_FILE = "cluster.json"
+# `--server N` for a node that is not in cluster.json: how long to ask the cluster for it.
+MEMBER_LOOKUP_TIMEOUT_S = 2.0
 
 
 class CliError(click.ClickException):
@@ -60,7 +62,8 @@ def resolve_endpoints(server: int | None, endpoints: str | None, data_dir: str |
     --endpoints (or KV_ENDPOINTS) wins, else DIR/cluster.json from `kv cluster up`,
     else the default local cluster on ports 7001-7003. --server N then narrows the
     list to node N alone (the N-th of --endpoints), so a user can watch one
-    particular node serve the request.
+    particular node serve the request; a node that joined later (kv serve --join)
+    is found through the cluster's configuration.
     """
     if endpoints:
         try:
@@ -87,5 +90,24 @@ def resolve_endpoints(server: int | None, endpoints: str | None, data_dir: str |
     if not source and port <= 65535:
         # No cluster file: server N is simply the N-th port of the default local cluster.
         return [normalize_endpoint(f"{DEFAULT_HOST}:{port}")]
+    if not endpoints and (joined := member_address(list(by_number.values()), server)):
+        return [joined]  # a node that joined the cluster after `kv cluster up` wrote the file
     raise click.BadParameter(f"there is no server {server} in {source or 'the local cluster'} "
                              f"(it has {', '.join(map(str, by_number))})", param_hint="'--server'")
+
+
+def member_address(urls: list[str], node_id: int) -> str | None:
+    """The URL of member node_id as the cluster's configuration gives it, or None."""
+    try:
+        with Client(urls, timeout_s=MEMBER_LOOKUP_TIMEOUT_S) as kv:
+            doc = kv.members(stale=True)
+    except (KvError, OSError):
+        return None
+    for m in doc.get("members", []):
+        if m.get("id") == node_id and isinstance(m.get("address"), str):
+            try:
+                scheme = urls[0].split("://", 1)[0]
+                return normalize_endpoint(f"{scheme}://{m['address']}")
+            except ValueError:
+                return None
+    return None

@@ -18,8 +18,6 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,97 +27,15 @@ from kvpaxos.core.commands import VALUE_BYTES_MAX
 
 from cli.cluster import cluster
 from cli.common import DEFAULT_DATA_DIR, CliError, resolve_endpoints
+from cli.members import member
 from cli.secure import client_security, serve_security_options
 from cli.shell import shell
+from cli.target import connect, merge_target, target_options
 from kvpaxos.bench.command import bench
-from kvpaxos.client import (
-    BadRequest, Client, KvError, NotFound, OutcomeUnknown, PreconditionFailed, Unauthorized,
-    Unavailable,
-)
 
-# Longer than a node's own request timeout (5 s by default), so that after a
-# node answers 504 there is still time to retry the call on another node.
-DEFAULT_TIMEOUT_S = 10.0
 # `kv snapshot save` waits for a node to write a fresh snapshot and then streams it.
 SNAPSHOT_TIMEOUT_S = 120.0
 LOG_LEVELS = ("debug", "info", "warning", "error")
-
-
-def target_options(envvar: str | None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """--server/--endpoints/--data-dir/--timeout, for the group and for each client command.
-
-    Only the group reads KV_ENDPOINTS: on a command the env value would
-    otherwise override an explicit `kv --endpoints ... get`.
-    """
-    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
-        options = [
-            click.option("--server", "-s", type=click.IntRange(min=1), default=None, metavar="N",
-                         help="Talk to server N only (N-th node of the cluster or of --endpoints)."),
-            click.option("--endpoints", "-e", envvar=envvar, default=None, metavar="URL,...",
-                         help="Comma-separated node URLs or HOST:PORTs"
-                         + (" [env: KV_ENDPOINTS]." if envvar else ".")),
-            click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-                         help=f"Directory of the local cluster (holds cluster.json) "
-                         f"[default: ./{DEFAULT_DATA_DIR}]."),
-            click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
-                         metavar="SECONDS",
-                         help=f"Give up a request after this long [default: {DEFAULT_TIMEOUT_S:g}]."),
-            click.option("--token", envvar=envvar and "KV_TOKEN", default=None, metavar="TOKEN",
-                         help="Bearer token for nodes that require one"
-                         + (" [env: KV_TOKEN]." if envvar else ".")),
-            click.option("--ca-file", envvar=envvar and "KV_CA_FILE", default=None,
-                         type=click.Path(dir_okay=False), metavar="FILE",
-                         help="CA certificate(s) to verify https:// nodes with"
-                         + (" [env: KV_CA_FILE]." if envvar else ".")),
-        ]
-        for option in reversed(options):
-            func = option(func)
-        return func
-    return decorate
-
-
-def _target(ctx: click.Context, local: dict[str, Any]) -> dict[str, Any]:
-    """Merge the command's own target options over the group's."""
-    merged = dict(ctx.find_root().params)
-    merged.update({k: v for k, v in local.items() if v is not None})
-    merged["data_dir"] = merged.get("data_dir") or DEFAULT_DATA_DIR
-    merged["timeout"] = merged.get("timeout") or DEFAULT_TIMEOUT_S
-    return merged
-
-
-@contextmanager
-def connect(ctx: click.Context, local: dict[str, Any], key: str | None = None) -> Iterator[Client]:
-    """A client for the targeted cluster; turns client errors into one-line CLI errors."""
-    target = _target(ctx, local)
-    urls = resolve_endpoints(target["server"], target["endpoints"], target["data_dir"])
-    client = Client(urls, timeout_s=target["timeout"], **client_security(target))
-    try:
-        yield client
-    except KvError as exc:
-        raise CliError(describe_error(exc, key, urls)) from None
-    finally:
-        client.close()
-
-
-def describe_error(exc: KvError, key: str | None, urls: list[str]) -> str:
-    about = f"key {key!r}" if key is not None else "request"
-    detail = "" if exc.message in ("", exc.code) else f": {exc.message}"
-    if isinstance(exc, NotFound):
-        return f"{about} not found"
-    if isinstance(exc, PreconditionFailed):
-        return f"precondition failed on {about}: its current value or version differs"
-    if isinstance(exc, OutcomeUnknown):
-        return f"{about}: {exc.message}"
-    if isinstance(exc, Unavailable):
-        where = f"server {urls[0]}" if len(urls) == 1 else f"cluster ({', '.join(urls)})"
-        # status 0: no node answered at all, which usually means nothing is running.
-        hint = " (is it running? try: kv cluster up)" if exc.status == 0 else ""
-        return f"{where} unavailable{detail}{hint}"
-    if isinstance(exc, BadRequest):
-        return f"bad request for {about}{detail}"
-    if isinstance(exc, Unauthorized):
-        return f"{about} refused: missing or wrong token (pass --token or set KV_TOKEN)"
-    return f"{about} failed: {exc.code}{detail}"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -223,11 +139,14 @@ def status(ctx: click.Context, as_json: bool, **target: Any) -> None:
 
 def format_status_table(nodes: list[dict[str, Any]]) -> str:
     """One row per node. ROLE says "rebuilding" for a node that lost its data and does
-    not vote yet; SNAPSHOT is its last snapshot's slot; BEHIND is the leader's chosen
-    slot minus the node's applied slot ("-" if unknown)."""
-    header = ("ID", "ADDRESS", "ROLE", "LEADER", "BALLOT", "CHOSEN", "APPLIED", "SNAPSHOT",
-              "BEHIND", "STATE")
+    not vote yet; MEMBER is "voter", "learner" (follows the log without voting),
+    "joining" or "removed" (for a down node: "voter" if the live nodes count it as
+    one); SNAPSHOT is its last snapshot's slot; BEHIND is the leader's chosen slot
+    minus the node's applied slot ("-" if unknown)."""
+    header = ("ID", "ADDRESS", "ROLE", "MEMBER", "LEADER", "BALLOT", "CHOSEN", "APPLIED",
+              "SNAPSHOT", "BEHIND", "STATE")
     leader_chosen = _leader_chosen(nodes)
+    voters = _voters(nodes)
     rows = [header]
     for n in nodes:
         up = bool(n.get("up"))
@@ -240,16 +159,28 @@ def format_status_table(nodes: list[dict[str, Any]]) -> str:
             role = "deciding"  # new data directory: asking peers whether the cluster is new
         elif up and n.get("voting") is False:
             role = "rebuilding"
+        member = cell("member")
+        if not up and n.get("id") in voters:
+            member = "voter"
         snap = n.get("snapshot")
         snap_slot = str(snap["slot"]) if up and isinstance(snap, dict) and "slot" in snap else "-"
         applied = n.get("applied")
         behind = (str(max(0, leader_chosen - applied))
                   if up and leader_chosen is not None and isinstance(applied, int) else "-")
-        rows.append((cell("id") if up else str(n.get("id") or "?"), cell("address"), role,
+        rows.append((cell("id") if up else str(n.get("id") or "?"), cell("address"), role, member,
                      cell("leader"), cell("ballot"), cell("chosen"), cell("applied"), snap_slot,
                      behind, "up" if up else "down"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def _voters(nodes: list[dict[str, Any]]) -> set[int]:
+    """The voters as the live node with the highest applied slot knows them."""
+    live = [n for n in nodes if n.get("up") and isinstance(n.get("voters"), list)]
+    if not live:
+        return set()
+    best = max(live, key=lambda n: n.get("applied") if isinstance(n.get("applied"), int) else -1)
+    return {i for i in best["voters"] if isinstance(i, int)}
 
 
 def _leader_chosen(nodes: list[dict[str, Any]]) -> int | None:
@@ -420,7 +351,7 @@ def snapshot() -> None:
 @click.pass_context
 def snapshot_save(ctx: click.Context, file: str, **target: Any) -> None:
     """Save a fresh snapshot of the cluster's state to FILE (checked, then renamed into place)."""
-    merged = _target(ctx, target)
+    merged = merge_target(ctx, target)
     if not (target.get("timeout") or ctx.find_root().params.get("timeout")):
         merged["timeout"] = SNAPSHOT_TIMEOUT_S  # a large state takes a while to write and send
     urls = resolve_endpoints(merged["server"], merged["endpoints"], merged["data_dir"])
@@ -456,6 +387,7 @@ def snapshot_info(file: str) -> None:
 
 
 cli.add_command(cluster)
+cli.add_command(member)
 cli.add_command(shell)
 cli.add_command(bench)
 

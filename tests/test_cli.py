@@ -187,8 +187,9 @@ def test_status_shows_every_node_and_one_leader(local: LocalCluster) -> None:
         return None
 
     lines = wait_for(table, 30, "three nodes up with one leader")
-    assert lines[0].split() == ["ID", "ADDRESS", "ROLE", "LEADER", "BALLOT", "CHOSEN", "APPLIED",
-                                "SNAPSHOT", "BEHIND", "STATE"]
+    assert lines[0].split() == ["ID", "ADDRESS", "ROLE", "MEMBER", "LEADER", "BALLOT", "CHOSEN",
+                                "APPLIED", "SNAPSHOT", "BEHIND", "STATE"]
+    assert all(r.split()[3] == "voter" for r in lines[1:]), lines
     # Nothing is written meanwhile, so every node is 0 slots behind the leader (or about to be).
     assert all(r.split()[-2].isdigit() for r in lines[1:]), lines
     assert [r.split()[0] for r in lines[1:]] == ["1", "2", "3"]

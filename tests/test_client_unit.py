@@ -24,8 +24,8 @@ from cli.common import CliError, resolve_endpoints
 from cli.main import cli
 from kvpaxos.aioclient import AsyncClient
 from kvpaxos.client import (
-    BadRequest, Client, Entry, KvError, NotFound, OutcomeUnknown, PreconditionFailed, Unavailable,
-    _peer_closed,
+    BadRequest, Client, Conflict, Entry, KvError, NotFound, OutcomeUnknown, PreconditionFailed,
+    Unavailable, _peer_closed,
 )
 from kvpaxos.client_support import (
     BACKOFF_BASE_S, Attempts, Sessions, normalize_endpoint, parse_endpoints,
@@ -262,7 +262,7 @@ def test_the_last_good_node_is_tried_first(fake: FakeCluster) -> None:
 @pytest.mark.parametrize("status,code,exc", [
     (404, "not_found", NotFound), (412, "precondition_failed", PreconditionFailed),
     (400, "invalid_key", BadRequest), (413, "value_too_large", BadRequest),
-    (409, "conflict", KvError),
+    (409, "conflict", KvError), (409, "would_lose_quorum", Conflict),
 ])
 def test_error_statuses_map_to_typed_errors_without_retry(fake: FakeCluster, status: int,
                                                           code: str, exc: type) -> None:
@@ -365,6 +365,98 @@ def test_an_idle_connection_closed_by_the_peer_is_noticed() -> None:
         left.close()
 
 
+# -- membership ------------------------------------------------------------------------
+
+
+def members_doc(voters: list[int], learners: list[int] = (), pending: dict | None = None,
+                removed: list[int] = (), leader: int = 1) -> dict[str, Any]:
+    members = [{"id": i, "address": f"127.0.0.1:{7000 + i}", "role": "voter"} for i in voters]
+    members += [{"id": i, "address": f"127.0.0.1:{7000 + i}", "role": "learner"} for i in learners]
+    return {"applied": 10, "leader": leader, "alpha": 64, "voters": list(voters),
+            "members": sorted(members, key=lambda m: m["id"]), "learners": list(learners),
+            "removed": list(removed), "pending": pending,
+            "history": [{"slot": 0, "effective": 1, "what": "initial", "voters": [1, 2, 3],
+                         "learners": []}]}
+
+
+def test_member_request_shapes(fake: FakeCluster) -> None:
+    fake.a.default = (200, members_doc([1, 2, 3]))
+    with Client(fake.a.url, timeout_s=5) as kv:
+        assert kv.members()["voters"] == [1, 2, 3]
+        kv.members(stale=True)
+        kv.add_member(4, "127.0.0.1:7004")
+        kv.remove_member(2)
+        kv.remove_member(3, force=True)
+    assert [(r["method"], r["path"], r["body"]) for r in fake.a.requests] == [
+        ("GET", "/v1/members", None),
+        ("GET", "/v1/members?consistency=stale", None),
+        ("POST", "/v1/members", {"id": 4, "address": "127.0.0.1:7004"}),
+        ("DELETE", "/v1/members/2", None),
+        ("DELETE", "/v1/members/3?force=true", None),
+    ]
+    with Client(fake.a.url, timeout_s=5) as kv:
+        for bad in (0, -1, "4", True):
+            with pytest.raises(ValueError):
+                kv.remove_member(bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError):
+            kv.add_member(4, "")
+    assert len(fake.a.requests) == 5  # nothing was sent for bad arguments
+
+
+def test_a_change_in_progress_is_tried_again_other_refusals_are_not(fake: FakeCluster) -> None:
+    fake.a.script = [err(409, "change_in_progress"), err(409, "change_in_progress"),
+                     (200, members_doc([1, 2, 3], [4])), err(409, "id_reused")]
+    with Client(fake.a.url, timeout_s=5) as kv:
+        assert kv.add_member(4, "127.0.0.1:7004")["learners"] == [4]
+        with pytest.raises(Conflict) as info:
+            kv.add_member(2, "127.0.0.1:7002")
+    assert info.value.code == "id_reused" and len(fake.a.requests) == 4
+    fake.a.reset()
+    fake.a.default = err(409, "change_in_progress")
+    started = time.monotonic()
+    with Client(fake.a.url, timeout_s=1.0) as kv, pytest.raises(Conflict):
+        kv.remove_member(2)
+    assert time.monotonic() - started < 2.0
+
+
+def test_add_member_waits_until_the_node_votes(fake: FakeCluster) -> None:
+    promoting = {"slot": 70, "effective": 134, "what": "promote 4", "voters": [1, 2, 3, 4],
+                 "learners": []}
+    fake.a.script = [(200, members_doc([1, 2, 3], [4])), (200, members_doc([1, 2, 3], [4])),
+                     (200, members_doc([1, 2, 3, 4], pending=promoting)),
+                     (200, members_doc([1, 2, 3, 4]))]
+    with Client(fake.a.url, timeout_s=5) as kv:
+        assert kv.add_member(4, "127.0.0.1:7004", wait=True)["voters"] == [1, 2, 3, 4]
+    assert [r["method"] for r in fake.a.requests] == ["POST", "GET", "GET", "GET"]
+    fake.a.reset()
+    fake.a.default = (200, members_doc([1, 2, 3], [4]))
+    with Client(fake.a.url, timeout_s=5) as kv, pytest.raises(OutcomeUnknown) as info:
+        kv.add_member(4, "127.0.0.1:7004", wait=True, wait_timeout_s=0.5)
+    assert "not a voter" in info.value.message
+    fake.a.reset()
+    fake.a.script = [(200, members_doc([1, 2, 3], [4])), (200, members_doc([1, 2, 3], removed=[4]))]
+    with Client(fake.a.url, timeout_s=5) as kv, pytest.raises(NotFound):
+        kv.add_member(4, "127.0.0.1:7004", wait=True)
+
+
+def test_async_member_calls(fake: FakeCluster) -> None:
+    fake.a.script = [(200, members_doc([1, 2, 3])), err(409, "change_in_progress"),
+                     (200, members_doc([1, 2, 3], [4])), (200, members_doc([1, 2, 3, 4])),
+                     err(404, "not_a_member")]
+
+    async def scenario() -> None:
+        async with AsyncClient([fake.a.url], timeout_s=5) as kv:
+            assert (await kv.members(stale=True))["voters"] == [1, 2, 3]
+            assert (await kv.add_member(4, "127.0.0.1:7004", wait=True))["voters"] == [1, 2, 3, 4]
+            with pytest.raises(NotFound):
+                await kv.remove_member(9, force=True)
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))
+    assert [(r["method"], r["path"]) for r in fake.a.requests] == [
+        ("GET", "/v1/members?consistency=stale"), ("POST", "/v1/members"), ("POST", "/v1/members"),
+        ("GET", "/v1/members"), ("DELETE", "/v1/members/9?force=true")]
+
+
 # -- the asyncio client -------------------------------------------------------------
 
 
@@ -456,3 +548,102 @@ def test_cluster_up_keeps_an_existing_layout_and_refuses_busy_ports(tmp_path: An
         busy.listen()
         with pytest.raises(CliError, match="already in use"):
             check_ports_free({1: f"127.0.0.1:{busy.getsockname()[1]}"})
+
+
+# -- kv member against fake nodes -----------------------------------------------------
+
+
+@pytest.mark.parametrize("args,message", [
+    (["member", "add", "4"], "expected ID=HOST:PORT"),
+    (["member", "add", "x=127.0.0.1:7004"], "a member id is a positive integer, not 'x'"),
+    (["member", "add", "0=127.0.0.1:7004"], "a member id is a positive integer, not '0'"),
+    (["member", "add", "4=127.0.0.1"], "must be HOST:PORT"),
+    (["member", "add", "4=127.0.0.1:99999"], "must be HOST:PORT"),
+    (["member", "add", "4=http://h:1"], "must be HOST:PORT"),
+    (["member", "remove", "two"], "a member id is a positive integer, not 'two'"),
+    (["member", "remove", "-3"], "a member id is a positive integer"),
+])
+def test_member_bad_input_is_one_line_and_exit_2(fake: FakeCluster, args: list[str],
+                                                 message: str) -> None:
+    result = CliRunner().invoke(cli, ["--endpoints", fake.a.url, *args])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert message in result.stderr and not fake.a.requests
+
+
+@pytest.mark.parametrize("args,answer,message", [
+    (["member", "remove", "9"], err(404, "not_a_member"), "cannot remove node 9: no member has that id"),
+    (["member", "remove", "1"], err(409, "last_voter"), "cannot remove node 1: it is the last voter"),
+    (["member", "add", "2=h:2"], err(409, "id_reused"), "cannot add node 2: that id belonged to a removed"),
+    (["member", "add", "3=h:9"], err(409, "already_member"),
+     "cannot add node 3: that id is already a member with another address"),
+    (["member", "remove", "2"],
+     (409, {"error": "would_lose_quorum", "message": "only 1 of the 2 voters left answer (or force it)"}),
+     "cannot remove node 2: only 1 of the 2 voters left answer (or pass --force)"),
+])
+def test_member_refusals_are_one_line_and_exit_1(fake: FakeCluster, args: list[str], answer: tuple,
+                                                 message: str) -> None:
+    fake.a.default = answer
+    result = CliRunner().invoke(cli, ["--endpoints", fake.a.url, *args])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith(f"error: {message}") and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_member_list_add_and_remove_output(fake: FakeCluster) -> None:
+    pending = {"slot": 70, "effective": 134, "what": "add 4", "voters": [1, 2, 3], "learners": [4]}
+    fake.a.default = (200, members_doc([1, 2, 3], [4], pending=pending, removed=[5], leader=2))
+    result = CliRunner().invoke(cli, ["--endpoints", fake.a.url, "member", "list"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["ID", "ADDRESS", "ROLE"]
+    assert lines[1].split() == ["1", "127.0.0.1:7001", "voter"]
+    assert lines[2].split() == ["2", "127.0.0.1:7002", "voter", "(leader)"]
+    assert lines[4].split() == ["4", "127.0.0.1:7004", "learner"]
+    assert "pending: add 4 (chosen in slot 70; in effect from slot 134" in result.stdout
+    assert "removed (ids never reused): 5" in result.stdout
+    assert lines[-1].split() == ["0", "1", "initial", "1,2,3", "-"]
+    result = CliRunner().invoke(cli, ["--endpoints", fake.a.url, "member", "list", "--json"])
+    assert json.loads(result.stdout)["pending"] == pending
+
+    fake.a.reset()
+    fake.a.default = (200, members_doc([1, 2, 3], [4]))
+    result = CliRunner().invoke(cli, ["--endpoints", fake.a.url, "member", "add", "4=127.0.0.1:7004"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        "node 4 (127.0.0.1:7004) is a learner; voters 1,2,3, learners 4",
+        "start it, if it is not running yet: kv serve --id 4 --join http://127.0.0.1:7001 "
+        "--address 127.0.0.1:7004"]
+
+    fake.a.reset()
+    fake.a.script = [(200, members_doc([1, 2, 3], leader=1)), (200, members_doc([2, 3], removed=[1]))]
+    result = CliRunner().invoke(cli, ["--endpoints", fake.a.url, "member", "remove", "1"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "removed node 1 (it led the cluster; a new leader takes over); voters 2,3\n"
+    assert [r["method"] for r in fake.a.requests] == ["GET", "DELETE"]
+
+
+def test_status_table_shows_member_roles() -> None:
+    from cli.main import format_status_table
+    nodes = [
+        {"id": 1, "address": "h:1", "role": "leader", "leader": 1, "member": "voter",
+         "voters": [1, 2], "applied": 9, "up": True},
+        {"id": 2, "address": "h:2", "up": False},
+        {"id": 3, "address": "h:3", "role": "follower", "leader": 1, "member": "learner",
+         "voters": [1, 2], "applied": 5, "up": True},
+        {"id": 4, "address": "h:4", "up": False},
+    ]
+    rows = [line.split() for line in format_status_table(nodes).splitlines()]
+    assert rows[0][:5] == ["ID", "ADDRESS", "ROLE", "MEMBER", "LEADER"]
+    assert [r[3] for r in rows[1:]] == ["voter", "voter", "learner", "-"]
+
+
+def test_server_option_finds_a_node_that_joined_later(fake: FakeCluster, tmp_path: Any) -> None:
+    a_addr = fake.a.url.removeprefix("http://")
+    (tmp_path / "cluster.json").write_text(json.dumps({"nodes": {"1": a_addr}}))
+    doc = members_doc([1])
+    doc["members"] = [{"id": 1, "address": a_addr, "role": "voter"},
+                      {"id": 4, "address": fake.b.url.removeprefix("http://"), "role": "learner"}]
+    fake.a.default = (200, doc)
+    assert resolve_endpoints(4, None, tmp_path) == [fake.b.url]
+    with pytest.raises(click.BadParameter):
+        resolve_endpoints(5, None, tmp_path)

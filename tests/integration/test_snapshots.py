@@ -491,13 +491,13 @@ def test_status_table_shows_snapshot_lag_and_rebuilding():
         {"id": 3, "address": "h:3", "up": False},
     ]
     rows = [line.split() for line in format_status_table(nodes).splitlines()]
-    assert rows[0] == ["ID", "ADDRESS", "ROLE", "LEADER", "BALLOT", "CHOSEN", "APPLIED", "SNAPSHOT",
-                       "BEHIND", "STATE"]
-    assert rows[1] == ["1", "h:1", "leader", "1", "7.1", "120", "118", "100", "2", "up"]
-    assert rows[2] == ["2", "h:2", "rebuilding", "1", "7.1", "30", "20", "0", "100", "up"]
-    assert rows[3] == ["3", "h:3", "-", "-", "-", "-", "-", "-", "-", "down"]
+    assert rows[0] == ["ID", "ADDRESS", "ROLE", "MEMBER", "LEADER", "BALLOT", "CHOSEN", "APPLIED",
+                       "SNAPSHOT", "BEHIND", "STATE"]
+    assert rows[1] == ["1", "h:1", "leader", "-", "1", "7.1", "120", "118", "100", "2", "up"]
+    assert rows[2] == ["2", "h:2", "rebuilding", "-", "1", "7.1", "30", "20", "0", "100", "up"]
+    assert rows[3] == ["3", "h:3", "-", "-", "-", "-", "-", "-", "-", "-", "down"]
     no_leader = [dict(n, role="follower", leader=None) for n in nodes[:2]]
-    assert [line.split()[8] for line in format_status_table(no_leader).splitlines()[1:]] == ["-", "-"]
+    assert [line.split()[9] for line in format_status_table(no_leader).splitlines()[1:]] == ["-", "-"]
 
 
 def test_save_sends_the_client_token(clusters, tmp_path):
