@@ -148,6 +148,10 @@ class Simulation:
             donor = max(live, key=lambda n: n.state.applied_slot)
             self.disks[i].snapshot = copy.deepcopy(donor.state)
             self.disks[i].snapshot_membership = donor.membership
+            if i in donor.membership.latest.learners:
+                # A learner never made a promise (a voter never turns learner again, ids are
+                # never reused): it has nothing to rebuild, as `kv serve --join` knows.
+                self.disks[i].rebuilding_round = None
         self.restart(i)
 
     # -- the step loop ----------------------------------------------------------

@@ -194,7 +194,7 @@ class Replica:
     def step(self, src: int, msg: m.Message) -> None:
         if self.removed:
             return
-        if src < 1 or (src in self.membership.removed and src not in self.peers
+        if src < 1 or (src in self.membership.removed and src not in self.peers and src != self.id
                        and not isinstance(msg, m.Resign)):
             self._on_removed_node(src)
             return
