@@ -4,23 +4,35 @@ The page is opened on the leader, a key is written through a follower with the
 "try it" panel and its slot must appear in the log strip; then the leader (the
 node that served the page and feeds its event stream) is killed with SIGKILL:
 the page must show it down within a couple of seconds, move its event stream
-to a live node, and show the newly elected leader. Screenshots are saved in
-tests/artifacts/ (not committed) for a person to look at.
+to a live node, and show the newly elected leader.
+
+A second test changes the configuration under the page: node 4 is added (a
+learner the page shows before its process even runs), then started with
+`kv serve --join` and promoted to voter; node 5 joins in one step; node 5 is
+removed. The configuration panel must follow each step, with the slot each
+change was chosen in and the slot it governs from.
+
+Screenshots are saved in tests/artifacts/ (not committed) for a person to look at.
 
 Chromium comes from the distribution (`apt-get install chromium`; .ci/run
 installs it) and is driven with Playwright's Python package; Playwright's own
-browser downloads are not used. Every wait has a deadline; the test takes
-about 15 s.
+browser downloads are not used. Every wait has a deadline; the tests take
+about 15 s and 25 s.
 """
 from __future__ import annotations
 
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from support.cluster import HOST, REPO_ROOT, free_ports
+from support.timing import time_limit
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 CHROMIUM = os.environ.get("KV_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -121,3 +133,124 @@ def test_dashboard_shows_writes_and_a_leader_change(make_cluster, browser):
     page.wait_for_timeout(1500)
     shot(page, "2-after-leader-killed")
     assert not errors, errors
+
+
+# -- configuration changes --------------------------------------------------------------
+
+JOIN_TIMEOUT_S = 40
+CONFIG_TEST_LIMIT_S = 180
+
+
+def start_joining_node(cluster, node_id: int, via: int, port: int | None = None) -> None:
+    """Start node `node_id` with `kv serve --join` through node `via`, on `port` (default: a
+    fresh one; a node already added as a member must listen at the address it was given).
+
+    It is registered with the cluster (ids, ports, procs) so that its log is shown
+    when a test fails and teardown kills it like any other node.
+    """
+    port = free_ports(1)[0] if port is None else port
+    cmd = [sys.executable, "-m", "cli.main", "serve", "--id", str(node_id), "--join", cluster.url(via),
+           "--address", f"{HOST}:{port}", "--data-dir", str(cluster.data_dir(node_id)), "--log-level", "info"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("KV_ENDPOINTS", None)
+    with open(cluster.log_path(node_id), "ab") as log:
+        log.write(f"--- start node {node_id}: {' '.join(cmd)}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                cwd=REPO_ROOT, env=env, start_new_session=True)
+    if node_id not in cluster.ids:
+        cluster.ids.append(node_id)
+    cluster.ports[node_id] = port
+    cluster.procs[node_id] = proc
+
+
+def members(cluster, via: int) -> dict:
+    resp = cluster.request(via, "GET", "/v1/members")
+    assert resp.status == 200, resp
+    return resp.body
+
+
+def change(doc: dict, what: str) -> dict:
+    (found,) = [c for c in doc["history"] if c["what"] == what]
+    return found
+
+
+def row(node: int, member: str | None = None) -> str:
+    sel = f'#config-members .member[data-node="{node}"]'
+    return sel + (f'[data-member="{member}"]' if member else "")
+
+
+def test_dashboard_follows_configuration_changes(make_cluster, browser):
+    with time_limit(CONFIG_TEST_LIMIT_S, "configuration test"):
+        cluster = make_cluster(3)
+        leader = cluster.wait_for_leader()
+        page = browser.new_page(viewport={"width": 1440, "height": 1200})
+        page.set_default_timeout(STEP_TIMEOUT_MS)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(cluster.url(leader) + "/")
+
+        # The initial configuration: three voters, the leader marked, no change yet.
+        for i in (1, 2, 3):
+            page.wait_for_selector(row(i, "voter"))
+            addr = page.inner_text(row(i) + " .addr")
+            assert addr == cluster.url(i).removeprefix("http://"), (i, addr)
+        page.wait_for_selector(row(leader) + '[data-leader="true"]')
+        assert page.locator("#config-members .member").count() == 3
+        assert page.locator('#config-members .member[data-leader="true"]').count() == 1
+        page.wait_for_selector('#config-history li[data-what="initial"]')
+        assert page.get_attribute("#config-change", "data-state") == "none"
+        alpha = members(cluster, leader)["alpha"]
+        assert page.inner_text("#cfg-alpha") == str(alpha)
+        page.wait_for_function("() => document.getElementById('sum-voters').textContent === '3'")
+
+        # Node 4 is added before its process runs: the page shows a learner that does not answer.
+        port4 = free_ports(1)[0]
+        add = cluster.request(leader, "POST", "/v1/members", {"id": 4, "address": f"{HOST}:{port4}"})
+        assert add.status == 200, add
+        page.wait_for_selector(row(4, "learner"))
+        assert page.inner_text(row(4) + " .addr") == f"{HOST}:{port4}"
+        page.wait_for_selector('#nodes .node[data-node="4"][data-member="learner"][data-up="false"]')
+        added = change(members(cluster, leader), "add 4")
+        assert added["effective"] == added["slot"] + alpha
+        item = page.wait_for_selector(f'#config-history li[data-what="add 4"][data-slot="{added["slot"]}"]')
+        assert f"slot {added['slot']} → {added['effective']}" in item.inner_text()
+        assert "learner" in item.inner_text()
+        page.wait_for_function("() => document.getElementById('sum-voters').textContent === '3 + 1 learner'")
+        shot(page, "3-learner-added")
+
+        # Started with --join (it is already a member: it fetches a snapshot and starts), it
+        # catches up, and the leader promotes it: the page shows a live voter.
+        start_joining_node(cluster, 4, leader, port4)
+        page.wait_for_selector(row(4, "voter"), timeout=JOIN_TIMEOUT_S * 1000)
+        page.wait_for_selector('#nodes .node[data-node="4"][data-member="voter"][data-up="true"]')
+        promoted = change(members(cluster, leader), "promote 4")
+        assert promoted["slot"] > added["slot"] and promoted["effective"] == promoted["slot"] + alpha
+        page.wait_for_selector(f'#config-history li[data-what="promote 4"][data-slot="{promoted["slot"]}"]')
+        page.wait_for_selector('#timeline li.config:has-text("promote node 4 to voter")')
+        page.wait_for_function("() => document.getElementById('sum-voters').textContent === '4'")
+        page.wait_for_selector(
+            f'#config-change[data-state="settled"]:has-text("slot {promoted["effective"]}")')
+        shot(page, "4-learner-promoted")
+
+        # Node 5 joins in one step (add, snapshot, start, promote); the page finds it by itself.
+        start_joining_node(cluster, 5, leader)
+        page.wait_for_selector(row(5), timeout=JOIN_TIMEOUT_S * 1000)
+        page.wait_for_selector(row(5, "voter"), timeout=JOIN_TIMEOUT_S * 1000)
+        page.wait_for_selector('#nodes .node[data-node="5"][data-up="true"]')
+        page.wait_for_selector('#config-history li[data-what="add 5"]')
+        page.wait_for_function("() => document.getElementById('sum-voters').textContent === '5'")
+        assert page.locator("#config-members .member").count() == 5
+
+        # Node 5 is removed: it leaves the configuration panel and shows as removed, then goes.
+        resp = cluster.request(leader, "DELETE", "/v1/members/5")
+        assert resp.status == 200, resp
+        page.wait_for_selector(row(5), state="detached")
+        page.wait_for_selector('#config-history li[data-what="remove 5"]')
+        page.wait_for_function("() => { const el = document.querySelector('#nodes .node[data-node=\"5\"]');"
+                               " return !el || el.dataset.member === 'removed'; }")
+        page.wait_for_function("() => document.getElementById('sum-voters').textContent === '4'")
+        assert page.locator("#config-members .member").count() == 4
+        shot(page, "5-node-removed")
+        assert not errors, errors
+

@@ -3,7 +3,12 @@
  * Data sources (all on the cluster's own nodes):
  *  - GET /v1/status of every member, twice a second: up or down, role, ballot,
  *    leader, chosen and applied slot. A member that does not answer is shown
- *    down at once; the members are the serving node and its status "peers".
+ *    down at once.
+ *  - The members are those of the configuration (the "members" part of the
+ *    snapshots below, as each node applied it; the node that applied the most
+ *    slots has the newest), plus the serving node and its status "peers". A
+ *    node that joins is polled from then on; a removed node is shown as removed
+ *    for a short while, then dropped, and no longer polled.
  *  - GET /v1/events (server-sent events) of one node, a few times a second:
  *    that node's full view (its log window with batches, its counters, its
  *    write statistics). It starts on the node that served this page and moves
@@ -29,6 +34,8 @@
   const STRIP_SLOTS = 24;
   const TIMELINE_MAX = 80;
   const LAT_BASE_MS = 0.25;
+  const REMOVED_SHOWN_MS = 20000;  // a removed node's card stays, greyed, this long
+  const CONFIG_HISTORY_SHOWN = 12;
   const MSG_TYPES = [
     ["Prepare", "phase 1a"], ["Promise", "phase 1b"], ["Accept", "phase 2a"],
     ["Accepted", "phase 2b"], ["Commit", "chosen"], ["Heartbeat", "leader alive"],
@@ -61,6 +68,10 @@
     seq: 0,
     busy: false,
     renderQueued: false,
+    config: null,          // the newest configuration seen: a /v1/members document plus "from" (node id)
+    removed: new Set(),    // ids removed from the configuration: never polled or shown again once dropped
+    changesSeen: null,     // Set of "slot:what" of changes already reported in the timeline
+    effectiveSeen: new Set(),
   };
 
   // -- helpers ---------------------------------------------------------------
@@ -129,17 +140,132 @@
       m = {
         id, addr, up: null, upSince: 0, downSince: 0, status: null, view: null, viewAt: 0,
         series: new Map(), seriesSec: null, sample: null, rates: {}, boot: null,
-        elections: null, polling: false, viewPolling: false,
+        elections: null, polling: false, viewPolling: false, member: null, removedAt: 0,
       };
       S.members.set(id, m);
+      scheduleRender();
     }
     return m;
   }
 
+  function isRemoved(m) { return m.member === "removed"; }
+
+  function live() { return sorted().filter((m) => !isRemoved(m)); }
+
   function adoptPeers(st) {
     for (const [pid, peer] of Object.entries(st.peers || {})) {
       const id = parseInt(pid, 10);
-      if (Number.isInteger(id) && peer && peer.address) getMember(id, peer.address);
+      if (Number.isInteger(id) && peer && peer.address && !S.removed.has(id)) getMember(id, peer.address);
+    }
+  }
+
+  // -- the configuration ---------------------------------------------------------
+
+  function whatText(what) {
+    const [verb, id] = String(what || "").split(" ");
+    if (verb === "initial") return "initial configuration";
+    if (verb === "add") return `add node ${id} as a learner`;
+    if (verb === "promote") return `promote node ${id} to voter`;
+    if (verb === "remove") return `remove node ${id}`;
+    return String(what || "?");
+  }
+
+  function idList(ids) { return ids && ids.length ? ids.join(", ") : "none"; }
+
+  function configText(c) {
+    return `voters ${idList(c.voters)}` + (c.learners && c.learners.length ? ` · learner${c.learners.length > 1 ? "s" : ""} ${idList(c.learners)}` : "");
+  }
+
+  // The configuration that decides `slot`: the newest change whose effective slot is at or below it.
+  function configAt(slot) {
+    const hist = S.config ? S.config.history || [] : [];
+    let found = null;
+    for (const c of hist) if (c.effective <= slot) found = c;
+    return found || hist[0] || null;
+  }
+
+  function onMembers(m, doc) {
+    if (!doc || typeof doc !== "object" || !Array.isArray(doc.members)) return;
+    const cur = S.config;
+    // Every node applies the same changes at the same slots: the furthest-applied view is the newest.
+    if (cur && (doc.applied < cur.applied || (doc.applied === cur.applied && cur.from !== m.id))) return;
+    S.config = { ...doc, from: m.id };
+    applyConfig();
+  }
+
+  function applyConfig() {
+    const c = S.config;
+    const now = Date.now();
+    const inConfig = new Set();
+    for (const e of c.members) {
+      inConfig.add(e.id);
+      if (S.removed.has(e.id)) continue;
+      const m = e.address ? getMember(e.id, e.address) : S.members.get(e.id);
+      if (!m) continue;
+      if (e.address && m.addr !== e.address && m.id !== S.homeId) m.addr = e.address;
+      if (m.member !== e.role) {
+        m.member = e.role;
+        scheduleRender();
+      }
+    }
+    // A node still deciding slots of the window though gone from the newest configuration.
+    const governing = configAt(c.applied + 1);
+    for (const id of (c.removed || [])) {
+      S.removed.add(id);
+      const m = S.members.get(id);
+      if (!m || isRemoved(m)) continue;
+      if (governing && governing.voters.includes(id)) {
+        m.member = "leaving";  // it still votes on the slots of the α window
+      } else {
+        m.member = "removed";
+        m.removedAt = now;
+      }
+      scheduleRender();
+    }
+    for (const m of S.members.values()) {
+      if (!inConfig.has(m.id) && !S.removed.has(m.id) && m.status && m.status.member) m.member = m.status.member;
+    }
+    reportChanges();
+    updateLeader();
+  }
+
+  // A change governs from its effective slot: in effect once that is the next slot to apply.
+  function inEffect(h, applied) { return h.effective <= applied + 1; }
+
+  function reportChanges() {
+    const c = S.config;
+    const hist = c.history || [];
+    const first = S.changesSeen == null;
+    if (first) S.changesSeen = new Set();
+    for (const h of hist) {
+      const key = `${h.slot}:${h.what}`;
+      if (S.changesSeen.has(key)) continue;
+      S.changesSeen.add(key);
+      if (h.slot === 0) continue;
+      if (inEffect(h, c.applied)) S.effectiveSeen.add(key);
+      if (first) continue;  // what happened before the page opened is in the history panel
+      addEvent("config", `chosen in slot ${h.slot}: ${whatText(h.what)}; it governs from slot ${h.effective}` +
+        ` (α = ${c.alpha} slots later)`);
+    }
+    for (const h of hist) {
+      const key = `${h.slot}:${h.what}`;
+      if (h.slot === 0 || S.effectiveSeen.has(key) || !inEffect(h, c.applied)) continue;
+      S.effectiveSeen.add(key);
+      addEvent("config", `slot ${h.effective} on is decided by the new configuration: ${configText(h)}`);
+    }
+  }
+
+  // Removed nodes: greyed for REMOVED_SHOWN_MS, then gone from the page.
+  function pruneRemoved() {
+    const now = Date.now();
+    for (const m of [...S.members.values()]) {
+      if (!isRemoved(m) || now - m.removedAt < REMOVED_SHOWN_MS) continue;
+      S.members.delete(m.id);
+      document.querySelector(`#nodes .node[data-node="${m.id}"]`)?.remove();
+      document.querySelector(`#try-servers button[data-server="${m.id}"]`)?.remove();
+      if (S.tryServer === m.id) S.tryServer = S.members.has(S.homeId) ? S.homeId : (S.leader ?? null);
+      if (S.streamId === m.id) switchStream();
+      scheduleRender();
     }
   }
 
@@ -155,6 +281,13 @@
     }
     m.elections = st.elections;
     m.status = st;
+    if (st.member === "removed" && !isRemoved(m)) {
+      S.removed.add(m.id);
+      m.member = "removed";
+      m.removedAt = now;
+    } else if (!m.member || (m.member === "joining" && st.member)) {
+      m.member = st.member || m.member;
+    }
     adoptPeers(st);
     updateLeader();
     scheduleRender();
@@ -162,9 +295,12 @@
 
   function markDown(m, why) {
     if (m.up !== false) {
+      const never = m.up === null;
       m.up = false;
       m.downSince = Date.now();
-      addEvent("down", `node ${m.id} is down (${why})`);
+      if (isRemoved(m)) addEvent("config", `node ${m.id} stopped: it was removed from the configuration`);
+      else if (never) addEvent("down", `node ${m.id} does not answer yet (${why})`);
+      else addEvent("down", `node ${m.id} is down (${why})`);
       updateLeader();
       if (S.streamId === m.id) switchStream();
       scheduleRender();
@@ -174,6 +310,7 @@
   function updateLeader() {
     let best = null;
     for (const m of S.members.values()) {
+      if (isRemoved(m)) continue;
       if (m.up === true && m.status && m.status.role === "leader" && m.status.leader === m.id) {
         if (!best || ballotKey(m.status.ballot) > ballotKey(best.status.ballot)) best = m;
       }
@@ -191,7 +328,7 @@
   }
 
   async function pollStatus(m) {
-    if (m.polling) return;
+    if (m.polling || (isRemoved(m) && m.up === false)) return;
     m.polling = true;
     try {
       const st = await getJSON(url(m, "/v1/status"), STATUS_TIMEOUT_MS);
@@ -206,7 +343,7 @@
   function pollStatuses() { for (const m of S.members.values()) pollStatus(m); }
 
   async function pollView(m) {
-    if (m.viewPolling || m.up !== true || m.id === S.streamId) return;
+    if (m.viewPolling || m.up !== true || m.id === S.streamId || isRemoved(m)) return;
     m.viewPolling = true;
     try {
       const since = m.seriesSec == null ? "" : `?series_since=${Math.max(0, m.seriesSec - 3)}`;
@@ -250,6 +387,7 @@
       m.sample = sample;
     }
     if (doc.status) onStatus(m, doc.status);
+    if (doc.members) onMembers(m, doc.members);
   }
 
   // -- the event stream --------------------------------------------------------
@@ -276,7 +414,7 @@
   }
 
   function switchStream() {
-    const candidates = sorted().filter((m) => m.up === true && m.id !== S.streamId);
+    const candidates = live().filter((m) => m.up === true && m.id !== S.streamId);
     const home = candidates.find((m) => m.id === S.homeId);
     const pick = home || candidates.find((m) => m.id === S.leader) || candidates[0];
     if (!pick) {
@@ -292,12 +430,12 @@
     const now = Date.now();
     const m = S.members.get(S.streamId);
     const stale = S.lastEventAt ? now - S.lastEventAt > STREAM_STALE_MS : now - S.streamOpenedAt > STREAM_FIRST_EVENT_MS;
-    if (!m || m.up === false || stale) {
+    if (!m || m.up === false || stale || (isRemoved(m) && live().some((o) => o.up === true))) {
       switchStream();
       return;
     }
     const home = S.members.get(S.homeId);
-    if (home && S.streamId !== S.homeId && home.up === true && now - home.upSince > HOME_AGAIN_AFTER_MS) {
+    if (home && !isRemoved(home) && S.streamId !== S.homeId && home.up === true && now - home.upSince > HOME_AGAIN_AFTER_MS) {
       addEvent("stream", `live data back on node ${home.id}, which served this page`);
       connectStream(home.id);
     }
@@ -327,14 +465,15 @@
     renderSummary();
     renderConn();
     renderNodes();
+    renderConfig();
     renderServers();
     renderStrip();
   }
 
-  function upMembers() { return sorted().filter((m) => m.up === true && m.status); }
+  function upMembers() { return live().filter((m) => m.up === true && m.status); }
 
   function renderSummary() {
-    const all = sorted();
+    const all = live();
     const up = upMembers();
     $("sum-up").textContent = `${up.length} / ${all.length}`;
     const leader = S.members.get(S.leader);
@@ -344,6 +483,19 @@
     const chosen = Math.max(0, ...up.map((m) => m.status.chosen || 0));
     $("sum-chosen").textContent = up.length ? String(chosen) : "–";
     $("tile-changes").textContent = String(S.leaderChanges);
+    const voters = votersNow();
+    const learners = S.config ? S.config.learners || [] : [];
+    $("sum-voters").textContent = voters ? `${voters.length}` + (learners.length ? ` + ${learners.length} learner${learners.length > 1 ? "s" : ""}` : "") : "–";
+  }
+
+  // The voters deciding the next slot (from the configuration; else from any status).
+  function votersNow() {
+    if (S.config) {
+      const c = configAt((S.config.applied || 0) + 1);
+      if (c) return c.voters;
+    }
+    const st = upMembers().map((m) => m.status).find((x) => Array.isArray(x.voters) && x.voters.length);
+    return st ? st.voters : null;
   }
 
   function renderConn() {
@@ -354,6 +506,7 @@
   }
 
   function roleOf(m) {
+    if (isRemoved(m)) return "removed";
     if (m.up === false) return "down";
     if (!m.status) return "unknown";
     if (m.status.deciding) return "deciding";
@@ -362,23 +515,27 @@
   }
 
   function renderQuorum() {
-    const all = sorted();
+    const all = live();
     if (!all.length) return;
-    const up = all.filter((m) => m.up === true).length;
-    const need = Math.floor(all.length / 2) + 1;
+    const voterIds = votersNow() || all.map((m) => m.id);
+    const up = voterIds.filter((id) => S.members.get(id)?.up === true).length;
+    const need = Math.floor(voterIds.length / 2) + 1;
     const ok = up >= need;
+    const learners = all.filter((m) => !voterIds.includes(m.id));
     const box = $("quorum");
     box.dataset.ok = ok ? "true" : "false";
-    box.innerHTML = `<span class="q-dot"></span><b>${up} of ${all.length}</b> nodes up · a majority is ${need} · ` +
+    box.innerHTML = `<span class="q-dot"></span><b>${up} of ${voterIds.length}</b> voters up · a majority is ${need} · ` +
       (ok ? (S.leader != null ? `node ${S.leader} leads; writes and linearizable reads go through`
                               : "electing a leader…")
-          : "no majority: writes and linearizable reads wait until enough nodes are back");
+          : "no majority: writes and linearizable reads wait until enough voters are back") +
+      (learners.length ? ` · ${learners.map((m) => "node " + m.id).join(", ")} ${learners.length > 1 ? "follow" : "follows"} the log without voting` : "");
   }
 
   function renderNodes() {
     renderQuorum();
     const box = $("nodes");
     const all = sorted();
+    for (const el of [...box.children]) if (!S.members.has(parseInt(el.dataset.node, 10))) el.remove();
     const top = Math.max(1, ...all.filter((m) => m.up && m.status).map((m) => m.status.chosen || 0));
     const leaderChosen = S.leader != null && S.members.get(S.leader).status ? S.members.get(S.leader).status.chosen : null;
     for (const m of all) {
@@ -389,7 +546,7 @@
         el.dataset.node = String(m.id);
         el.innerHTML = `
           <div class="node-top"><div class="node-id">${m.id}</div>
-            <div class="node-name"><b>node ${m.id}</b><span class="addr"></span></div>
+            <div class="node-name"><b>node ${m.id}<span class="mtag"></span></b><span class="addr"></span></div>
             <span class="badge"></span></div>
           <dl class="kv-grid">
             <dt>ballot</dt><dd class="f-ballot"></dd><dt>leader</dt><dd class="f-leader"></dd>
@@ -404,6 +561,8 @@
       const st = m.status || {};
       const role = roleOf(m);
       el.dataset.role = role;
+      el.dataset.member = m.member || "";
+      el.querySelector(".mtag").textContent = m.member || "";
       el.dataset.up = m.up === true ? "true" : m.up === false ? "false" : "unknown";
       el.dataset.leader = S.leader === m.id ? "true" : "false";
       el.classList.toggle("stream", S.streamId === m.id && m.up === true);
@@ -421,7 +580,11 @@
       el.querySelector(".chosen-bar").style.width = `${Math.min(100, 100 * (st.chosen || 0) / top)}%`;
       el.querySelector(".applied-bar").style.width = `${Math.min(100, 100 * (st.applied || 0) / top)}%`;
       const foot = el.querySelector(".node-foot");
-      if (m.up === false) {
+      if (isRemoved(m)) {
+        foot.textContent = "removed from the configuration; it stops and its id is never reused";
+      } else if (m.up === false && !m.upSince) {
+        foot.innerHTML = `<span class="warn">no answer yet</span>` + (m.member === "learner" ? " · a new learner starts once it has a snapshot" : "");
+      } else if (m.up === false) {
         const secs = Math.max(0, Math.round((Date.now() - m.downSince) / 1000));
         foot.innerHTML = `<span class="warn">no answer for ${secs} s</span>${m.status ? " · last seen as " + esc(m.status.role) : ""}`;
       } else if (!m.status) {
@@ -436,6 +599,83 @@
         foot.textContent = st.leader == null ? "looking for a leader" : "";
       }
     }
+  }
+
+  function renderConfig() {
+    const c = S.config;
+    if (!c) return;
+    $("cfg-alpha").textContent = String(c.alpha);
+    $("cfg-source").textContent = `as node ${c.from} applied it, through slot ${c.applied}`;
+    const governing = configAt(c.applied + 1) || { voters: c.voters, learners: c.learners };
+    const pending = c.pending;
+
+    // members now: the newest configuration, plus voters leaving with a change in flight
+    const rows = c.members.map((e) => ({ ...e }));
+    for (const id of governing.voters) {
+      if (!rows.some((r) => r.id === id)) rows.push({ id, address: S.members.get(id)?.addr, role: "leaving" });
+    }
+    rows.sort((a, b) => a.id - b.id);
+    const list = $("config-members");
+    const html = rows.map((r) => {
+      const m = S.members.get(r.id);
+      const up = m ? (m.up === true ? "true" : m.up === false ? "false" : "unknown") : "unknown";
+      const leader = S.leader != null ? S.leader === r.id : c.leader === r.id;
+      const notes = [];
+      if (leader) notes.push(`<span class="lead">★ leader</span>`);
+      if (pending && r.role === "voter" && !governing.voters.includes(r.id)) notes.push(`votes from slot ${pending.effective}`);
+      if (pending && r.role === "learner" && !governing.voters.includes(r.id) && !(governing.learners || []).includes(r.id)) notes.push(`member from slot ${pending.effective}`);
+      if (r.role === "leaving") notes.push(`votes until slot ${pending ? pending.effective - 1 : "?"}`);
+      if (r.role === "learner") notes.push("catching up; promoted once it has the log");
+      if (up === "false") notes.push(`<span class="warn">${m && m.upSince ? "down" : "no answer yet"}</span>`);
+      return `<li class="member" data-node="${r.id}" data-member="${r.role}" data-leader="${leader}" data-up="${up}"` +
+        (r.role === "leaving" ? ` data-leaving="true"` : "") + `>` +
+        `<span class="m-id">${r.id}</span><span class="m-name"><b>node ${r.id}</b><span class="addr">${esc(r.address || "")}</span></span>` +
+        `<span class="m-note">${notes.join(" · ")}</span><span class="mrole ${r.role}">${r.role}</span></li>`;
+    }).join("");
+    if (list._html !== html) { list.innerHTML = html; list._html = html; }
+    const nv = governing.voters.length;
+    $("config-summary").innerHTML = `<b>${nv}</b> voter${nv === 1 ? "" : "s"} decide each slot now; a majority is <b>${Math.floor(nv / 2) + 1}</b>.` +
+      ` Learners receive every chosen slot but never vote, so adding one cannot stall the cluster.` +
+      (c.removed && c.removed.length ? ` Removed for good: ${idList(c.removed)}.` : "");
+
+    // the change in flight, or else the last one, on its α window
+    const box = $("config-change");
+    const hist = c.history || [];
+    const last = pending || [...hist].reverse().find((h) => h.slot > 0);
+    let inner;
+    if (!last) {
+      box.dataset.state = "none";
+      inner = `<div class="c-what">no change yet</div>` +
+        `<p>The cluster still runs its initial configuration: ${configText(hist[0] || c)}.</p>`;
+    } else {
+      box.dataset.state = pending ? "pending" : "settled";
+      const before = configAt(last.slot) || hist[0];
+      const done = Math.max(0, Math.min(c.alpha, c.applied - last.slot));
+      const pct = (100 * done / c.alpha).toFixed(1);
+      inner = `<div><span class="c-what">${esc(whatText(last.what))}</span><span class="c-state">${pending ? "in flight" : "in effect"}</span></div>` +
+        `<p>chosen in <span class="slotref">slot ${last.slot}</span> · governs from <span class="slotref">slot ${last.effective}</span> = ${last.slot} + α ${c.alpha}</p>` +
+        `<div class="alpha" title="the α window: slots ${last.slot + 1}–${last.effective - 1}"><div class="a-fill" style="width:${pct}%"></div>` +
+        `<span class="a-tick start">slot ${last.slot}</span><span class="a-tick mid">applied: ${c.applied}</span><span class="a-tick end">slot ${last.effective}</span></div>` +
+        (pending
+          ? `<p>Slots ${last.slot + 1}–${last.effective - 1} are still decided by the old configuration (${configText(before)}); ` +
+            `from slot ${last.effective} on: ${configText(last)}.</p>`
+          : `<p>Slots up to ${last.effective - 1} were decided by ${configText(before)}; from slot ${last.effective} on: ${configText(last)}.</p>`) +
+        `<p class="why">Why wait α slots? A leader proposes slot i only once it knows every value chosen up to i − α, ` +
+        `so it always knows which voters decide a slot it proposes; each slot is plain Paxos among one set of voters. ` +
+        `One change at a time: the next waits until this one governs.</p>`;
+    }
+    if (box._html !== inner) { box.innerHTML = inner; box._html = inner; }
+
+    // recent changes, newest first
+    const ol = $("config-history");
+    const items = [...hist].reverse().slice(0, CONFIG_HISTORY_SHOWN).map((h) => {
+      const state = inEffect(h, c.applied) ? "done" : "pending";
+      const slots = h.slot === 0 ? "start" : `slot ${h.slot} → ${h.effective}`;
+      return `<li data-slot="${h.slot}" data-what="${esc(h.what)}" data-state="${state}">` +
+        `<span class="h-slot">${slots}</span><span class="h-what">${esc(whatText(h.what))}${state === "pending" ? " (in flight)" : ""}</span>` +
+        `<span class="h-cfg">${esc(configText(h))}</span></li>`;
+    }).join("");
+    if (ol._html !== items) { ol.innerHTML = items; ol._html = items; }
   }
 
   function renderServers() {
@@ -454,16 +694,17 @@
         box.insertBefore(b, next || null);
       }
       b.setAttribute("aria-pressed", S.tryServer === m.id ? "true" : "false");
-      b.dataset.up = m.up === false ? "false" : "true";
+      b.dataset.up = m.up === false || isRemoved(m) ? "false" : "true";
       b.dataset.leader = S.leader === m.id ? "true" : "false";
-      b.title = `server ${m.id} · ${m.addr} · ${m.up === false ? "down" : (m.status ? m.status.role : "?")}`;
+      b.title = `server ${m.id} · ${m.addr} · ${isRemoved(m) ? "removed" : m.up === false ? "down" : (m.status ? m.status.role : "?")}` +
+        (m.member === "learner" ? " · learner (forwards writes to the leader; does not vote)" : "");
     }
   }
 
   // -- the log strip -----------------------------------------------------------
 
   function slotStates() {
-    const members = sorted();
+    const members = live();
     let top = 0;
     const index = new Map();  // member id -> Map(slot -> entry)
     const viewTop = new Map();  // member id -> the newest slot its last view covered
@@ -500,13 +741,22 @@
       let state = "unknown";
       for (const n of nodes) if (STATE_RANK[n.v] > STATE_RANK[state]) state = n.v;
       if (state === "none" || state === "down") state = "unknown";
-      out.push({ slot, state, nodes, batch, ballot });
+      const cfg = configAt(slot);
+      if (cfg && S.config) for (const n of nodes) n.learner = !cfg.voters.includes(n.id);
+      const starts = S.config ? (S.config.history || []).find((h) => h.slot > 0 && h.effective === slot) : null;
+      out.push({ slot, state, nodes, batch, ballot, starts });
     }
     return out;
   }
 
+  const MEMBER_VERBS = { member_add: "add", member_promote: "promote", member_remove: "remove" };
+
   function cmdHTML(c) {
     const k = `<span class="k">${esc(c.key)}</span>`;
+    if (MEMBER_VERBS[c.op]) {
+      return `<span class="op member">${MEMBER_VERBS[c.op]}</span> <span class="k">node ${esc(c.key)}</span>` +
+        (c.value != null ? `<span class="v"> @${esc(c.value)}</span>` : "");
+    }
     if (c.op === "del") return `<span class="op del">del</span> ${k}`;
     if (c.if_value != null || c.if_version != null) {
       const cond = c.if_value != null ? esc(c.if_value) : `v${c.if_version}`;
@@ -516,6 +766,7 @@
   }
 
   function cmdText(c) {
+    if (MEMBER_VERBS[c.op]) return `${MEMBER_VERBS[c.op]} node ${c.key}` + (c.value != null ? ` at ${c.value}` : "") + " (configuration change)";
     if (c.op === "del") return `del ${c.key}`;
     if (c.if_value != null || c.if_version != null) return `cas ${c.key}: ${c.if_value ?? "v" + c.if_version} → ${c.value}`;
     return `put ${c.key} = ${c.value}`;
@@ -524,8 +775,9 @@
   function slotTitle(s) {
     const lines = [`slot ${s.slot}: ${s.state}` + (s.ballot ? ` (ballot ${s.ballot})` : "")];
     for (const n of s.nodes) {
-      lines.push(`node ${n.id}: ${n.v}` + (n.holds ? `, acceptor holds it (ballot ${n.ballot})` : ""));
+      lines.push(`node ${n.id}: ${n.v}` + (n.learner ? " (learner here: no vote)" : "") + (n.holds ? `, acceptor holds it (ballot ${n.ballot})` : ""));
     }
+    if (s.starts) lines.push(`first slot governed by: ${configText(s.starts)} (${whatText(s.starts.what)}, chosen in slot ${s.starts.slot})`);
     if (s.batch) {
       if (!s.batch.n) lines.push("no-op (a new leader's filler or barrier)");
       for (const c of s.batch.cmds) lines.push(cmdText(c) + (c.client ? `   [${c.client} #${c.seq}]` : ""));
@@ -545,7 +797,8 @@
       body = shown.map((c) => `<div class="cmd">${cmdHTML(c)}</div>`).join("");
       if (s.batch.n > shown.length) body += `<div class="more">+${s.batch.n - shown.length} more</div>`;
     }
-    const votes = s.nodes.map((n) => `<span class="vote${n.holds ? " holds" : ""}" data-node="${n.id}" data-v="${n.v}">${n.id}</span>`).join("");
+    if (s.starts) body = `<div class="cfg-from">▶ new config from here</div>` + body;
+    const votes = s.nodes.map((n) => `<span class="vote${n.holds ? " holds" : ""}${n.learner ? " learner" : ""}" data-node="${n.id}" data-v="${n.v}">${n.id}</span>`).join("");
     return `<div class="slot-head"><span class="slot-num">${s.slot}</span><span class="slot-ballot">${esc(s.ballot || "")}</span></div>
       <div class="cmds">${body}</div><div class="votes">${votes}</div>`;
   }
@@ -573,6 +826,8 @@
       if (el._html !== html) { el.innerHTML = html; el._html = html; }
       el.dataset.state = s.state;
       el.classList.toggle("noop", !!(s.batch && !s.batch.n));
+      el.classList.toggle("config", !!(s.batch && s.batch.cmds.some((c) => MEMBER_VERBS[c.op])));
+      el.classList.toggle("effective", !!s.starts);
       el.classList.toggle("highlight", s.slot === highlight);
       el.title = slotTitle(s);
     });
@@ -887,6 +1142,7 @@
     setInterval(sampleRates, 1000);
     setInterval(renderCharts, 1000);
     setInterval(scheduleRender, 1000);  // "down for N s" and highlight expiry
+    setInterval(pruneRemoved, 1000);
   }
 
   start();
