@@ -94,7 +94,7 @@ def up(ctx: click.Context, count: int | None, data_dir: str | None, base_port: i
                        f"        to start it by hand: {' '.join(serve_args(node, addresses, True))}")
         wait_ready(nodes, stop)
         if not stop.is_set() and not all(n.reported for n in nodes):
-            click.echo(usage_hint(root, len(nodes), f"{nodes[0].url}/"))
+            click.echo(usage_hint(root, len(nodes), f"{nodes[0].url}/", join_hint(root, nodes)))
             supervise(nodes, stop)
     finally:
         stop_nodes(nodes)
@@ -227,6 +227,8 @@ def report_exit(node: Node, nodes: list[Node]) -> bool:
         code = node.proc.returncode
         if code < 0:
             how = f"was killed by {_signal_name(-code)}"
+        elif code == 0 and was_removed(node):
+            how = "left: it was removed from the cluster (kv member remove)"
         else:
             # Its last words, typically the one-line error of `kv serve`.
             how = f"exited with code {code}" + (last_log_line(node) if code else "")
@@ -250,6 +252,16 @@ def last_log_line(node: Node) -> str:
     except OSError:
         return ""
     return f" ({lines[-1].strip()[:200]})" if lines else ""
+
+
+def was_removed(node: Node) -> bool:
+    """Whether the node's log ends with it stopping because it was removed from the cluster."""
+    try:
+        with open(node.log_path, "rb") as log:
+            log.seek(max(0, log.seek(0, os.SEEK_END) - 4096))
+            return b"removed from the cluster" in log.read()
+    except OSError:
+        return False
 
 
 def supervise(nodes: list[Node], stop: threading.Event) -> None:
@@ -286,11 +298,36 @@ def _signal(proc: subprocess.Popen[Any], signum: int) -> None:
         pass
 
 
-def usage_hint(root: Path, count: int, dashboard_url: str | None = None) -> str:
+def usage_hint(root: Path, count: int, dashboard_url: str | None = None,
+               grow: str | None = None) -> str:
     default = Path(DEFAULT_DATA_DIR).resolve() == root.resolve()
     dir_opt = "" if default else f" --data-dir {root}"
     watch = f"\nwatch: {dashboard_url}  (the live dashboard; any node serves it)" if dashboard_url else ""
+    grow_line = f"\ngrow: {grow}" if grow else ""
     return (f"cluster of {count} node(s) running; data in {root}. Press Ctrl-C to stop.\n"
             f"try: kv put hello world --server {min(3, count)}{dir_opt}\n"
             f"     kv get hello --server 1{dir_opt}\n"
-            f"     kv status{dir_opt}{watch}")
+            f"     kv status{dir_opt}{watch}{grow_line}")
+
+
+def join_hint(root: Path, nodes: list[Node]) -> str | None:
+    """The `kv serve --join` line that would add one more node: the next unused id, on the
+    port after the highest one in use. None if the configuration cannot be read."""
+    live = [n for n in nodes if n.proc is not None and n.proc.poll() is None]
+    if not live:
+        return None
+    try:
+        with Client([n.url for n in live], timeout_s=2.0) as kv:
+            doc = kv.members(stale=True)
+        ids = [m["id"] for m in doc["members"]] + list(doc.get("removed", []))
+        addresses = [m["address"] for m in doc["members"] if m.get("address")]
+        ports = [int(a.rpartition(":")[2]) for a in addresses + [n.address for n in nodes]]
+    except (KvError, KeyError, TypeError, ValueError):
+        return None
+    new_id, port = max(ids + [n.node_id for n in nodes]) + 1, max(ports) + 1
+    host = live[0].address.rpartition(":")[0]
+    by_id = {m["id"]: m.get("address") for m in doc["members"]}
+    via = by_id.get(doc.get("leader")) or next((a for a in by_id.values() if a), live[0].address)
+    prog = "kv" if shutil.which("kv") else f"{Path(sys.executable).name} -m cli.main"
+    return (f"{prog} serve --id {new_id} --join http://{via} --address {host}:{port} "
+            f"--data-dir {root / f'node-{new_id}'} --secret-file {root / SECRET_FILE}")
