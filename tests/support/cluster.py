@@ -3,6 +3,11 @@
 Each node runs as `python -m cli.main serve ...` in its own process group, with
 its data under DIR/node-N and its output in DIR/node-N.log. Requests go over
 plain HTTP (http.client). Nothing here waits without a deadline.
+
+The membership can change while the cluster runs: join() starts a node with a
+new id through `kv serve --join`, remove() asks the cluster to drop a member,
+and wait_exit() waits for a removed node's process to stop by itself. `ids`
+lists every node ever started here (removed ones included), in id order.
 """
 from __future__ import annotations
 
@@ -137,6 +142,8 @@ class Cluster:
         self._pick_ports()
         self._started = False
         self.procs: dict[int, subprocess.Popen | None] = {i: None for i in self.ids}
+        self.join_urls: dict[int, str] = {}  # nodes started with --join: the URL they joined through
+        self.exit_codes: dict[int, int] = {}  # nodes whose process ended on its own (wait_exit)
         LIVE.add(self)
         atexit.register(_stop_quietly, weakref.ref(self))
 
@@ -153,7 +160,11 @@ class Cluster:
         return self.dir / f"node-{i}.log"
 
     def command(self, i: int) -> list[str]:
-        cmd = [sys.executable, "-m", "cli.main", "serve", "--id", str(i), "--cluster", self.spec,
+        if i in self.join_urls:
+            where = ["--join", self.join_urls[i], "--address", f"{HOST}:{self.ports[i]}"]
+        else:
+            where = ["--cluster", self.spec]
+        cmd = [sys.executable, "-m", "cli.main", "serve", "--id", str(i), *where,
                "--data-dir", str(self.data_dir(i)), "--log-level", "info"]
         if self.tick_ms is not None:
             cmd += ["--tick-ms", str(self.tick_ms)]
@@ -233,6 +244,52 @@ class Cluster:
             proc.wait(timeout=5)
         self.procs[i] = None
 
+    def join(self, via: int, node_id: int | None = None, wait: bool = True,
+             timeout: float = 40.0) -> int:
+        """Start a node with a new id (default: one above every id used here) that joins the
+        running cluster through node `via` (`kv serve --join`); wait until it serves HTTP,
+        which it does only once it is a member and has a snapshot. Its id."""
+        i = max(self.ids) + 1 if node_id is None else node_id
+        assert not (i in self.procs and self.is_alive(i)), f"node {i} is running"
+        if i not in self.ids:
+            self.ids.append(i)
+            self.ids.sort()
+        self.ports[i] = free_ports(1)[0]
+        self.join_urls[i] = self.url(via)
+        self.procs[i] = None
+        self.spawn(i)
+        if wait:
+            self.wait_ready(i, timeout)
+        return i
+
+    def members(self, i: int, stale: bool = False, timeout: float | None = None) -> Response:
+        """GET /v1/members from node i."""
+        return self.request(i, "GET", "/v1/members" + ("?consistency=stale" if stale else ""),
+                            timeout=timeout)
+
+    def add_member(self, via: int, node_id: int, address: str, wait_voter: bool = False,
+                   timeout: float | None = None) -> Response:
+        """POST /v1/members through node `via` (only the request: no process is started)."""
+        query = "?wait=voter" if wait_voter else ""
+        return self.request(via, "POST", "/v1/members" + query, {"id": node_id, "address": address},
+                            timeout=timeout)
+
+    def remove(self, via: int, node_id: int, force: bool = False, timeout: float | None = None) -> Response:
+        """DELETE /v1/members/ID through node `via`."""
+        return self.request(via, "DELETE", f"/v1/members/{node_id}" + ("?force=true" if force else ""),
+                            timeout=timeout)
+
+    def wait_exit(self, i: int, timeout: float = 15.0) -> int:
+        """Wait for node i's process to end by itself (as a removed node does); its exit status."""
+        proc = self.procs[i]
+        assert proc is not None, f"node {i} was not started"
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"node {i} still running after {timeout:g}s:\n{self.log_tail(i)}") from None
+        self.exit_codes[i] = code
+        return code
+
     def kill_many(self, ids: list[int], sig: int = signal.SIGKILL) -> None:
         """Signal all of `ids` first, then reap: as close to "at once" as processes allow."""
         procs = [(i, self.procs[i]) for i in ids if self.procs[i] is not None]
@@ -297,12 +354,17 @@ class Cluster:
         return out
 
     def current_leader(self, ids: list[int] | None = None) -> int | None:
-        """A node that says it leads, which a majority of the cluster (counting it) follows."""
+        """A node that says it leads, which a majority of the cluster (counting it) follows.
+
+        The cluster is the voters the leader names in its status (the configuration it
+        applied last), or the n initial nodes if its status names none.
+        """
         statuses = self.statuses(ids)
         for i, st in statuses.items():
             if st["role"] == "leader" and st["leader"] == i:
-                followers = sum(1 for s in statuses.values() if s["leader"] == i)
-                if followers > self.n // 2:
+                voters = st.get("voters") or list(range(1, self.n + 1))
+                followers = sum(1 for j, s in statuses.items() if s["leader"] == i and j in voters)
+                if followers > len(voters) // 2:
                     return i
         return None
 
