@@ -152,7 +152,7 @@ def test_grow_with_join_and_with_member_add(cluster: Cluster, joiners: Joiners) 
         # finds itself in the configuration and does not ask again.
         added = ok(kv(eps, "member", "add", f"5={joiners.address(5)}"))
         assert added.startswith(f"node 5 ({joiners.address(5)}) is a learner; voters 1,2,3,4"), added
-        assert f"kv serve --id 5 --join http://" in added and f"--address {joiners.address(5)}" in added
+        assert "kv serve --id 5 --join http://" in added and f"--address {joiners.address(5)}" in added
         assert ok(kv(eps, "member", "list", "--history", "0")).count("learner") == 1
         joiners.start(5, cluster.url(3))
         waited = ok(kv(eps, "member", "add", f"5={joiners.address(5)}", "--wait"))
