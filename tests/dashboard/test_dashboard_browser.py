@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from support.cluster import HOST, REPO_ROOT, free_ports
+from support.cluster import HOST, REPO_ROOT, free_ports, wait_until
 from support.timing import time_limit
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
@@ -62,6 +62,27 @@ def shot(page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"dashboard-{name}.png"), full_page=True)
 
 
+def settled_leader(cluster, timeout: float = 20.0) -> int:
+    """The leader once every live node follows it.
+
+    A majority can follow a leader for a moment while another node, a candidate
+    with a higher ballot, is about to take over (two nodes time out together at
+    start); the page would then rightly show the other one.
+    """
+    cluster.wait_for_leader(timeout=timeout)
+
+    def agreed() -> int | None:
+        alive = cluster.alive()
+        statuses = cluster.statuses(alive)
+        leaders = {st["leader"] for st in statuses.values()}
+        if len(statuses) != len(alive) or len(leaders) != 1:
+            return None
+        (leader,) = leaders
+        return leader if leader is not None and statuses[leader]["role"] == "leader" else None
+
+    return wait_until(agreed, timeout, "every node to follow one leader")
+
+
 def try_it(page, server: int, op: str, key: str, value: str = "") -> dict:
     """Use the "try it" panel; the result box's text and data once it is done."""
     page.click(f'#try-servers button[data-server="{server}"]')
@@ -80,7 +101,7 @@ def try_it(page, server: int, op: str, key: str, value: str = "") -> dict:
 
 def test_dashboard_shows_writes_and_a_leader_change(make_cluster, browser):
     cluster = make_cluster(3)
-    leader = cluster.wait_for_leader()
+    leader = settled_leader(cluster)
     follower = next(i for i in cluster.ids if i != leader)
     page = browser.new_page(viewport={"width": 1440, "height": 1000})
     page.set_default_timeout(STEP_TIMEOUT_MS)
@@ -183,7 +204,7 @@ def row(node: int, member: str | None = None) -> str:
 def test_dashboard_follows_configuration_changes(make_cluster, browser):
     with time_limit(CONFIG_TEST_LIMIT_S, "configuration test"):
         cluster = make_cluster(3)
-        leader = cluster.wait_for_leader()
+        leader = settled_leader(cluster)
         page = browser.new_page(viewport={"width": 1440, "height": 1200})
         page.set_default_timeout(STEP_TIMEOUT_MS)
         errors: list[str] = []
@@ -254,3 +275,53 @@ def test_dashboard_follows_configuration_changes(make_cluster, browser):
         shot(page, "5-node-removed")
         assert not errors, errors
 
+
+
+def test_change_in_flight_shows_its_alpha_window(make_cluster, browser):
+    """A change in flight, with the slots of its α window still decided by the old voters.
+
+    The leader fills a new change's α window with no-ops at once, so a real change is
+    in flight for only milliseconds: here one follower's /v1/dashboard answer is altered
+    in the browser (Playwright's request routing) to carry "remove 3", chosen in slot
+    1000 and applied through the middle of its window; as the furthest-applied view,
+    it is the one the page shows.
+    """
+    with time_limit(60, "change-in-flight test"):
+        cluster = make_cluster(3)
+        leader = settled_leader(cluster)
+        other = next(i for i in cluster.ids if i != leader)
+        alpha = members(cluster, leader)["alpha"]
+        slot, applied = 1000, 1000 + alpha // 2
+        pending = {"slot": slot, "effective": slot + alpha, "what": "remove 3", "voters": [1, 2], "learners": []}
+
+        def in_flight(route):
+            resp = route.fetch()
+            doc = resp.json()
+            m = doc["members"]
+            m.update(applied=applied, members=[e for e in m["members"] if e["id"] != 3], voters=[1, 2],
+                     removed=[3], pending=pending, history=m["history"] + [pending])
+            route.fulfill(response=resp, json=doc)
+
+        page = browser.new_page(viewport={"width": 1440, "height": 1200})
+        page.set_default_timeout(STEP_TIMEOUT_MS)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.route(f"{cluster.url(other)}/v1/dashboard*", in_flight)
+        page.goto(cluster.url(leader) + "/")
+
+        box = page.wait_for_selector('#config-change[data-state="pending"]')
+        text = box.inner_text()
+        assert f"slot {slot}" in text and f"slot {slot + alpha}" in text, text
+        assert f"Slots {slot + 1}–{slot + alpha - 1} are still decided by the old configuration (voters 1, 2, 3)" in text
+        assert "from slot" in text and "voters 1, 2." in text, text
+        assert "in flight" in text.lower()
+        width = page.eval_on_selector("#config-change .a-fill", "el => parseFloat(el.style.width)")
+        assert abs(width - 100 * (applied - slot) / alpha) < 0.1, width
+        # Node 3 still votes on the window's slots: shown as leaving, not yet removed.
+        page.wait_for_selector(row(3, "leaving"))
+        assert f"votes until slot {slot + alpha - 1}" in page.inner_text(row(3))
+        page.wait_for_selector('#nodes .node[data-node="3"][data-member="leaving"]')
+        page.wait_for_selector('#config-history li[data-what="remove 3"][data-state="pending"]')
+        page.wait_for_selector(f'#timeline li.config:has-text("chosen in slot {slot}: remove node 3")')
+        shot(page, "6-change-in-flight")
+        assert not errors, errors

@@ -636,7 +636,7 @@
     const nv = governing.voters.length;
     $("config-summary").innerHTML = `<b>${nv}</b> voter${nv === 1 ? "" : "s"} decide each slot now; a majority is <b>${Math.floor(nv / 2) + 1}</b>.` +
       ` Learners receive every chosen slot but never vote, so adding one cannot stall the cluster.` +
-      (c.removed && c.removed.length ? ` Removed for good: ${idList(c.removed)}.` : "");
+      (c.removed && c.removed.length ? ` Removed for good (ids never reused): ${idList(c.removed)}.` : "");
 
     // the change in flight, or else the last one, on its α window
     const box = $("config-change");
