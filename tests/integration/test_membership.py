@@ -36,7 +36,8 @@ from typing import Any
 import pytest
 
 from support.cluster import HOST, Cluster, Response, free_ports, wait_until
-from support.history import Recorder, Workload, errors, longest_gap_without_write, summarize, took_effect
+from support.history import (Recorder, Workload, errors, longest_gap_without_write, summarize, took_effect,
+                             version_anomalies)
 from support.linearizability import OK, READ, UNKNOWN, WRITE, Op, check
 from support.timing import time_limit
 
@@ -324,6 +325,7 @@ def check_history(cluster: Cluster, load: Load, members: list[int], t_from: floa
     if failed:
         problems.append(f"{len(failed)} final read(s) failed: " + "; ".join(f.describe(t0) for f in failed[:5]))
     problems += lost_writes(ops, finals)
+    problems += version_anomalies(ops)[:10]
     checked_at = time.monotonic()
     result = check(ops, max_steps=CHECK_MAX_STEPS)
     report["checker"] = {"verdict": result.verdict, "keys": len(result.keys),
@@ -400,9 +402,10 @@ def others(cluster: Cluster, *exclude: int) -> list[int]:
 # -- the scenarios ----------------------------------------------------------------------------
 
 def test_grow_three_to_five(make_cluster):
-    """Two nodes join one after the other (the second through the first) while clients
-    use every node, the joining ones too; then the two new voters are needed: with two
-    of the original three killed, the leader's majority includes both."""
+    """Two nodes join one after the other while clients use every node, the joining ones
+    too: the first with `kv serve --join` alone, the second added through the first by
+    POST /v1/members?wait=voter before its process starts. Then the two new voters are
+    needed: with two of the original three killed, the leader's majority includes both."""
     with time_limit(TEST_BUDGET_S, "grow 3 -> 5"):
         cluster = make_cluster(3)
         leader = cluster.wait_for_leader()
@@ -415,9 +418,20 @@ def test_grow_three_to_five(make_cluster):
         print(f"node {n4} a voter {wait_voter(cluster, n4):.2f}s after serving")
         load.wait_writes(5, through=n4)
 
-        n5 = cluster.join(via=n4)  # through the newcomer: any member can admit a node
-        load.add(n5)
-        print(f"node {n5} a voter {wait_voter(cluster, n5):.2f}s after serving")
+        # The second is added first, through the newcomer, by a request that waits until it
+        # votes (?wait=voter); its process then joins as a node that is already a member.
+        n5, port = n4 + 1, free_ports(1)[0]
+        with ThreadPoolExecutor(1) as pool:
+            added = pool.submit(cluster.add_member, n4, n5, f"{HOST}:{port}", wait_voter=True,
+                                timeout=CHANGE_WITHIN_S + 10)
+            time.sleep(0.5)
+            assert not added.done(), added.result()  # it waits: node 5 is not even running
+            assert members_of(cluster, n4)["learners"] == [n5]
+            cluster.join(via=n4, node_id=n5, port=port)
+            load.add(n5)
+            resp = added.result(timeout=CHANGE_WITHIN_S + 15)
+        assert resp.status == 200 and n5 in resp.body["voters"], resp
+        print(f"node {n5} a voter {wait_voter(cluster, n5):.2f}s after the answer")
         load.wait_writes(5, through=n5)
         ms = members_of(cluster, n5)
         assert ms["voters"] == [1, 2, 3, 4, 5] and ms["learners"] == [], ms

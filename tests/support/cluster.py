@@ -244,17 +244,18 @@ class Cluster:
             proc.wait(timeout=5)
         self.procs[i] = None
 
-    def join(self, via: int, node_id: int | None = None, wait: bool = True,
+    def join(self, via: int, node_id: int | None = None, port: int | None = None, wait: bool = True,
              timeout: float = 40.0) -> int:
-        """Start a node with a new id (default: one above every id used here) that joins the
-        running cluster through node `via` (`kv serve --join`); wait until it serves HTTP,
-        which it does only once it is a member and has a snapshot. Its id."""
+        """Start a node with a new id (default: one above every id started here) on `port`
+        (default: a free one) that joins the running cluster through node `via` (`kv serve
+        --join`); wait until it serves HTTP, which it does only once it is a member and has
+        a snapshot. Its id."""
         i = max(self.ids) + 1 if node_id is None else node_id
         assert not (i in self.procs and self.is_alive(i)), f"node {i} is running"
         if i not in self.ids:
             self.ids.append(i)
             self.ids.sort()
-        self.ports[i] = free_ports(1)[0]
+        self.ports[i] = free_ports(1)[0] if port is None else port
         self.join_urls[i] = self.url(via)
         self.procs[i] = None
         self.spawn(i)
