@@ -47,7 +47,9 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
     node.on_peers = transport.set_peers
     # Removed from the cluster: answer what is in flight, then stop (exit status 0).
     node.on_removed = lambda: asyncio.get_running_loop().call_later(REMOVED_GRACE_S, stop.set)
-    runner = web.AppRunner(init_app(node, transport), access_log=None, handle_signals=False)
+    # Open event streams (the dashboard) must not hold a stopping node for aiohttp's default minute.
+    runner = web.AppRunner(init_app(node, transport), access_log=None, handle_signals=False,
+                           shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     await runner.setup()
     host, port = config.address
     try:
@@ -72,6 +74,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
 # fsync'd commit wait several milliseconds for it.
 SWITCH_INTERVAL_S = 0.0005
 REMOVED_GRACE_S = 1.0
+SHUTDOWN_TIMEOUT_S = 3.0
 
 
 def serve(config: NodeConfig, log_level: str = "info", log_format: str = "text") -> None:

@@ -34,6 +34,7 @@ log = logging.getLogger("kvpaxos.transport")
 QUEUE_MESSAGES_MAX = 100_000
 FRAME_BYTES_MAX = 64 * 1024 * 1024
 NODE_HEADER = "X-Kv-Node"
+FAREWELL_S = 10.0  # a link to a node that left the configuration stays up this long, for its last messages
 ADDRESS_HEADER = "X-Kv-Address"  # the dialer's own HOST:PORT, so a node that does not know it yet can answer
 
 
@@ -75,6 +76,7 @@ class PeerLink:
         self.task: asyncio.Task | None = None
         self.encoder = encoder or TurnEncoder()
         self.address: tuple[str, int] | None = None
+        self.closing: asyncio.TimerHandle | None = None  # set while its peer has left the configuration
         self.headers: dict[str, str] = {NODE_HEADER: str(self_id)}
 
     @property
@@ -186,17 +188,26 @@ class PeerTransport:
         if self.session is None:
             return  # start() dials them
         for peer in [p for p in self.links if p not in self.cluster]:
-            link = self.links.pop(peer)
-            if link.task is not None:
-                link.task.cancel()
-            log.info("link closed: no longer a member", extra=fields(peer=peer))
+            link = self.links[peer]
+            if link.closing is None:
+                link.closing = asyncio.get_running_loop().call_later(FAREWELL_S, self._hang_up, peer, link)
         for peer, address in self.cluster.items():
             link = self.links.get(peer)
+            if link is not None and link.closing is not None:
+                link.closing.cancel()  # back in the configuration before its farewell ran out
+                link.closing = None
             if peer == self.self_id or (link is not None and link.address == address):
                 continue
             if link is not None and link.task is not None:
                 link.task.cancel()  # the peer moved
             self._dial(peer, address)
+
+    def _hang_up(self, peer: int, link: PeerLink) -> None:
+        if self.links.get(peer) is link and peer not in self.cluster:
+            del self.links[peer]
+            if link.task is not None:
+                link.task.cancel()
+            log.info("link closed: no longer a member", extra=fields(peer=peer))
 
     def _dial(self, peer: int, address: tuple[str, int]) -> None:
         assert self.session is not None

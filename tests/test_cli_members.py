@@ -220,9 +220,6 @@ def test_replace_a_dead_node_and_remove_the_leader(cluster: Cluster, joiners: Jo
         assert sorted(doc["removed"]) == sorted([dead, leader])
 
 
-@pytest.mark.xfail(reason="a removed follower that misses the commits up to the slot its removal "
-                   "takes effect never learns it was removed: the members have closed their links "
-                   "to it, so it stays up", strict=False)
 def test_a_removed_follower_stops_by_itself(cluster: Cluster) -> None:
     with time_limit(30, "a removed follower stopping"):
         leader = cluster.wait_for_leader()

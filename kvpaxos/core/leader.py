@@ -57,6 +57,7 @@ class LeaderState:
         self.heard_tick: dict[int, int] = {}
         self.progress: dict[int, int] = {}  # peer -> chosen_through it last reported
         self.promoting: tuple[int, int] | None = None  # (learner, tick) of the last promotion sent
+        self.farewells: set[int] = set()  # removed nodes to tell so, once they are not needed
         self.unsent_reads: list[PendingRead] = []
         self.reads_by_seq: dict[int, list[PendingRead]] = {}
 

@@ -195,7 +195,7 @@ class Replica:
         if self.removed:
             return
         if src < 1 or (src in self.membership.removed and src not in self.peers and src != self.id
-                       and not isinstance(msg, m.Resign)):
+                       and src != self.leader_id and not isinstance(msg, m.Resign)):
             self._on_removed_node(src)
             return
         if not self._well_formed(src, msg):
@@ -240,7 +240,12 @@ class Replica:
             case m.Resign():
                 self._on_resign(src, msg)
             case m.Removed():
-                self._leave()
+                if self.role is Role.LEADER and self.lead is not None and self.leave_after is not None:
+                    # The sender knows every slot of the old configuration: a leader leaves
+                    # once a majority of the new voters does (_tick_leader).
+                    self.lead.progress[src] = max(self.lead.progress.get(src, 0), self.leave_after)
+                else:
+                    self._leave()
 
     def compact(self, through_slot: int) -> None:
         """Forget log entries up to through_slot; a durable snapshot covers them."""
@@ -328,11 +333,14 @@ class Replica:
         if self._peers_for is None or self._peers_for[0] is not ms or self._peers_for[1] != settled:
             self._peers_for = (ms, settled)
             contacts = set(ms.latest.members).union(ms.at(ct + 1).members)
+            gone = [p for p in self.peers if p not in contacts and p in ms.removed]
             self.peers = tuple(sorted(contacts - {self.id}))
+            if self.lead is not None:
+                self.lead.farewells.update(gone)
             if settled and self.id in ms.removed and not self.removed and self.leave_after is None:
-                self.leave_after = ct
-                if self.role is not Role.LEADER:
-                    self._leave()
+                # The last slot it has a vote in: it stops once a majority of the new voters
+                # knows the log that far (a leader sees that itself; others are told, Removed).
+                self.leave_after = ms.history[-1].effective - 1
 
     def _leave(self) -> None:
         """No configuration from the next slot on names this node: hand over and stop.
@@ -362,10 +370,22 @@ class Replica:
 
     def _on_removed_node(self, src: int) -> None:
         ms = self.membership
-        if src in ms.removed and ms.settled(self.learner.chosen_through + 1):
-            self._send(src, m.Removed(ms.history[-1].slot))  # every slot it had a vote in is chosen
+        if src in ms.removed and self.role is Role.LEADER and self._new_voters_know_old_slots():
+            self._send(src, m.Removed(ms.history[-1].slot))
         else:
             self.malformed += 1
+
+    def _new_voters_know_old_slots(self) -> bool:
+        """Whether a majority of the latest voters knows every slot an older configuration
+        governs: from then on, no node the configuration removed is ever needed again."""
+        lead = self.lead
+        ms = self.membership
+        assert lead is not None
+        last_old = ms.history[-1].effective - 1
+        if self.learner.chosen_through < last_old:
+            return False
+        knows = {p for p, through in lead.progress.items() if through >= last_old} | {self.id}
+        return ms.latest.is_quorum(knows)
 
     def _on_resign(self, src: int, msg: m.Resign) -> None:
         if self.leader_id == src and self.leader_ballot == msg.ballot:
@@ -592,10 +612,13 @@ class Replica:
             self._step_down()  # check quorum: a leader cut off from a majority stops leading
             return
         if self.leave_after is not None:
-            caught_up = {p for p, through in lead.progress.items() if through >= self.leave_after}
-            if self.membership.latest.is_quorum(caught_up):
+            if self._new_voters_know_old_slots():
                 self._leave()
             return
+        if lead.farewells and self._new_voters_know_old_slots():
+            for p in lead.farewells:  # no one needs them any more: tell them to stop
+                self._send(p, m.Removed(self.membership.history[-1].slot))
+            lead.farewells.clear()
         self._maybe_promote()
 
     def _maybe_promote(self) -> None:
@@ -643,6 +666,8 @@ class Replica:
             lead.heard(src, self.ticks)
             lead.ack(src, msg.hb_seq)
             lead.progress[src] = msg.chosen_through
+            if self.leave_after is not None and self._new_voters_know_old_slots():
+                self._leave()
 
     def _on_read_request(self, src: int, msg: m.ReadIndexRequest) -> None:
         if self.role is Role.LEADER and self.lead is not None:
