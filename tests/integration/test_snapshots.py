@@ -443,8 +443,8 @@ def test_save_restore_into_a_new_cluster_and_refuse_damaged_backups(clusters, tm
     assert got.status == 200 and got.body["value"] == expected["bk/000001"][0]
     status = kv("status", "--endpoints", endpoints(target))
     assert status.returncode == 0, status.stderr
-    assert status.stdout.split("\n")[0].split() == ["ID", "ADDRESS", "ROLE", "LEADER", "BALLOT", "CHOSEN",
-                                                    "APPLIED", "SNAPSHOT", "BEHIND", "STATE"]
+    assert status.stdout.split("\n")[0].split() == ["ID", "ADDRESS", "ROLE", "MEMBER", "LEADER", "BALLOT",
+                                                    "CHOSEN", "APPLIED", "SNAPSHOT", "BEHIND", "STATE"]
 
     # A damaged backup is refused, with one line, and leaves nothing behind.
     data = bytearray(backup.read_bytes())
