@@ -348,6 +348,7 @@ def check_history(cluster: Cluster, load: Load, members: list[int], t_from: floa
     report: dict[str, Any] = {
         "seed": load.seed, "ops": summarize(run_ops), "not_ok": errors(run_ops),
         "by_node": dict(sorted(_ok_by_node(run_ops).items())), "final_reads": summarize(finals),
+        "refused_by_node": dict(sorted(_refused_by_node(run_ops).items())),
         "longest_without_write_s": {"gap": round(gap, 2), "from": round(g_from - t0, 2), "to": round(g_to - t0, 2)},
     }
     problems: list[str] = []
@@ -411,6 +412,14 @@ def _ok_by_node(ops: list[Op]) -> dict[Any, int]:
     out: dict[Any, int] = defaultdict(int)
     for op in ops:
         if op.outcome == OK:
+            out[op.meta.get("node")] += 1
+    return out
+
+
+def _refused_by_node(ops: list[Op]) -> dict[Any, int]:
+    out: dict[Any, int] = defaultdict(int)
+    for op in ops:
+        if str(op.meta.get("error", "")).startswith("refused"):
             out[op.meta.get("node")] += 1
     return out
 
@@ -714,4 +723,72 @@ def test_bad_requests_change_nothing(make_cluster):
         assert ms["voters"] == sorted([leader, f1]) and ms["learners"] == [], ms
         assert sorted(ms["removed"]) == sorted([f2, n_a, n_b]), ms
         check_history(cluster, load, sorted([leader, f1]), gap_bound_s=NEW_LEADER_WITHIN_S)
+        exits.report()
+
+
+def test_leader_killed_during_changes(make_cluster):
+    """The leader is SIGKILLed in the middle of membership changes, at random moments.
+
+    Twice: a node starts joining through a follower and, at some point of its join
+    (before it asks, while it is a learner, while it is promoted), the leader dies. The
+    join must still complete (the joining node retries what it must) and the new node
+    become a voter; the dead leader is then removed by the members left. Then, with four
+    voters, a follower's removal is requested and the leader killed a moment later, so
+    the change may die with it, be chosen with its alpha window half filled, or be done:
+    asked again, it is done exactly once. The removed follower stops by itself.
+    """
+    seed = random.SystemRandom().randrange(1, 2**31)
+    rng = random.Random(seed)
+    with time_limit(TEST_BUDGET_S, f"leader killed during changes (seed {seed})"):
+        cluster = make_cluster(3)
+        cluster.wait_for_leader()
+        load = Load(cluster, [1, 2, 3]).start()
+        load.wait_writes(20)
+        exits = Exits(cluster)
+        members = [1, 2, 3]
+        for round_ in range(3):
+            leader = cluster.wait_for_leader(ids=members)
+            via = rng.choice([i for i in members if i != leader])
+            joining = cluster.join(via=via, wait=False)
+            delay = rng.uniform(0.0, 1.0)
+            if round_ < 2:
+                time.sleep(delay)
+                cluster.kill(leader)
+                load.drop(leader)
+                print(f"seed {seed}: node {joining} joining through {via}; leader {leader} killed after {delay:.2f}s")
+            cluster.wait_ready(joining, timeout=CHANGE_WITHIN_S)
+            load.add(joining)
+            wait_voter(cluster, joining)
+            load.wait_writes(5, through=joining)
+            members = sorted([*members, joining])
+            if round_ < 2:
+                members.remove(leader)
+                remove(cluster, via, leader)
+                ms = members_of(cluster, via)
+                assert ms["voters"] == members and leader in ms["removed"], ms
+            load.wait_writes(10)
+
+        # Four voters: remove a follower and kill the leader a moment after asking.
+        leader = cluster.wait_for_leader(ids=members)
+        victim, via = rng.sample([i for i in members if i != leader], 2)
+        delay = rng.uniform(0.0, 0.05)
+        with ThreadPoolExecutor(1) as pool:
+            asked = pool.submit(cluster.remove, via, victim, timeout=10)
+            time.sleep(delay)
+            cluster.kill(leader)
+            load.drop(leader)
+            first = asked.result()
+        print(f"seed {seed}: removing {victim} through {via}, leader {leader} killed after {delay:.3f}s: {first}")
+        assert first.status in (200, 503, 504) or (first.status, first.error) == (409, "change_in_progress"), first
+        removed_at = time.monotonic()
+        remove(cluster, via, victim)  # again: done now, and never twice
+        exits.expect(victim, removed_at, via=via)
+        load.drop(victim)
+        members = [i for i in members if i not in (victim, leader)]
+        remove(cluster, via, leader)
+        ms = members_of(cluster, via)
+        assert ms["voters"] == members and {victim, leader} <= set(ms["removed"]), ms
+        assert [h["what"] for h in ms["history"]].count(f"remove {victim}") == 1, ms["history"]
+        load.wait_writes(10)
+        check_history(cluster, load, members)
         exits.report()
