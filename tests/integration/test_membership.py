@@ -615,9 +615,9 @@ def test_remove_the_leader(make_cluster, via):
 
 def test_bad_requests_change_nothing(make_cluster):
     """Malformed bodies (400), an unknown member (404), an existing id at another address,
-    a removal that would lose the quorum, a removed id (409), a second change racing the
-    first (200 or 409 change_in_progress, and then it goes through): none disturbs the
-    clients, and each refusal leaves the configuration as it was."""
+    a removal that would lose the quorum, a removed id, the last voter (409), a second
+    change racing the first (200 or 409 change_in_progress, and then it goes through):
+    none disturbs the clients, and each refusal leaves the configuration as it was."""
     with time_limit(TEST_BUDGET_S, "bad membership requests"):
         cluster = make_cluster(3)
         leader = cluster.wait_for_leader()
@@ -711,7 +711,17 @@ def test_bad_requests_change_nothing(make_cluster):
         ms = members_of(cluster, f1)
         assert ms["voters"] == sorted([leader, f1]) and ms["learners"] == [], ms
         assert sorted(ms["removed"]) == sorted([f2, n_a, n_b]), ms
-        check_history(cluster, load, sorted([leader, f1]), gap_bound_s=NEW_LEADER_WITHIN_S)
+
+        # Down to one voter, which cannot be removed: the cluster would be gone.
+        removed_at = time.monotonic()
+        remove(cluster, leader, f1)
+        exits.expect(f1, removed_at, via=leader)
+        load.drop(f1)
+        refused(cluster.remove(leader, leader), 409, "last_voter")
+        refused(cluster.remove(leader, leader, force=True), 409, "last_voter")
+        assert members_of(cluster, leader)["voters"] == [leader]
+        load.wait_writes(10)
+        check_history(cluster, load, [leader], gap_bound_s=NEW_LEADER_WITHIN_S)
 
 
 def test_leader_killed_during_changes(make_cluster):
