@@ -28,9 +28,11 @@ from __future__ import annotations
 import asyncio
 import http.client
 import itertools
+import os
 import random
 import re
 import shutil
+import signal
 import threading
 import time
 from collections import defaultdict
@@ -239,14 +241,14 @@ def members_of(cluster: Cluster, i: int) -> dict:
     return resp.body
 
 
-def wait_voter(cluster: Cluster, i: int, timeout: float = CHANGE_WITHIN_S) -> float:
-    """Wait until node i votes, by its own account and the leader's, with no change pending;
-    the time it took."""
+def wait_voter(cluster: Cluster, i: int, timeout: float = CHANGE_WITHIN_S, among: list[int] | None = None) -> float:
+    """Wait until node i votes, by its own account and the leader's (the leader found among
+    `among`, default every live node), with no change pending; the time it took."""
     started = time.monotonic()
 
     def voter() -> bool:
         st = cluster.status(i, timeout=2)
-        leader = cluster.current_leader()
+        leader = cluster.current_leader(among)
         if st["member"] != "voter" or leader is None:
             return False
         ms = members_of(cluster, leader)
@@ -306,8 +308,9 @@ class Exits:
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
 
-    def expect(self, i: int, since: float, via: int, timeout: float = EXIT_WITHIN_S) -> None:
-        """Wait for removed node i to stop; `via` is a member that knows of its removal."""
+    def expect(self, i: int, since: float, via: int, timeout: float = EXIT_WITHIN_S) -> float:
+        """Wait for removed node i to stop; `via` is a member that knows of its removal.
+        The seconds from `since` to its exit."""
         try:
             code = self.cluster.wait_exit(i, timeout=max(0.1, since + timeout - time.monotonic()))
         except AssertionError:
@@ -324,6 +327,9 @@ class Exits:
         log = self.cluster.log_path(i).read_text(errors="replace")
         assert code == 0, f"removed node {i} exited with status {code}:\n{self.cluster.log_tail(i)}"
         assert "this node was removed from the cluster; stopping" in log, self.cluster.log_tail(i)
+        took = time.monotonic() - since
+        print(f"removed node {i} exited {took:.2f}s after {since:.2f}")
+        return took
 
 
 def check_history(cluster: Cluster, load: Load, members: list[int], t_from: float | None = None,
@@ -789,3 +795,34 @@ def test_leader_killed_during_changes(make_cluster):
         assert [h["what"] for h in ms["history"]].count(f"remove {victim}") == 1, ms["history"]
         load.wait_writes(10)
         check_history(cluster, load, members)
+
+
+def test_node_paused_through_its_removal_is_turned_away(make_cluster):
+    """A follower is frozen (SIGSTOP) with client requests in flight, removed, and replaced
+    by a new voter; then it wakes up still believing it votes in the old configuration.
+    It must not decide or answer anything the new configuration did not (requests it
+    takes after waking stay in the checked history, as do the ones it held while frozen),
+    and it stops by itself once told it was removed."""
+    with time_limit(TEST_BUDGET_S, "node paused through its removal"):
+        cluster = make_cluster(3)
+        leader = cluster.wait_for_leader()
+        load = Load(cluster, [1, 2, 3]).start()
+        load.wait_writes(20)
+        frozen, other = [i for i in cluster.ids if i != leader]
+        proc = cluster.procs[frozen]
+        assert proc is not None
+        os.killpg(proc.pid, signal.SIGSTOP)  # its own process group (start_new_session)
+        frozen_at = time.monotonic()
+        try:
+            remove(cluster, other, frozen)
+            new = cluster.join(via=other)
+            load.add(new)
+            wait_voter(cluster, new, among=[leader, other, new])  # the frozen node would not answer
+        finally:
+            os.killpg(proc.pid, signal.SIGCONT)
+        woke_at = time.monotonic()
+        print(f"node {frozen} frozen for {woke_at - frozen_at:.2f}s")
+        Exits(cluster).expect(frozen, woke_at, via=other, timeout=EXIT_WITHIN_S + 5)
+        load.drop(frozen)
+        load.wait_writes(10)
+        check_history(cluster, load, sorted([leader, other, new]), gap_bound_s=NEW_LEADER_WITHIN_S)
