@@ -60,6 +60,18 @@ CHECK_MAX_STEPS = 2_000_000  # per key
 
 # -- the load -----------------------------------------------------------------------------
 
+RUNNING: list["Load"] = []  # started and not yet stopped: a failed test's load is stopped at teardown
+
+
+@pytest.fixture(autouse=True)
+def _stop_loads():
+    yield
+    while RUNNING:
+        load = RUNNING.pop()
+        load.stopping = True
+        if load.thread is not None:
+            load.thread.join(timeout=load.workload.request_timeout_s + 5)
+
 class Load:
     """Client tasks on their own event loop (a thread), recording every answer.
 
@@ -88,6 +100,7 @@ class Load:
         self.recorder.t0 = time.monotonic()
         self.thread = threading.Thread(target=self._main, name="membership-load", daemon=True)
         self.thread.start()
+        RUNNING.append(self)
         return self
 
     def _main(self) -> None:
@@ -156,6 +169,8 @@ class Load:
         self.stopping = True
         assert self.thread is not None
         self.thread.join(timeout=self.workload.request_timeout_s + 5)
+        if self in RUNNING:
+            RUNNING.remove(self)
         assert not self.thread.is_alive(), "a client task is stuck in a request"
         if self.failure is not None:
             raise AssertionError(f"the client tasks failed: {self.failure!r}") from self.failure
