@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import itertools
+import json
 import os
 import random
 import re
@@ -385,6 +386,8 @@ def check_history(cluster: Cluster, load: Load, members: list[int], t_from: floa
     problems += converged(cluster, members, report)
     problems += _crashes(cluster)
     print(report)
+    if problems:
+        report["history_file"] = str(_dump_history(ops, t0, cluster.dir / "history.jsonl"))
     assert not problems, f"{len(problems)} problem(s) (load seed {load.seed}):\n" + "\n".join(problems) \
         + f"\n\nreport: {report}"
     assert report["ops"][WRITE].get("ok", 0) > 0 and report["ops"][READ].get("ok", 0) > 0, report
@@ -421,6 +424,17 @@ def converged(cluster: Cluster, members: list[int], report: dict) -> list[str]:
                 return problems
         time.sleep(0.2)
     return problems + [f"the members did not reach the same applied slot within {CONVERGE_WITHIN_S:g}s: {applied}"]
+
+
+def _dump_history(ops: list[Op], t0: float, path: Any) -> Any:
+    """One JSON object per op, times in seconds from the start of the load."""
+    with open(path, "w", encoding="utf-8") as f:
+        for op in ops:
+            f.write(json.dumps({"id": op.id, "p": op.process, "kind": op.kind, "key": op.key,
+                                "start": round(op.start - t0, 4),
+                                "end": None if op.end == float("inf") else round(op.end - t0, 4),
+                                "outcome": op.outcome, "value": op.value, "meta": op.meta}, default=str) + "\n")
+    return path
 
 
 def _ok_by_node(ops: list[Op]) -> dict[Any, int]:
