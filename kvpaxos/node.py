@@ -275,6 +275,8 @@ class Node:
         exactly_once = cmds[0].client_id is not None
         try:
             while (remaining := deadline - loop.time()) > 0:
+                if self.removed:
+                    break
                 leader = self.replica.leader_id
                 if leader is None or (leader == self.id and self.replica.role is not Role.LEADER):
                     await asyncio.sleep(self.config.tick_ms / 1000)
@@ -298,6 +300,8 @@ class Node:
                 if outcome not in done:
                     earlier_pending = True
                     continue
+                if self.removed:
+                    break  # the attempt may still be chosen by the members: outcome unknown
                 results = outcome.result()
                 if all(r is not None for r in results):
                     return results
@@ -310,10 +314,11 @@ class Node:
             for c, w in zip(cmds, waiters):
                 if self._waiters.get(c.cmd_id) is w and not w.future.done():
                     del self._waiters[c.cmd_id]
+        removed = " (this node was removed from the cluster: ask a member)" if self.removed else ""
         if maybe_taken:
             raise OutcomeUnknown("the command may or may not have been applied; "
-                                 "retry with the same client_id and seq to find out")
-        raise NoQuorum("no leader could be reached", retry_after_s=1)
+                                 f"retry with the same client_id and seq to find out{removed}")
+        raise NoQuorum(f"no leader could be reached{removed}", retry_after_s=1)
 
     def _next_leader_change(self) -> asyncio.Future:
         if self._leader_change is None or self._leader_change.done():
@@ -331,7 +336,7 @@ class Node:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.request_timeout_s
         attempt_s = 2 * self.config.election_ticks * self.config.tick_ms / 1000
-        while (remaining := deadline - loop.time()) > 0:
+        while (remaining := deadline - loop.time()) > 0 and not self.removed:
             read_id = next(self._read_ids)
             future = self._read_waiters[read_id] = loop.create_future()
             self.replica.read_index(read_id)
@@ -348,9 +353,12 @@ class Node:
                 except TimeoutError:  # a KvError, not a bare TimeoutError (HTTP 500)
                     raise OutcomeUnknown("this node did not apply the log up to the read point "
                                          "in time") from None
+                if self.kv.applied_slot < index:
+                    break  # removed meanwhile: this node will never apply that far
                 return
             await asyncio.sleep(self.config.tick_ms / 1000)
-        raise NoQuorum("no leader confirmed the read", retry_after_s=1)
+        removed = " (this node was removed from the cluster: ask a member)" if self.removed else ""
+        raise NoQuorum(f"no leader confirmed the read{removed}", retry_after_s=1)
 
     def _applied(self, index: int) -> asyncio.Future:
         future = asyncio.get_running_loop().create_future()
@@ -438,6 +446,7 @@ class Node:
             self.removed = True
             log.warning("this node was removed from the cluster; stopping",
                         extra=fields(slot=self.kv.applied_slot))
+            self._release_waiters()
             self.on_removed()
         if ready.snapshot_from is not None and self._http is not None:
             self._spawn(self.snapshots.fetch_and_install(self, ready.snapshot_from, self._http))
@@ -533,6 +542,21 @@ class Node:
                                                         role=self.replica.role.value))
             else:
                 log.info("leader lost", extra=fields(ballot=str(self.replica.ballot)))
+
+    def _release_waiters(self) -> None:
+        """Removed: answer every request waiting here now instead of at its timeout. A
+        command it forwarded may still be chosen, so its outcome is unknown."""
+        for waiter in self._waiters.values():
+            if not waiter.future.done():
+                waiter.future.set_result(None)  # submit_group sees self.removed
+        self._waiters.clear()
+        for future in self._read_waiters.values():
+            if not future.done():
+                future.set_result(None)
+        for _, _, future in self._apply_waiters:
+            if not future.done():
+                future.set_result(None)  # linearizable_point sees self.removed
+        self._apply_waiters.clear()
 
     def _sync_peers(self) -> None:
         """Dial the nodes of the configurations governing open slots (their addresses come
