@@ -23,11 +23,12 @@ from typing import Any
 
 import click
 
+from kvpaxos.client import KvError
 from kvpaxos.core.commands import VALUE_BYTES_MAX
 
 from cli.cluster import cluster
 from cli.common import DEFAULT_DATA_DIR, CliError, resolve_endpoints
-from cli.members import member
+from cli.members import format_changes, member
 from cli.secure import client_security, serve_security_options
 from cli.shell import shell
 from cli.target import connect, merge_target, target_options
@@ -129,10 +130,23 @@ def status(ctx: click.Context, as_json: bool, **target: Any) -> None:
     """Show every node of the cluster: role, ballot, log progress, up or down."""
     with connect(ctx, target) as kv:
         nodes = kv.cluster_status()
+        members = None
+        if not as_json and any(n.get("up") for n in nodes):
+            try:
+                members = kv.members(stale=True)
+            except KvError:
+                pass  # the table alone still says who is up
     if as_json:
         click.echo(json.dumps(nodes, indent=2))
     else:
         click.echo(format_status_table(nodes))
+        if members is not None:
+            click.echo("")  # then the configuration, as `kv member list` shows it
+            click.echo(f"configuration at slot {members.get('applied')}: voters "
+                       f"{','.join(map(str, members.get('voters') or [])) or '-'}, learners "
+                       f"{','.join(map(str, members.get('learners') or [])) or '-'}")
+            for line in format_changes(members, history=3):
+                click.echo(line)
     if not any(n.get("up") for n in nodes):
         raise CliError("no node is reachable")
 

@@ -194,7 +194,12 @@ def format_members(doc: dict[str, Any], history: int = HISTORY_SHOWN) -> str:
     for m in doc.get("members", []):
         role = str(m.get("role", "?")) + (" (leader)" if m.get("id") == leader else "")
         rows.append((str(m.get("id")), str(m.get("address") or "-"), role))
-    lines = _table(rows)
+    return "\n".join(_table(rows) + format_changes(doc, history))
+
+
+def format_changes(doc: dict[str, Any], history: int = HISTORY_SHOWN) -> list[str]:
+    """The change in flight, the removed ids and the latest changes of a /v1/members document."""
+    lines: list[str] = []
     pending = doc.get("pending")
     if isinstance(pending, dict):
         lines.append(f"pending: {pending.get('what')} (chosen in slot {pending.get('slot')}; "
@@ -212,7 +217,7 @@ def format_members(doc: dict[str, Any], history: int = HISTORY_SHOWN) -> str:
         table += [(str(c.get("slot")), str(c.get("effective")), str(c.get("what")),
                    _ids(c.get("voters")), _ids(c.get("learners"))) for c in shown]
         lines += ["  " + line for line in _table(table)]
-    return "\n".join(lines)
+    return lines
 
 
 def _ids(ids: Any) -> str:

@@ -167,7 +167,9 @@ def test_grow_with_join_and_with_member_add(cluster: Cluster, joiners: Joiners) 
         assert ok(kv(eps5, "get", "before-4", "--server", "5")) == "yes\n"
         doc = json.loads(ok(kv(eps5, "member", "list", "--json", "--server", "4")))
         assert doc["voters"] == [1, 2, 3, 4, 5] and doc["learners"] == [] and doc["pending"] is None
-        status = ok(kv(eps, "status")).splitlines()
+        output = ok(kv(eps, "status"))
+        assert "configuration at slot" in output and "voters 1,2,3,4,5, learners -" in output, output
+        status = output.split("\n\n")[0].splitlines()
         assert status[0].split()[3] == "MEMBER"
         assert sorted((r.split()[0], r.split()[3]) for r in status[1:]) == [
             (str(i), "voter") for i in range(1, 6)], status
