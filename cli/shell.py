@@ -3,7 +3,7 @@
 Pick a server by number (`server 2`) and every command goes through that one
 node, so you can watch any node accept any request; `server any` goes back to
 all of them with failover. Commands: put, get, delete, cas, list, status,
-server, servers, help, quit. Arguments follow shell quoting (`put k "a b"`).
+members, server, servers, help, quit. Arguments follow shell quoting (`put k "a b"`).
 
 With a terminal, the prompt has line editing and history (readline, kept in
 ~/.kv_history). With piped input there is no prompt or banner, only the
@@ -41,6 +41,7 @@ HELP = {
     "cas": ("cas KEY OLD NEW", "set KEY to NEW only if its value is OLD"),
     "list": ("list [PREFIX] [LIMIT]", "keys and values in key order (also: ls)"),
     "status": ("status", "every node: role, leader, ballot, chosen and applied slot, up or down"),
+    "members": ("members", "the configuration: voters, learners, the change in flight, the history"),
     "server": ("server [N|any]", "send everything through server N (no failover), or through any"),
     "servers": ("servers", "the servers you can pick, and which are up"),
     "help": ("help [COMMAND]", "this list, or one command's help"),
@@ -220,6 +221,12 @@ class Shell:
         self.out(format_status_table(nodes))
         if not any(n.get("up") for n in nodes):
             raise ShellError("no node is reachable")
+
+    def do_members(self, args: list[str]) -> None:
+        self._arity("members", args, 0, 0)
+        from cli.members import format_members
+
+        self.out(format_members(self._call(None, lambda kv: kv.members())))
 
     def do_servers(self, args: list[str]) -> None:
         self._arity("servers", args, 0, 0)

@@ -37,6 +37,7 @@ def test_pick_a_server_and_use_every_command(cluster):
         "get a",  # fails: deleted
         "server",
         "status",
+        "members",
         "help cas",
         "quit",
         "put never run",  # after quit
@@ -52,6 +53,7 @@ def test_pick_a_server_and_use_every_command(cluster):
     assert "error: key 'a' not found" in err
     assert f"talking to server {follower} (127.0.0.1:{cluster.ports[follower]})" in out.splitlines()
     assert "ROLE" in out and "leader" in out  # the status table
+    assert "voter (leader)" in out and "history (oldest first" in out  # members
     assert "cas KEY OLD NEW" in out
     assert "never" not in out + err
     # The values really are in the cluster, whichever node is asked.
