@@ -22,7 +22,7 @@ import threading
 from contextlib import closing
 from typing import Any, Callable
 
-from sqlitedict import _REQUEST_COMMIT, SqliteDict
+from sqlitedict import SqliteDict
 
 from kvpaxos.core.ballot import Ballot
 from kvpaxos.core.codec import WireError, ballot_from_wire, ballot_to_wire, batch_from_wire, batch_to_wire
@@ -163,7 +163,11 @@ class SqliteStorage:
             chunk = rows[i:i + _ROWS_PER_STATEMENT]
             conn.execute('REPLACE INTO "paxos" (key, value) VALUES ' + ",".join(["(?,?)"] * len(chunk)),
                          tuple(x for row in chunk for x in row))
-        conn.execute(_REQUEST_COMMIT, None, _Notice(on_durable, self._notices))
+        # COMMIT as a statement, not sqlitedict's own commit request: a commit that fails
+        # (disk full, I/O error) would kill sqlitedict's thread without a word, and the
+        # node would wait for it forever. A failed statement is recorded, and its notice
+        # still comes, so the node finds the error in check() and stops.
+        conn.execute("COMMIT", None, _Notice(on_durable, self._notices))
 
     def check(self) -> None:
         """Raise the error of any statement that failed on sqlitedict's thread."""

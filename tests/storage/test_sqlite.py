@@ -132,6 +132,27 @@ def test_sqlite_is_wal_and_synchronous_full_on_the_live_connection(tmp_path):
         reopened.close()
 
 
+def test_a_commit_that_fails_is_reported_instead_of_hanging(tmp_path):
+    # A failure at COMMIT itself (here a deferred foreign-key check; on a real machine a
+    # full disk or an I/O error) must reach the node, which then stops: before, it killed
+    # sqlitedict's writer thread and the node waited for that commit forever.
+    store = SqliteStorage(str(tmp_path), 3)
+    try:
+        conn = store.db.conn
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("CREATE TABLE dangling (k TEXT REFERENCES paxos(key) DEFERRABLE INITIALLY DEFERRED)")
+        store.db.commit(blocking=True)
+        conn.execute("INSERT INTO dangling VALUES ('no such record')")  # fails only at COMMIT
+        done = threading.Event()
+        store.submit(Writes(Ballot(1, 3), {}, {}), done.set)
+        assert done.wait(10), "the failed commit was never reported"
+        with pytest.raises(sqlite3.IntegrityError):
+            store.check()
+        assert conn.is_alive()  # the writer thread survives to report the next write too
+    finally:
+        store.close()
+
+
 def test_sqlite_refuses_another_nodes_data_dir(tmp_path):
     SqliteStorage(str(tmp_path), 1).close()
     with pytest.raises(StorageError, match=r"belongs to node 1 .*not node 2"):
