@@ -6,8 +6,9 @@ save    streams GET /v1/snapshot?fresh=true from any node (a snapshot taken at a
 restore checks FILE and writes its data to DIR/snapshot.json (through a temporary
         file and an atomic rename) in a directory that holds no node state,
         without the old cluster's configuration: the new cluster's --cluster
-        gives that. A node started on such a directory votes from the start:
-        restore into every node's directory of a NEW cluster, then start them all.
+        gives that. Restore into every node's directory of a NEW cluster, then
+        start them all: each finds that no peer has promised anything and votes
+        (restored into one node of a running cluster, it rebuilds first).
 """
 from __future__ import annotations
 

@@ -70,7 +70,8 @@ class _Waiter:
 
 
 class Node:
-    def __init__(self, config: NodeConfig, storage: Storage, fresh: bool = False) -> None:
+    def __init__(self, config: NodeConfig, storage: Storage, fresh: bool = False,
+                 joined: bool = False) -> None:
         self.config = config
         self.id = config.node_id
         self.storage = storage
@@ -82,9 +83,12 @@ class Node:
         # Deciding must survive a crash: a restart must not turn a node that lost its state
         # into a voter. A node with no Paxos state and no snapshot has nothing to lose by
         # asking again (this also covers a crash before the marker below was written).
+        # A snapshot without acceptor state (kv snapshot restore, or a lost acceptor file)
+        # asks too: a restored new cluster finds no promises anywhere and votes, a node of a
+        # running cluster rebuilds. A node that just joined (as a learner) promised nothing.
         empty = durable.promised == ZERO and not durable.accepted and not durable.chosen
         self.deciding = rebuild_round == UNDECIDED or (
-            rebuild_round is None and base == 0 and (fresh or empty))
+            rebuild_round is None and ((base == 0 and (fresh or empty)) or (fresh and not joined)))
         if self.deciding and rebuild_round != UNDECIDED:
             storage.set_rebuilding(UNDECIDED)
         if rebuild_round == UNDECIDED:
@@ -726,8 +730,9 @@ def _change_json(c) -> dict:  # noqa: ANN001 - a membership Change
 
 def _holds_state(answers: Iterable[dict]) -> bool:
     """Whether any of these /v1/status answers shows Paxos state (or a rebuilding node)."""
-    return any(a.get("chosen", 0) > 0 or _round(a.get("promised", "0.0")) > 0
-               or (a.get("rebuilding") or 0) > 0
+    # Promises, not chosen slots: anything ever chosen was accepted, so promised, by a
+    # majority, while nodes seeded from a restored snapshot know chosen slots and no ballot.
+    return any(_round(a.get("promised", "0.0")) > 0 or (a.get("rebuilding") or 0) > 0
                or (a.get("voting") is False and not a.get("deciding")) for a in answers)
 
 

@@ -25,15 +25,16 @@ log = logging.getLogger("kvpaxos.server")
 async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
     """Run a node until `stop` is set; the storage is opened and closed here."""
     fresh = not os.path.exists(os.path.join(config.data_dir, SQLITE_FILE))
-    rejoin = False
+    rejoin = joined = False
     if config.join_url is not None and not has_state(config.data_dir, SQLITE_FILE):
         rejoin = await join(config)
+        joined = not rejoin
     storage = SqliteStorage(config.data_dir, config.node_id)
     if rejoin and storage.rebuilding() is None:
         # This id voted before and its data directory is new: it lost its promises.
         # Undecided, the node asks every peer for the round to rebuild under.
         storage.set_rebuilding(UNDECIDED)
-    node = Node(config, storage, fresh=fresh)
+    node = Node(config, storage, fresh=fresh, joined=joined)
     transport = PeerTransport(config.node_id, config.cluster, node.deliver, secret=config.secret,
                               ssl_context=peer_ssl_context(config))
     node.send_peer = transport.send

@@ -173,6 +173,30 @@ def test_wiped_node_rebuilds_as_non_voter_then_votes(clusters):
     assert len([k for k in final if k.startswith("wipe/")]) == 300
 
 
+def test_a_backup_restored_into_one_node_of_a_running_cluster_does_not_vote_at_once(clusters, tmp_path):
+    # The node's directory then holds a snapshot and no promises: it must not vote on
+    # the promises it made before (rule 5), so it asks its peers and rebuilds.
+    cluster = clusters()
+    put_many(cluster, 100, "rs")
+    backup = tmp_path / "backup.snap"
+    saved = kv("snapshot", "save", str(backup), "--endpoints", endpoints(cluster))
+    assert saved.returncode == 0, saved.stderr
+    put_many(cluster, 50, "after")
+    victim = cluster.ids[-1]
+    cluster.kill(victim)
+    cluster.wipe(victim)
+    restored = kv("snapshot", "restore", str(backup), "--data-dir", str(cluster.data_dir(victim)))
+    assert restored.returncode == 0, restored.stderr
+    cluster.spawn(victim)
+    cluster.wait_ready(victim)
+    first = cluster.status(victim)
+    assert first["voting"] is False, first  # deciding or rebuilding, never voting at once
+    wait_until(lambda: cluster.status(victim)["voting"] is True, 20, "the restored node to vote again")
+    final = wait_converged(cluster)
+    assert len([k for k in final if k.startswith("rs/")]) == 100
+    assert len([k for k in final if k.startswith("after/")]) == 50
+
+
 def test_wiped_node_killed_while_deciding_still_does_not_vote(clusters):
     """A wiped node that crashes before it heard enough peers must not come back as a voter."""
     cluster = clusters()
