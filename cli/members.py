@@ -33,6 +33,7 @@ REFUSALS = {
     "change_in_progress": "another membership change is still taking effect; try again in a moment",
     "id_reused": "that id belonged to a removed node and ids are never reused; pick a new id",
     "already_member": "that id is already a member with another address",
+    "address_in_use": "another member already has that address",
     "last_voter": "it is the last voter",
     "not_a_member": "no member has that id",
     "not_a_learner": "that node is not a learner",

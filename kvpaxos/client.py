@@ -84,7 +84,7 @@ class Unauthorized(KvError):
 
 class Conflict(KvError):
     """The cluster refused a membership change (409); `code` says why: change_in_progress,
-    id_reused, already_member, last_voter, would_lose_quorum."""
+    id_reused, already_member, address_in_use, last_voter, would_lose_quorum."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -703,6 +703,7 @@ _REFUSALS = {
     "change_in_progress": "another membership change has not taken effect yet; retry shortly",
     "id_reused": "that id belonged to a removed node; ids are never reused, pick a new one",
     "already_member": "that id is already a member, with another address",
+    "address_in_use": "another member already has that address",
     "not_a_member": "no member has that id",
     "not_a_learner": "that node is not a learner",
     "last_voter": "the last voter cannot be removed",

@@ -2,7 +2,8 @@
 
 The configuration (voters, learners and their addresses) changes only through
 commands chosen in the log, like any write:
-  member_add(id, address)  adds a learner: it follows the log, never votes;
+  member_add(id, address)  adds a learner: it follows the log, never votes (an
+                           address another member has is refused);
   member_promote(id)       makes a learner a voter (the leader sends it once
                            the learner has caught up);
   member_remove(id)        removes a voter or a learner; the id is never
@@ -138,6 +139,8 @@ class Membership:
             if node in cfg.voters or node in cfg.learners:
                 same = addresses.get(node) == cmd.value
                 return self, Result(same, None if same else "already_member")
+            if cmd.value in addresses.values():
+                return self, Result(False, "address_in_use")  # two members cannot share one
             addresses[node] = cmd.value  # type: ignore[assignment]
             new = Config(cfg.voters, tuple(sorted(cfg.learners + (node,))), tuple(sorted(addresses.items())))
             return self._with(slot, new, f"add {node}"), Result(True)

@@ -62,6 +62,7 @@ def test_at_most_one_change_is_in_flight() -> None:
 @pytest.mark.parametrize(("cmds", "error"), [
     ((remove(2), add(2)), "id_reused"),  # a removed id never comes back
     ((add(1, "10.0.0.9:1"),), "already_member"),
+    ((add(4, "h:2"),), "address_in_use"),
     ((promote(2),), None),  # already a voter: nothing to do
     ((promote(9),), "not_a_learner"),
     ((remove(9),), "not_a_member"),
