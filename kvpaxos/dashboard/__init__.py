@@ -19,6 +19,15 @@ GETs of /v1/status, /v1/events, /v1/dashboard* and /v1/kv* answer any origin
 (PUT/DELETE on /v1/kv/...) are allowed cross-origin only from a page served
 by a member of this cluster, so that an unrelated web site open in the same
 browser cannot write to the store.
+
+Client token: on a node started with `--token-file`, the page is opened as
+`/#token=<token>` and sends `Authorization: Bearer <token>` on every request
+(static/app.js; the event stream is then read with fetch(), since EventSource
+cannot send headers). A cross-origin GET with that header needs a preflight:
+OPTIONS of /v1/status, /v1/events, /v1/dashboard and /v1/dashboard/find answer
+it (routes.read_preflight), for pages served by members only, except the open
+/v1/status. Which routes need the token is security.OPEN_ROUTES' business,
+unchanged here.
 """
 from kvpaxos.dashboard.routes import setup_dashboard
 

@@ -31,6 +31,10 @@ RECENT_SERIES_S = 3  # after the first event, each event repeats the last few se
 SLOTS_MAX = 200
 STATUS_REFRESH_S = 1.0
 WRITE_METHODS = ("PUT", "DELETE")
+# GET routes the page reads on every member. With a client token it sends
+# `Authorization`, which makes the browser ask first (a CORS preflight).
+READ_PREFLIGHT_PATHS = ("/v1/status", "/v1/events", "/v1/dashboard", "/v1/dashboard/find")
+PREFLIGHT_MAX_AGE_S = "600"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -59,6 +63,8 @@ def setup_dashboard(app: web.Application, node: Any, transport: Any) -> Dashboar
     app.router.add_get("/v1/dashboard/find", find)
     app.router.add_get("/v1/events", events)
     app.router.add_route("OPTIONS", "/v1/kv/{key:.*}", preflight)
+    for path in READ_PREFLIGHT_PATHS:
+        app.router.add_route("OPTIONS", path, read_preflight)
     app.middlewares.append(time_writes)
     app.on_response_prepare.append(cors_headers)
     app.on_shutdown.append(close_streams)
@@ -293,7 +299,8 @@ async def cors_headers(request: web.Request, response: web.StreamResponse) -> No
 
 
 async def preflight(request: web.Request) -> web.Response:
-    """OPTIONS /v1/kv/{key}: the browser asks whether a cross-origin PUT/DELETE may be sent."""
+    """OPTIONS /v1/kv/{key}: the browser asks whether a cross-origin PUT/DELETE (or a GET
+    with the client token) may be sent."""
     origin = request.headers.get("Origin", "")
     if not member_origin(origin, request.app[DASHBOARD].node.config.cluster):
         return web.json_response({"error": "origin_not_allowed",
@@ -301,6 +308,29 @@ async def preflight(request: web.Request) -> web.Response:
                                              "served by members of this cluster"}, status=403)
     return web.Response(status=204, headers={
         "Access-Control-Allow-Methods": "GET, PUT, DELETE",
-        "Access-Control-Allow-Headers": "Content-Type",
-        "Access-Control-Max-Age": "600",
+        "Access-Control-Allow-Headers": "Authorization, Content-Type",
+        "Access-Control-Max-Age": PREFLIGHT_MAX_AGE_S,
+    })
+
+
+async def read_preflight(request: web.Request) -> web.Response:
+    """OPTIONS of a route in READ_PREFLIGHT_PATHS: may a page send a GET with `Authorization`?
+
+    Asked by a dashboard page that has the client token, before it reads another
+    member. Only pages served by members of this cluster get a yes, except for
+    /v1/status, which is open (it holds no keys or values; the header is not
+    even looked at). The answer carries no data; the GET itself still needs the
+    token where security.OPEN_ROUTES says so.
+    """
+    origin = request.headers.get("Origin", "")
+    if request.path != "/v1/status" and not member_origin(origin, request.app[DASHBOARD].node.config.cluster):
+        return web.json_response({"error": "origin_not_allowed",
+                                  "message": "cross-origin reads with a token are accepted only from "
+                                             "pages served by members of this cluster"}, status=403)
+    return web.Response(status=204, headers={
+        "Access-Control-Allow-Origin": origin or "*",
+        "Access-Control-Allow-Methods": "GET",
+        "Access-Control-Allow-Headers": "Authorization",
+        "Access-Control-Max-Age": PREFLIGHT_MAX_AGE_S,
+        "Vary": "Origin",
     })

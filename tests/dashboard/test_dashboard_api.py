@@ -211,6 +211,23 @@ def test_cors_reads_from_anywhere_writes_only_from_member_pages(shared):
     assert status == 204
     assert headers["access-control-allow-origin"] == member_page
     assert "PUT" in headers["access-control-allow-methods"]
+    assert "authorization" in headers["access-control-allow-headers"].lower()  # a page with a token
+    # A page with a client token sends Authorization on its GETs too, so the browser asks first:
+    # yes for member pages, no for other sites (except the open /v1/status).
+    for path in ("/v1/events", "/v1/dashboard", "/v1/dashboard/find", "/v1/status"):
+        status, headers = call(2, "OPTIONS", path, member_page,
+                               extra={"Access-Control-Request-Method": "GET",
+                                      "Access-Control-Request-Headers": "authorization"})
+        assert status == 204, path
+        assert headers["access-control-allow-origin"] == member_page, path
+        assert headers["access-control-allow-headers"].lower() == "authorization", path
+    for path in ("/v1/events", "/v1/dashboard", "/v1/dashboard/find"):
+        status, headers = call(2, "OPTIONS", path, "http://unrelated.example",
+                               extra={"Access-Control-Request-Method": "GET"})
+        assert status == 403 and "access-control-allow-origin" not in headers, path
+    status, headers = call(2, "OPTIONS", "/v1/status", "http://unrelated.example",
+                           extra={"Access-Control-Request-Method": "GET"})
+    assert status == 204 and headers["access-control-allow-origin"] == "http://unrelated.example"
     status, headers = call(2, "OPTIONS", "/v1/kv/k", "http://unrelated.example")
     assert status == 403 and "access-control-allow-origin" not in headers
     body = json.dumps({"value": "v"}).encode()

@@ -12,6 +12,13 @@ learner the page shows before its process even runs), then started with
 removed. The configuration panel must follow each step, with the slot each
 change was chosen in and the slot it governs from.
 
+Two more run the page against a cluster started with a client token
+(`kv serve --token-file`): opened as `/#token=<token>` it must show the same
+live data (every request carries the token, across the nodes too, and the page
+follows a leader change); opened as `/` it must say that a token is needed and
+how to give it, then work once `#token=...` is added; with a wrong token it
+must say the token was refused. The token must never appear in the page.
+
 Screenshots are saved in tests/artifacts/ (not committed) for a person to look at.
 
 Chromium comes from the distribution (`apt-get install chromium`; .ci/run
@@ -31,6 +38,7 @@ from pathlib import Path
 
 import pytest
 
+from secure_cluster import Nodes, parse_metrics, write_private
 from support.cluster import HOST, REPO_ROOT, free_ports, wait_until
 from support.timing import time_limit
 
@@ -324,4 +332,139 @@ def test_change_in_flight_shows_its_alpha_window(make_cluster, browser):
         page.wait_for_selector('#config-history li[data-what="remove 3"][data-state="pending"]')
         page.wait_for_selector(f'#timeline li.config:has-text("chosen in slot {slot}: remove node 3")')
         shot(page, "6-change-in-flight")
+        assert not errors, errors
+
+
+# -- a cluster with a client token ------------------------------------------------------
+
+TOKEN = "dashboard-t0ken-for-tests"
+SECRET = "a cluster secret for the dashboard tests"
+TOKEN_TEST_LIMIT_S = 120
+
+
+@pytest.fixture
+def token_nodes(tmp_path):
+    """A started 3-node cluster with a cluster secret and a client token; killed at teardown."""
+    token_file = write_private(tmp_path / "token", TOKEN)
+    secret_file = write_private(tmp_path / "secret", SECRET)
+    nodes = Nodes(tmp_path / "cluster", n=3, token=TOKEN,
+                  args=["--secret-file", str(secret_file), "--token-file", str(token_file)])
+    try:
+        yield nodes.start()
+    finally:
+        nodes.stop_all()
+        print(nodes.logs())  # shown only if the test failed
+
+
+def settled_token_leader(nodes: Nodes, timeout: float = 20.0) -> int:
+    """The leader once every live node follows it (see settled_leader)."""
+    nodes.wait_leader(timeout=timeout)
+
+    def agreed() -> int | None:
+        statuses = {i: nodes.status(i) for i, p in nodes.procs.items() if p.poll() is None}
+        leaders = {st["leader"] for st in statuses.values()}
+        if len(leaders) != 1:
+            return None
+        (leader,) = leaders
+        return leader if leader in statuses and statuses[leader]["role"] == "leader" else None
+
+    return wait_until(agreed, timeout, "every node to follow one leader")
+
+
+def refused_requests(nodes: Nodes, i: int) -> float:
+    """Requests node i refused for a missing or wrong token (its metrics)."""
+    samples = parse_metrics(nodes.metrics(i))[1]
+    return sum(v for (name, _), v in samples.items() if name.endswith("http_unauthorized_total"))
+
+
+def wait_live(page, leader: int) -> None:
+    """The page shows the three nodes up, `leader` leading, and events streaming."""
+    page.wait_for_selector('#nodes .node[data-up="true"] >> nth=2')
+    page.wait_for_selector(f'#nodes .node[data-node="{leader}"][data-role="leader"][data-up="true"]')
+    page.wait_for_function(f"() => document.getElementById('leader-id').textContent === 'node {leader}'")
+    page.wait_for_selector('#conn[data-live="true"]')
+
+
+def test_dashboard_with_a_client_token(token_nodes, browser):
+    nodes = token_nodes
+    with time_limit(TOKEN_TEST_LIMIT_S, "dashboard token test"):
+        leader = settled_token_leader(nodes)
+        follower = next(i for i in nodes.ids if i != leader)
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        page.set_default_timeout(STEP_TIMEOUT_MS)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+        page.goto(nodes.url(leader) + f"/#token={TOKEN}")
+        wait_live(page, leader)
+        page.wait_for_function(f"() => document.getElementById('stream-node').textContent === '{leader}'")
+        # The token left the address bar for this tab's sessionStorage.
+        assert TOKEN not in page.evaluate("location.href")
+        assert page.evaluate("sessionStorage.getItem('kvpaxos-token')") == TOKEN
+        assert page.locator("#auth-note").is_hidden()
+
+        # Through a follower: a cross-origin write and slot lookup, both with the token.
+        result = try_it(page, follower, "put", "token-key", "written with a token")
+        assert result["status"] == "ok", result
+        assert result["slot"] and f"slot {result['slot']}" in result["text"], result
+        page.wait_for_selector(f'#log-strip .slot[data-slot="{result["slot"]}"]:has-text("token-key")')
+        page.wait_for_selector(f'#log-strip .slot[data-slot="{result["slot"]}"][data-state="applied"]')
+        shot(page, "7-token")
+
+        # The node feeding the stream dies: the stream moves to a live node, still with the token.
+        nodes.kill(leader)
+        page.wait_for_selector(f'#nodes .node[data-node="{leader}"][data-up="false"]')
+        new_leader = nodes.wait_leader(ids=[i for i in nodes.ids if i != leader], timeout=20)
+        page.wait_for_selector(f'#nodes .node[data-node="{new_leader}"][data-role="leader"][data-up="true"]')
+        page.wait_for_function(
+            f"() => !['{leader}', '–'].includes(document.getElementById('stream-node').textContent)")
+        page.wait_for_selector('#conn[data-live="true"]')
+        after = try_it(page, new_leader, "put", "token-after", "after the failover")
+        assert after["status"] == "ok" and after["slot"], after
+
+        # Every data request the page made carried the token: no node refused one.
+        for i in nodes.ids:
+            if i != leader:
+                assert refused_requests(nodes, i) == 0, i
+        assert TOKEN not in page.content()
+        assert not errors, errors
+
+
+def test_dashboard_without_the_token_says_how_to_give_it(token_nodes, browser):
+    nodes = token_nodes
+    with time_limit(TOKEN_TEST_LIMIT_S, "dashboard missing-token test"):
+        leader = settled_token_leader(nodes)
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        page.set_default_timeout(STEP_TIMEOUT_MS)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+        # No token: the node answers 401 and the page says how to open it.
+        page.goto(nodes.url(leader) + "/")
+        note = page.wait_for_selector('#auth-note[data-auth="missing"]', state="visible")
+        text = note.inner_text()
+        assert f"{nodes.url(leader)}/#token=<token>" in text, text
+        assert "--token-file" in text and "401" in text, text
+        page.wait_for_function("() => document.getElementById('conn-text').textContent === 'token required'")
+        assert page.get_attribute("#conn", "data-live") == "false"
+        assert refused_requests(nodes, leader) > 0
+        shot(page, "8-token-missing")
+
+        # Adding #token=... to the address (no reload) brings the live data.
+        page.evaluate(f"location.hash = '#token={TOKEN}'")
+        wait_live(page, leader)
+        page.wait_for_selector("#auth-note", state="hidden")
+        assert TOKEN not in page.evaluate("location.href")
+        assert TOKEN not in page.content()
+
+        # A wrong token: refused, said so, and the token is not shown.
+        wrong = "not-the-cluster-t0ken"
+        other = browser.new_page(viewport={"width": 1440, "height": 1000})
+        other.set_default_timeout(STEP_TIMEOUT_MS)
+        other.on("pageerror", lambda exc: errors.append(str(exc)))
+        other.goto(nodes.url(leader) + f"/#token={wrong}")
+        note = other.wait_for_selector('#auth-note[data-auth="refused"]', state="visible")
+        assert "refused" in note.inner_text() and "#token=<token>" in note.inner_text()
+        other.wait_for_function("() => document.getElementById('conn-text').textContent === 'token refused'")
+        assert wrong not in other.content() and wrong not in other.evaluate("location.href")
         assert not errors, errors

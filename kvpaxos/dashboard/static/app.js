@@ -17,6 +17,14 @@
  *    view, so the log strip can show what each node's acceptor holds.
  * The "try it" panel sends GET/PUT/DELETE /v1/kv/KEY to the server picked and
  * asks that server (GET /v1/dashboard/find) which slot the write landed in.
+ *
+ * Client token: on a cluster started with `kv serve --token-file`, the data
+ * routes answer 401 without `Authorization: Bearer <token>`. The page is then
+ * opened as http://HOST:PORT/#token=<token>: the fragment never reaches a
+ * server or its logs; the page moves the token to sessionStorage (this tab
+ * only), takes it out of the address bar, and sends it with every request. As
+ * EventSource cannot send a header, the event stream is then read with fetch()
+ * (see fetchEvents). A 401 shows a note saying how to open the page.
  */
 "use strict";
 
@@ -35,6 +43,9 @@
   const TIMELINE_MAX = 80;
   const LAT_BASE_MS = 0.25;
   const REMOVED_SHOWN_MS = 20000;  // a removed node's card stays, greyed, this long
+  const STREAM_RETRY_MS = 1000;   // as the server's "retry:" (what EventSource would wait)
+  const REFUSED_RETRY_MS = 5000;  // a node that answered 401: ask again this often, not faster
+  const TOKEN_KEY = "kvpaxos-token";
   const CONFIG_HISTORY_SHOWN = 12;
   const MSG_TYPES = [
     ["Prepare", "phase 1a"], ["Promise", "phase 1b"], ["Accept", "phase 2a"],
@@ -51,7 +62,9 @@
     members: new Map(),
     homeId: null,
     streamId: null,
-    es: null,
+    es: null,              // the event stream: an EventSource, or fetchEvents' stream with a token
+    token: null,           // the client token (from #token=..., kept in sessionStorage), or null
+    auth: null,            // null, or "missing" / "refused" after a 401: {why, node}
     lastEventAt: 0,
     streamOpenedAt: 0,
     offsetMs: 0,
@@ -88,18 +101,95 @@
 
   function sleep(ms) { return new Promise((r) => setTimeout(r, ms)); }
 
-  async function fetchT(url, opts = {}, ms = STATUS_TIMEOUT_MS) {
+  // -- the client token -----------------------------------------------------------
+
+  function storeToken(token) {
+    try {
+      if (token) sessionStorage.setItem(TOKEN_KEY, token); else sessionStorage.removeItem(TOKEN_KEY);
+    } catch (e) { /* storage disabled: the token lasts as long as the page */ }
+  }
+
+  // The token from the address's fragment (#token=...), moved to sessionStorage and out of
+  // the address bar (and so out of the history and of bookmarks); else the one stored earlier.
+  function takeToken() {
+    const found = /^#(?:.*&)?token=([^&]*)/.exec(location.hash);
+    if (found) {
+      let token = found[1];
+      try { token = decodeURIComponent(token); } catch (e) { /* use it as written */ }
+      token = token.trim();
+      storeToken(token);
+      const rest = location.hash.slice(1).split("&").filter((p) => !p.startsWith("token=")).join("&");
+      history.replaceState(history.state, "", location.pathname + location.search + (rest ? "#" + rest : ""));
+      return token || null;
+    }
+    try { return sessionStorage.getItem(TOKEN_KEY) || null; } catch (e) { return S.token; }
+  }
+
+  function withToken(headers = {}) {
+    return S.token ? { ...headers, Authorization: "Bearer " + S.token } : headers;
+  }
+
+  // A node answered 401: say how to open the page (never the token itself).
+  function authRefused(m) {
+    const why = S.token ? "refused" : "missing";
+    const node = m ? m.id : null;
+    if (S.auth && S.auth.why === why && S.auth.node === node) return;
+    if (!S.auth) addEvent("down", S.token ? `node ${node ?? "?"} refused this page's token (401)` : `node ${node ?? "?"} needs a client token (401)`);
+    S.auth = { why, node };
+    renderAuth();
+    renderConn();
+  }
+
+  function authOk() {
+    if (!S.auth) return;
+    S.auth = null;
+    renderAuth();
+  }
+
+  function renderAuth() {
+    const box = $("auth-note");
+    if (!S.auth) {
+      box.hidden = true;
+      delete box.dataset.auth;
+      return;
+    }
+    const page = `${location.protocol}//${location.host}${location.pathname}`;
+    const who = S.auth.node != null ? `Node ${S.auth.node}` : "This node";
+    const how = `open this page as <code>${esc(page)}#token=&lt;token&gt;</code>, with the client token ` +
+      `(the text of the file given to <code>kv serve --token-file</code>). The part after # is not sent ` +
+      `to the server; the page keeps the token for this browser tab only.`;
+    box.innerHTML = S.auth.why === "refused"
+      ? `<b>${who} refused this page's client token</b> (401 unauthorized), so there is no live data. To use another token, ${how}`
+      : `<b>${who} requires a client token</b> (401 unauthorized): this cluster was started with one, ` +
+        `so there is no live data without it. To see it, ${how}`;
+    box.dataset.auth = S.auth.why;
+    box.hidden = false;
+  }
+
+  function onHashChange() {
+    if (!/^#(?:.*&)?token=/.test(location.hash)) return;
+    S.token = takeToken();
+    S.auth = null;
+    renderAuth();
+    if (S.streamId != null) connectStream(S.streamId);
+  }
+
+  // -- requests ------------------------------------------------------------------
+
+  async function fetchT(url, opts = {}, ms = STATUS_TIMEOUT_MS, m = null) {
     const ctl = new AbortController();
     const timer = setTimeout(() => ctl.abort(), ms);
     try {
-      return await fetch(url, { cache: "no-store", ...opts, signal: ctl.signal });
+      const resp = await fetch(url, { cache: "no-store", ...opts, headers: withToken(opts.headers), signal: ctl.signal });
+      if (resp.status === 401) authRefused(m);
+      return resp;
     } finally {
       clearTimeout(timer);
     }
   }
 
-  async function getJSON(url, ms) {
-    const resp = await fetchT(url, {}, ms);
+  async function getJSON(url, ms, m = null) {
+    const resp = await fetchT(url, {}, ms, m);
     if (!resp.ok) throw new Error(`HTTP ${resp.status}`);
     return resp.json();
   }
@@ -331,7 +421,7 @@
     if (m.polling || (isRemoved(m) && m.up === false)) return;
     m.polling = true;
     try {
-      const st = await getJSON(url(m, "/v1/status"), STATUS_TIMEOUT_MS);
+      const st = await getJSON(url(m, "/v1/status"), STATUS_TIMEOUT_MS, m);
       onStatus(m, st);
     } catch (err) {
       markDown(m, err.name === "AbortError" ? "no answer in 1 s" : "connection refused");
@@ -347,7 +437,7 @@
     m.viewPolling = true;
     try {
       const since = m.seriesSec == null ? "" : `?series_since=${Math.max(0, m.seriesSec - 3)}`;
-      onView(m, await getJSON(url(m, "/v1/dashboard" + since), VIEW_TIMEOUT_MS), false);
+      onView(m, await getJSON(url(m, "/v1/dashboard" + since), VIEW_TIMEOUT_MS, m), false);
     } catch (err) {
       // the status poll decides whether the node is down
     } finally {
@@ -359,6 +449,7 @@
 
   function onView(m, doc, fromStream) {
     if (!doc || typeof doc !== "object") return;
+    authOk();  // a data route answered
     if (fromStream) S.offsetMs = doc.now_ms - Date.now();
     if (doc.boot !== m.boot) {
       m.boot = doc.boot;
@@ -392,24 +483,132 @@
 
   // -- the event stream --------------------------------------------------------
 
+  // A parser of the text/event-stream format, fed text as it arrives: calls
+  // dispatch(type, data) for each event and retry(ms) for a "retry:" field.
+  // Lines end in CRLF, LF or CR; a blank line ends an event; "data:" lines are
+  // joined with LF; a line starting with ":" is a comment; "id:" is not used
+  // (the server does not resume from Last-Event-ID).
+  function eventParser(dispatch, retry) {
+    let rest = "";
+    let data = [];
+    let type = "";
+    let first = true;
+    const line = (l) => {
+      if (l === "") {
+        if (data.length) dispatch(type || "message", data.join("\n"));
+        data = [];
+        type = "";
+        return;
+      }
+      if (l[0] === ":") return;
+      const colon = l.indexOf(":");
+      const field = colon < 0 ? l : l.slice(0, colon);
+      let value = colon < 0 ? "" : l.slice(colon + 1);
+      if (value[0] === " ") value = value.slice(1);
+      if (field === "data") data.push(value);
+      else if (field === "event") type = value;
+      else if (field === "retry" && /^[0-9]+$/.test(value)) retry(parseInt(value, 10));
+    };
+    return (text) => {
+      let buf = rest + text;
+      if (first && buf) {
+        if (buf[0] === "\ufeff") buf = buf.slice(1);
+        first = false;
+      }
+      // A CR at the end may be the first half of a CRLF: keep it for the next piece.
+      const held = buf.endsWith("\r");
+      const lines = (held ? buf.slice(0, -1) : buf).split(/\r\n|\r|\n/);
+      rest = lines.pop() + (held ? "\r" : "");
+      for (const l of lines) line(l);
+    };
+  }
+
+  // The event stream through fetch(), which can send the token (EventSource cannot), and
+  // with EventSource's behaviour: on.event(type, data) per event; when the connection
+  // fails or ends, it connects again after the "retry:" time; an answer other than
+  // 200 text/event-stream ends it for good with on.failed(status). close() ends it.
+  function fetchEvents(target, on) {
+    let closed = false;
+    let ctl = null;
+    let timer = null;
+    let retryMs = STREAM_RETRY_MS;
+    const stream = {
+      close() {
+        closed = true;
+        clearTimeout(timer);
+        if (ctl) ctl.abort();
+      },
+    };
+    const run = async () => {
+      if (closed) return;
+      ctl = new AbortController();
+      try {
+        const resp = await fetch(target, {
+          cache: "no-store", headers: withToken({ Accept: "text/event-stream" }), signal: ctl.signal,
+        });
+        const type = resp.headers.get("Content-Type") || "";
+        if (!resp.ok || !type.startsWith("text/event-stream") || !resp.body) {
+          ctl.abort();
+          if (!closed) {
+            closed = true;
+            on.failed(resp.status);
+          }
+          return;
+        }
+        const reader = resp.body.getReader();
+        const decoder = new TextDecoder();
+        const feed = eventParser((ev, data) => { if (!closed) on.event(ev, data); }, (ms) => { retryMs = ms; });
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done || closed) break;
+          feed(decoder.decode(value, { stream: true }));
+        }
+      } catch (e) {
+        // a network error, or close(): as EventSource, connect again unless closed
+      }
+      if (!closed) timer = setTimeout(run, retryMs);
+    };
+    run();
+    return stream;
+  }
+
   function connectStream(id) {
     if (S.es) S.es.close();
     const m = S.members.get(id);
     S.streamId = id;
     S.streamOpenedAt = Date.now();
     S.lastEventAt = 0;
-    const es = new EventSource(url(m, "/v1/events"));
-    S.es = es;
-    es.addEventListener("snapshot", (ev) => {
-      if (S.es !== es) return;
+    let stream = null;
+    const onSnapshot = (data) => {
+      if (S.es !== stream) return;
       S.lastEventAt = Date.now();
       let doc;
-      try { doc = JSON.parse(ev.data); } catch (e) { return; }
+      try { doc = JSON.parse(data); } catch (e) { return; }
       onView(m, doc, true);
-    });
-    es.onerror = () => {
-      if (S.es === es && es.readyState === EventSource.CLOSED) switchStream();
     };
+    if (S.token) {
+      stream = fetchEvents(url(m, "/v1/events"), {
+        event: (type, data) => { if (type === "snapshot") onSnapshot(data); },
+        failed: (status) => {
+          if (S.es !== stream) return;
+          // another node would refuse the token too: watchStream asks this one again later
+          if (status === 401) authRefused(m); else switchStream();
+        },
+      });
+    } else {
+      const es = new EventSource(url(m, "/v1/events"));
+      stream = es;
+      es.addEventListener("snapshot", (ev) => onSnapshot(ev.data));
+      es.onerror = () => {
+        if (S.es !== es || es.readyState !== EventSource.CLOSED) return;
+        // EventSource does not tell why it failed: a node that wants a token answers 401
+        // (fetchT then shows how to give the page one), and switching would not help.
+        fetchT(url(m, "/v1/dashboard?slots=1"), {}, STATUS_TIMEOUT_MS, m).then(
+          (resp) => { if (S.es === es && resp.status !== 401) switchStream(); },
+          () => { if (S.es === es) switchStream(); });
+      };
+    }
+    S.es = stream;
     scheduleRender();
   }
 
@@ -429,6 +628,12 @@
   function watchStream() {
     const now = Date.now();
     const m = S.members.get(S.streamId);
+    if (S.auth && !S.lastEventAt && m && m.up !== false) {
+      // refused (401): every node would refuse; ask the same one again now and then
+      if (now - S.streamOpenedAt > REFUSED_RETRY_MS) connectStream(S.streamId);
+      renderConn();
+      return;
+    }
     const stale = S.lastEventAt ? now - S.lastEventAt > STREAM_STALE_MS : now - S.streamOpenedAt > STREAM_FIRST_EVENT_MS;
     if (!m || m.up === false || stale || (isRemoved(m) && live().some((o) => o.up === true))) {
       switchStream();
@@ -501,7 +706,9 @@
   function renderConn() {
     const live = S.lastEventAt && Date.now() - S.lastEventAt < STREAM_STALE_MS;
     $("conn").dataset.live = live ? "true" : "false";
-    $("conn-text").textContent = live ? "live" : (S.members.size ? "reconnecting…" : "connecting…");
+    $("conn-text").textContent = live ? "live"
+      : S.auth ? (S.auth.why === "refused" ? "token refused" : "token required")
+      : (S.members.size ? "reconnecting…" : "connecting…");
     $("stream-node").textContent = S.streamId ?? "–";
   }
 
@@ -1032,7 +1239,7 @@
     const q = `/v1/dashboard/find?client_id=${encodeURIComponent(S.clientId)}&seq=${seq}`;
     for (let i = 0; i < 5; i++) {
       try {
-        const resp = await fetchT(url(m, q), {}, 2000);
+        const resp = await fetchT(url(m, q), {}, 2000, m);
         if (resp.ok) return (await resp.json()).slot;
       } catch (e) { /* try again */ }
       await sleep(200);
@@ -1067,7 +1274,7 @@
     const t0 = performance.now();
     let resp, doc;
     try {
-      resp = await fetchT(url(m, path), opts, TRY_TIMEOUT_MS);
+      resp = await fetchT(url(m, path), opts, TRY_TIMEOUT_MS, m);
       doc = await resp.json().catch(() => ({}));
     } catch (err) {
       const why = err.name === "AbortError" ? "no answer in 15 s" : "it does not answer";
@@ -1114,6 +1321,8 @@
   // -- start -------------------------------------------------------------------
 
   async function start() {
+    S.token = takeToken();
+    window.addEventListener("hashchange", onHashChange);
     $("try-op").addEventListener("change", onOpChange);
     $("try-form").addEventListener("submit", sendTry);
     onOpChange();
