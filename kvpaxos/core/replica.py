@@ -165,6 +165,9 @@ class Replica:
                 if self._may_lead():
                     self._start_election()
                 else:
+                    # No leader heard for a whole timeout: stop deferring to it (a node that
+                    # may not lead must not keep refusing the candidates that may).
+                    self.leader_id = None
                     self.election_elapsed = 0
                     self._probe()
         if self.catchup_idle is not None:
