@@ -377,12 +377,22 @@ def refused_requests(nodes: Nodes, i: int) -> float:
     return sum(v for (name, _), v in samples.items() if name.endswith("http_unauthorized_total"))
 
 
-def wait_live(page, leader: int) -> None:
-    """The page shows the three nodes up, `leader` leading, and events streaming."""
+def wait_live(page, leader: int, nodes: Nodes | None = None) -> int:
+    """The page shows the three nodes up, the leader leading, and events streaming; the
+    leader it shows. With `nodes`, whichever node leads by then (on a loaded machine an
+    election may have moved the leadership away from `leader`)."""
     page.wait_for_selector('#nodes .node[data-up="true"] >> nth=2')
+    page.wait_for_selector('#conn[data-live="true"]')
+    if nodes is not None:
+        def shown_and_true() -> int | None:
+            now = settled_token_leader(nodes)
+            text = page.eval_on_selector("#leader-id", "e => e.textContent")
+            card = page.query_selector(f'#nodes .node[data-node="{now}"][data-role="leader"][data-up="true"]')
+            return now if text == f"node {now}" and card is not None else None
+        return wait_until(shown_and_true, STEP_TIMEOUT_MS / 1000, "the page to show the current leader")
     page.wait_for_selector(f'#nodes .node[data-node="{leader}"][data-role="leader"][data-up="true"]')
     page.wait_for_function(f"() => document.getElementById('leader-id').textContent === 'node {leader}'")
-    page.wait_for_selector('#conn[data-live="true"]')
+    return leader
 
 
 def test_dashboard_with_a_client_token(token_nodes, browser):
@@ -452,7 +462,7 @@ def test_dashboard_without_the_token_says_how_to_give_it(token_nodes, browser):
 
         # Adding #token=... to the address (no reload) brings the live data.
         page.evaluate(f"location.hash = '#token={TOKEN}'")
-        wait_live(page, leader)
+        wait_live(page, leader, nodes)
         page.wait_for_selector("#auth-note", state="hidden")
         assert TOKEN not in page.evaluate("location.href")
         assert TOKEN not in page.content()
