@@ -383,7 +383,12 @@ class Simulation:
         if not self.member_changes and not self.faults.member_rate:
             return True  # the fixed-membership runs keep their original fault schedule
         ms, slot = self._current()
-        return all(self._intact_voters(c.voters, i) >= c.quorum for c in (ms.at(slot + 1), ms.latest))
+        voter_sets = [ms.at(slot + 1).voters, ms.latest.voters]
+        if self.member_cmd is not None and self.member_cmd[0].op == MEMBER_REMOVE:
+            # A removal asked for may still be chosen: it must not leave a lost majority either.
+            gone = int(self.member_cmd[0].key)
+            voter_sets.append(tuple(p for p in ms.latest.voters if p != gone))
+        return all(self._intact_voters(v, i) >= len(v) // 2 + 1 for v in voter_sets)
 
     def _drive_membership(self) -> None:
         """While faults run, now and then ask the leader to add a node or remove one."""
