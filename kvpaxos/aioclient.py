@@ -18,7 +18,7 @@ import aiohttp
 
 from kvpaxos.client import (
     CONNECT_TIMEOUT_S, PROBE_TIMEOUT_S, WAIT_POLL_S, WAIT_VOTER_S, Conflict, Entry, KvError,
-    NotFound, entry_from, give_up, not_a_voter_yet, raise_for_status, voter_now,
+    entry_from, give_up, raise_for_status, voter_yet,
 )
 from kvpaxos.client_support import (
     RETRY_STATUSES, Attempts, Sessions, decode_body, kv_path, list_path, member_body, member_path,
@@ -125,11 +125,7 @@ class AsyncClient:
         if not wait:
             return doc
         deadline = time.monotonic() + wait_timeout_s
-        while not voter_now(doc, node_id):
-            if node_id not in doc.get("learners", ()) and node_id not in doc.get("voters", ()):
-                raise NotFound("not_a_member", f"node {node_id} is no longer a member", 404)
-            if time.monotonic() >= deadline:
-                raise not_a_voter_yet(node_id, wait_timeout_s)
+        while not voter_yet(doc, node_id, deadline, wait_timeout_s):
             await asyncio.sleep(WAIT_POLL_S)
             doc = await self.members()
         return doc

@@ -124,16 +124,20 @@ def entry_from(doc: dict[str, Any]) -> Entry:
         raise KvError("bad_response", f"malformed entry in response: {doc!r:.200}") from None
 
 
-def voter_now(doc: dict[str, Any], node_id: int) -> bool:
-    """Whether a /v1/members document shows node_id as a voter whose promotion is in effect."""
+def voter_yet(doc: dict[str, Any], node_id: int, deadline: float, waited_s: float) -> bool:
+    """For add_member(wait=True): whether a /v1/members document shows node_id as a voter
+    whose promotion is in effect; NotFound if it is no longer a member, OutcomeUnknown once
+    the monotonic clock passes deadline."""
     pending = doc.get("pending")
-    return node_id in doc.get("voters", ()) and not (
-        isinstance(pending, dict) and pending.get("what") == f"promote {node_id}")
-
-
-def not_a_voter_yet(node_id: int, waited_s: float) -> OutcomeUnknown:
-    return OutcomeUnknown("timeout", f"node {node_id} is a learner but not a voter after {waited_s:g} s "
-                          "(the leader promotes it once it has caught up: is it running?)")
+    if node_id in doc.get("voters", ()) and not (
+            isinstance(pending, dict) and pending.get("what") == f"promote {node_id}"):
+        return True
+    if node_id not in doc.get("learners", ()) and node_id not in doc.get("voters", ()):
+        raise NotFound("not_a_member", f"node {node_id} is no longer a member", 404)
+    if time.monotonic() >= deadline:
+        raise OutcomeUnknown("timeout", f"node {node_id} is a learner but not a voter after {waited_s:g} s "
+                             "(the leader promotes it once it has caught up: is it running?)")
+    return False
 
 
 def give_up(attempts: Attempts) -> KvError:
@@ -257,11 +261,7 @@ class Client:
         if not wait:
             return doc
         deadline = time.monotonic() + wait_timeout_s
-        while not voter_now(doc, node_id):
-            if node_id not in doc.get("learners", ()) and node_id not in doc.get("voters", ()):
-                raise NotFound("not_a_member", f"node {node_id} is no longer a member", 404)
-            if time.monotonic() >= deadline:
-                raise not_a_voter_yet(node_id, wait_timeout_s)
+        while not voter_yet(doc, node_id, deadline, wait_timeout_s):
             time.sleep(WAIT_POLL_S)
             doc = self.members()
         return doc
