@@ -107,10 +107,6 @@ class Membership:
         """Whether the latest configuration already governs `next_slot` (no change in flight)."""
         return self.history[-1].effective <= next_slot
 
-    def ever(self) -> set[int]:
-        """Every id this cluster has known: members and removed nodes."""
-        return set(self.latest.members).union(self.removed)
-
     # -- changes --------------------------------------------------------------
 
     def apply(self, slot: int, batch: Batch) -> tuple["Membership", list[tuple[Command, Result]]]:
