@@ -243,6 +243,13 @@ class Node:
             await asyncio.sleep(interval)
             self.replica.tick(int(time.time() * 1000))
             self._wake()
+            if self._committing and hasattr(self.storage, "check"):
+                try:
+                    self.storage.check()  # a commit that died never reports back
+                except Exception as e:  # noqa: BLE001 - any storage failure stops the node
+                    log.critical("storage write failed, stopping: %s", e)
+                    self.on_fatal(e)
+                    return
 
     # -- inputs ---------------------------------------------------------------
 

@@ -22,7 +22,7 @@ import threading
 from contextlib import closing
 from typing import Any, Callable
 
-from sqlitedict import SqliteDict
+from sqlitedict import _REQUEST_COMMIT, SqliteDict
 
 from kvpaxos.core.ballot import Ballot
 from kvpaxos.core.codec import WireError, ballot_from_wire, ballot_to_wire, batch_from_wire, batch_to_wire
@@ -163,15 +163,17 @@ class SqliteStorage:
             chunk = rows[i:i + _ROWS_PER_STATEMENT]
             conn.execute('REPLACE INTO "paxos" (key, value) VALUES ' + ",".join(["(?,?)"] * len(chunk)),
                          tuple(x for row in chunk for x in row))
-        # COMMIT as a statement, not sqlitedict's own commit request: a commit that fails
-        # (disk full, I/O error) would kill sqlitedict's thread without a word, and the
-        # node would wait for it forever. A failed statement is recorded, and its notice
-        # still comes, so the node finds the error in check() and stops.
-        conn.execute("COMMIT", None, _Notice(on_durable, self._notices))
+        conn.execute(_REQUEST_COMMIT, None, _Notice(on_durable, self._notices))
 
     def check(self) -> None:
-        """Raise the error of any statement that failed on sqlitedict's thread."""
+        """Raise the error of any statement that failed on sqlitedict's thread, or
+        StorageError if that thread is gone: a commit that fails (disk full, I/O error)
+        ends it without a word, and its notice never comes (the node calls this while it
+        waits, see Node._tick_forever)."""
         self.db.conn.check_raise_error()
+        if not self.db.conn.is_alive():
+            raise StorageError(f"{self.path}: the SQLite writer stopped (a commit failed: "
+                               "disk full or an I/O error?)")
 
     def compact(self, through_slot: int) -> None:
         """Drop records at or below through_slot in one transaction (runs on the disk thread).
@@ -199,7 +201,8 @@ class SqliteStorage:
         self.db.commit(blocking=True)
 
     def close(self) -> None:
-        self.db.close()
+        if self.db.conn.is_alive():  # closing waits for the writer's answer, which a dead one never gives
+            self.db.close()
 
     def describe(self) -> dict:
         return {"engine": "sqlite", "path": self.path, "synchronous": self.synchronous(),
