@@ -59,6 +59,7 @@ log = logging.getLogger("kvpaxos.node")
 # (so a restart never reuses a ballot); Promise and Accepted report acceptor state.
 _AFTER_COMMIT = (m.Prepare, m.Promise, m.Accepted)
 UNDECIDED = -1  # storage's rebuilding mark while a new data directory waits for the peers' answers
+NEW_CLUSTER_QUIET_S = 1.5  # no election this long after deciding that the cluster is new
 
 Send = Callable[[int, m.Message], bool]  # False: certainly not sent
 
@@ -189,6 +190,10 @@ class Node:
             await self.run_on_disk(self.storage.set_rebuilding, None)
             self.deciding = False
             self.replica.voting = True
+            # Hold the first election a moment: a peer still deciding (started later, or
+            # slowed down) that saw our ballot would take the cluster for one that holds
+            # state and rebuild, and with a majority rebuilding no one could be elected.
+            self.replica.election_elapsed = -int(NEW_CLUSTER_QUIET_S * 1000 / self.config.tick_ms)
             return
         answers = await self._ask_peers(peers, len(peers), answers)
         horizon = max([_round(a.get("promised", "0.0")) for a in answers.values()]
