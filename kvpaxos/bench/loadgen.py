@@ -456,13 +456,7 @@ class _Gen:
         return True
 
     async def _batch(self, node: int, rng: random.Random, client_id: str | None, seq: int) -> bool:
-        w = self.w
-        nkeys = len(self.keys)
-        ops = ",".join(
-            '{"op":"put","key":"%s","value":%s}' % (self.keys[rng.randrange(nkeys)], self.value_json)
-            for _ in range(w.batch_size))
-        tail = "" if client_id is None else ',"client_id":"%s","seq":%d' % (client_id, seq)
-        body = ('{"ops":[%s]%s}' % (ops, tail)).encode()
+        body = self._batch_body(rng, client_id, seq)
         started = time.monotonic()
         try:
             async with self.session.post(self.batch_urls[node], data=body,
@@ -476,20 +470,7 @@ class _Gen:
         if status != 200:
             self.result.errors[f"batch:{status}"] += 1
             return False
-        try:
-            results = json.loads(raw)["results"]
-        except (ValueError, KeyError, TypeError):
-            self.result.errors["batch:malformed"] += 1
-            return False
-        if len(results) != w.batch_size:
-            self.result.errors["batch:wrong_count"] += 1
-            return False
-        ok = sum(1 for r in results if isinstance(r, dict) and r.get("ok", True) is not False)
-        if self.m0 <= ended <= self.m1:
-            self.result.batch_ops_ok += ok
-            self.result.batch_ops_failed += len(results) - ok
-        self.record("batch", started, ended)
-        return True
+        return self._batch_done(raw, started, ended)
 
     # -- open loop --
 

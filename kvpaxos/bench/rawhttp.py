@@ -146,12 +146,9 @@ class Pool:
         self.on_new: Callable[[Conn], None] | None = None
 
     async def acquire(self, i: int) -> Conn:
-        idle = self.idle[i]
-        while idle:
-            conn = idle.pop()
-            if not conn.closed:
-                return conn
-            self.all.discard(conn)
+        conn = self.acquire_now(i)
+        if conn is not None:
+            return conn
         if len(self.all) + self.opening < self.limit:
             return await self._open(i)
         fut = asyncio.get_running_loop().create_future()
