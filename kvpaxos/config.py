@@ -29,6 +29,21 @@ def parse_cluster(spec: str) -> dict[int, tuple[str, int]]:
     return cluster
 
 
+def address_text(address: tuple[str, int]) -> str:
+    """"HOST:PORT", with an IPv6 host in brackets: how addresses travel and are stored."""
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_address(text: str) -> tuple[str, int] | None:
+    """The (host, port) of "HOST:PORT" (an IPv6 host may be in brackets), or None."""
+    host, colon, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536 or len(text) > 255:
+        return None
+    return host, int(port)
+
+
 def format_cluster(cluster: dict[int, tuple[str, int]]) -> str:
     return ",".join(f"{i}={h}:{p}" for i, (h, p) in sorted(cluster.items()))
 

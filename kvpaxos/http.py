@@ -20,7 +20,8 @@ from kvpaxos.errors import (BadRequest, InvalidKey, KvError, NoQuorum, NotFound,
                             PreconditionFailed, ValueTooLarge)
 from kvpaxos.dashboard import setup_dashboard
 from kvpaxos.batch import run_batch
-from kvpaxos.node import Node, parse_address
+from kvpaxos.config import parse_address
+from kvpaxos.node import Node
 from kvpaxos.parse import field, json_body, key_of
 from kvpaxos.transport import PeerTransport
 from kvpaxos import metrics, security
@@ -211,7 +212,7 @@ async def add_member(request: web.Request) -> web.Response:
     address = field(body, "address", str, optional=False)
     if node_id < 1 or node_id >= 1 << 31:
         raise BadRequest("field 'id' must be a positive integer")
-    if parse_address(address) is None or len(address) > 255:
+    if parse_address(address) is None:
         raise BadRequest("field 'address' must be HOST:PORT")
     wait = request.query.get("wait", "learner")
     if wait not in ("learner", "voter"):

@@ -26,7 +26,7 @@ from typing import Any
 import aiohttp
 
 from kvpaxos import snapshot
-from kvpaxos.config import ConfigError, NodeConfig
+from kvpaxos.config import ConfigError, NodeConfig, address_text
 from kvpaxos.logs import fields
 from kvpaxos.security import peer_session
 
@@ -49,8 +49,7 @@ async def join(config: NodeConfig) -> bool:
     from. Returns True if this id already voted (the node must rebuild before voting)."""
     assert config.join_url is not None
     url = config.join_url.rstrip("/")
-    host, port = config.address
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    address = address_text(config.address)
     deadline = time.monotonic() + JOIN_TIMEOUT_S
     async with peer_session(config, timeout=aiohttp.ClientTimeout(total=30)) as http:
         members = await _call(http, "GET", f"{url}/v1/members", deadline)

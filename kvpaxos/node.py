@@ -39,7 +39,7 @@ from typing import Callable, Iterable
 
 import aiohttp
 
-from kvpaxos.config import NodeConfig
+from kvpaxos.config import NodeConfig, address_text, parse_address
 from kvpaxos.core import messages as m
 from kvpaxos.core.ballot import ZERO
 from kvpaxos.core.commands import Batch, Command, Result
@@ -722,18 +722,6 @@ _REFUSALS = {
     "bad_address": "the address must be HOST:PORT",
     "bad_member_id": "member ids are positive integers",
 }
-
-
-def address_text(address: tuple[str, int]) -> str:
-    return f"{address[0]}:{address[1]}"
-
-
-def parse_address(text: str) -> tuple[str, int] | None:
-    host, colon, port = text.rpartition(":")
-    host = host.strip("[]")
-    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        return None
-    return host, int(port)
 
 
 def _change_json(c) -> dict:  # noqa: ANN001 - a membership Change

@@ -24,6 +24,7 @@ from typing import Any, Callable, Coroutine
 import aiohttp
 from aiohttp import web
 
+from kvpaxos.config import address_text, parse_address
 from kvpaxos.core import messages as m
 from kvpaxos.core.codec import WireError, decode_frame, encode_message, frame_of
 from kvpaxos.logs import RateLimit, StateLog, fields
@@ -219,7 +220,7 @@ class PeerTransport:
         link.headers = {NODE_HEADER: str(self.self_id)}
         own = self.cluster.get(self.self_id)
         if own is not None:
-            link.headers[ADDRESS_HEADER] = f"{_host(own[0])}:{own[1]}"
+            link.headers[ADDRESS_HEADER] = address_text(own)
         link.task = asyncio.create_task(link.run())
         self.links[peer] = link
 
@@ -262,7 +263,7 @@ class PeerTransport:
                 return ws
         self.counters["links_up_inbound"] += 1
         if peer not in self.links and self.session is not None:
-            address = _parse_address(request.headers.get(ADDRESS_HEADER, ""))
+            address = parse_address(request.headers.get(ADDRESS_HEADER, ""))
             if address is not None:  # answer a node we had not heard of, on its own address
                 self.cluster[peer] = address
                 self._dial(peer, address)
@@ -371,14 +372,6 @@ async def _finish(coro: Coroutine[Any, Any, None], yielded: Any) -> None:
         pass
     finally:
         coro.close()
-
-
-def _parse_address(text: str) -> tuple[str, int] | None:
-    host, colon, port = text.rpartition(":")
-    host = host.strip("[]")
-    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536 or len(text) > 255:
-        return None
-    return host, int(port)
 
 
 def _host(host: str) -> str:
