@@ -38,6 +38,8 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
     transport = PeerTransport(config.node_id, config.cluster, node.deliver, secret=config.secret,
                               ssl_context=peer_ssl_context(config))
     node.send_peer = transport.send
+    node.send_peer_lazy = transport.send_lazy
+    node.flush_lazy = transport.flush_lazy
     failure: list[BaseException] = []
 
     def fatal(exc: BaseException) -> None:

@@ -4,7 +4,10 @@ Each node dials every peer at ws://HOST:PORT/v1/peer (wss:// with TLS) and
 sends on that link; it receives on the links peers dialed to it. With a cluster
 secret, both ends first prove they hold it (kvpaxos/security.py) and no Paxos
 frame is sent or accepted before that. Messages queued during one
-event-loop turn go out as one frame. A link that is down drops what is queued:
+event-loop turn go out as one frame. A message sent lazily (a leader's Commit
+that no one waits for) does not start a frame of its own: it rides in the next
+frame to that peer, or goes when the node calls flush_lazy() on its next tick;
+a newer lazy message replaces an older one. A link that is down drops what is queued:
 Paxos tolerates loss and the core retransmits, so nothing here retries
 messages, only connections. Frames from peers are decoded defensively: a
 malformed message is counted and dropped, and the link stays up.
@@ -72,6 +75,7 @@ class PeerLink:
         self.failures = 0  # connection attempts failed since the link was last up
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.queue: list[m.Message] = []
+        self.lazy: m.Message | None = None  # rides in the next frame (see send_lazy)
         self.flush_scheduled = False
         self.dropped = 0
         self.task: asyncio.Task | None = None
@@ -95,9 +99,26 @@ class PeerLink:
             asyncio.get_running_loop().call_soon(self._flush)
         return True
 
+    def send_lazy(self, msg: m.Message) -> bool:
+        """Hold msg for the next frame to this peer (or the next flush_lazy()); it
+        replaces a message held before, so msg must cover everything an older one said."""
+        if not self.connected:
+            self.dropped += 1
+            return False
+        self.lazy = msg
+        return True
+
+    def flush_lazy(self) -> None:
+        if self.lazy is not None and not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
     def _flush(self) -> None:
         self.flush_scheduled = False
         msgs, self.queue = self.queue, []
+        if self.lazy is not None:
+            msgs.append(self.lazy)
+            self.lazy = None
         if msgs and self.connected:
             assert self.ws is not None
             frame = frame_of(self.self_id, [self.encoder.encode(msg) for msg in msgs])
@@ -236,6 +257,14 @@ class PeerTransport:
     def send(self, dst: int, msg: m.Message) -> bool:
         link = self.links.get(dst)
         return link is not None and link.send(msg)
+
+    def send_lazy(self, dst: int, msg: m.Message) -> bool:
+        link = self.links.get(dst)
+        return link is not None and link.send_lazy(msg)
+
+    def flush_lazy(self) -> None:
+        for link in self.links.values():
+            link.flush_lazy()
 
     def reachable(self) -> dict[int, bool]:
         return {peer: link.connected for peer, link in self.links.items()}

@@ -28,6 +28,10 @@ class Writes:
     def __bool__(self) -> bool:
         return self.promised is not None or bool(self.accepted) or bool(self.chosen)
 
+    def only_chosen(self) -> bool:
+        """Whether these writes are chosen records only (nothing any peer waits for)."""
+        return self.promised is None and not self.accepted
+
     def merge(self, later: "Writes") -> None:
         if later.promised is not None and (self.promised is None or later.promised > self.promised):
             self.promised = later.promised

@@ -1,0 +1,141 @@
+"""The write path's economies, through real SQLite files and real peer links.
+
+- A chosen record is not worth an fsync of its own: it is committed with the next
+  promise or acceptance (or on the next tick), so a steady stream of writes costs each
+  node one group commit per slot, not two.
+- A leader's Commit that no client waits for rides in the next frame to its peer
+  instead of a frame of its own (PeerLink.send_lazy).
+"""
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from kvpaxos.config import NodeConfig
+from kvpaxos.core import messages as m
+from kvpaxos.core.ballot import Ballot
+from kvpaxos.core.commands import Batch, Command
+from kvpaxos.core.replica import Role
+from kvpaxos.node import Node
+from kvpaxos.transport import PeerTransport
+from storage.base import Writes
+from storage.sqlite import SqliteStorage
+from tests.support.cluster import free_ports
+
+
+class RecordingStorage(SqliteStorage):
+    """SQLite storage that remembers every group of writes it was handed."""
+
+    def __init__(self, data_dir: str, node_id: int) -> None:
+        super().__init__(data_dir, node_id)
+        self.groups: list[Writes] = []
+
+    def submit(self, writes, on_durable) -> None:  # noqa: ANN001 - as SqliteStorage.submit
+        self.groups.append(Writes(writes.promised, dict(writes.accepted), dict(writes.chosen)))
+        super().submit(writes, on_durable)
+
+
+def test_chosen_records_ride_with_the_next_acceptance(tmp_path) -> None:
+    async def main() -> None:
+        config = NodeConfig(1, {1: ("127.0.0.1", free_ports(1)[0])}, str(tmp_path), election_ticks=2)
+        storage = RecordingStorage(str(tmp_path), 1)
+        node = Node(config, storage, fresh=True)
+        await node.start()
+        try:
+            async with asyncio.timeout(20):
+                while node.replica.role is not Role.LEADER:
+                    await asyncio.sleep(0.02)
+            # From here no tick runs, so nothing but a write can carry a chosen record.
+            assert node._ticker is not None
+            node._ticker.cancel()
+            await node.submit(Command("put", "a", "1", cmd_id="t.1"))
+            await node.submit(Command("put", "b", "2", cmd_id="t.2"))
+            async with asyncio.timeout(5):
+                while node._committing:
+                    await asyncio.sleep(0.005)
+            groups = list(storage.groups)
+            assert groups, "no group commit at all"
+            assert all(not g.only_chosen() for g in groups), \
+                f"a group commit held only chosen records: {[sorted(g.chosen) for g in groups]}"
+            def carrying(key: str) -> tuple[int, int]:  # (group index, slot) accepting key
+                return next((i, s) for i, g in enumerate(groups) for s, (_, v) in g.accepted.items()
+                            if any(c.key == key for c in v.commands))
+
+            _, a_slot = carrying("a")
+            b_group, b_slot = carrying("b")
+            assert a_slot in groups[b_group].chosen, "slot of 'a' was not committed with the next acceptance"
+            assert b_slot not in {s for g in groups for s in g.chosen}
+        finally:
+            await node.stop()  # commits the chosen records still open
+        reopened = SqliteStorage(str(tmp_path), 1)
+        try:
+            chosen = reopened.load().chosen
+            assert a_slot in chosen and b_slot in chosen
+        finally:
+            reopened.close()
+
+    asyncio.run(main())
+
+
+def _accept(slot: int) -> m.Accept:
+    return m.Accept(Ballot(1, 1), slot, Batch((Command("put", f"k{slot}", "v", cmd_id=f"c{slot}"),)))
+
+
+def test_a_lazy_message_rides_in_the_next_frame_or_goes_on_flush() -> None:
+    async def main() -> None:
+        frames: list[list[m.Message]] = []
+        port_a, port_b = free_ports(2)
+        cluster_b = {2: ("127.0.0.1", port_b)}
+        receiver = PeerTransport(2, cluster_b, lambda src, msgs: frames.append(list(msgs)))
+        app = web.Application()
+        app.router.add_get("/v1/peer", receiver.handle_inbound)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port_b).start()
+        sender = PeerTransport(1, {1: ("127.0.0.1", port_a), 2: ("127.0.0.1", port_b)}, lambda src, msgs: None)
+        await sender.start()
+        try:
+            async with asyncio.timeout(10):
+                while not sender.reachable().get(2):
+                    await asyncio.sleep(0.01)
+
+            async def settle() -> None:
+                await asyncio.sleep(0.2)  # long enough for any frame on loopback
+
+            assert sender.send_lazy(2, m.Commit(Ballot(1, 1), 1))
+            assert sender.send_lazy(2, m.Commit(Ballot(1, 1), 2))  # replaces the first
+            await settle()
+            assert frames == [], "a lazy message went out in a frame of its own"
+            assert sender.send(2, _accept(3))
+            await settle()
+            assert frames == [[_accept(3), m.Commit(Ballot(1, 1), 2)]]
+            frames.clear()
+            sender.flush_lazy()  # nothing held: no frame
+            await settle()
+            assert frames == []
+            assert sender.send_lazy(2, m.Commit(Ballot(1, 1), 3))
+            sender.flush_lazy()
+            await settle()
+            assert frames == [[m.Commit(Ballot(1, 1), 3)]]
+        finally:
+            await sender.stop()
+            await receiver.stop()
+            await runner.cleanup()
+
+    asyncio.run(main())
+
+
+def test_lazy_sends_on_a_link_that_is_down_are_dropped() -> None:
+    async def main() -> None:
+        port_a, port_b = free_ports(2)
+        sender = PeerTransport(1, {1: ("127.0.0.1", port_a), 2: ("127.0.0.1", port_b)}, lambda src, msgs: None)
+        await sender.start()
+        try:
+            assert not sender.send_lazy(2, m.Commit(Ballot(1, 1), 1))  # nobody listens on port_b
+            assert not sender.send_lazy(3, m.Commit(Ballot(1, 1), 1))  # no such peer
+        finally:
+            await sender.stop()
+
+    asyncio.run(main())
+
