@@ -12,6 +12,13 @@ Durability: sqlitedict opens its connection with PRAGMA synchronous=OFF. We
 switch that connection to WAL with synchronous=FULL before any write, and read
 it back (describe() reports it, and the node serves it in /v1/status), because
 an acceptor that answers before its write is on disk can break Paxos safety.
+
+The connection is in autocommit mode: every statement is its own transaction,
+committed and fsynced before sqlitedict's thread takes the next one. A group
+commit is one multi-row REPLACE (several only past _ROWS_PER_STATEMENT rows,
+the promise in the first), whose completion notice comes from that same
+request: one hand-off to the writer thread per group, not one for the rows and
+one for a COMMIT.
 """
 from __future__ import annotations
 
@@ -30,7 +37,7 @@ from storage.base import DurableState, StorageError, Writes
 
 FORMAT = 1
 FILE_NAME = "acceptor.sqlite"
-_ROWS_PER_STATEMENT = 400  # two bound parameters a row; SQLite allows 32766
+_ROWS_PER_STATEMENT = 16_000  # two bound parameters a row; SQLite allows 32,766
 _SYNC_NAMES = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
 
 
@@ -39,7 +46,9 @@ def _encode(obj: Any) -> str:
 
 
 class _Notice:
-    """Stands in for sqlitedict's response queue: put() means "committed"."""
+    """Stands in for sqlitedict's response queue: put() means "the statement ran" (and,
+    in autocommit mode, its transaction is committed), or that it failed: sqlitedict
+    reports the end of a statement either way, so the receiver must call check()."""
 
     def __init__(self, on_durable: Callable[[], None], pending: set) -> None:
         self.on_durable = on_durable
@@ -59,7 +68,7 @@ class SqliteStorage:
         self._notices: set[_Notice] = set()
         self._check_integrity()
         try:
-            self.db = SqliteDict(self.path, tablename="paxos", journal_mode="WAL",
+            self.db = SqliteDict(self.path, tablename="paxos", journal_mode="WAL", autocommit=True,
                                  encode=_encode, decode=json.loads, outer_stack=False)
             self.db.conn.execute("PRAGMA synchronous=FULL")
             self.db.conn.commit()
@@ -142,12 +151,19 @@ class SqliteStorage:
         self.db.conn.check_raise_error()
 
     def submit(self, writes: Writes, on_durable: Callable[[], None]) -> None:
-        """Queue the writes and one commit on sqlitedict's thread without waiting.
+        """Queue the writes on sqlitedict's thread without waiting.
 
-        on_durable() is called from that thread once the transaction is committed
-        and fsynced. The event loop calls this directly: queueing costs no I/O,
-        and the commit's completion comes back without a second thread hop
-        (sqlitedict hands a commit's "done" to any object with put()).
+        on_durable() is called from that thread once the statements have run:
+        committed and fsynced, or failed, so call check() before trusting it. The
+        event loop calls this directly: queueing costs no I/O, and the completion
+        comes back without a second thread hop (sqlitedict hands a statement's
+        "no more rows" to any object with put()).
+
+        Each statement commits by itself. Past _ROWS_PER_STATEMENT rows a group
+        takes several, in order, the promise in the first: a crash between them
+        leaves some of its records durable and none reported, as if the node had
+        stopped after handling fewer messages, and never an acceptance without
+        the promise it implies.
         """
         rows: list[tuple[str, str]] = []
         if writes.promised is not None:
@@ -156,21 +172,29 @@ class SqliteStorage:
             rows.append((f"a/{slot:012d}", _encode([ballot_to_wire(ballot), batch_to_wire(value)])))
         for slot, value in writes.chosen.items():
             rows.append((f"c/{slot:012d}", _encode(batch_to_wire(value))))
-        # One multi-row statement per chunk rather than one queued request per row:
-        # each request costs sqlitedict's thread a turn at the GIL.
+        # One multi-row statement rather than one queued request per row: each request
+        # costs sqlitedict's thread a turn at the GIL.
         conn = self.db.conn
+        if not rows:
+            conn.execute(_REQUEST_COMMIT, None, _Notice(on_durable, self._notices))
+            return
         for i in range(0, len(rows), _ROWS_PER_STATEMENT):
             chunk = rows[i:i + _ROWS_PER_STATEMENT]
+            last = i + _ROWS_PER_STATEMENT >= len(rows)
             conn.execute('REPLACE INTO "paxos" (key, value) VALUES ' + ",".join(["(?,?)"] * len(chunk)),
-                         tuple(x for row in chunk for x in row))
-        conn.execute(_REQUEST_COMMIT, None, _Notice(on_durable, self._notices))
+                         tuple(x for row in chunk for x in row),
+                         _Notice(on_durable, self._notices) if last else None)
 
     def check(self) -> None:
-        """Raise the error of any statement that failed on sqlitedict's thread, or
-        StorageError if that thread is gone: a commit that fails (disk full, I/O error)
-        ends it without a word, and its notice never comes (the node calls this while it
-        waits, see Node._tick_forever)."""
-        self.db.conn.check_raise_error()
+        """Raise StorageError if a statement failed on sqlitedict's thread (its commit
+        found the disk full, an I/O error, a broken constraint) or if that thread is
+        gone. A failed statement still reports its end to submit()'s callback, so the
+        node calls this before trusting a group commit, and on every tick while one
+        is in flight (see Node._tick_forever)."""
+        try:
+            self.db.conn.check_raise_error()
+        except sqlite3.Error as e:
+            raise StorageError(f"{self.path}: a write failed: {e}") from e
         if not self.db.conn.is_alive():
             raise StorageError(f"{self.path}: the SQLite writer stopped (a commit failed: "
                                "disk full or an I/O error?)")
