@@ -26,6 +26,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from contextlib import closing
 from typing import Any, Callable
 
@@ -37,6 +38,7 @@ from storage.base import DurableState, StorageError, Writes
 
 FORMAT = 1
 FILE_NAME = "acceptor.sqlite"
+COMPACT_STEP_S = 0.02  # compaction deletes in steps of about this long (see compact)
 _ROWS_PER_STATEMENT = 16_000  # two bound parameters a row; SQLite allows 32,766
 _SYNC_NAMES = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
 
@@ -200,12 +202,40 @@ class SqliteStorage:
                                "disk full or an I/O error?)")
 
     def compact(self, through_slot: int) -> None:
-        """Drop records at or below through_slot in one transaction (runs on the disk thread).
-        SQLite reuses the freed pages, so the file stops growing once compaction starts."""
-        self.db.conn.execute(
-            'DELETE FROM "paxos" WHERE (key >= ? AND key <= ?) OR (key >= ? AND key <= ?)',
-            ("a/", f"a/{through_slot:012d}", "c/", f"c/{through_slot:012d}"))
-        self.db.commit(blocking=True)
+        """Drop records at or below through_slot (runs on the disk thread). SQLite reuses
+        the freed pages, so the file stops growing once compaction starts.
+
+        The records go in steps, each its own statement and transaction, sized to take
+        about COMPACT_STEP_S: group commits queued meanwhile run between the steps
+        instead of waiting for one large delete (slots of big batches made one delete
+        take over half a second, and every write waited for it). A crash between steps
+        leaves records a durable snapshot covers, which the next compaction drops."""
+        lowest = self._lowest_slot()
+        step = 1  # grows while steps are quick: slots may hold 4 MiB batches or one command
+        while lowest is not None and lowest <= through_slot:
+            last = min(through_slot, lowest + step - 1)
+            started = time.perf_counter()
+            self.db.conn.execute(
+                'DELETE FROM "paxos" WHERE (key >= ? AND key <= ?) OR (key >= ? AND key <= ?)',
+                (f"a/{lowest:012d}", f"a/{last:012d}", f"c/{lowest:012d}", f"c/{last:012d}"))
+            self.db.commit(blocking=True)  # waits for the delete; queued group commits go next
+            elapsed = time.perf_counter() - started
+            if elapsed < COMPACT_STEP_S / 4:
+                step = min(step * 2, 65_536)
+            elif elapsed > COMPACT_STEP_S:
+                step = max(step // 2, 1)
+            lowest = last + 1
+        self.check()
+
+    def _lowest_slot(self) -> int | None:
+        """The lowest slot with an accepted or chosen record, or None."""
+        slots = []
+        for prefix, end in (("a/", "a0"), ("c/", "c0")):  # "0" follows "/" in ASCII
+            row = self.db.conn.select_one('SELECT MIN(key) FROM "paxos" WHERE key > ? AND key < ?',
+                                          (prefix, end))
+            if row and row[0] is not None:
+                slots.append(int(row[0][2:]))
+        return min(slots, default=None)
 
     def rebuilding(self) -> int | None:
         return (self.db.get("meta") or {}).get("rebuilding")

@@ -105,6 +105,55 @@ def test_large_slots_and_values(engine):
     assert state.chosen == {1: big}
 
 
+def test_compact_drops_the_log_up_to_a_slot_and_keeps_the_rest(engine):
+    store = engine.open()
+    b = Ballot(3, 1)
+    store.save(Writes(b, {s: (b, batch(s)) for s in (2, 5, 6, 7, 300)}, {s: batch(s) for s in (2, 5, 6)}))
+    store.compact(6)
+    expected = DurableState(b, {7: (b, batch(7)), 300: (b, batch(300))}, {})
+    assert store.load() == expected
+    store.compact(6)  # again: nothing left to drop
+    store.compact(1)  # below what is gone
+    assert engine.reopen().load() == expected
+
+
+def test_group_commits_go_between_the_steps_of_a_long_compaction(tmp_path):
+    # A compaction of many large slots must not hold every write behind one long delete:
+    # writes queued while it runs are committed before it ends.
+    store = SqliteStorage(str(tmp_path), 1)
+    try:
+        b = Ballot(1, 1)
+        big = Batch(tuple(Command("put", f"k{i}", "v" * 200, cmd_id=f"c{i}") for i in range(400)))
+        for first in range(1, 121, 20):
+            store.save(Writes(b, {s: (b, big) for s in range(first, first + 20)},
+                              {s: big for s in range(first, first + 20)}))
+        committed: list[float] = []
+        ended: list[float] = []
+
+        def compact() -> None:
+            store.compact(120)
+            ended.append(time.monotonic())
+
+        compactor = threading.Thread(target=compact)
+        compactor.start()
+        slot = 1000
+        while compactor.is_alive():
+            slot += 1
+            done = threading.Event()
+            store.submit(Writes(None, {slot: (b, batch(slot))}, {}), done.set)
+            assert done.wait(30)
+            store.check()
+            committed.append(time.monotonic())
+        compactor.join()
+        during = [t for t in committed if t < ended[0]]
+        assert len(during) >= 4, f"only {len(during)} of {len(committed)} writes were committed during compaction"
+        state = store.load()
+        assert not [s for s in state.accepted if s <= 120] and not state.chosen
+        assert sorted(state.accepted) == list(range(1001, slot + 1))
+    finally:
+        store.close()
+
+
 def test_describe_names_the_engine(engine):
     assert engine.open().describe()["engine"] == engine.kind
 
