@@ -58,6 +58,7 @@ class NodeMetrics:
         self.commit_latency = Histogram(LATENCY_BUCKETS_S)  # submit -> applied, seconds
         self.fsync_latency = Histogram(FSYNC_BUCKETS_S)  # one group commit, seconds
         self.batch_size = Histogram(BATCH_BUCKETS)  # commands per applied slot
+        self.gc_pause = Histogram(LATENCY_BUCKETS_S)  # one full garbage collection, seconds
 
 
 class Exposition:
@@ -148,6 +149,8 @@ def render(node: Any, transport: Any) -> str:
                 "application here.", m.commit_latency)
     x.histogram("fsync_latency_seconds", "Duration of one group commit (transaction and fsync).",
                 m.fsync_latency)
+    x.histogram("gc_full_pause_seconds", "Duration of each full garbage collection, during which the "
+                "event loop waits (kvpaxos/gcpause.py keeps them short).", m.gc_pause)
 
     sent = {(("type", k[5:]),): v for k, v in sorted(c.items()) if k.startswith("sent_")}
     recv = {(("type", k[5:]),): v for k, v in sorted(c.items()) if k.startswith("recv_")}

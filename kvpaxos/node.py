@@ -527,6 +527,11 @@ class Node:
             return
         writes, messages = self._open_writes, self._open_messages
         self._open_writes, self._open_messages = Writes(), []
+        gone = self.snapshots.compacting_through
+        if gone and writes.chosen and min(writes.chosen) <= gone:
+            # A compaction that may already have deleted these slots' records is under
+            # way: a snapshot holds them, and writing them now would leave them behind.
+            writes.chosen = {s: v for s, v in writes.chosen.items() if s > gone}
         self._committing = True
         started = time.perf_counter()
         loop = self._loop

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from kvpaxos import logs
 from kvpaxos.config import NodeConfig
+from kvpaxos.gcpause import PausePolicy
 from kvpaxos.http import init_app
 from kvpaxos.join import has_state, join
 from kvpaxos.node import UNDECIDED, Node
@@ -35,6 +36,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         # Undecided, the node asks every peer for the round to rebuild under.
         storage.set_rebuilding(UNDECIDED)
     node = Node(config, storage, fresh=fresh, joined=joined)
+    pauses = PausePolicy(observe=node.metrics.gc_pause.observe)
     transport = PeerTransport(config.node_id, config.cluster, node.deliver, secret=config.secret,
                               ssl_context=peer_ssl_context(config))
     node.send_peer = transport.send
@@ -60,6 +62,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         await web.TCPSite(runner, host, port, reuse_address=True, ssl_context=tls).start()
         await node.start()
         await transport.start()
+        pauses.install()  # shorter full collections from now on (kvpaxos/gcpause.py)
         log.info("node serving", extra=logs.fields(
             url=f"{config.scheme}://{host}:{port}", data_dir=config.data_dir,
             peer_auth="secret" if config.secret else "none", client_token=config.token is not None))
@@ -68,6 +71,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         await transport.stop()
         await runner.cleanup()
         await node.stop()
+        pauses.uninstall()
     if failure:
         raise failure[0]
 

@@ -38,7 +38,7 @@ from storage.base import DurableState, StorageError, Writes
 
 FORMAT = 1
 FILE_NAME = "acceptor.sqlite"
-COMPACT_STEP_S = 0.02  # compaction deletes in steps of about this long (see compact)
+COMPACT_STEP_S = 0.005  # compaction deletes in steps of about this long (see compact)
 _ROWS_PER_STATEMENT = 16_000  # two bound parameters a row; SQLite allows 32,766
 _SYNC_NAMES = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
 
@@ -68,6 +68,7 @@ class SqliteStorage:
         self.path = os.path.join(data_dir, FILE_NAME)
         self.node_id = node_id
         self._notices: set[_Notice] = set()
+        self._compact_step = 1  # slots per compaction step (see compact)
         self._check_integrity()
         try:
             self.db = SqliteDict(self.path, tablename="paxos", journal_mode="WAL", autocommit=True,
@@ -211,7 +212,7 @@ class SqliteStorage:
         take over half a second, and every write waited for it). A crash between steps
         leaves records a durable snapshot covers, which the next compaction drops."""
         lowest = self._lowest_slot()
-        step = 1  # grows while steps are quick: slots may hold 4 MiB batches or one command
+        step = self._compact_step  # as the last compaction left it: slots hold one command or 4 MiB
         while lowest is not None and lowest <= through_slot:
             last = min(through_slot, lowest + step - 1)
             started = time.perf_counter()
@@ -225,6 +226,7 @@ class SqliteStorage:
             elif elapsed > COMPACT_STEP_S:
                 step = max(step // 2, 1)
             lowest = last + 1
+        self._compact_step = step
         self.check()
 
     def _lowest_slot(self) -> int | None:

@@ -41,7 +41,7 @@ def test_metrics_parse_and_move_with_writes(nodes: Nodes) -> None:
         "kvpaxos_messages_received_total": "counter", "kvpaxos_malformed_total": "counter",
         "kvpaxos_peer_auth_failures_total": "counter", "kvpaxos_snapshots_taken_total": "counter",
         "kvpaxos_batch_size_commands": "histogram", "kvpaxos_commit_latency_seconds": "histogram",
-        "kvpaxos_fsync_latency_seconds": "histogram",
+        "kvpaxos_fsync_latency_seconds": "histogram", "kvpaxos_gc_full_pause_seconds": "histogram",
     }
     for name, kind in expected_types.items():
         assert types.get(name) == kind, (name, types.get(name))
@@ -66,6 +66,8 @@ def test_metrics_parse_and_move_with_writes(nodes: Nodes) -> None:
     assert moved("kvpaxos_messages_received_total", type="Accepted") > 0
     assert moved("kvpaxos_slots_chosen_total") >= 1
     assert moved("kvpaxos_fsync_latency_seconds_count") > 0
+    # The node collected and froze what it had loaded once it started (kvpaxos/gcpause.py).
+    assert all(sample(s, "kvpaxos_gc_full_pause_seconds_count") >= 1 for s in after.values())
     assert moved("kvpaxos_batch_size_commands_sum") >= writes + 5
     assert total(after, "kvpaxos_elections_total") >= 1
     assert sample(after[follower], "kvpaxos_leader_changes_total") >= 1

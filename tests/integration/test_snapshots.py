@@ -243,7 +243,7 @@ def test_disk_use_stays_bounded_under_long_writes(clusters):
     overwrite(300, "a")  # the first intervals: the SQLite WAL reaches its working size
     first = sizes()
     applied_first = cluster.status(1)["applied"]
-    written = overwrite(1200, "b")
+    written = overwrite(2400, "b")
     wait_converged(cluster)
     later = sizes()
     st = cluster.status(1)
