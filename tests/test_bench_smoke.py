@@ -81,6 +81,15 @@ def test_kv_bench_tiny_run_writes_json_and_svg(tmp_path):
         assert batch["reason"]
     (rate,) = kv["rate"]
     assert rate["rate"] == 50 and isinstance(rate["meets_targets"], bool)
+    # What the writes cost in Paxos work, from the nodes' /metrics over the window: each
+    # write needs a slot (shared or not), a group commit on a majority and some messages.
+    work = rate["work_per_op"]
+    assert 0 < work["slots"] <= 1.5, work
+    assert work["group_commits"] > 0, work
+    assert work["peer_messages"] >= 2 * work["slots"], work
+    assert work["gc_full_collections"] >= 0 and work["gc_full_pause_ms"] >= 0
+    assert "per write, all nodes together" in result.stdout
+    assert level["work_per_op"] is not None and "per operation, all nodes together" in result.stdout
     assert kv["reads"]["concurrency"] == 2 and kv["reads"]["writes_ops_s"] >= 0
     (base,) = doc["aiohttp"]["sweep"]
     assert base["concurrency"] == 2 and set(base["server_cpu_s"]) == {"server"}

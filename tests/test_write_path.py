@@ -21,7 +21,7 @@ from kvpaxos.node import Node
 from kvpaxos.transport import PeerTransport
 from storage.base import Writes
 from storage.sqlite import SqliteStorage
-from tests.support.cluster import free_ports
+from support.cluster import free_ports
 
 
 class RecordingStorage(SqliteStorage):

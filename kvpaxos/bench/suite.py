@@ -8,6 +8,7 @@ numbers are a reference from the issue, never measured here.
 """
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import platform
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from kvpaxos.bench.cluster import BenchCluster, child_env, cpu_seconds, free_ports, get_json
+from kvpaxos.bench.cluster import HOST, BenchCluster, child_env, cpu_seconds, free_ports, get_json
 from kvpaxos.bench.loadgen import LoadRunner, Workload, level_summary, populate, probe_batch
 
 ALL_MODES = ("sweep", "batch", "rate", "reads", "aiohttp", "pysyncobj")
@@ -100,10 +101,83 @@ class _CpuWindow:
                          if v is not None and self.start.get(k) is not None}
 
 
+# The counters each node's GET /metrics gives that say what the operations cost in Paxos work.
+WORK_METRICS = {"slots": "kvpaxos_slots_chosen_total", "group_commits": "kvpaxos_fsyncs_total",
+                "peer_messages": "kvpaxos_messages_sent_total",
+                "gc_full_pause_s": "kvpaxos_gc_full_pause_seconds_sum",
+                "gc_full_collections": "kvpaxos_gc_full_pause_seconds_count"}
+
+
+def metric_totals(port: int, timeout: float = 2.0) -> dict[str, float]:
+    """Each WORK_METRICS counter of one node, summed over its labels."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode("utf-8", "replace")
+    finally:
+        conn.close()
+    wanted = {name: key for key, name in WORK_METRICS.items()}
+    out = dict.fromkeys(WORK_METRICS, 0.0)
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in wanted:
+            try:
+                out[wanted[name]] += float(line.rsplit(" ", 1)[1])
+            except (IndexError, ValueError):
+                pass
+    return out
+
+
+class _WorkWindow:
+    """What the nodes did over the measured window, from their /metrics: slots chosen,
+    group commits, peer messages sent, full garbage collections."""
+
+    def __init__(self, ports: Callable[[], dict[str, int]]) -> None:
+        self.ports = ports
+        self.start: dict[str, dict[str, float]] = {}
+        self.used: dict[str, dict[str, float]] = {}
+
+    def _scrape(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for name, port in self.ports().items():
+            try:
+                out[name] = metric_totals(port)
+            except OSError:
+                pass  # a node that is down did no work we can count
+        return out
+
+    def __call__(self, edge: str) -> None:
+        now = self._scrape()
+        if edge == "start":
+            self.start = now
+        else:
+            self.used = {n: {k: v - self.start[n][k] for k, v in m.items()}
+                         for n, m in now.items() if n in self.start}
+
+    def per_op(self, ops: float) -> dict | None:
+        """Per operation, all nodes together (slots: the most any node learned, so that
+        1 / slots is the commands per slot); full collections over the window."""
+        if not self.used or not ops:
+            return None
+        total = {k: sum(m[k] for m in self.used.values()) for k in WORK_METRICS}
+        return {"slots": round(max(m["slots"] for m in self.used.values()) / ops, 3),
+                "group_commits": round(total["group_commits"] / ops, 3),
+                "peer_messages": round(total["peer_messages"] / ops, 3),
+                "gc_full_collections": int(total["gc_full_collections"]),
+                "gc_full_pause_ms": round(1000 * total["gc_full_pause_s"], 1)}
+
+
 def _measure(runner: LoadRunner, w: Workload, pids: Callable[[], dict[str, int | None]],
-             label: str, batch_size: int = 1) -> dict:
+             label: str, batch_size: int = 1, ports: Callable[[], dict[str, int]] | None = None) -> dict:
     cpu = _CpuWindow(pids)
-    result, duration = runner.run(w, on_window=cpu, label=label)
+    work = _WorkWindow(ports) if ports is not None else None
+
+    def on_window(edge: str) -> None:
+        cpu(edge)
+        if work is not None:
+            work(edge)
+
+    result, duration = runner.run(w, on_window=on_window, label=label)
     out = level_summary(result, duration, batch_size)
     out["server_cpu_s"] = cpu.used
     total_cpu = sum(cpu.used.values())
@@ -114,13 +188,15 @@ def _measure(runner: LoadRunner, w: Workload, pids: Callable[[], dict[str, int |
     out["server_cpu_us_per_op"] = round(1e6 * total_cpu / ops, 1) if ops else None
     out["client_cpu_us_per_request"] = (round(1e6 * out["client_cpu_s"] / (out["total_ops_s"] * duration), 1)
                                         if out["total_ops_s"] else None)
+    if work is not None:
+        out["work_per_op"] = work.per_op(ops)
     return out
 
 
 def _level(runner: LoadRunner, base: Workload, c: int, name: str,
-           pids: Callable[[], dict[str, int | None]]) -> dict:
+           pids: Callable[[], dict[str, int | None]], ports: Callable[[], dict[str, int]] | None = None) -> dict:
     w = Workload(**{**base.__dict__, "concurrency": c, "label": f"{name} c={c}"})
-    return {"concurrency": c, "duration_s": w.duration_s, **_measure(runner, w, pids, w.label)}
+    return {"concurrency": c, "duration_s": w.duration_s, **_measure(runner, w, pids, w.label, ports=ports)}
 
 
 class EchoServer:
@@ -176,6 +252,9 @@ def run_kvpaxos(opts: SuiteOptions, runner: LoadRunner, echo: EchoServer | None 
         def pids() -> dict[str, int | None]:
             return {str(i): n.pid if n.alive() else None for i, n in cluster.nodes.items()}
 
+        def ports() -> dict[str, int]:
+            return {str(i): n.port for i, n in cluster.nodes.items() if n.alive()}
+
         echo_base = None
         if echo is not None and echo_out is not None:
             echo_base = Workload(**{**base.__dict__, "urls": [echo.url]})
@@ -184,7 +263,7 @@ def run_kvpaxos(opts: SuiteOptions, runner: LoadRunner, echo: EchoServer | None 
         if "sweep" in opts.modes:
             out["sweep"] = []
             for c in opts.concurrency:
-                out["sweep"].append(_level(runner, base, c, "kvpaxos", pids))
+                out["sweep"].append(_level(runner, base, c, "kvpaxos", pids, ports))
                 if echo_base is not None:
                     echo_out["sweep"].append(_level(runner, echo_base, c, "aiohttp baseline", echo.pids))
         if "batch" in opts.modes:
@@ -197,14 +276,14 @@ def run_kvpaxos(opts: SuiteOptions, runner: LoadRunner, echo: EchoServer | None 
                                 "label": f"kvpaxos batch {opts.batch_concurrency}x{opts.batch_size}"})
                 out["batch"] = {"available": True, "concurrency": opts.batch_concurrency,
                                 "batch_size": opts.batch_size, "duration_s": w.duration_s,
-                                **_measure(runner, w, pids, w.label, opts.batch_size)}
+                                **_measure(runner, w, pids, w.label, opts.batch_size, ports)}
         if "rate" in opts.modes:
             out["rate"] = []
             for rate in opts.rates:
                 w = Workload(**{**base.__dict__, "mode": "rate", "rate": rate, "read_ratio": 0.0,
                                 "duration_s": opts.rate_duration_s,
                                 "label": f"kvpaxos {rate:g} writes/s open loop"})
-                level = _measure(runner, w, pids, w.label)
+                level = _measure(runner, w, pids, w.label, ports=ports)
                 put = level["ops"].get("put", {})
                 level.update({"rate": rate, "duration_s": w.duration_s, "targets_ms": RATE_TARGETS_MS,
                               "achieved_ops_s": put.get("ops_s", 0.0),
@@ -430,7 +509,16 @@ def format_sweep(title: str, levels: list[dict]) -> str:
                      f"{lv.get('client_cpu_s', 0):.2f}")
     lines.append("(latencies in ms; CPU over the measured window; us/op: all server processes' CPU "
                  "per completed operation)")
+    work = [(lv["concurrency"], lv["work_per_op"]) for lv in levels if lv.get("work_per_op")]
+    if work:
+        lines.append("per operation, all nodes together: " + "; ".join(
+            f"c={c}: {format_work(w)}" for c, w in work))
     return "\n".join(lines)
+
+
+def format_work(w: dict) -> str:
+    return (f"{w['slots']:g} slots, {w['group_commits']:g} group commits, {w['peer_messages']:g} peer "
+            f"messages; {w['gc_full_collections']} full GCs, {w['gc_full_pause_ms']:g} ms in all")
 
 
 def format_report(doc: dict) -> str:
@@ -456,6 +544,8 @@ def format_report(doc: dict) -> str:
                     f"{b.get('batch_ops_s', 0):,.0f} ops/s ({s.get('ops_s', 0) / b['batch_size']:,.1f} "
                     f"requests/s, request p50 {s.get('p50_ms', 0):.1f} ms, p99 {s.get('p99_ms', 0):.1f} ms; "
                     f"{b.get('server_cpu_us_per_op')} us server CPU per op)"]
+            if b.get("work_per_op"):
+                out += [f"  per operation, all nodes together: {format_work(b['work_per_op'])}"]
         else:
             out += ["", f"batched: not measured: {b['reason']}"]
     for r in kv.get("rate") or []:
@@ -466,6 +556,8 @@ def format_report(doc: dict) -> str:
                 f"{put.get('p99_ms', 0):.2f} ms (from the planned start; {verdict} the targets p50 < "
                 f"{RATE_TARGETS_MS['p50']:g} ms, p99 < {RATE_TARGETS_MS['p99']:g} ms); "
                 f"{r.get('late_starts', 0)} late starts, errors {sum(r['errors'].values())}"]
+        if r.get("work_per_op"):
+            out += [f"  per write, all nodes together: {format_work(r['work_per_op'])}"]
     rd = kv.get("reads")
     if rd:
         ratio = rd["reads_per_write"]
