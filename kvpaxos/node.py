@@ -26,13 +26,13 @@ its own and rebuilds as a non-voter (see kvpaxos/core/replica.py).
 from __future__ import annotations
 
 import asyncio
+import collections
 import heapq
 import itertools
 import logging
 import os
 import random
 import time
-import collections
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field

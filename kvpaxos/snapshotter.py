@@ -25,6 +25,7 @@ import aiohttp
 
 from kvpaxos import snapshot
 from kvpaxos.core.kvstate import KVState, export_rows
+from storage.base import Pacer
 
 if TYPE_CHECKING:
     from kvpaxos.node import Node
@@ -109,16 +110,12 @@ class Snapshotter:
         # The log in memory goes in steps of about MEMORY_STEP_S, with a turn of the event
         # loop between them: freeing 10,000 slots at once, some of them batches of 1,600
         # commands, held the loop for 50-70 ms.
-        slot, step = self.compacted_through, 64
+        slot, pacer = self.compacted_through, Pacer(MEMORY_STEP_S, step=64)
         while slot < through_slot:
-            slot = min(through_slot, slot + step)
+            slot = min(through_slot, slot + pacer.step)
             started = time.perf_counter()
             node.replica.compact(slot)
-            elapsed = time.perf_counter() - started
-            if elapsed < MEMORY_STEP_S / 4:
-                step = min(step * 2, 1 << 20)
-            elif elapsed > MEMORY_STEP_S:
-                step = max(step // 2, 1)
+            pacer.took(time.perf_counter() - started)
             if slot < through_slot:
                 await asyncio.sleep(0)
         self.compacted_through = through_slot

@@ -39,6 +39,20 @@ class Writes:
         self.chosen.update(later.chosen)
 
 
+class Pacer:
+    """Sizes the steps of a long job (compaction) so that each takes about target_s:
+    the step doubles while steps take under a quarter of that, halves past it."""
+
+    def __init__(self, target_s: float, step: int = 1, most: int = 1 << 20) -> None:
+        self.target_s, self.step, self.most = target_s, step, most
+
+    def took(self, elapsed_s: float) -> None:
+        if elapsed_s < self.target_s / 4:
+            self.step = min(self.step * 2, self.most)
+        elif elapsed_s > self.target_s:
+            self.step = max(self.step // 2, 1)
+
+
 @dataclass
 class DurableState:
     promised: Ballot = ZERO

@@ -34,7 +34,7 @@ from sqlitedict import _REQUEST_COMMIT, SqliteDict
 
 from kvpaxos.core.ballot import Ballot
 from kvpaxos.core.codec import WireError, ballot_from_wire, ballot_to_wire, batch_from_wire, batch_to_wire
-from storage.base import DurableState, StorageError, Writes
+from storage.base import DurableState, Pacer, StorageError, Writes
 
 FORMAT = 1
 FILE_NAME = "acceptor.sqlite"
@@ -68,7 +68,9 @@ class SqliteStorage:
         self.path = os.path.join(data_dir, FILE_NAME)
         self.node_id = node_id
         self._notices: set[_Notice] = set()
-        self._compact_step = 1  # slots per compaction step (see compact)
+        # Slots per compaction step, kept from one compaction to the next: a slot holds one
+        # command or a 4 MiB batch.
+        self._pacer = Pacer(COMPACT_STEP_S, most=65_536)
         self._check_integrity()
         try:
             self.db = SqliteDict(self.path, tablename="paxos", journal_mode="WAL", autocommit=True,
@@ -212,21 +214,15 @@ class SqliteStorage:
         take over half a second, and every write waited for it). A crash between steps
         leaves records a durable snapshot covers, which the next compaction drops."""
         lowest = self._lowest_slot()
-        step = self._compact_step  # as the last compaction left it: slots hold one command or 4 MiB
         while lowest is not None and lowest <= through_slot:
-            last = min(through_slot, lowest + step - 1)
+            last = min(through_slot, lowest + self._pacer.step - 1)
             started = time.perf_counter()
             self.db.conn.execute(
                 'DELETE FROM "paxos" WHERE (key >= ? AND key <= ?) OR (key >= ? AND key <= ?)',
                 (f"a/{lowest:012d}", f"a/{last:012d}", f"c/{lowest:012d}", f"c/{last:012d}"))
             self.db.commit(blocking=True)  # waits for the delete; queued group commits go next
-            elapsed = time.perf_counter() - started
-            if elapsed < COMPACT_STEP_S / 4:
-                step = min(step * 2, 65_536)
-            elif elapsed > COMPACT_STEP_S:
-                step = max(step // 2, 1)
+            self._pacer.took(time.perf_counter() - started)
             lowest = last + 1
-        self._compact_step = step
         self.check()
 
     def _lowest_slot(self) -> int | None:

@@ -22,6 +22,7 @@ import pytest
 from kvpaxos.core.ballot import ZERO, Ballot
 from kvpaxos.core.commands import Batch, Command
 from storage import DurableState, MemoryStorage, SqliteStorage, StorageError, Writes
+from storage.base import Pacer
 from storage.sqlite import FILE_NAME
 from support.cluster import free_ports
 
@@ -115,6 +116,19 @@ def test_compact_drops_the_log_up_to_a_slot_and_keeps_the_rest(engine):
     store.compact(6)  # again: nothing left to drop
     store.compact(1)  # below what is gone
     assert engine.reopen().load() == expected
+
+
+def test_pacer_grows_quick_steps_and_shrinks_slow_ones():
+    pacer = Pacer(0.004, step=8, most=32)
+    pacer.took(0.0009)  # under a quarter of the target: twice the step
+    assert pacer.step == 16
+    pacer.took(0.002)   # about right: unchanged
+    assert pacer.step == 16
+    pacer.took(0.0001), pacer.took(0.0001)
+    assert pacer.step == 32  # never past `most`
+    for _ in range(10):
+        pacer.took(1.0)
+    assert pacer.step == 1   # never below one
 
 
 def test_group_commits_go_between_the_steps_of_a_long_compaction(tmp_path):
