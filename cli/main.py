@@ -267,6 +267,9 @@ class Number(click.ParamType):
 @click.option("--compact-keep", type=Number(int, 0), default=1_000, show_default=True,
               metavar="SLOTS",
               help="Slots of log kept behind a snapshot, for peers that are a little behind.")
+@click.option("--compact-keep-bytes", type=Number(int, 0, sizes=True), default="8MiB",
+              show_default=True, metavar="BYTES",
+              help="... and at most this many bytes of applied commands (big batches keep fewer slots).")
 @click.option("--request-timeout", type=Number(float, 0, open_low=True), default=5.0,
               show_default=True, metavar="SECONDS",
               help="Answer 504 (outcome unknown) if a request is not done after this long.")
@@ -282,7 +285,7 @@ class Number(click.ParamType):
 def serve(ctx: click.Context, node_id: int, cluster_spec: str | None, join_url: str | None,
           address: str | None, data_dir: str | None,
           tick_ms: int, snapshot_every: int, snapshot_every_bytes: int, compact_keep: int,
-          request_timeout: float, max_value_bytes: int, log_level: str, log_format: str = "text",
+          compact_keep_bytes: int, request_timeout: float, max_value_bytes: int, log_level: str, log_format: str = "text",
           **security: Any) -> None:
     """Run one node in the foreground until interrupted."""
     from kvpaxos.config import ConfigError, NodeConfig, parse_cluster
@@ -307,7 +310,8 @@ def serve(ctx: click.Context, node_id: int, cluster_spec: str | None, join_url: 
                             data_dir=str(node_dir.resolve()), tick_ms=tick_ms,
                             snapshot_every_slots=snapshot_every,
                             snapshot_every_bytes=snapshot_every_bytes,
-                            compact_keep_slots=compact_keep, request_timeout_s=request_timeout,
+                            compact_keep_slots=compact_keep, compact_keep_bytes=compact_keep_bytes,
+                            request_timeout_s=request_timeout,
                             value_bytes_max=max_value_bytes)
     except ConfigError as exc:
         raise CliError(str(exc), exit_code=2) from None

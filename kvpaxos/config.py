@@ -64,6 +64,7 @@ class NodeConfig:
     snapshot_every_slots: int = 10_000
     snapshot_every_bytes: int = 64 * 1024 * 1024
     compact_keep_slots: int = 1_000
+    compact_keep_bytes: int = 8 * 1024 * 1024  # ... and at most this many bytes of applied commands
     # Security (kvpaxos/security.py): peers prove they hold `secret`; clients send `token`;
     # with a certificate the node serves HTTPS and dials its peers over TLS.
     secret: bytes | None = field(default=None, repr=False)
@@ -79,7 +80,7 @@ class NodeConfig:
         if not 0 < self.value_bytes_max <= VALUE_BYTES_MAX:
             raise ConfigError(f"value size limit must be between 1 and {VALUE_BYTES_MAX} bytes")
         for name, low in (("tick_ms", 1), ("snapshot_every_slots", 1), ("snapshot_every_bytes", 1),
-                          ("compact_keep_slots", 0)):
+                          ("compact_keep_slots", 0), ("compact_keep_bytes", 0)):
             value = getattr(self, name)
             if type(value) is not int or value < low:
                 raise ConfigError(f"{name} must be an integer >= {low}, not {value!r}")

@@ -504,9 +504,11 @@ class Node:
                 future.set_result(None)
 
     def _apply_slot(self, slot: int, batch: Batch) -> None:
+        size = 0
         for cmd, result in self.kv.apply(slot, batch):
             self._resolve(cmd.cmd_id, result)
-            self.snapshots.applied_bytes += cmd.size_bytes()
+            size += cmd.size_bytes()
+        self.snapshots.applied(slot, size)
         for cmd_id in self._slot_waiters.pop(slot, ()):
             self._resolve(cmd_id, None)
         self.counters["slots_applied"] += 1

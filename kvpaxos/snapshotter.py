@@ -4,9 +4,10 @@ Owns the node's snapshot file and the thread that writes it. The rules:
 - a snapshot is taken every `snapshot_every_slots` applied slots or
   `snapshot_every_bytes` of applied commands, whichever comes first;
 - only once it is durable does the node compact: the log up to
-  (snapshot slot - compact_keep_slots) is dropped from SQLite and memory, so
-  a peer a little behind still catches up from the log, and one far behind
-  gets the snapshot;
+  (snapshot slot - compact_keep_slots) is dropped from SQLite and memory, and
+  further if the slots kept would hold more than compact_keep_bytes of
+  commands (slots of big batches), so a peer a little behind still catches up
+  from the log, and one far behind gets the snapshot;
 - a fetched snapshot is streamed to a temporary file in chunks (memory stays
   bounded), checked against its checksum, renamed into place, and only then
   replaces the key-value state.
@@ -14,6 +15,7 @@ Owns the node's snapshot file and the thread that writes it. The rules:
 from __future__ import annotations
 
 import asyncio
+import collections
 import glob
 import logging
 import os
@@ -44,6 +46,8 @@ class Snapshotter:
         self.compacted_through = 0
         self.compacting_through = 0  # set when a compaction starts (compacted_through when it ends)
         self.applied_bytes = 0  # command bytes applied since the last snapshot
+        self._sizes: collections.deque[tuple[int, int]] = collections.deque()  # (slot, bytes through it)
+        self._total_bytes = 0  # command bytes applied since start
         self.busy = False  # a snapshot is being written (or waits to be)
         self._lock = asyncio.Lock()
         self._takers = 0
@@ -61,6 +65,32 @@ class Snapshotter:
         self.slot = state.applied_slot
         self.size_bytes = os.path.getsize(self.path)
         return state
+
+    def applied(self, slot: int, size_bytes: int) -> None:
+        """The node applied `slot`, holding `size_bytes` of commands."""
+        self.applied_bytes += size_bytes
+        self._total_bytes += size_bytes
+        self._sizes.append((slot, self._total_bytes))
+
+    def compact_point(self, slot: int, keep_slots: int, keep_bytes: int) -> int:
+        """Where to compact behind a snapshot at `slot`: keep at most keep_slots slots
+        and at most keep_bytes of commands below it."""
+        through = slot - keep_slots
+        at_slot = next((total for s, total in reversed(self._sizes) if s <= slot), None)
+        first = True
+        for s, total in self._sizes if at_slot is not None else ():
+            if s < through:
+                continue
+            if s > slot:
+                break
+            if at_slot - total <= keep_bytes:  # slots s+1 .. slot fit in keep_bytes
+                if not first:  # (of slots before the first size known, nothing is assumed)
+                    through = s
+                break
+            first = False
+        while self._sizes and self._sizes[0][0] <= through:
+            self._sizes.popleft()
+        return through
 
     def due(self, node: Node) -> bool:
         c = node.config
@@ -89,7 +119,8 @@ class Snapshotter:
                                                              self.path, *rows)
                 self.slot, self.applied_bytes = slot, 0
                 self.taken += 1
-                await self._compact(node, slot - node.config.compact_keep_slots)
+                await self._compact(node, self.compact_point(slot, node.config.compact_keep_slots,
+                                                             node.config.compact_keep_bytes))
                 return slot
         finally:
             self._takers -= 1

@@ -127,6 +127,28 @@ def endpoints(cluster: Cluster) -> str:
     return ",".join(cluster.url(i) for i in cluster.ids)
 
 
+def test_the_log_kept_behind_a_snapshot_is_bounded_in_bytes_too(clusters):
+    """Slots of big commands: --compact-keep-bytes keeps fewer slots than --compact-keep,
+    so the log in memory and on disk stays small; a peer behind it gets the snapshot."""
+    cluster = clusters(["--snapshot-every", "40", "--compact-keep", "1000", "--compact-keep-bytes", "20KiB"])
+    leader = cluster.wait_for_leader()
+    lagging = next(i for i in cluster.ids if i != leader)
+    cluster.kill(lagging)
+    value = "v" * 4000
+    for n in range(120):
+        assert cluster.put(leader, f"big/{n % 30:02d}", f"{n}-{value}", timeout=10).status == 200
+    # 20 KiB hold four or five of these slots; by the slot count alone nothing would go
+    # (a snapshot below slot 1000 keeps everything). The last compaction may still run.
+    def kept() -> int:
+        st = cluster.status(leader)["snapshot"]
+        return st["slot"] - st["compacted_through"] if st["taken"] >= 2 and st["compacted_through"] else -1
+    wait_until(lambda: 0 < kept() <= 6, 10, "the log behind the snapshot to shrink to 20 KiB")
+    cluster.restart(lagging)
+    wait_until(lambda: cluster.status(lagging)["snapshot"]["installed"] >= 1, 20,
+               "the restarted node to install a snapshot (the log it missed is gone)")
+    wait_converged(cluster)
+
+
 # -- catch-up by snapshot ------------------------------------------------------------------
 
 def test_lagging_node_installs_a_snapshot_and_converges(clusters):
@@ -495,7 +517,8 @@ def test_save_restore_into_a_new_cluster_and_refuse_damaged_backups(clusters, tm
 def test_serve_rejects_bad_snapshot_options_with_one_line(tmp_path):
     base = ["serve", "--id", "1", "--cluster", "1=127.0.0.1:1", "--data-dir", str(tmp_path / "n")]
     bad = [("--snapshot-every", "0"), ("--snapshot-every", "many"), ("--snapshot-every-bytes", "12 parsecs"),
-           ("--compact-keep", "-1"), ("--request-timeout", "0"), ("--request-timeout", "nan")]
+           ("--compact-keep", "-1"), ("--compact-keep-bytes", "-1"), ("--request-timeout", "0"),
+           ("--request-timeout", "nan")]
     with ThreadPoolExecutor(3) as pool:
         results = list(pool.map(lambda opt: kv(*base, *opt, timeout=30), bad))
     for (option, value), result in zip(bad, results):

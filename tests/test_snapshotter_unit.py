@@ -1,0 +1,49 @@
+"""Where a node compacts behind a snapshot: at most compact_keep_slots slots kept, and at
+most compact_keep_bytes of commands in them (kvpaxos/snapshotter.py, compact_point)."""
+from __future__ import annotations
+
+from kvpaxos.snapshotter import Snapshotter
+
+
+def applied(tmp_path, first: int, last: int, size: int) -> Snapshotter:
+    snaps = Snapshotter(str(tmp_path))
+    for slot in range(first, last + 1):
+        snaps.applied(slot, size)
+    return snaps
+
+
+def test_small_slots_keep_the_slot_count(tmp_path):
+    snaps = applied(tmp_path, 1, 100, 10)
+    assert snaps.compact_point(100, keep_slots=30, keep_bytes=10_000) == 70
+    snaps.close()
+
+
+def test_big_slots_keep_what_fits_in_the_bytes(tmp_path):
+    snaps = applied(tmp_path, 1, 100, 10)
+    assert snaps.compact_point(100, keep_slots=30, keep_bytes=25) == 98  # two slots of 10 fit
+    assert snaps.compact_point(100, keep_slots=30, keep_bytes=0) == 100  # nothing fits
+    snaps.close()
+
+
+def test_slots_applied_after_the_snapshot_do_not_count(tmp_path):
+    snaps = applied(tmp_path, 1, 100, 10)
+    snaps.applied(101, 1_000_000)  # applied while the snapshot at 100 was written
+    assert snaps.compact_point(100, keep_slots=30, keep_bytes=25) == 98
+    snaps.close()
+
+
+def test_sizes_unknown_before_a_restart_are_not_guessed(tmp_path):
+    # After a restart only the slots applied since are known: if they fit, the slot
+    # count decides; if they do not, compaction goes as far as the bytes say.
+    snaps = applied(tmp_path, 90, 100, 10)
+    assert snaps.compact_point(100, keep_slots=30, keep_bytes=200) == 70
+    snaps = applied(tmp_path, 90, 100, 10)
+    assert snaps.compact_point(100, keep_slots=30, keep_bytes=25) == 98
+    snaps.close()
+
+
+def test_compacted_sizes_are_forgotten(tmp_path):
+    snaps = applied(tmp_path, 1, 100, 10)
+    assert snaps.compact_point(100, keep_slots=30, keep_bytes=25) == 98
+    assert [slot for slot, _ in snaps._sizes] == [99, 100]  # what stays in the log
+    snaps.close()
