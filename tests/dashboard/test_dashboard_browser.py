@@ -107,14 +107,20 @@ def try_it(page, server: int, op: str, key: str, value: str = "") -> dict:
             "text": box.inner_text()}
 
 
+def open_page(browser, height: int = 1000, errors: list[str] | None = None):
+    """A new page with the step timeout, whose script errors go to `errors`; (page, errors)."""
+    errors = [] if errors is None else errors
+    page = browser.new_page(viewport={"width": 1440, "height": height})
+    page.set_default_timeout(STEP_TIMEOUT_MS)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    return page, errors
+
+
 def test_dashboard_shows_writes_and_a_leader_change(make_cluster, browser):
     cluster = make_cluster(3)
     leader = settled_leader(cluster)
     follower = next(i for i in cluster.ids if i != leader)
-    page = browser.new_page(viewport={"width": 1440, "height": 1000})
-    page.set_default_timeout(STEP_TIMEOUT_MS)
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page, errors = open_page(browser)
 
     page.goto(cluster.url(leader) + "/")
     page.wait_for_selector('#nodes .node[data-up="true"] >> nth=2')
@@ -213,10 +219,7 @@ def test_dashboard_follows_configuration_changes(make_cluster, browser):
     with time_limit(CONFIG_TEST_LIMIT_S, "configuration test"):
         cluster = make_cluster(3)
         leader = settled_leader(cluster)
-        page = browser.new_page(viewport={"width": 1440, "height": 1200})
-        page.set_default_timeout(STEP_TIMEOUT_MS)
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page, errors = open_page(browser, 1200)
         page.goto(cluster.url(leader) + "/")
 
         # The initial configuration: three voters, the leader marked, no change yet.
@@ -310,10 +313,7 @@ def test_change_in_flight_shows_its_alpha_window(make_cluster, browser):
                      removed=[3], pending=pending, history=m["history"] + [pending])
             route.fulfill(response=resp, json=doc)
 
-        page = browser.new_page(viewport={"width": 1440, "height": 1200})
-        page.set_default_timeout(STEP_TIMEOUT_MS)
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page, errors = open_page(browser, 1200)
         page.route(f"{cluster.url(other)}/v1/dashboard*", in_flight)
         page.goto(cluster.url(leader) + "/")
 
@@ -400,10 +400,7 @@ def test_dashboard_with_a_client_token(token_nodes, browser):
     with time_limit(TOKEN_TEST_LIMIT_S, "dashboard token test"):
         leader = settled_token_leader(nodes)
         follower = next(i for i in nodes.ids if i != leader)
-        page = browser.new_page(viewport={"width": 1440, "height": 1000})
-        page.set_default_timeout(STEP_TIMEOUT_MS)
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page, errors = open_page(browser)
 
         page.goto(nodes.url(leader) + f"/#token={TOKEN}")
         wait_live(page, leader)
@@ -444,10 +441,7 @@ def test_dashboard_without_the_token_says_how_to_give_it(token_nodes, browser):
     nodes = token_nodes
     with time_limit(TOKEN_TEST_LIMIT_S, "dashboard missing-token test"):
         leader = settled_token_leader(nodes)
-        page = browser.new_page(viewport={"width": 1440, "height": 1000})
-        page.set_default_timeout(STEP_TIMEOUT_MS)
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page, errors = open_page(browser)
 
         # No token: the node answers 401 and the page says how to open it.
         page.goto(nodes.url(leader) + "/")
@@ -469,9 +463,7 @@ def test_dashboard_without_the_token_says_how_to_give_it(token_nodes, browser):
 
         # A wrong token: refused, said so, and the token is not shown.
         wrong = "not-the-cluster-t0ken"
-        other = browser.new_page(viewport={"width": 1440, "height": 1000})
-        other.set_default_timeout(STEP_TIMEOUT_MS)
-        other.on("pageerror", lambda exc: errors.append(str(exc)))
+        other, _ = open_page(browser, errors=errors)
         other.goto(nodes.url(leader) + f"/#token={wrong}")
         note = other.wait_for_selector('#auth-note[data-auth="refused"]', state="visible")
         assert "refused" in note.inner_text() and "#token=<token>" in note.inner_text()

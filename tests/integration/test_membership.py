@@ -236,6 +236,17 @@ def lost_writes(ops: list[Op], finals: list[Op]) -> list[str]:
     return out
 
 
+
+def loaded_cluster(make_cluster) -> tuple:
+    """Three nodes with a leader and a Load writing through all of them (20 writes done);
+    (cluster, leader, load)."""
+    cluster = make_cluster(3)
+    leader = cluster.wait_for_leader()
+    load = Load(cluster, [1, 2, 3]).start()
+    load.wait_writes(20)
+    return cluster, leader, load
+
+
 def test_lost_write_detector():
     def op(i, start, end, value, kind=WRITE, outcome=OK, key="k", process=1):
         return Op(process, kind, key, start, end, outcome, value=value, id=i)
@@ -478,10 +489,7 @@ def test_grow_three_to_five(make_cluster):
     needed: with two of the original three killed, the leader's majority includes both.
     Last, a joined node is killed and restarts from its own data."""
     with time_limit(TEST_BUDGET_S, "grow 3 -> 5"):
-        cluster = make_cluster(3)
-        leader = cluster.wait_for_leader()
-        load = Load(cluster, [1, 2, 3]).start()
-        load.wait_writes(20)
+        cluster, leader, load = loaded_cluster(make_cluster)
 
         n4 = cluster.join(via=leader)
         assert cluster.status(n4)["member"] in ("learner", "voter")
@@ -574,10 +582,7 @@ def test_replace_a_killed_node(make_cluster):
     when it comes back anyway, with its old data and its old configuration, it is turned
     away: it stops by itself, and the clients it answered meanwhile see nothing wrong."""
     with time_limit(TEST_BUDGET_S, "replace a killed node"):
-        cluster = make_cluster(3)
-        leader = cluster.wait_for_leader()
-        load = Load(cluster, [1, 2, 3]).start()
-        load.wait_writes(20)
+        cluster, leader, load = loaded_cluster(make_cluster)
 
         dead, survivor = [i for i in cluster.ids if i != leader]
         cluster.kill(dead)
@@ -624,10 +629,7 @@ def test_remove_the_leader(make_cluster, via):
     elected promptly; writes continue, and the old leader's process stops by itself with
     status 0."""
     with time_limit(TEST_BUDGET_S, f"remove the leader through {via}"):
-        cluster = make_cluster(3)
-        old = cluster.wait_for_leader()
-        load = Load(cluster, [1, 2, 3]).start()
-        load.wait_writes(20)
+        cluster, old, load = loaded_cluster(make_cluster)
         exits = Exits(cluster)
         rest = [i for i in cluster.ids if i != old]
         asker = old if via == "itself" else rest[0]
@@ -657,10 +659,7 @@ def test_bad_requests_change_nothing(make_cluster):
     change racing the first (200 or 409 change_in_progress, and then it goes through):
     none disturbs the clients, and each refusal leaves the configuration as it was."""
     with time_limit(TEST_BUDGET_S, "bad membership requests"):
-        cluster = make_cluster(3)
-        leader = cluster.wait_for_leader()
-        load = Load(cluster, [1, 2, 3]).start()
-        load.wait_writes(20)
+        cluster, leader, load = loaded_cluster(make_cluster)
         exits = Exits(cluster)
         f1, f2 = [i for i in cluster.ids if i != leader]
         before = members_of(cluster, leader)["history"]
@@ -776,10 +775,7 @@ def test_leader_killed_during_changes(make_cluster):
     seed = random.SystemRandom().randrange(1, 2**31)
     rng = random.Random(seed)
     with time_limit(TEST_BUDGET_S, f"leader killed during changes (seed {seed})"):
-        cluster = make_cluster(3)
-        cluster.wait_for_leader()
-        load = Load(cluster, [1, 2, 3]).start()
-        load.wait_writes(20)
+        cluster, _, load = loaded_cluster(make_cluster)
         exits = Exits(cluster)
         members = [1, 2, 3]
         for round_ in range(3):
@@ -836,10 +832,7 @@ def test_node_paused_through_its_removal_is_turned_away(make_cluster):
     takes after waking stay in the checked history, as do the ones it held while frozen),
     and it stops by itself once told it was removed."""
     with time_limit(TEST_BUDGET_S, "node paused through its removal"):
-        cluster = make_cluster(3)
-        leader = cluster.wait_for_leader()
-        load = Load(cluster, [1, 2, 3]).start()
-        load.wait_writes(20)
+        cluster, leader, load = loaded_cluster(make_cluster)
         frozen, other = [i for i in cluster.ids if i != leader]
         proc = cluster.procs[frozen]
         assert proc is not None
