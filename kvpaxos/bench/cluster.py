@@ -75,8 +75,9 @@ def get_json(port: int, path: str, timeout: float = 1.0) -> tuple[int, Any]:
     return request_json(port, "GET", path, None, timeout)
 
 
-def request_json(port: int, method: str, path: str, body: Any, timeout: float = 5.0) -> tuple[int, Any]:
-    """(status, decoded body) of one request (JSON body unless None) on a fresh connection."""
+def request_bytes(port: int, method: str, path: str, body: Any = None,
+                  timeout: float = 5.0) -> tuple[int, bytes]:
+    """(status, raw body) of one request (JSON body unless None) on a fresh connection."""
     conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:
         if body is None:
@@ -85,13 +86,18 @@ def request_json(port: int, method: str, path: str, body: Any, timeout: float = 
             conn.request(method, path, body=json.dumps(body).encode(),
                          headers={"Content-Type": "application/json"})
         resp = conn.getresponse()
-        data = resp.read()
+        return resp.status, resp.read()
     finally:
         conn.close()
+
+
+def request_json(port: int, method: str, path: str, body: Any, timeout: float = 5.0) -> tuple[int, Any]:
+    """(status, decoded body) of one request (JSON body unless None) on a fresh connection."""
+    status, data = request_bytes(port, method, path, body, timeout)
     try:
-        return resp.status, json.loads(data) if data else None
+        return status, json.loads(data) if data else None
     except ValueError:
-        return resp.status, None
+        return status, None
 
 
 @dataclass

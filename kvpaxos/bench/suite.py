@@ -8,7 +8,6 @@ numbers are a reference from the issue, never measured here.
 """
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import platform
@@ -20,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from kvpaxos.bench.cluster import HOST, BenchCluster, child_env, cpu_seconds, free_ports, get_json
+from kvpaxos.bench.cluster import BenchCluster, child_env, cpu_seconds, free_ports, get_json, request_bytes
 from kvpaxos.bench.loadgen import LoadRunner, Workload, level_summary, populate, probe_batch
 
 ALL_MODES = ("sweep", "batch", "rate", "reads", "aiohttp", "pysyncobj")
@@ -110,12 +109,7 @@ WORK_METRICS = {"slots": "kvpaxos_slots_chosen_total", "group_commits": "kvpaxos
 
 def metric_totals(port: int, timeout: float = 2.0) -> dict[str, float]:
     """Each WORK_METRICS counter of one node, summed over its labels."""
-    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
-    try:
-        conn.request("GET", "/metrics")
-        text = conn.getresponse().read().decode("utf-8", "replace")
-    finally:
-        conn.close()
+    text = request_bytes(port, "GET", "/metrics", timeout=timeout)[1].decode("utf-8", "replace")
     wanted = {name: key for key, name in WORK_METRICS.items()}
     out = dict.fromkeys(WORK_METRICS, 0.0)
     for line in text.splitlines():
