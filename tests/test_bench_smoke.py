@@ -131,6 +131,18 @@ def test_profile_tiny(tmp_path, tool):
     assert (tmp_path / "profile-leader.prof").exists()
 
 
+def test_profile_of_one_node_with_clients_on_the_leader(tmp_path):
+    from kvpaxos.bench.profile import format_profile, run_profile
+
+    doc = run_profile(1, "cprofile", concurrency=2, duration_s=0.6, warmup_s=0.2, top=3,
+                      show_progress=False, target="leader")
+    assert doc["target"] == "leader" and doc["follower"] is None
+    assert doc["load"]["total_ops_s"] > 0
+    assert "error" not in doc["leader"], doc
+    text = format_profile(doc)
+    assert "clients -> leader" in text and "follower" not in text
+
+
 def test_raw_http_client_keeps_alive_parses_split_responses_and_expires():
     import asyncio
 

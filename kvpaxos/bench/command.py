@@ -159,6 +159,8 @@ def format_failover(doc: dict) -> str:
 @click.option("--rate", type=click.FloatRange(0), default=0.0, show_default=True,
               help="Open-loop requests per second instead of closed-loop clients (0: closed loop).")
 @click.option("--duration", type=click.FloatRange(0.5), default=10.0, show_default=True)
+@click.option("--target", type=click.Choice(["all", "leader"]), default="all", show_default=True,
+              help="Spread the clients over all nodes, or send everything to the leader.")
 @click.option("--top", type=click.IntRange(1), default=15, show_default=True)
 @click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall", show_default=True,
               help="cprofile timer: perf_counter, or the thread's CPU clock (costlier per call).")
@@ -166,14 +168,14 @@ def format_failover(doc: dict) -> str:
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--quiet", "-q", is_flag=True)
 def profile(nodes: int, tool: str, concurrency: int, read_ratio: float, rate: float, duration: float,
-            top: int, clock: str, out_dir: str, as_json: bool, quiet: bool) -> None:
+            target: str, top: int, clock: str, out_dir: str, as_json: bool, quiet: bool) -> None:
     """Profile the leader and a follower while they serve closed-loop (or fixed-rate) load."""
     from kvpaxos.bench.profile import format_profile, run_profile
     from kvpaxos.bench.suite import machine_info, write_json
 
     doc = {"benchmark": f"kv bench profile --tool {tool}", "machine": machine_info(),
            **run_profile(nodes, tool, concurrency, read_ratio, duration, top=top,
-                         out_dir=Path(out_dir), show_progress=not quiet, clock=clock, rate=rate)}
+                         out_dir=Path(out_dir), show_progress=not quiet, clock=clock, rate=rate, target=target)}
     doc["files"] = write_json(doc, Path(out_dir), f"profile-{tool}")
     if as_json:
         click.echo(json.dumps(doc, indent=2))

@@ -120,9 +120,10 @@ def run_profile(nodes: int = 3, tool: str = "cprofile", concurrency: int = 64,
                 read_ratio: float = 0.0, duration_s: float = 10.0, warmup_s: float = 1.0,
                 value_bytes: int = 100, keys: int = 1000, top: int = 15,
                 out_dir: Path | None = None, show_progress: bool = True, clock: str = "wall",
-                rate: float = 0.0) -> dict:
+                rate: float = 0.0, target: str = "all") -> dict:
     """Profile the nodes of a fresh cluster under closed-loop load (or, with rate > 0,
-    open-loop writes at that rate); a summary dict."""
+    open-loop writes at that rate), clients spread over all nodes or (target "leader") all
+    on the leader; a summary dict."""
     if tool not in ("cprofile", "py-spy"):
         raise ValueError("tool must be cprofile or py-spy")
     if tool == "py-spy" and shutil.which("py-spy") is None:
@@ -131,16 +132,18 @@ def run_profile(nodes: int = 3, tool: str = "cprofile", concurrency: int = 64,
     cluster = BenchCluster(nodes, profile_nodes=profile_nodes, profile_clock=clock,
                            keep_data=True)  # removed below
     result: dict = {"tool": tool, "available": True, "nodes": nodes, "concurrency": concurrency,
-                    "read_ratio": read_ratio, "duration_s": duration_s, "rate": rate}
+                    "read_ratio": read_ratio, "duration_s": duration_s, "rate": rate,
+                    "target": target}
     if tool == "cprofile":
         result["clock"] = clock
     spies: list[tuple[int, subprocess.Popen, Path]] = []
     try:
         cluster.start()
         leader = cluster.leader()
-        follower = next(i for i in cluster.nodes if i != leader)
+        follower = next((i for i in cluster.nodes if i != leader), None)  # none with one node
         result["leader"], result["follower"] = leader, follower
-        w = Workload(cluster.urls, concurrency=concurrency, read_ratio=read_ratio,
+        urls = [cluster.nodes[leader].url] if target == "leader" else cluster.urls
+        w = Workload(urls, concurrency=concurrency, read_ratio=read_ratio,
                      value_bytes=value_bytes, keys=keys, warmup_s=warmup_s, duration_s=duration_s,
                      mode="rate" if rate > 0 else "closed", rate=rate,
                      label=f"profile load {rate:g}/s" if rate > 0 else f"profile load c={concurrency}")
@@ -153,7 +156,7 @@ def run_profile(nodes: int = 3, tool: str = "cprofile", concurrency: int = 64,
                 return
             if edge != "start":
                 return
-            for node_id in (leader, follower):
+            for node_id in (n for n in (leader, follower) if n is not None):
                 raw = cluster.root / f"pyspy-node-{node_id}.txt"
                 spy = subprocess.Popen(
                     ["py-spy", "record", "--pid", str(cluster.nodes[node_id].pid), "--duration",
@@ -201,7 +204,8 @@ def format_profile(result: dict) -> str:
     load_shape = (f"{result['rate']:g} requests/s open loop" if result.get("rate")
                   else f"{result['concurrency']} clients")
     lines = [f"profile ({result['tool']}), {result['nodes']} nodes, {load_shape}, "
-             f"read ratio {result['read_ratio']}, {result['duration_s']:g} s"]
+             f"read ratio {result['read_ratio']}, {result['duration_s']:g} s, "
+             f"clients -> {result.get('target', 'all')}"]
     load = result.get("load", {})
     if load:
         lines.append(f"load during profiling: {load.get('total_ops_s', 0):,.0f} ops/s")
