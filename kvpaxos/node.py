@@ -35,7 +35,6 @@ import random
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import aiohttp
@@ -65,10 +64,38 @@ NEW_CLUSTER_QUIET_S = 1.5  # no election this long after deciding that the clust
 Send = Callable[[int, m.Message], bool]  # False: certainly not sent
 
 
-@dataclass
-class _Waiter:
-    future: asyncio.Future  # Result once applied; None once certainly not applied
-    started: float = field(default_factory=time.perf_counter)  # for the commit latency
+class _Call:
+    """One submit_group() call: its commands' results as they come in, and the future
+    its coroutine sleeps on until every result is in, a command is certainly not
+    applied (its slot went to others), or it is time to resend or give up. Timeouts
+    are swept on the node's tick rather than given a timer each: the sleep is one
+    bare future, the cheapest thing asyncio can await."""
+
+    __slots__ = ("results", "missing", "lost", "wake", "started")
+
+    def __init__(self, n: int) -> None:
+        self.wake: asyncio.Future | None = None
+        self.reset(n)
+
+    def reset(self, n: int) -> None:
+        self.results: list[Result | None] = [None] * n
+        self.missing = n
+        self.lost = False  # some command certainly not applied in this attempt
+        self.started = time.perf_counter()  # for the commit latency
+
+    def resolve(self, index: int, result: Result | None) -> None:
+        if result is None:
+            self.lost = True
+        elif self.results[index] is None:
+            self.results[index] = result
+            self.missing -= 1
+        if self.lost or not self.missing:
+            self.again()
+
+    def again(self) -> None:
+        """Wake the sleeping coroutine (if it still sleeps on this wait)."""
+        if self.wake is not None and not self.wake.done():
+            self.wake.set_result(None)
 
 
 class Node:
@@ -128,7 +155,12 @@ class Node:
         self.boot_id = os.urandom(4).hex()
         self._cmd_ids = itertools.count(1)
         self._read_ids = itertools.count(1)
-        self._waiters: dict[str, _Waiter] = {}
+        self._waiters: dict[str, tuple[_Call, int]] = {}  # cmd_id -> its call and place in it
+        # Sweeping, on each tick: deadlines of calls, and times to resend of attempts (each
+        # in time order, as every call waits as long as the next).
+        self._deadlines: collections.deque[tuple[float, _Call]] = collections.deque()
+        self._resends: collections.deque[tuple[float, asyncio.Future]] = collections.deque()
+        self._resending: set[_Call] = set()  # calls whose attempts a leader change resends
         self._slot_waiters: dict[int, list[str]] = {}
         self._remote_cmds: dict[str, int] = {}
         self._origin_slots: dict[int, collections.deque[int]] = {}  # peer -> slots of its forwarded commands
@@ -142,7 +174,6 @@ class Node:
         self._ticker: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_leader: int | None = None
-        self._leader_change: asyncio.Future | None = None
         self._http: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task] = set()
 
@@ -256,6 +287,7 @@ class Node:
         while True:
             await asyncio.sleep(interval)
             self.replica.tick(int(time.time() * 1000))
+            self._sweep_waits()
             self._wake()
             self.flush_lazy()
             self._commit_or_send(chosen_too=True)
@@ -295,13 +327,18 @@ class Node:
         """Get cmds chosen together in one slot and applied, in order; their Results."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.request_timeout_s
-        retry_s = self.config.election_ticks * self.config.tick_ms / 1000
-        waiters = [self._waiter(c.cmd_id) for c in cmds]
+        resend_s = 4 * self.config.election_ticks * self.config.tick_ms / 1000
+        call = self._register(cmds)
+        self._deadlines.append((deadline, call))
         maybe_taken = False  # some attempt may still be chosen
         earlier_pending = False  # an attempt before the latest one may still be chosen
+        # Resending is safe with a client id: go again after a while, or at once when the
+        # leader changes. Without one a resend could apply twice: wait for this attempt.
         exactly_once = cmds[0].client_id is not None
+        if exactly_once:
+            self._resending.add(call)
         try:
-            while (remaining := deadline - loop.time()) > 0:
+            while loop.time() < deadline:
                 if self.removed:
                     break
                 leader = self.replica.leader_id
@@ -315,31 +352,31 @@ class Node:
                     await asyncio.sleep(self.config.tick_ms / 1000)  # link down: not sent
                     continue
                 maybe_taken = True
-                outcome = asyncio.gather(*(w.future for w in waiters))
-                if exactly_once:
-                    # Resending is safe: go again after a while, or at once when the leader changes.
-                    done, _ = await asyncio.wait({outcome, self._next_leader_change()},
-                                                 timeout=min(remaining, 4 * retry_s),
-                                                 return_when=asyncio.FIRST_COMPLETED)
-                else:
-                    # Without a client id a resend could apply twice: wait for this attempt.
-                    done, _ = await asyncio.wait({outcome}, timeout=remaining)
-                if outcome not in done:
-                    earlier_pending = True
-                    continue
+                if call.missing and not call.lost:
+                    call.wake = wake = loop.create_future()
+                    if exactly_once:
+                        self._resends.append((loop.time() + resend_s, wake))
+                    await wake
                 if self.removed:
                     break  # the attempt may still be chosen by the members: outcome unknown
-                results = outcome.result()
-                if all(r is not None for r in results):
-                    return results
+                if not call.missing:
+                    self.metrics.commit_latency.observe(time.perf_counter() - call.started, len(cmds))
+                    results, call.results = call.results, []  # its deadline entry outlives it
+                    return results  # type: ignore[return-value] - every one is in
+                if not call.lost:
+                    earlier_pending = True  # time to resend (or the deadline): it may still come
+                    continue
                 # This attempt's slot went to other commands, so it is certainly not
                 # applied; an earlier attempt that timed out may still be.
                 maybe_taken = earlier_pending
-                waiters = [self._waiter(c.cmd_id) for c in cmds]
+                call.reset(len(cmds))
+                self._register(cmds, call)
                 await asyncio.sleep(self.config.tick_ms / 1000)
         finally:
-            for c, w in zip(cmds, waiters):
-                if self._waiters.get(c.cmd_id) is w and not w.future.done():
+            self._resending.discard(call)
+            for c in cmds:
+                entry = self._waiters.get(c.cmd_id)
+                if entry is not None and entry[0] is call:
                     del self._waiters[c.cmd_id]
         removed = " (this node was removed from the cluster: ask a member)" if self.removed else ""
         if maybe_taken:
@@ -347,16 +384,22 @@ class Node:
                                  f"retry with the same client_id and seq to find out{removed}")
         raise NoQuorum(f"no leader could be reached{removed}", retry_after_s=1)
 
-    def _next_leader_change(self) -> asyncio.Future:
-        if self._leader_change is None or self._leader_change.done():
-            self._leader_change = asyncio.get_running_loop().create_future()
-        return self._leader_change
+    def _register(self, cmds: tuple[Command, ...], call: _Call | None = None) -> _Call:
+        """Wait for cmds' results by command id, in `call` (a new one by default)."""
+        call = call or _Call(len(cmds))
+        for i, c in enumerate(cmds):
+            self._waiters[c.cmd_id] = (call, i)
+        return call
 
-    def _waiter(self, cmd_id: str) -> _Waiter:
-        waiter = self._waiters.get(cmd_id)
-        if waiter is None or waiter.future.done():
-            waiter = self._waiters[cmd_id] = _Waiter(asyncio.get_running_loop().create_future())
-        return waiter
+    def _sweep_waits(self) -> None:
+        """On a tick: wake the calls whose deadline passed and the attempts due a resend."""
+        now = asyncio.get_running_loop().time()
+        while self._deadlines and self._deadlines[0][0] <= now:
+            self._deadlines.popleft()[1].again()
+        while self._resends and self._resends[0][0] <= now:
+            wake = self._resends.popleft()[1]
+            if not wake.done():
+                wake.set_result(None)
 
     async def linearizable_point(self) -> None:
         """Return once local state reflects every write completed before the call (read-index)."""
@@ -425,11 +468,9 @@ class Node:
         return sent
 
     def _resolve(self, cmd_id: str, result: Result | None) -> None:
-        waiter = self._waiters.pop(cmd_id, None)
-        if waiter is not None and not waiter.future.done():
-            waiter.future.set_result(result)
-            if result is not None:
-                self.metrics.commit_latency.observe(time.perf_counter() - waiter.started)
+        entry = self._waiters.pop(cmd_id, None)
+        if entry is not None:
+            entry[0].resolve(entry[1], result)
 
     # -- the Ready loop -------------------------------------------------------
 
@@ -591,8 +632,8 @@ class Node:
         if leader != self._last_leader:
             self._last_leader = leader
             self._origin_slots.clear()
-            if self._leader_change is not None and not self._leader_change.done():
-                self._leader_change.set_result(leader)
+            for call in self._resending:
+                call.again()  # resend to the new leader now
             if leader is not None:
                 self.counters["leader_changes"] += 1
                 log.info("leader changed", extra=fields(leader=leader, ballot=str(self.replica.ballot),
@@ -603,9 +644,8 @@ class Node:
     def _release_waiters(self) -> None:
         """Removed: answer every request waiting here now instead of at its timeout. A
         command it forwarded may still be chosen, so its outcome is unknown."""
-        for waiter in self._waiters.values():
-            if not waiter.future.done():
-                waiter.future.set_result(None)  # submit_group sees self.removed
+        for call, index in list(self._waiters.values()):
+            call.resolve(index, None)  # submit_group sees self.removed
         self._waiters.clear()
         for future in self._read_waiters.values():
             if not future.done():

@@ -139,3 +139,82 @@ def test_lazy_sends_on_a_link_that_is_down_are_dropped() -> None:
 
     asyncio.run(main())
 
+
+
+class StallingStorage(SqliteStorage):
+    """SQLite storage whose group commits, once `stalled`, wait until release()."""
+
+    def __init__(self, data_dir: str, node_id: int) -> None:
+        super().__init__(data_dir, node_id)
+        self.stalled = False
+        self.held: list = []
+
+    def submit(self, writes, on_durable) -> None:  # noqa: ANN001 - as SqliteStorage.submit
+        if self.stalled:
+            self.held.append((writes, on_durable))
+        else:
+            super().submit(writes, on_durable)
+
+    def release(self) -> None:
+        self.stalled = False
+        for writes, on_durable in self.held:
+            super().submit(writes, on_durable)
+        self.held.clear()
+
+
+def test_a_write_that_is_never_chosen_is_resent_then_times_out(tmp_path) -> None:
+    """Requests wait without a timer of their own (the tick sweeps them): a command
+    with a client id is proposed again every few election timeouts and at once on a
+    leader change; one without is proposed once; both end at the request timeout."""
+    from kvpaxos.errors import OutcomeUnknown
+
+    async def main() -> None:
+        config = NodeConfig(1, {1: ("127.0.0.1", free_ports(1)[0])}, str(tmp_path), election_ticks=2,
+                            request_timeout_s=1.0)
+        storage = StallingStorage(str(tmp_path), 1)
+        node = Node(config, storage, fresh=True)
+        await node.start()
+        proposed: list[str] = []
+        propose = node.replica.propose
+
+        def counting(cmds):  # noqa: ANN001, ANN202 - as Replica.propose
+            proposed.extend(c.cmd_id for c in cmds)
+            return propose(cmds)
+
+        try:
+            async with asyncio.timeout(20):
+                while node.replica.role is not Role.LEADER:
+                    await asyncio.sleep(0.02)
+            node.replica.propose = counting
+            storage.stalled = True
+            loop = asyncio.get_running_loop()
+            for cmd, low, high in ((Command("put", "a", "1", client_id="c", seq=1, cmd_id="t.1"), 4, 8),
+                                   (Command("put", "b", "2", cmd_id="t.2"), 1, 1)):
+                started = loop.time()
+                async with asyncio.timeout(3):
+                    try:
+                        await node.submit(cmd)
+                    except OutcomeUnknown:
+                        pass
+                    else:
+                        raise AssertionError("a write that was never chosen succeeded")
+                waited = loop.time() - started
+                assert 1.0 <= waited < 1.5, waited
+                assert low <= proposed.count(cmd.cmd_id) <= high, (cmd, proposed)
+                assert cmd.cmd_id not in node._waiters
+
+            # A leader change sends a waiting command with a client id again at once.
+            task = asyncio.ensure_future(node.submit(Command("put", "c", "3", client_id="c", seq=2,
+                                                             cmd_id="t.3")))
+            await asyncio.sleep(0.05)
+            assert proposed.count("t.3") == 1
+            node._last_leader = 99  # as if another node had led meanwhile
+            node._note_leader()
+            await asyncio.sleep(0.01)
+            assert proposed.count("t.3") == 2
+            task.cancel()
+        finally:
+            storage.release()
+            await node.stop()
+
+    asyncio.run(main())
