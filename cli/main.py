@@ -276,6 +276,9 @@ class Number(click.ParamType):
 @click.option("--max-value-bytes", type=click.IntRange(1, VALUE_BYTES_MAX), default=VALUE_BYTES_MAX,
               show_default=True, metavar="BYTES",
               help="Largest value (UTF-8 bytes) this node accepts; larger ones get 413.")
+@click.option("--partial-in-flight", type=Number(int, 0), default=1, show_default=True, metavar="SLOTS",
+              help="As leader, open a slot whose batch is not full only while fewer than this many "
+                   "slots are in flight; commands arriving meanwhile share the next (0: no limit).")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False),
               default="info", show_default=True)
 @click.option("--log-format", type=click.Choice(("text", "json")), default="text", show_default=True,
@@ -285,7 +288,8 @@ class Number(click.ParamType):
 def serve(ctx: click.Context, node_id: int, cluster_spec: str | None, join_url: str | None,
           address: str | None, data_dir: str | None,
           tick_ms: int, snapshot_every: int, snapshot_every_bytes: int, compact_keep: int,
-          compact_keep_bytes: int, request_timeout: float, max_value_bytes: int, log_level: str, log_format: str = "text",
+          compact_keep_bytes: int, request_timeout: float, max_value_bytes: int, partial_in_flight: int,
+          log_level: str, log_format: str = "text",
           **security: Any) -> None:
     """Run one node in the foreground until interrupted."""
     from kvpaxos.config import ConfigError, NodeConfig, parse_cluster
@@ -312,7 +316,7 @@ def serve(ctx: click.Context, node_id: int, cluster_spec: str | None, join_url: 
                             snapshot_every_bytes=snapshot_every_bytes,
                             compact_keep_slots=compact_keep, compact_keep_bytes=compact_keep_bytes,
                             request_timeout_s=request_timeout,
-                            value_bytes_max=max_value_bytes)
+                            value_bytes_max=max_value_bytes, partial_in_flight=partial_in_flight)
     except ConfigError as exc:
         raise CliError(str(exc), exit_code=2) from None
     config = _with_security(config, security)

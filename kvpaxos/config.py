@@ -59,6 +59,7 @@ class NodeConfig:
     window_slots: int = 64
     batch_count_max: int = 1024
     batch_bytes_max: int = 4 * 1024 * 1024
+    partial_in_flight: int = 1  # kvpaxos/core/replica.py CoreConfig.partial_in_flight
     value_bytes_max: int = VALUE_BYTES_MAX
     request_timeout_s: float = 5.0
     snapshot_every_slots: int = 10_000
@@ -80,7 +81,7 @@ class NodeConfig:
         if not 0 < self.value_bytes_max <= VALUE_BYTES_MAX:
             raise ConfigError(f"value size limit must be between 1 and {VALUE_BYTES_MAX} bytes")
         for name, low in (("tick_ms", 1), ("snapshot_every_slots", 1), ("snapshot_every_bytes", 1),
-                          ("compact_keep_slots", 0), ("compact_keep_bytes", 0)):
+                          ("compact_keep_slots", 0), ("compact_keep_bytes", 0), ("partial_in_flight", 0)):
             value = getattr(self, name)
             if type(value) is not int or value < low:
                 raise ConfigError(f"{name} must be an integer >= {low}, not {value!r}")

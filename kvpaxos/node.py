@@ -64,17 +64,31 @@ NEW_CLUSTER_QUIET_S = 1.5  # no election this long after deciding that the clust
 Send = Callable[[int, m.Message], bool]  # False: certainly not sent
 
 
-class _Call:
-    """One submit_group() call: its commands' results as they come in, and the future
-    its coroutine sleeps on until every result is in, a command is certainly not
-    applied (its slot went to others), or it is time to resend or give up. Timeouts
-    are swept on the node's tick rather than given a timer each: the sleep is one
-    bare future, the cheapest thing asyncio can await."""
+class _Sleeper:
+    """A request's coroutine, asleep on one bare future (`wake`) until it is resolved
+    or the node's tick finds a deadline passed: no timer of its own, the cheapest
+    thing asyncio can await."""
 
-    __slots__ = ("results", "missing", "lost", "wake", "started")
+    __slots__ = ("wake",)
+
+    def __init__(self) -> None:
+        self.wake: asyncio.Future | None = None
+
+    def again(self) -> None:
+        """Wake the coroutine (if it still sleeps on this wait)."""
+        if self.wake is not None and not self.wake.done():
+            self.wake.set_result(None)
+
+
+class _Call(_Sleeper):
+    """One submit_group() call: its commands' results as they come in. Its coroutine
+    wakes when every result is in, a command is certainly not applied (its slot went
+    to others), or it is time to resend or give up."""
+
+    __slots__ = ("results", "missing", "lost", "started")
 
     def __init__(self, n: int) -> None:
-        self.wake: asyncio.Future | None = None
+        super().__init__()
         self.reset(n)
 
     def reset(self, n: int) -> None:
@@ -91,11 +105,6 @@ class _Call:
             self.missing -= 1
         if self.lost or not self.missing:
             self.again()
-
-    def again(self) -> None:
-        """Wake the sleeping coroutine (if it still sleeps on this wait)."""
-        if self.wake is not None and not self.wake.done():
-            self.wake.set_result(None)
 
 
 class Node:
@@ -133,7 +142,8 @@ class Node:
             self.kv.membership = members  # no snapshot yet (or one from before membership changes)
         core = CoreConfig(election_ticks=config.election_ticks, heartbeat_ticks=config.heartbeat_ticks,
                           retry_ticks=max(2, config.heartbeat_ticks * 2), window_slots=config.window_slots,
-                          batch_count_max=config.batch_count_max, batch_bytes_max=config.batch_bytes_max)
+                          batch_count_max=config.batch_count_max, batch_bytes_max=config.batch_bytes_max,
+                          partial_in_flight=config.partial_in_flight)
         self.replica = Replica(
             self.id, self.kv.membership, core, random.Random(), promised=durable.promised,
             accepted={s: v for s, v in durable.accepted.items() if s > base},
@@ -156,15 +166,17 @@ class Node:
         self._cmd_ids = itertools.count(1)
         self._read_ids = itertools.count(1)
         self._waiters: dict[str, tuple[_Call, int]] = {}  # cmd_id -> its call and place in it
-        # Sweeping, on each tick: deadlines of calls, and times to resend of attempts (each
-        # in time order, as every call waits as long as the next).
-        self._deadlines: collections.deque[tuple[float, _Call]] = collections.deque()
+        # Swept on each tick: deadlines of requests, times to resend writes and to ask again
+        # for a read index (each deque in time order: every entry in it waits as long).
+        self._deadlines: collections.deque[tuple[float, _Sleeper]] = collections.deque()
         self._resends: collections.deque[tuple[float, asyncio.Future]] = collections.deque()
+        self._read_retries: collections.deque[tuple[float, int]] = collections.deque()  # read_ids
         self._resending: set[_Call] = set()  # calls whose attempts a leader change resends
         self._slot_waiters: dict[int, list[str]] = {}
         self._remote_cmds: dict[str, int] = {}
         self._origin_slots: dict[int, collections.deque[int]] = {}  # peer -> slots of its forwarded commands
-        self._read_waiters: dict[int, asyncio.Future] = {}
+        self._read_waiters: dict[int, list[asyncio.Future]] = {}  # read_id -> the reads sharing it
+        self._read_batch: list[asyncio.Future] | None = None  # reads to ask an index for this turn
         self._apply_waiters: list[tuple[int, int, asyncio.Future]] = []
         self._open_writes = Writes()
         self._open_messages: list[tuple[int, m.Message]] = []
@@ -392,7 +404,8 @@ class Node:
         return call
 
     def _sweep_waits(self) -> None:
-        """On a tick: wake the calls whose deadline passed and the attempts due a resend."""
+        """On a tick: wake the requests whose deadline passed, and the attempts due a
+        resend or a new read index."""
         now = asyncio.get_running_loop().time()
         while self._deadlines and self._deadlines[0][0] <= now:
             self._deadlines.popleft()[1].again()
@@ -400,35 +413,57 @@ class Node:
             wake = self._resends.popleft()[1]
             if not wake.done():
                 wake.set_result(None)
+        while self._read_retries and self._read_retries[0][0] <= now:
+            self._answer_reads(self._read_retries.popleft()[1], None)  # unanswered: ask again
 
     async def linearizable_point(self) -> None:
         """Return once local state reflects every write completed before the call (read-index)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.request_timeout_s
-        attempt_s = 2 * self.config.election_ticks * self.config.tick_ms / 1000
-        while (remaining := deadline - loop.time()) > 0 and not self.removed:
-            read_id = next(self._read_ids)
-            future = self._read_waiters[read_id] = loop.create_future()
-            self.replica.read_index(read_id)
-            self._wake()
-            try:
-                index = await asyncio.wait_for(future, min(remaining, attempt_s))
-            except TimeoutError:
-                index = None
-            finally:
-                self._read_waiters.pop(read_id, None)
+        sleeper = _Sleeper()
+        self._deadlines.append((deadline, sleeper))
+        while loop.time() < deadline and not self.removed:
+            sleeper.wake = self._read_index()
+            index = await sleeper.wake  # None: no answer (no leader, or not in time)
             if index is not None:
-                try:
-                    await asyncio.wait_for(self._applied(index), max(0.001, deadline - loop.time()))
-                except TimeoutError:  # a KvError, not a bare TimeoutError (HTTP 500)
-                    raise OutcomeUnknown("this node did not apply the log up to the read point "
-                                         "in time") from None
                 if self.kv.applied_slot < index:
-                    break  # removed meanwhile: this node will never apply that far
+                    sleeper.wake = self._applied(index)
+                    await sleeper.wake  # woken by the apply, by the deadline, or by removal
+                    if self.kv.applied_slot < index:
+                        if self.removed:
+                            break  # this node will never apply that far
+                        # A KvError, not a bare TimeoutError (HTTP 500).
+                        raise OutcomeUnknown("this node did not apply the log up to the read point "
+                                             "in time")
                 return
             await asyncio.sleep(self.config.tick_ms / 1000)
         removed = " (this node was removed from the cluster: ask a member)" if self.removed else ""
         raise NoQuorum(f"no leader confirmed the read{removed}", retry_after_s=1)
+
+    def _read_index(self) -> asyncio.Future:
+        """A future for a read index (or None), asked for once per event-loop turn for
+        every read that wants one by then. Sharing is linearizable: the index is taken
+        after each of those reads began."""
+        future = asyncio.get_running_loop().create_future()
+        if self._read_batch is None:
+            self._read_batch = []
+            asyncio.get_running_loop().call_soon(self._ask_read_index)
+        self._read_batch.append(future)
+        return future
+
+    def _ask_read_index(self) -> None:
+        batch, self._read_batch = self._read_batch or [], None
+        read_id = next(self._read_ids)
+        self._read_waiters[read_id] = batch
+        retry_s = 2 * self.config.election_ticks * self.config.tick_ms / 1000
+        self._read_retries.append((asyncio.get_running_loop().time() + retry_s, read_id))  # then ask again
+        self.replica.read_index(read_id)
+        self._wake()
+
+    def _answer_reads(self, read_id: int, index: int | None) -> None:
+        for future in self._read_waiters.pop(read_id, ()):
+            if not future.done():
+                future.set_result(index)
 
     def _applied(self, index: int) -> asyncio.Future:
         future = asyncio.get_running_loop().create_future()
@@ -527,9 +562,7 @@ class Node:
         if self.snapshots.due(self):
             self._spawn(self.snapshots.take(self))
         for read_id, index in ready.reads:
-            future = self._read_waiters.get(read_id)
-            if future is not None and not future.done():
-                future.set_result(index)
+            self._answer_reads(read_id, index)
         self._send_all(send_now)
         self._commit_or_send()
 
@@ -647,9 +680,8 @@ class Node:
         for call, index in list(self._waiters.values()):
             call.resolve(index, None)  # submit_group sees self.removed
         self._waiters.clear()
-        for future in self._read_waiters.values():
-            if not future.done():
-                future.set_result(None)
+        for read_id in list(self._read_waiters):
+            self._answer_reads(read_id, None)
         for _, _, future in self._apply_waiters:
             if not future.done():
                 future.set_result(None)  # linearizable_point sees self.removed

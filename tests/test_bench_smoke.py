@@ -182,3 +182,12 @@ def test_raw_http_client_keeps_alive_parses_split_responses_and_expires():
         server.close()
 
     asyncio.run(main())
+
+
+def test_bench_cluster_passes_serve_args_to_every_node(tmp_path):
+    from kvpaxos.bench.cluster import BenchCluster
+
+    cluster = BenchCluster(2, root=tmp_path, serve_args=("--partial-in-flight", "0"))
+    for node in cluster.nodes.values():
+        command = cluster.command(node)
+        assert command[command.index("serve"):][-2:] == ["--partial-in-flight", "0"]

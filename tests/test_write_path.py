@@ -218,3 +218,40 @@ def test_a_write_that_is_never_chosen_is_resent_then_times_out(tmp_path) -> None
             await node.stop()
 
     asyncio.run(main())
+
+
+def test_a_read_index_that_never_comes_is_asked_again_then_gives_up(tmp_path) -> None:
+    """Linearizable reads wait without timers too: the tick wakes an unanswered ask for
+    a read index after two election timeouts (to ask again) and ends the read at the
+    request timeout with 503 no_quorum."""
+    from kvpaxos.errors import NoQuorum
+
+    async def main() -> None:
+        config = NodeConfig(1, {1: ("127.0.0.1", free_ports(1)[0])}, str(tmp_path), election_ticks=2,
+                            request_timeout_s=1.0)
+        node = Node(config, SqliteStorage(str(tmp_path), 1), fresh=True)
+        await node.start()
+        try:
+            async with asyncio.timeout(20):
+                while node.replica.role is not Role.LEADER:
+                    await asyncio.sleep(0.02)
+            await node.linearizable_point()  # answered: nothing to wait for
+            asked: list[int] = []
+            node.replica.read_index = asked.append  # a leader that never answers
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            async with asyncio.timeout(3):
+                try:
+                    await node.linearizable_point()
+                except NoQuorum:
+                    pass
+                else:
+                    raise AssertionError("a read without a read index succeeded")
+            assert 1.0 <= loop.time() - started < 1.5
+            assert 5 <= len(asked) <= 12, asked  # every 80 ms and a tick
+            await asyncio.sleep(0.15)  # the last ask's retry time: the tick forgets it
+            assert not node._read_waiters
+        finally:
+            await node.stop()
+
+    asyncio.run(main())

@@ -131,6 +131,7 @@ class BenchCluster:
     profile_nodes: tuple[int, ...] = ()  # node ids to run under kvpaxos.bench.profiled_serve
     profile_clock: str = "wall"          # wall | cpu (see profiled_serve)
     ready_timeout_s: float = 30.0
+    serve_args: tuple[str, ...] = ()     # added to every node's `kv serve` command line
     nodes: dict[int, BenchNode] = field(default_factory=dict)
     _temp: bool = False
 
@@ -169,7 +170,8 @@ class BenchCluster:
             prefix = [sys.executable, "-m", "kvpaxos.bench.profiled_serve", str(node.profile_path),
                       self.profile_clock]
         return prefix + ["serve", "--id", str(node.node_id), "--cluster", self.spec,
-                         "--data-dir", str(node.data_dir), "--log-level", self.log_level]
+                         "--data-dir", str(node.data_dir), "--log-level", self.log_level,
+                         *self.serve_args]
 
     def start(self) -> None:
         try:

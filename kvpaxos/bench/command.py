@@ -64,6 +64,9 @@ def _modes(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
                    "or aiohttp's client session.")
 @click.option("--target", type=click.Choice(["all", "leader"]), default="all", show_default=True,
               help="Spread clients over all nodes, or send everything to the leader.")
+@click.option("--serve-arg", "serve_args", multiple=True, metavar="ARG",
+              help="Add ARG to every node's `kv serve` command line (repeat for several), "
+                   "e.g. --serve-arg=--partial-in-flight=0.")
 @click.option("--exactly-once/--no-exactly-once", default=True, show_default=True,
               help="Send client_id and seq with writes, as the kvpaxos clients do.")
 @click.option("--modes", default="sweep,batch,rate,reads,aiohttp,pysyncobj", show_default=True,
@@ -86,8 +89,8 @@ def _modes(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
 @click.pass_context
 def bench(ctx: click.Context, nodes: int, concurrency: list[int], read_ratio: float, value_bytes: int,
           keys: int, duration: float, warmup: float, client_procs: int, client: str, target: str,
-          exactly_once: bool, modes: list[str], batch_size: int, batch_concurrency: int, rates: list[float],
-          rate_duration: float, reads_concurrency: int, syncobj_outstanding: int, out_dir: str,
+          serve_args: tuple[str, ...], exactly_once: bool, modes: list[str], batch_size: int,
+          batch_concurrency: int, rates: list[float], rate_duration: float, reads_concurrency: int, syncobj_outstanding: int, out_dir: str,
           tag: str, as_json: bool, quiet: bool) -> None:
     """Benchmark a fresh local cluster against baselines; write JSON and SVG results.
 
@@ -103,7 +106,7 @@ def bench(ctx: click.Context, nodes: int, concurrency: list[int], read_ratio: fl
     opts = SuiteOptions(
         nodes=nodes, concurrency=concurrency, read_ratio=read_ratio, value_bytes=value_bytes, keys=keys,
         duration_s=duration, warmup_s=warmup, client_procs=client_procs, client=client, target=target,
-        exactly_once=exactly_once, modes=modes, batch_size=batch_size,
+        serve_args=tuple(serve_args), exactly_once=exactly_once, modes=modes, batch_size=batch_size,
         batch_concurrency=batch_concurrency, rates=rates, rate_duration_s=rate_duration,
         reads_concurrency=reads_concurrency, syncobj_outstanding=syncobj_outstanding,
         out_dir=Path(out_dir), tag=tag, show_progress=not quiet)

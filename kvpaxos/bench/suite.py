@@ -47,6 +47,7 @@ class SuiteOptions:
     client_procs: int = 1
     client: str = "raw"               # raw | aiohttp: the load generator's HTTP client
     target: str = "all"               # all | leader: which nodes the clients talk to
+    serve_args: tuple[str, ...] = ()  # added to every node's `kv serve` command line
     exactly_once: bool = True
     modes: list[str] = field(default_factory=lambda: list(ALL_MODES))
     batch_size: int = 100
@@ -231,9 +232,9 @@ def run_kvpaxos(opts: SuiteOptions, runner: LoadRunner, echo: EchoServer | None 
     against the aiohttp baseline (into echo_out["sweep"]), so that both see the same
     background load on the machine."""
     out: dict[str, Any] = {"nodes": opts.nodes, "target": opts.target,
-                           "exactly_once": opts.exactly_once}
+                           "exactly_once": opts.exactly_once, "serve_args": list(opts.serve_args)}
     _log(opts, f"starting a fresh {opts.nodes}-node kvpaxos cluster ...")
-    with BenchCluster(opts.nodes) as cluster:
+    with BenchCluster(opts.nodes, serve_args=opts.serve_args) as cluster:
         leader = cluster.leader()
         out["leader"] = leader
         urls = [cluster.nodes[leader].url] if opts.target == "leader" else cluster.urls
@@ -524,8 +525,9 @@ def format_report(doc: dict) -> str:
     kv = doc.get("kvpaxos") or {}
     if kv.get("sweep"):
         where = "the leader" if kv["target"] == "leader" else "all nodes"
+        extra = f" (kv serve {' '.join(kv['serve_args'])})" if kv.get("serve_args") else ""
         out += ["", format_sweep(
-            f"kvpaxos, {kv['nodes']} nodes, clients -> {where}, read ratio {o['read_ratio']}, "
+            f"kvpaxos, {kv['nodes']} nodes{extra}, clients -> {where}, read ratio {o['read_ratio']}, "
             f"{o['value_bytes']}-byte values, {o['keys']} keys, {o['duration_s']:g} s per level:", kv["sweep"])]
     base = doc.get("aiohttp") or {}
     if base.get("sweep"):

@@ -6,7 +6,8 @@ A LeaderState exists only while its node is a candidate or the leader of
   slot, the value accepted with the highest ballot; holes become no-ops);
 - the proposals in flight and the votes for each, counted only for `ballot`;
 - commands waiting for a slot, packed into batches bounded in count and bytes
-  (a group of commands from one request always lands whole in one slot);
+  (a group of commands from one request always lands whole in one slot), with
+  their running count and size, so the replica can tell a full batch waiting;
 - read-index rounds: reads wait for a heartbeat round acknowledged by a
   majority at `ballot`, and for the leader's first own-ballot slot to be chosen.
 Majorities are always counted in one configuration (kvpaxos/core/membership.py),
@@ -51,6 +52,8 @@ class LeaderState:
         self.next_slot = from_slot
         self.barrier_slot = 0  # the first fresh slot of this ballot, once proposed
         self.pending: deque[tuple[Command, ...]] = deque()  # groups never split across slots
+        self.pending_count = 0  # commands in pending
+        self.pending_bytes = 0  # their size_bytes()
         self.idle_ticks = 0
         self.hb_seq = 0
         self.acked_seq: dict[int, int] = {}
@@ -107,6 +110,15 @@ class LeaderState:
         del self.proposals[slot]
         return proposal.value
 
+    def add_pending(self, group: tuple[Command, ...]) -> None:
+        """Queue a group of commands for the next fresh slot (all in one)."""
+        self.pending.append(group)
+        self.pending_count += len(group)
+        self.pending_bytes += sum(c.size_bytes() for c in group)
+
+    def full_batch_waiting(self, count_max: int, bytes_max: int) -> bool:
+        return self.pending_count >= count_max or self.pending_bytes >= bytes_max
+
     def next_batch(self, count_max: int, bytes_max: int, ts_ms: int, force: bool = False) -> Batch | None:
         """The commands for the next fresh slot (a no-op if forced and none wait), or None."""
         if not (self.pending or force):
@@ -120,6 +132,8 @@ class LeaderState:
                 break
             commands.extend(self.pending.popleft())
             size += group_size
+        self.pending_count -= len(commands)
+        self.pending_bytes -= size
         return Batch(tuple(commands), ts_ms) if commands else NOOP
 
     # -- reads and liveness ---------------------------------------------------

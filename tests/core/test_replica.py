@@ -17,8 +17,9 @@ from kvpaxos.core.ballot import ZERO, Ballot
 from kvpaxos.core.commands import NOOP, PUT, Batch, Command
 from kvpaxos.core.replica import CoreConfig, Ready, Replica, Role
 
+# Partial batches pipelined freely: these tests count on every proposal opening a slot.
 CONFIG = CoreConfig(election_ticks=10, heartbeat_ticks=2, retry_ticks=4, window_slots=8,
-                    batch_count_max=16, catchup_entries_max=4)
+                    batch_count_max=16, catchup_entries_max=4, partial_in_flight=0)
 
 Envelope = tuple[int, int, m.Message]  # (src, dst, message)
 
@@ -369,7 +370,7 @@ def test_a_slot_is_chosen_only_with_a_majority_at_the_current_ballot() -> None:
 
 def leader_with_pending_commands() -> tuple[Net, Ballot, list[Command]]:
     config = CoreConfig(election_ticks=10, heartbeat_ticks=2, retry_ticks=4, window_slots=1,
-                        batch_count_max=1)
+                        batch_count_max=1, partial_in_flight=0)
     net = Net(n=3, config=config)
     ballot = net.elect(1)
     leader = net.nodes[1]
@@ -702,9 +703,10 @@ def test_forged_messages_are_dropped_and_counted(case: str) -> None:
 
 
 def batching_leader(window_slots: int, batch_count_max: int, batch_bytes_max: int = 1 << 20,
-                    ) -> tuple[Net, Replica]:
+                    partial_in_flight: int = 0) -> tuple[Net, Replica]:
     config = CoreConfig(election_ticks=10, heartbeat_ticks=2, retry_ticks=4, window_slots=window_slots,
-                        batch_count_max=batch_count_max, batch_bytes_max=batch_bytes_max)
+                        batch_count_max=batch_count_max, batch_bytes_max=batch_bytes_max,
+                        partial_in_flight=partial_in_flight)
     net = Net(config=config)
     net.elect(1)
     return net, net.nodes[1]
@@ -753,6 +755,48 @@ def test_batches_are_bounded_in_bytes_but_always_carry_one_command() -> None:
     _, leader2 = batching_leader(window_slots=8, batch_count_max=100, batch_bytes_max=10)
     leader2.propose(put("k", big, cmd_id="huge"))
     assert list(slots_of(leader2.take_ready()).values()) == [["huge"]]
+
+
+def test_a_partial_batch_waits_while_a_proposal_is_in_flight() -> None:
+    """Nagle for slots (partial_in_flight=1, the nodes' default): a lone command goes at
+    once; those arriving while its slot is in flight wait and share the next slot, which
+    opens when that one is chosen."""
+    net, leader = batching_leader(window_slots=8, batch_count_max=3, partial_in_flight=1)
+    leader.propose(put("k", "0", cmd_id="c0"))
+    first = slots_of(net.flush(1))
+    assert list(first.values()) == [["c0"]]
+    leader.propose(put("k", "1", cmd_id="c1"))
+    leader.propose(put("k", "2", cmd_id="c2"))
+    assert net.flush(1).proposed == {}  # c0's slot is in flight: c1 and c2 wait
+    seen = len(net.readies[1])
+    net.deliver(match=lambda s, d, x: isinstance(x, (m.Accept, m.Accepted)) and x.slot == min(first))
+    assert leader.learner.chosen_through == min(first)
+    later = [slots_of(r) for r in net.readies[1][seen:] if r.proposed]
+    assert [list(s.values()) for s in later] == [[["c1", "c2"]]]  # one slot for both
+
+
+def test_a_full_batch_opens_a_slot_even_while_one_is_in_flight() -> None:
+    net, leader = batching_leader(window_slots=8, batch_count_max=3, partial_in_flight=1)
+    leader.propose(put("k", "0", cmd_id="c0"))
+    net.flush(1)
+    for i in range(1, 8):
+        leader.propose(put("k", str(i), cmd_id=f"c{i}"))
+    # Two full batches go now (pipelined); the partial one waits for a slot to be chosen.
+    assert sorted(slots_of(net.flush(1)).values()) == [["c1", "c2", "c3"], ["c4", "c5", "c6"]]
+    assert len(leader.lead.proposals) == 3  # type: ignore[union-attr]
+    net.deliver()
+    proposed = [cid for ready in net.readies[1] for cid in ready.proposed]
+    assert proposed == [f"c{i}" for i in range(8)]
+    assert leader.lead.pending_count == leader.lead.pending_bytes == 0  # type: ignore[union-attr]
+
+
+def test_with_more_partial_slots_in_flight_allowed_each_command_gets_its_own() -> None:
+    net, leader = batching_leader(window_slots=8, batch_count_max=3, partial_in_flight=2)
+    for i in range(3):
+        leader.propose(put("k", str(i), cmd_id=f"c{i}"))
+        net.flush(1)
+    assert len(leader.lead.proposals) == 2  # type: ignore[union-attr]
+    assert list(leader.lead.pending[0]) == [put("k", "2", cmd_id="c2")]  # type: ignore[union-attr]
 
 
 def test_batch_carries_the_leader_clock_for_session_expiry() -> None:
