@@ -30,6 +30,7 @@ import collections
 import heapq
 import itertools
 import logging
+import math
 import os
 import random
 import time
@@ -65,17 +66,22 @@ Send = Callable[[int, m.Message], bool]  # False: certainly not sent
 
 
 class _Sleeper:
-    """A request's coroutine, asleep on one bare future (`wake`) until it is resolved
-    or the node's tick finds a deadline passed: no timer of its own, the cheapest
-    thing asyncio can await."""
+    """A request's coroutine, asleep on one bare future (`wake`) until it is resolved,
+    or until the node's tick finds its deadline or its time to resend passed: no timer
+    of its own, the cheapest thing asyncio can await. The node holds the sleepers of
+    the requests in flight only, so memory follows what is in flight, not the rate."""
 
-    __slots__ = ("wake",)
+    __slots__ = ("wake", "deadline", "resend_at", "exactly_once")
 
-    def __init__(self) -> None:
+    def __init__(self, deadline: float) -> None:
         self.wake: asyncio.Future | None = None
+        self.deadline = deadline
+        self.resend_at = math.inf  # this attempt's time to go again (writes with a client id)
+        self.exactly_once = False  # a leader change sends its command again at once
 
     def again(self) -> None:
         """Wake the coroutine (if it still sleeps on this wait)."""
+        self.resend_at = math.inf
         if self.wake is not None and not self.wake.done():
             self.wake.set_result(None)
 
@@ -87,8 +93,8 @@ class _Call(_Sleeper):
 
     __slots__ = ("results", "missing", "lost", "started")
 
-    def __init__(self, n: int) -> None:
-        super().__init__()
+    def __init__(self, n: int, deadline: float) -> None:
+        super().__init__(deadline)
         self.reset(n)
 
     def reset(self, n: int) -> None:
@@ -166,12 +172,10 @@ class Node:
         self._cmd_ids = itertools.count(1)
         self._read_ids = itertools.count(1)
         self._waiters: dict[str, tuple[_Call, int]] = {}  # cmd_id -> its call and place in it
-        # Swept on each tick: deadlines of requests, times to resend writes and to ask again
-        # for a read index (each deque in time order: every entry in it waits as long).
-        self._deadlines: collections.deque[tuple[float, _Sleeper]] = collections.deque()
-        self._resends: collections.deque[tuple[float, asyncio.Future]] = collections.deque()
+        # The requests in flight, swept on each tick for deadlines and resends (an ordered set).
+        self._sleepers: dict[_Sleeper, None] = {}
+        # Read indexes asked for and when to ask again if unanswered, in time order.
         self._read_retries: collections.deque[tuple[float, int]] = collections.deque()  # read_ids
-        self._resending: set[_Call] = set()  # calls whose attempts a leader change resends
         self._slot_waiters: dict[int, list[str]] = {}
         self._remote_cmds: dict[str, int] = {}
         self._origin_slots: dict[int, collections.deque[int]] = {}  # peer -> slots of its forwarded commands
@@ -340,15 +344,13 @@ class Node:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.request_timeout_s
         resend_s = 4 * self.config.election_ticks * self.config.tick_ms / 1000
-        call = self._register(cmds)
-        self._deadlines.append((deadline, call))
+        call = self._register(cmds, _Call(len(cmds), deadline))
         maybe_taken = False  # some attempt may still be chosen
         earlier_pending = False  # an attempt before the latest one may still be chosen
         # Resending is safe with a client id: go again after a while, or at once when the
         # leader changes. Without one a resend could apply twice: wait for this attempt.
-        exactly_once = cmds[0].client_id is not None
-        if exactly_once:
-            self._resending.add(call)
+        call.exactly_once = cmds[0].client_id is not None
+        self._sleepers[call] = None
         try:
             while loop.time() < deadline:
                 if self.removed:
@@ -365,16 +367,15 @@ class Node:
                     continue
                 maybe_taken = True
                 if call.missing and not call.lost:
-                    call.wake = wake = loop.create_future()
-                    if exactly_once:
-                        self._resends.append((loop.time() + resend_s, wake))
-                    await wake
+                    call.wake = loop.create_future()
+                    if call.exactly_once:
+                        call.resend_at = loop.time() + resend_s
+                    await call.wake
                 if self.removed:
                     break  # the attempt may still be chosen by the members: outcome unknown
                 if not call.missing:
                     self.metrics.commit_latency.observe(time.perf_counter() - call.started, len(cmds))
-                    results, call.results = call.results, []  # its deadline entry outlives it
-                    return results  # type: ignore[return-value] - every one is in
+                    return call.results  # type: ignore[return-value] - every one is in
                 if not call.lost:
                     earlier_pending = True  # time to resend (or the deadline): it may still come
                     continue
@@ -385,7 +386,7 @@ class Node:
                 self._register(cmds, call)
                 await asyncio.sleep(self.config.tick_ms / 1000)
         finally:
-            self._resending.discard(call)
+            del self._sleepers[call]
             for c in cmds:
                 entry = self._waiters.get(c.cmd_id)
                 if entry is not None and entry[0] is call:
@@ -396,23 +397,19 @@ class Node:
                                  f"retry with the same client_id and seq to find out{removed}")
         raise NoQuorum(f"no leader could be reached{removed}", retry_after_s=1)
 
-    def _register(self, cmds: tuple[Command, ...], call: _Call | None = None) -> _Call:
-        """Wait for cmds' results by command id, in `call` (a new one by default)."""
-        call = call or _Call(len(cmds))
+    def _register(self, cmds: tuple[Command, ...], call: _Call) -> _Call:
+        """Wait for cmds' results by command id, in `call`."""
         for i, c in enumerate(cmds):
             self._waiters[c.cmd_id] = (call, i)
         return call
 
     def _sweep_waits(self) -> None:
-        """On a tick: wake the requests whose deadline passed, and the attempts due a
-        resend or a new read index."""
+        """On a tick: wake the requests whose deadline or time to resend passed, and
+        forget read indexes asked for long ago (their reads ask again)."""
         now = asyncio.get_running_loop().time()
-        while self._deadlines and self._deadlines[0][0] <= now:
-            self._deadlines.popleft()[1].again()
-        while self._resends and self._resends[0][0] <= now:
-            wake = self._resends.popleft()[1]
-            if not wake.done():
-                wake.set_result(None)
+        for sleeper in self._sleepers:
+            if sleeper.deadline <= now or sleeper.resend_at <= now:
+                sleeper.again()
         while self._read_retries and self._read_retries[0][0] <= now:
             self._answer_reads(self._read_retries.popleft()[1], None)  # unanswered: ask again
 
@@ -420,9 +417,16 @@ class Node:
         """Return once local state reflects every write completed before the call (read-index)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.request_timeout_s
-        sleeper = _Sleeper()
-        self._deadlines.append((deadline, sleeper))
-        while loop.time() < deadline and not self.removed:
+        sleeper = _Sleeper(deadline)
+        self._sleepers[sleeper] = None
+        try:
+            return await self._read_point(sleeper)
+        finally:
+            del self._sleepers[sleeper]
+
+    async def _read_point(self, sleeper: _Sleeper) -> None:
+        loop = asyncio.get_running_loop()
+        while loop.time() < sleeper.deadline and not self.removed:
             sleeper.wake = self._read_index()
             index = await sleeper.wake  # None: no answer (no leader, or not in time)
             if index is not None:
@@ -665,8 +669,9 @@ class Node:
         if leader != self._last_leader:
             self._last_leader = leader
             self._origin_slots.clear()
-            for call in self._resending:
-                call.again()  # resend to the new leader now
+            for sleeper in self._sleepers:
+                if sleeper.exactly_once:
+                    sleeper.again()  # resend to the new leader now
             if leader is not None:
                 self.counters["leader_changes"] += 1
                 log.info("leader changed", extra=fields(leader=leader, ballot=str(self.replica.ballot),
