@@ -21,9 +21,9 @@ from kvpaxos.client import (
     entry_from, give_up, raise_for_status, voter_yet,
 )
 from kvpaxos.client_support import (
-    RETRY_STATUSES, Attempts, Sessions, decode_body, kv_path, list_path, member_body, member_path,
-    members_path, merge_cluster_status, parse_endpoints, parse_retry_after, put_body,
-    unprobed_peers,
+    LEADER_HEADER, RETRY_STATUSES, Attempts, Sessions, decode_body, kv_path, LeaderHint, list_path,
+    member_body, member_path, members_path, merge_cluster_status, parse_endpoints, parse_retry_after,
+    put_body, unprobed_peers,
 )
 
 # Raised when the TCP connect itself timed out (aiohttp >= 3.10); the request never left.
@@ -43,7 +43,8 @@ class AsyncClient:
         self.endpoints = parse_endpoints(endpoints)
         self.timeout_s = float(timeout_s)
         self._sessions = Sessions(client_id or uuid.uuid4().hex)
-        self._preferred = 0
+        self._preferred = 0  # calls start at the node that last answered ...
+        self._leader = LeaderHint(self.endpoints)  # ... writes at the leader answers name
         self._http: aiohttp.ClientSession | None = None
         self.token = token
         self._ssl = ssl.create_default_context(cafile=ca_file) if ca_file else None
@@ -173,8 +174,13 @@ class AsyncClient:
                     only: list[str] | None = None, timeout_s: float | None = None,
                     max_tries: int | None = None) -> dict[str, Any]:
         endpoints = only or self.endpoints
-        start = 0 if only else self._preferred
-        attempts = Attempts(len(endpoints), start, timeout_s or self.timeout_s, method != "GET",
+        write = method != "GET"
+        start = self._preferred
+        if only:
+            start = 0
+        elif write and self._leader.index is not None:
+            start = self._leader.index
+        attempts = Attempts(len(endpoints), start, timeout_s or self.timeout_s, write,
                             max_tries=max_tries)
         payload = None if body is None else json.dumps(body).encode("utf-8")
         while (step := attempts.next()) is not None:
@@ -182,14 +188,18 @@ class AsyncClient:
             await asyncio.sleep(delay)
             url = endpoints[index]
             try:
-                status, retry_after, doc = await self._send(url + path, method, payload,
-                                                            attempts.remaining())
+                status, retry_after, doc, leader = await self._send(url + path, method, payload,
+                                                                    attempts.remaining())
             except (aiohttp.ClientConnectorError, _CONNECT_TIMEOUT) as exc:
                 attempts.failed(f"{url}: {exc or type(exc).__name__}", sent=False)
+                if not only:
+                    self._leader.unreachable(index)
                 continue
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
                 attempts.failed(f"{url}: {exc or type(exc).__name__}", sent=True)
                 continue
+            if not only:
+                self._leader.heard(leader)
             if status in RETRY_STATUSES:
                 reason = f"{url}: HTTP {status} {doc.get('error', '')}".rstrip()
                 attempts.failed(reason, sent=True, status=status, retry_after=retry_after)
@@ -200,7 +210,7 @@ class AsyncClient:
         raise give_up(attempts)
 
     async def _send(self, url: str, method: str, payload: bytes | None,
-                    timeout_s: float) -> tuple[int, float | None, dict[str, Any]]:
+                    timeout_s: float) -> tuple[int, float | None, dict[str, Any], str | None]:
         timeout = aiohttp.ClientTimeout(total=max(timeout_s, 0.01),
                                         sock_connect=min(CONNECT_TIMEOUT_S, max(timeout_s, 0.01)))
         headers = {"Content-Type": "application/json"} if payload is not None else None
@@ -208,4 +218,4 @@ class AsyncClient:
                                            timeout=timeout) as response:
             raw = await response.read()
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            return response.status, retry_after, decode_body(raw)
+            return response.status, retry_after, decode_body(raw), response.headers.get(LEADER_HEADER)

@@ -3,6 +3,10 @@
 Any node accepts any request, so the client needs no leader discovery: it sends
 to the node that last answered and, when a node is down, overloaded (503) or
 times out (504), moves round robin to the next one until the call's deadline.
+Writes start at the leader when an answer has named it (the X-Kv-Leader header)
+and it is one of the client's endpoints, which spares them the hop from a
+follower to the leader and back; a leader the client could not connect to is
+left alone for a few seconds. A client of one endpoint stays on it.
 
 Writes carry (client_id, seq). A retry of one write reuses its seq, so the
 cluster applies it at most once even if the first attempt was applied and only
@@ -26,9 +30,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from kvpaxos.client_support import (
-    RETRY_STATUSES, Attempts, Sessions, decode_body, kv_path, list_path, member_body, member_path,
-    members_path, merge_cluster_status, normalize_endpoint, parse_endpoints, parse_retry_after,
-    put_body, unprobed_peers,
+    LEADER_HEADER, RETRY_STATUSES, Attempts, Sessions, decode_body, kv_path, LeaderHint, list_path,
+    member_body, member_path, members_path, merge_cluster_status, normalize_endpoint, parse_endpoints,
+    parse_retry_after, put_body, unprobed_peers,
 )
 
 __all__ = [
@@ -169,7 +173,8 @@ class Client:
         self.endpoints = parse_endpoints(endpoints)
         self.timeout_s = float(timeout_s)
         self._sessions = Sessions(client_id or uuid.uuid4().hex)
-        self._preferred = 0
+        self._preferred = 0  # calls start at the node that last answered ...
+        self._leader = LeaderHint(self.endpoints)  # ... writes at the leader answers name
         self._conns: dict[int, http.client.HTTPConnection] = {}
         self.token, self.ca_file = token, ca_file
         self._ssl = ssl.create_default_context(cafile=ca_file) if ca_file else None
@@ -296,21 +301,24 @@ class Client:
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None,
               max_tries: int | None = None, timeout_s: float | None = None) -> dict[str, Any]:
         write = method != "GET"
-        attempts = Attempts(len(self.endpoints), self._preferred, timeout_s or self.timeout_s, write,
+        start = self._leader.index if write and self._leader.index is not None else self._preferred
+        attempts = Attempts(len(self.endpoints), start, timeout_s or self.timeout_s, write,
                             max_tries=max_tries)
         payload = None if body is None else json.dumps(body).encode("utf-8")
         while (step := attempts.next()) is not None:
             index, delay = step
             time.sleep(delay)
             try:
-                status, retry_after, doc = self._send(index, method, path, payload,
-                                                      attempts.remaining())
+                status, retry_after, doc, leader = self._send(index, method, path, payload,
+                                                              attempts.remaining())
             except _ConnectError as exc:
                 attempts.failed(f"{self.endpoints[index]}: {exc}", sent=False)
+                self._leader.unreachable(index)
                 continue
             except (OSError, http.client.HTTPException) as exc:
                 attempts.failed(f"{self.endpoints[index]}: {exc or type(exc).__name__}", sent=True)
                 continue
+            self._leader.heard(leader)
             if status in RETRY_STATUSES:
                 reason = f"{self.endpoints[index]}: HTTP {status} {doc.get('error', '')}".rstrip()
                 attempts.failed(reason, sent=True, status=status, retry_after=retry_after)
@@ -320,7 +328,7 @@ class Client:
         raise give_up(attempts)
 
     def _send(self, index: int, method: str, path: str, payload: bytes | None,
-              timeout_s: float) -> tuple[int, float | None, dict[str, Any]]:
+              timeout_s: float) -> tuple[int, float | None, dict[str, Any], str | None]:
         conn = self._connection(index, timeout_s)
         conn.sock.settimeout(max(timeout_s, 0.01))
         headers = {"Accept": "application/json"}
@@ -337,7 +345,8 @@ class Client:
             raise
         if response.will_close:
             self._drop(index)
-        return response.status, parse_retry_after(response.getheader("Retry-After")), decode_body(raw)
+        return (response.status, parse_retry_after(response.getheader("Retry-After")), decode_body(raw),
+                response.getheader(LEADER_HEADER))
 
     def _connection(self, index: int, timeout_s: float) -> http.client.HTTPConnection:
         conn = self._conns.get(index)

@@ -19,6 +19,43 @@ BACKOFF_BASE_S = 0.05
 BACKOFF_MAX_S = 1.0
 # Statuses after which another node may well succeed.
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
+# Every node's answers name the leader's URL here; the clients send writes there.
+LEADER_HEADER = "X-Kv-Leader"
+
+
+# A client that could not connect to the leader sends its writes through the other
+# nodes for this long before it tries the leader directly again.
+LEADER_AVOID_S = 5.0
+
+
+class LeaderHint:
+    """Where a client starts its writes: the endpoint that answers named as the leader
+    (X-Kv-Leader), if it is one of the client's endpoints and the client has not
+    failed to reach it lately. None: start where reads do."""
+
+    def __init__(self, endpoints: list[str], clock: Callable[[], float] = time.monotonic) -> None:
+        self._endpoints, self._clock = endpoints, clock
+        self.index: int | None = None
+        self._unreachable: dict[int, float] = {}  # endpoint index -> when a connect failed
+
+    def heard(self, header: str | None) -> None:
+        """An answer came, naming the leader in `header` (or no leader)."""
+        index = None
+        if header:
+            try:
+                index = self._endpoints.index(normalize_endpoint(header))
+            except ValueError:
+                pass  # not one of ours (or malformed): a client follows only its endpoints
+        failed = self._unreachable.get(index, None) if index is not None else None
+        if failed is not None and self._clock() - failed < LEADER_AVOID_S:
+            index = None
+        self.index = index
+
+    def unreachable(self, index: int) -> None:
+        """Connecting to endpoint `index` failed."""
+        self._unreachable[index] = self._clock()
+        if self.index == index:
+            self.index = None
 
 
 def normalize_endpoint(endpoint: str) -> str:

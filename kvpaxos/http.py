@@ -25,6 +25,7 @@ from kvpaxos.node import Node
 from kvpaxos.parse import field, json_body, key_of
 from kvpaxos.transport import PeerTransport
 from kvpaxos import metrics, security
+from kvpaxos.client_support import LEADER_HEADER
 
 log = logging.getLogger("kvpaxos.http")
 
@@ -256,6 +257,15 @@ async def get_metrics(request: web.Request) -> web.Response:
     return web.Response(body=text.encode("utf-8"), headers={"Content-Type": metrics.CONTENT_TYPE})
 
 
+async def leader_header(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer names the leader (X-Kv-Leader: its URL), so a client can send its
+    writes there and spare them the hop through a follower; any node still takes any
+    request. Not on a refusal for a missing token."""
+    url = request.app[NODE].leader_url
+    if url is not None and response.status != 401:
+        response.headers[LEADER_HEADER] = url
+
+
 def _security_middlewares(node: Node) -> list:
     """With a client token, every route that can show data needs it (security.is_open; 401)."""
     if node.config.token is None:
@@ -289,5 +299,6 @@ def init_app(node: Node, transport: PeerTransport) -> web.Application:
     app.router.add_delete("/v1/members/{id}", remove_member)
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/v1/peer", transport.handle_inbound)
+    app.on_response_prepare.append(leader_header)
     setup_dashboard(app, node, transport)  # GET /, /v1/events, /v1/dashboard: kvpaxos/dashboard
     return app

@@ -457,7 +457,64 @@ def test_async_member_calls(fake: FakeCluster) -> None:
         ("GET", "/v1/members"), ("DELETE", "/v1/members/9?force=true")]
 
 
+# -- writes go to the leader answers name ---------------------------------------------
+
+
+def test_writes_follow_the_leader_an_answer_names(fake: FakeCluster) -> None:
+    named_b = {"X-Kv-Leader": fake.b.url}
+    fake.a.default = (200, {"key": "k", "version": 1}, named_b)
+    fake.b.default = (200, {"key": "k", "version": 2}, named_b)
+    with Client([fake.a.url, fake.b.url], timeout_s=3) as kv:
+        assert kv.put("k", "v") == 1  # a answers and names b
+        assert kv.put("k", "w") == 2  # straight to b
+        assert kv.put("k", "x") == 2
+    assert len(fake.a.requests) == 1 and len(fake.b.requests) == 2
+    fake.a.reset()
+    fake.a.default = (200, {"key": "k", "version": 1}, named_b)
+    with Client([fake.a.url], timeout_s=3) as kv:  # b is not one of its endpoints: stay on a
+        kv.put("k", "v")
+        kv.put("k", "w")
+    assert len(fake.a.requests) == 2
+    fake.a.reset()
+    fake.a.default = (200, {"key": "k", "version": 1}, {"X-Kv-Leader": "not a url"})
+    with Client([fake.a.url, fake.b.url], timeout_s=3) as kv:
+        kv.put("k", "v")
+        kv.put("k", "w")
+    assert len(fake.a.requests) == 2
+
+
+def test_a_leader_that_cannot_be_reached_is_left_alone_for_a_while() -> None:
+    from kvpaxos.client_support import LEADER_AVOID_S, LeaderHint
+
+    now = [100.0]
+    hint = LeaderHint(["http://h:1", "http://h:2"], clock=lambda: now[0])
+    hint.heard("h:2")
+    assert hint.index == 1
+    hint.unreachable(1)
+    assert hint.index is None
+    hint.heard("http://h:2/")  # another node still names it
+    assert hint.index is None
+    now[0] += LEADER_AVOID_S
+    hint.heard("http://h:2")
+    assert hint.index == 1
+    hint.heard(None)  # an answer that names no leader (an election is on)
+    assert hint.index is None
+
+
 # -- the asyncio client -------------------------------------------------------------
+
+
+def test_async_client_writes_follow_the_leader_an_answer_names(fake: FakeCluster) -> None:
+    named_b = {"X-Kv-Leader": fake.b.url}
+    fake.a.default = (200, {"key": "k", "version": 1}, named_b)
+    fake.b.default = (200, {"key": "k", "version": 2}, named_b)
+
+    async def scenario() -> list[int]:
+        async with AsyncClient([fake.a.url, fake.b.url], timeout_s=3) as kv:
+            return [await kv.put("k", str(i)) for i in range(3)]
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 10)) == [1, 2, 2]
+    assert len(fake.a.requests) == 1
 
 
 def test_async_client_fails_over_and_reuses_the_seq(fake: FakeCluster) -> None:

@@ -152,6 +152,7 @@ def test_token_guards_data_routes_not_status_or_metrics(make_nodes, tmp_path) ->
             assert reply.status == 401, (method, path, reply)
             assert reply.json["error"] == "unauthorized" and reply.json["message"]
             assert reply.headers["www-authenticate"].startswith("Bearer")
+            assert "x-kv-leader" not in reply.headers  # no topology for a refused caller
     assert nodes.request(1, "GET", "/v1/status", token=None).status == 200
     assert nodes.request(1, "GET", "/metrics", token=None).status == 200
     assert metric(nodes, 1, "kvpaxos_http_unauthorized_total") >= 12

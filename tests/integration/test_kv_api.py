@@ -356,3 +356,41 @@ def test_server_option_lowers_the_value_limit(tmp_path):
         assert cluster.get(1, "big").status == 404
     finally:
         cluster.stop_all()
+
+
+def test_answers_name_the_leader_and_the_client_writes_there(api):
+    """Every answer carries X-Kv-Leader (the leader's URL); a client given every node
+    sends its writes there after its first answer, so no follower forwards them."""
+    import urllib.request
+
+    from kvpaxos.client import Client
+
+    leader = api.wait_for_leader()
+    wait_until(lambda: all(api.status(n)["leader"] == leader for n in NODES), 10,
+               "every node to follow the leader")
+    for node in NODES:
+        with urllib.request.urlopen(f"{api.url(node)}/v1/status", timeout=5) as resp:
+            assert resp.headers["X-Kv-Leader"] == api.url(leader)
+
+    def forwarded() -> dict[int, float]:
+        out = {}
+        for n in NODES:
+            with urllib.request.urlopen(f"{api.url(n)}/metrics", timeout=5) as resp:
+                text = resp.read().decode()
+            out[n] = next(float(line.split()[-1]) for line in text.splitlines()
+                          if line.startswith("kvpaxos_requests_forwarded_total"))
+        return out
+
+    follower = next(n for n in NODES if n != leader)
+    endpoints = [api.url(follower)] + [api.url(n) for n in NODES if n != follower]
+    with Client(endpoints, timeout_s=10) as kv:
+        kv.put(fresh("routed"), "first")  # the follower forwards this one and names the leader
+        before = forwarded()
+        for i in range(20):
+            kv.put(fresh("routed"), str(i))
+        assert forwarded() == before, "writes still went through a follower"
+    with Client([api.url(follower)], timeout_s=10) as kv:  # one endpoint: it stays there
+        before = forwarded()[follower]
+        kv.put(fresh("pinned"), "x")
+        kv.put(fresh("pinned"), "y")
+        assert forwarded()[follower] == before + 2
