@@ -51,7 +51,8 @@ class LeaderState:
         self.proposals: dict[int, Proposal] = {}
         self.next_slot = from_slot
         self.barrier_slot = 0  # the first fresh slot of this ballot, once proposed
-        self.pending: deque[tuple[Command, ...]] = deque()  # groups never split across slots
+        # (group, its size in bytes): a group is never split across slots.
+        self.pending: deque[tuple[tuple[Command, ...], int]] = deque()
         self.pending_count = 0  # commands in pending
         self.pending_bytes = 0  # their size_bytes()
         self.idle_ticks = 0
@@ -112,9 +113,10 @@ class LeaderState:
 
     def add_pending(self, group: tuple[Command, ...]) -> None:
         """Queue a group of commands for the next fresh slot (all in one)."""
-        self.pending.append(group)
+        size = sum(c.size_bytes() for c in group)
+        self.pending.append((group, size))
         self.pending_count += len(group)
-        self.pending_bytes += sum(c.size_bytes() for c in group)
+        self.pending_bytes += size
 
     def full_batch_waiting(self, count_max: int, bytes_max: int) -> bool:
         return self.pending_count >= count_max or self.pending_bytes >= bytes_max
@@ -126,11 +128,11 @@ class LeaderState:
         commands: list[Command] = []
         size = 0
         while self.pending:
-            group = self.pending[0]
-            group_size = sum(c.size_bytes() for c in group)
+            group, group_size = self.pending[0]
             if commands and (size + group_size > bytes_max or len(commands) + len(group) > count_max):
                 break
-            commands.extend(self.pending.popleft())
+            self.pending.popleft()
+            commands.extend(group)
             size += group_size
         self.pending_count -= len(commands)
         self.pending_bytes -= size

@@ -430,7 +430,7 @@ class Replica:
     def _step_down(self) -> None:
         lead = self.lead
         if lead is not None:
-            for group in lead.pending:
+            for group, _ in lead.pending:
                 self._ready.dropped.extend(group)
             for read in lead.all_reads():
                 self._answer_read(read.origin, read.read_id, None)

@@ -796,7 +796,7 @@ def test_with_more_partial_slots_in_flight_allowed_each_command_gets_its_own() -
         leader.propose(put("k", str(i), cmd_id=f"c{i}"))
         net.flush(1)
     assert len(leader.lead.proposals) == 2  # type: ignore[union-attr]
-    assert list(leader.lead.pending[0]) == [put("k", "2", cmd_id="c2")]  # type: ignore[union-attr]
+    assert leader.lead.pending[0][0] == (put("k", "2", cmd_id="c2"),)  # type: ignore[union-attr]
 
 
 def test_batch_carries_the_leader_clock_for_session_expiry() -> None:
