@@ -190,7 +190,6 @@ class Node:
         self._ticker: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_leader: int | None = None
-        self._leader_url: tuple[tuple[int, tuple[str, int]] | None, str] = (None, "")
         self._http: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task] = set()
 
@@ -289,12 +288,9 @@ class Node:
     def leader_url(self) -> str | None:
         """The leader's HTTP API as its peers (and so clients) reach it, if one is known."""
         leader = self.replica.leader_id
-        address = self.config.cluster.get(leader) if leader is not None else None
-        if address is None:
+        if leader is None or leader not in self.config.cluster:
             return None
-        if self._leader_url[0] != (leader, address):
-            self._leader_url = ((leader, address), self.peer_url(leader, ""))
-        return self._leader_url[1]
+        return self.peer_url(leader, "")
 
     def peer_url(self, peer: int, path: str) -> str:
         """URL of `path` on a peer's HTTP API (https when the cluster uses TLS)."""
