@@ -12,6 +12,9 @@ from pathlib import Path
 import click
 
 DEFAULT_OUT = "benchmarks/results"
+TARGET_OPTION = click.option("--target", type=click.Choice(["all", "leader"]), default="all",
+                             show_default=True,
+                             help="Spread the clients over all nodes, or send everything to the leader.")
 
 
 def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
@@ -62,8 +65,7 @@ def _modes(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
 @click.option("--client", type=click.Choice(["raw", "aiohttp"]), default="raw", show_default=True,
               help="Load generator's HTTP client: a minimal keep-alive client on asyncio (cheap), "
                    "or aiohttp's client session.")
-@click.option("--target", type=click.Choice(["all", "leader"]), default="all", show_default=True,
-              help="Spread clients over all nodes, or send everything to the leader.")
+@TARGET_OPTION
 @click.option("--serve-arg", "serve_args", multiple=True, metavar="ARG",
               help="Add ARG to every node's `kv serve` command line (repeat for several), "
                    "e.g. --serve-arg=--partial-in-flight=0.")
@@ -90,8 +92,8 @@ def _modes(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
 def bench(ctx: click.Context, nodes: int, concurrency: list[int], read_ratio: float, value_bytes: int,
           keys: int, duration: float, warmup: float, client_procs: int, client: str, target: str,
           serve_args: tuple[str, ...], exactly_once: bool, modes: list[str], batch_size: int,
-          batch_concurrency: int, rates: list[float], rate_duration: float, reads_concurrency: int, syncobj_outstanding: int, out_dir: str,
-          tag: str, as_json: bool, quiet: bool) -> None:
+          batch_concurrency: int, rates: list[float], rate_duration: float, reads_concurrency: int,
+          syncobj_outstanding: int, out_dir: str, tag: str, as_json: bool, quiet: bool) -> None:
     """Benchmark a fresh local cluster against baselines; write JSON and SVG results.
 
     Starts NODES real `kv serve` processes with their data in a temporary
@@ -162,8 +164,7 @@ def format_failover(doc: dict) -> str:
 @click.option("--rate", type=click.FloatRange(0), default=0.0, show_default=True,
               help="Open-loop requests per second instead of closed-loop clients (0: closed loop).")
 @click.option("--duration", type=click.FloatRange(0.5), default=10.0, show_default=True)
-@click.option("--target", type=click.Choice(["all", "leader"]), default="all", show_default=True,
-              help="Spread the clients over all nodes, or send everything to the leader.")
+@TARGET_OPTION
 @click.option("--top", type=click.IntRange(1), default=15, show_default=True)
 @click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall", show_default=True,
               help="cprofile timer: perf_counter, or the thread's CPU clock (costlier per call).")
@@ -178,7 +179,8 @@ def profile(nodes: int, tool: str, concurrency: int, read_ratio: float, rate: fl
 
     doc = {"benchmark": f"kv bench profile --tool {tool}", "machine": machine_info(),
            **run_profile(nodes, tool, concurrency, read_ratio, duration, top=top,
-                         out_dir=Path(out_dir), show_progress=not quiet, clock=clock, rate=rate, target=target)}
+                         out_dir=Path(out_dir), show_progress=not quiet, clock=clock, rate=rate,
+                         target=target)}
     doc["files"] = write_json(doc, Path(out_dir), f"profile-{tool}")
     if as_json:
         click.echo(json.dumps(doc, indent=2))
