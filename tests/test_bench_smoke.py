@@ -191,3 +191,58 @@ def test_bench_cluster_passes_serve_args_to_every_node(tmp_path):
     for node in cluster.nodes.values():
         command = cluster.command(node)
         assert command[command.index("serve"):][-2:] == ["--partial-in-flight", "0"]
+
+
+@pytest.mark.parametrize("mode,client", [("closed", "raw"), ("rate", "raw"), ("closed", "aiohttp"),
+                                         ("rate", "aiohttp")])
+def test_load_generator_follows_the_leader_header(mode, client):
+    """With follow_leader the clients start on urls[leader] and move where X-Kv-Leader
+    points, as kvpaxos.client does; without it they stay spread."""
+    import asyncio
+    import threading
+
+    from aiohttp import web
+
+    from kvpaxos.bench.loadgen import LoadRunner, Workload
+
+    hits = {"a": 0, "b": 0}
+    ready = threading.Event()
+    urls: list[str] = []
+
+    def serve() -> None:
+        async def main() -> None:
+            runners = []
+            for name in ("a", "b"):
+                async def put(request: web.Request, name: str = name) -> web.Response:
+                    hits[name] += 1
+                    await request.read()
+                    # Node a says b leads; b says so too (with a trailing slash and in upper
+                    # case, which must still match).
+                    return web.json_response({"version": 1}, headers={"X-Kv-Leader": urls[1].upper() + "/"})
+                app = web.Application()
+                app.router.add_put("/v1/kv/{key}", put)
+                runner = web.AppRunner(app, access_log=None)
+                await runner.setup()
+                site = web.TCPSite(runner, "127.0.0.1", 0)
+                await site.start()
+                urls.append(f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}")
+                runners.append(runner)
+            ready.set()
+            await asyncio.sleep(30)
+        try:
+            asyncio.run(main())
+        except RuntimeError:
+            pass
+    threading.Thread(target=serve, daemon=True).start()
+    assert ready.wait(10)
+
+    base = dict(urls=urls, mode=mode, concurrency=4, rate=200.0, keys=5, warmup_s=0.0, duration_s=0.6,
+                client=client, timeout_s=5.0)
+    result, _ = LoadRunner(show_progress=False).run(Workload(**base, follow_leader=True, leader=0))
+    assert not result.errors, result.errors
+    assert result.leader_moves == 1
+    assert 1 <= hits["a"] <= 8 and hits["b"] > 5 * hits["a"], hits  # a: only the first few
+    hits.update(a=0, b=0)
+    result, _ = LoadRunner(show_progress=False).run(Workload(**base))
+    assert not result.errors and result.leader_moves == 0
+    assert hits["a"] > 0 and hits["b"] > 0, hits  # spread: both, whatever the header says

@@ -164,6 +164,14 @@ class BenchCluster:
     def urls(self) -> list[str]:
         return [n.url for n in self.nodes.values()]
 
+    def client_targets(self, target: str, leader: int) -> dict:
+        """Workload fields for where clients send: "all" spreads them over every node;
+        "leader" starts them on `leader` and lets them follow X-Kv-Leader from there,
+        as kvpaxos.client does."""
+        if target == "leader":
+            return {"urls": self.urls, "follow_leader": True, "leader": list(self.nodes).index(leader)}
+        return {"urls": self.urls}
+
     def command(self, node: BenchNode) -> list[str]:
         prefix = [sys.executable, "-m", "cli.main"]
         if node.profile_path is not None:  # SIGUSR1/SIGUSR2 start/stop cProfile

@@ -14,7 +14,8 @@ import click
 DEFAULT_OUT = "benchmarks/results"
 TARGET_OPTION = click.option("--target", type=click.Choice(["all", "leader"]), default="all",
                              show_default=True,
-                             help="Spread the clients over all nodes, or send everything to the leader.")
+                             help="Spread the clients over all nodes, or send everything to the leader "
+                                  "(and follow X-Kv-Leader when it changes, as kvpaxos.client does).")
 
 
 def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:

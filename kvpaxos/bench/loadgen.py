@@ -17,6 +17,12 @@ Writes are single PUTs of `value_bytes`-byte values; with `exactly_once` each
 client sends its own client_id and an increasing seq, as kvpaxos.client does.
 Reads are linearizable GETs (or `?consistency=stale`).
 
+Where requests go: spread over `urls` (client i on node i mod n), or, with
+`follow_leader`, all to `urls[leader]` at first and then wherever the nodes'
+X-Kv-Leader answer header points, as kvpaxos.client does: after a leader change
+the clients move to the new leader instead of being forwarded for the rest of
+the run.
+
 Every process waits for a shared start time (CLOCK_MONOTONIC is system-wide on
 Linux), runs `warmup_s` unmeasured, then `duration_s` measured: requests that
 end inside the window count (throughput = completions in the window), each
@@ -41,6 +47,7 @@ import aiohttp
 from yarl import URL
 
 from kvpaxos.bench import rawhttp
+from kvpaxos.client_support import LEADER_HEADER
 from kvpaxos.bench.stats import summarize
 
 ERROR_PAUSE_S = 0.01  # after a failed request, so a dead node does not spin a client
@@ -66,6 +73,8 @@ class Workload:
     key_prefix: str = "bench-"
     label: str = ""
     client: str = "raw"             # raw | aiohttp
+    follow_leader: bool = False     # send to urls[leader], then follow X-Kv-Leader
+    leader: int = 0                 # with follow_leader: the index in urls to start at
 
 
 @dataclass
@@ -78,6 +87,7 @@ class WorkerResult:
     cpu_s: float = 0.0
     late: int = 0          # rate mode: requests that started > 1 ms after their planned time
     unsent: int = 0        # rate mode: planned but never started (too many outstanding)
+    leader_moves: int = 0  # follow_leader: times X-Kv-Leader named another node
 
     def merge(self, other: WorkerResult) -> None:
         for op, values in other.latencies.items():
@@ -89,6 +99,7 @@ class WorkerResult:
         self.cpu_s += other.cpu_s
         self.late += other.late
         self.unsent += other.unsent
+        self.leader_moves += other.leader_moves
 
 
 def key_names(w: Workload) -> list[str]:
@@ -124,6 +135,21 @@ class _Gen:
         self.done_ops = 0
         self.json_headers = {"Content-Type": "application/json"}
         self._free_sessions: list[list] = []  # open loop: [client_id, last seq] not in use
+        self.leader = w.leader if w.follow_leader else -1
+        self.url_index = {u.rstrip("/").lower(): i for i, u in enumerate(w.urls)}
+
+    def node_for(self, index: int) -> int:
+        """The node that client (or request) `index` sends to now."""
+        return self.leader if self.leader >= 0 else index % len(self.w.urls)
+
+    def saw_leader(self, url: str | None) -> None:
+        """An answer named the leader (X-Kv-Leader): send there from now on."""
+        if self.leader < 0 or not url:
+            return
+        i = self.url_index.get(url.rstrip("/").lower())  # a host name is case-blind
+        if i is not None and i != self.leader:
+            self.leader = i
+            self.result.leader_moves += 1
 
     def record(self, op: str, started: float, ended: float) -> None:
         if self.m0 <= ended <= self.m1:
@@ -179,6 +205,7 @@ class _Gen:
         share = self.share
 
         def new_session(conn: rawhttp.Conn) -> None:
+            conn.watch_leader = w.follow_leader
             if w.exactly_once:
                 conn.client_id = f"bench-{uuid.uuid4().hex[:12]}-r{share}"
         pool.on_new = new_session
@@ -213,7 +240,7 @@ class _Gen:
     async def _raw_client(self, index: int) -> None:
         """A closed-loop client on its own keep-alive connection (reopened after an error)."""
         w = self.w
-        node = index % len(w.urls)
+        node = self.node_for(index)
         rng = random.Random(self.rng.random())
         nkeys = len(self.keys)
         conn: rawhttp.Conn | None = None
@@ -221,6 +248,11 @@ class _Gen:
         client_id = f"bench-{uuid.uuid4().hex[:12]}-{index}" if w.exactly_once else None
         results = self.result
         while time.monotonic() < self.m1:
+            if (want := self.node_for(index)) != node:
+                if conn is not None:
+                    self.pool.release(node, conn)
+                    conn = None
+                node = want
             if conn is None or conn.closed:
                 try:
                     conn = await self.pool.acquire(node)
@@ -246,6 +278,7 @@ class _Gen:
                 await asyncio.sleep(ERROR_PAUSE_S)
                 continue
             ended = time.monotonic()
+            self.saw_leader(conn.leader)
             if not self._check(op, status, body, started, ended):
                 await asyncio.sleep(ERROR_PAUSE_S)
         if conn is not None:
@@ -332,7 +365,7 @@ class _Gen:
     def _start_open(self, planned: float, i: int) -> None:
         if time.monotonic() - planned > 0.001:
             self.result.late += 1
-        node = i % len(self.w.urls)
+        node = self.node_for(i)
         is_get = self.rng.random() < self.w.read_ratio
         k = self.rng.randrange(len(self.keys))
         self.outstanding += 1
@@ -371,6 +404,7 @@ class _Gen:
             self.result.errors[f"{op}:{type(exc).__name__}"] += 1
         else:
             status, body = fut.result()
+            self.saw_leader(conn.leader)
             self._check(op, status, body, planned, ended)
         self._open_done()
 
@@ -395,7 +429,6 @@ class _Gen:
 
     async def _client(self, index: int) -> None:
         w = self.w
-        node = index % len(w.urls)
         client_id = f"bench-{uuid.uuid4().hex[:12]}-{index}" if w.exactly_once else None
         seq = 0
         rng = random.Random(self.rng.random())
@@ -404,6 +437,7 @@ class _Gen:
             now = time.monotonic()
             if now >= self.m1:
                 return
+            node = self.node_for(index)
             if w.mode == "batch":
                 seq += 1
                 ok = await self._batch(node, rng, client_id, seq)
@@ -429,6 +463,7 @@ class _Gen:
                                         headers=self.json_headers) as resp:
                 await resp.read()
                 status = resp.status
+                self.saw_leader(resp.headers.get(LEADER_HEADER))
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             self.result.errors[f"put:{type(exc).__name__}"] += 1
             return False
@@ -444,6 +479,7 @@ class _Gen:
             async with self.session.get(self.get_urls[node][k]) as resp:
                 await resp.read()
                 status = resp.status
+                self.saw_leader(resp.headers.get(LEADER_HEADER))
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             self.result.errors[f"get:{type(exc).__name__}"] += 1
             return False
@@ -463,6 +499,7 @@ class _Gen:
                                          headers=self.json_headers) as resp:
                 raw = await resp.read()
                 status = resp.status
+                self.saw_leader(resp.headers.get(LEADER_HEADER))
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             self.result.errors[f"batch:{type(exc).__name__}"] += 1
             return False
@@ -507,7 +544,7 @@ class _Gen:
     async def _timed_put(self, planned: float, k: int, i: int) -> None:
         self._note_start(planned)
         if not self.w.exactly_once:
-            await self._put(i % len(self.w.urls), k, None, 0, planned)
+            await self._put(self.node_for(i), k, None, 0, planned)
             return
         # Concurrent writes each need their own session (as in kvpaxos.aioclient):
         # one client's requests must reach the store in seq order.
@@ -515,13 +552,13 @@ class _Gen:
             [f"bench-{uuid.uuid4().hex[:12]}-r{self.share}", 0]
         session[1] += 1
         try:
-            await self._put(i % len(self.w.urls), k, session[0], session[1], planned)
+            await self._put(self.node_for(i), k, session[0], session[1], planned)
         finally:
             self._free_sessions.append(session)
 
     async def _timed_get(self, planned: float, k: int, i: int) -> None:
         self._note_start(planned)
-        await self._get(i % len(self.w.urls), k, planned)
+        await self._get(self.node_for(i), k, planned)
 
     def _note_start(self, planned: float) -> None:
         """Latency counts from the planned start; note requests that started late."""
@@ -752,6 +789,8 @@ def level_summary(result: WorkerResult, duration_s: float, batch_size: int = 1) 
     if "batch" in ops:
         out["batch_ops_s"] = round(result.batch_ops_ok / duration_s, 1)
         out["batch_ops_failed"] = result.batch_ops_failed
+    if result.leader_moves:
+        out["leader_moves"] = result.leader_moves
     if result.late or result.unsent:
         out["late_starts"] = result.late
         out["unsent"] = result.unsent

@@ -142,8 +142,7 @@ def run_profile(nodes: int = 3, tool: str = "cprofile", concurrency: int = 64,
         leader = cluster.leader()
         follower = next((i for i in cluster.nodes if i != leader), None)  # none with one node
         result["leader"], result["follower"] = leader, follower
-        urls = [cluster.nodes[leader].url] if target == "leader" else cluster.urls
-        w = Workload(urls, concurrency=concurrency, read_ratio=read_ratio,
+        w = Workload(**cluster.client_targets(target, leader), concurrency=concurrency, read_ratio=read_ratio,
                      value_bytes=value_bytes, keys=keys, warmup_s=warmup_s, duration_s=duration_s,
                      mode="rate" if rate > 0 else "closed", rate=rate,
                      label=f"profile load {rate:g}/s" if rate > 0 else f"profile load c={concurrency}")

@@ -37,6 +37,8 @@ class Conn(asyncio.Protocol):
         self.closed = False
         self.client_id: str | None = None  # exactly-once: this connection's session
         self.seq = 0
+        self.watch_leader = False  # parse X-Kv-Leader from answers into `leader`
+        self.leader: str | None = None  # the last answer's X-Kv-Leader (when watched)
 
     # -- asyncio.Protocol --
 
@@ -64,6 +66,11 @@ class Conn(asyncio.Protocol):
             return
         status = int(buf[9:12])
         body = bytes(buf[end + 4:total])
+        if self.watch_leader:
+            at = head.find(b"\r\nx-kv-leader:")
+            if at >= 0:  # the name is lowercased in `head`; the value is taken as sent
+                eol = head.find(b"\r\n", at + 2)
+                self.leader = bytes(buf[at + 15:eol if eol > 0 else end]).decode("latin-1").strip()
         del buf[:total]
         keep = b"\r\nconnection: close" not in head
         waiter, self.waiter = self.waiter, None

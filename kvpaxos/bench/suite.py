@@ -237,8 +237,8 @@ def run_kvpaxos(opts: SuiteOptions, runner: LoadRunner, echo: EchoServer | None 
     with BenchCluster(opts.nodes, serve_args=opts.serve_args) as cluster:
         leader = cluster.leader()
         out["leader"] = leader
-        urls = [cluster.nodes[leader].url] if opts.target == "leader" else cluster.urls
-        base = Workload(urls, concurrency=1, read_ratio=opts.read_ratio, value_bytes=opts.value_bytes,
+        targets = cluster.client_targets(opts.target, leader)
+        base = Workload(**targets, concurrency=1, read_ratio=opts.read_ratio, value_bytes=opts.value_bytes,
                         keys=opts.keys, warmup_s=opts.warmup_s, duration_s=opts.duration_s,
                         exactly_once=opts.exactly_once, client=opts.client)
         written = populate(base)
@@ -252,7 +252,7 @@ def run_kvpaxos(opts: SuiteOptions, runner: LoadRunner, echo: EchoServer | None 
 
         echo_base = None
         if echo is not None and echo_out is not None:
-            echo_base = Workload(**{**base.__dict__, "urls": [echo.url]})
+            echo_base = Workload(**{**base.__dict__, "urls": [echo.url], "follow_leader": False, "leader": 0})
             populate(echo_base)
             echo_out["sweep"] = []
         if "sweep" in opts.modes:
@@ -262,7 +262,7 @@ def run_kvpaxos(opts: SuiteOptions, runner: LoadRunner, echo: EchoServer | None 
                 if echo_base is not None:
                     echo_out["sweep"].append(_level(runner, echo_base, c, "aiohttp baseline", echo.pids))
         if "batch" in opts.modes:
-            ok, why = probe_batch(urls[0])
+            ok, why = probe_batch(targets["urls"][base.leader])
             if not ok:
                 out["batch"] = {"available": False, "reason": why}
             else:
@@ -524,7 +524,7 @@ def format_report(doc: dict) -> str:
     o = doc["options"]
     kv = doc.get("kvpaxos") or {}
     if kv.get("sweep"):
-        where = "the leader" if kv["target"] == "leader" else "all nodes"
+        where = "the leader (following X-Kv-Leader)" if kv["target"] == "leader" else "all nodes"
         extra = f" (kv serve {' '.join(kv['serve_args'])})" if kv.get("serve_args") else ""
         out += ["", format_sweep(
             f"kvpaxos, {kv['nodes']} nodes{extra}, clients -> {where}, read ratio {o['read_ratio']}, "
