@@ -60,6 +60,10 @@ class NodeConfig:
     batch_count_max: int = 1024
     batch_bytes_max: int = 4 * 1024 * 1024
     partial_in_flight: int = 1  # kvpaxos/core/replica.py CoreConfig.partial_in_flight
+    # As leader, accept its own proposal only when its followers, short of a majority by
+    # its vote, have not made one within one to two of these (0: at once).
+    # CoreConfig.defer_self_vote.
+    self_vote_delay_ms: float = 0.5
     value_bytes_max: int = VALUE_BYTES_MAX
     request_timeout_s: float = 5.0
     snapshot_every_slots: int = 10_000
@@ -85,6 +89,8 @@ class NodeConfig:
             value = getattr(self, name)
             if type(value) is not int or value < low:
                 raise ConfigError(f"{name} must be an integer >= {low}, not {value!r}")
+        if not 0 <= self.self_vote_delay_ms <= 1000:
+            raise ConfigError(f"self_vote_delay_ms must be from 0 to 1000, not {self.self_vote_delay_ms!r}")
         if not 0 < self.request_timeout_s < float("inf"):
             raise ConfigError(f"request_timeout_s must be a positive number of seconds, "
                               f"not {self.request_timeout_s!r}")

@@ -149,7 +149,8 @@ class Node:
         core = CoreConfig(election_ticks=config.election_ticks, heartbeat_ticks=config.heartbeat_ticks,
                           retry_ticks=max(2, config.heartbeat_ticks * 2), window_slots=config.window_slots,
                           batch_count_max=config.batch_count_max, batch_bytes_max=config.batch_bytes_max,
-                          partial_in_flight=config.partial_in_flight)
+                          partial_in_flight=config.partial_in_flight,
+                          defer_self_vote=config.self_vote_delay_ms > 0)
         self.replica = Replica(
             self.id, self.kv.membership, core, random.Random(), promised=durable.promised,
             accepted={s: v for s, v in durable.accepted.items() if s > base},
@@ -186,6 +187,7 @@ class Node:
         self._open_messages: list[tuple[int, m.Message]] = []
         self._committing = False
         self._pump_scheduled = False
+        self._self_vote_timer: asyncio.TimerHandle | None = None
         self._disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"disk-{self.id}")
         self._ticker: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -207,6 +209,8 @@ class Node:
     async def stop(self) -> None:
         if self._ticker is not None:
             self._ticker.cancel()
+        if self._self_vote_timer is not None:
+            self._self_vote_timer.cancel()
         for task in list(self._tasks):
             task.cancel()
         if not self._committing:
@@ -529,6 +533,10 @@ class Node:
     def _pump(self) -> None:
         self._pump_scheduled = False
         ready = self.replica.take_ready()
+        if self._self_vote_timer is None and self.replica.has_due_self_votes():
+            assert self._loop is not None
+            self._self_vote_timer = self._loop.call_later(self.config.self_vote_delay_ms / 1000,
+                                                          self._self_votes_due)
         if ready.is_empty():
             return
         self._note_leader()
@@ -577,6 +585,14 @@ class Node:
             self._answer_reads(read_id, index)
         self._send_all(send_now)
         self._commit_or_send()
+
+    def _self_votes_due(self) -> None:
+        """Cast the leader's own votes that became due before the last interval
+        (CoreConfig.defer_self_vote); the pump persists them and sets the timer again
+        for any due since."""
+        self._self_vote_timer = None
+        self.replica.cast_self_votes()
+        self._wake()
 
     def _apply(self, ready: Ready) -> None:
         for slot, batch in ready.apply:

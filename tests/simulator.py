@@ -77,6 +77,20 @@ class SimNode:
     state: KVState
     membership: Membership
     unpersisted: list = field(default_factory=list)  # only with ack_before_persist
+    # Chosen records not yet durable: as on a node, they ride with the next promise or
+    # acceptance, or go on their own some time later; a crash loses them.
+    lazy_chosen: dict = field(default_factory=dict)
+
+
+def seed_config(seed: int) -> CoreConfig:
+    """The core's configuration for a seed. Every fourth seed holds partial batches while a
+    proposal is in flight (as nodes do by default); the rest pipeline them freely, which
+    lets more interleavings happen. Every third seed has leaders defer their own votes
+    (as nodes do by default), cast at random steps or by the tick. From the seed, not the
+    rng, so that seeds replay as they did."""
+    return CoreConfig(election_ticks=8, heartbeat_ticks=2, retry_ticks=3, window_slots=4,
+                      batch_count_max=3, catchup_entries_max=5,
+                      partial_in_flight=1 if seed % 4 == 3 else 0, defer_self_vote=seed % 3 == 1)
 
 
 class Simulation:
@@ -84,13 +98,9 @@ class Simulation:
                  faults: Faults | None = None, config: CoreConfig | None = None) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
+        self.lazy_rng = random.Random(seed + 1_000_003)  # its own stream: other draws stay as they were
         self.faults = faults or Faults.from_seed(self.rng)
-        # Every fourth seed holds partial batches while a proposal is in flight (as nodes
-        # do by default); the rest pipeline them freely, which lets more interleavings
-        # happen. From the seed, not the rng, so that seeds replay as they did.
-        self.config = config or CoreConfig(election_ticks=8, heartbeat_ticks=2, retry_ticks=3,
-                                           window_slots=4, batch_count_max=3, catchup_entries_max=5,
-                                           partial_in_flight=1 if seed % 4 == 3 else 0)
+        self.config = config or seed_config(seed)
         self.members = list(range(1, n_nodes + 1))  # every node ever started and not removed
         self.genesis = Membership.initial(self.members, self.config.window_slots)
         self.removed: set[int] = set()
@@ -172,6 +182,10 @@ class Simulation:
             for i, node in self.nodes.items():
                 if node is not None:
                     node.replica.tick(self.time)
+        if self.config.defer_self_vote:  # the runtime's timer for the leader's own votes
+            for node in self.nodes.values():
+                if node is not None and rng.random() < 0.3:
+                    node.replica.cast_self_votes()
         due = [x for x in self.inflight if x[0] <= self.time]
         rng.shuffle(due)
         # A few messages per step keeps reordering rich; a backlog drains faster, as a real
@@ -232,7 +246,12 @@ class Simulation:
         ready = node.replica.take_ready()
         if ready.is_empty():
             return
-        write = (ready.promised, dict(ready.accepted), dict(ready.chosen))
+        node.lazy_chosen.update(ready.chosen)
+        chosen: dict = {}
+        if node.lazy_chosen and (ready.promised is not None or ready.accepted
+                                 or self.lazy_rng.random() < 0.2):
+            chosen, node.lazy_chosen = node.lazy_chosen, {}
+        write = (ready.promised, dict(ready.accepted), chosen)
         if self.faults.ack_before_persist:
             node.unpersisted.append(write)
             if self.rng.random() < 0.3:

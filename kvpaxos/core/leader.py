@@ -31,6 +31,13 @@ class Proposal:
     votes: set[int] = field(default_factory=set)
     idle_ticks: int = 0
     backoff: int = 1  # resends wait retry_ticks * backoff; it doubles, so big values do not flood
+    # The leader's own vote, when deferred (CoreConfig.defer_self_vote): WAITING until
+    # its vote is the one missing, then the self-vote round it became due in; None once
+    # cast, or if never deferred.
+    deferred: int | None = None
+
+
+WAITING = -1  # Proposal.deferred: the other voters may still make a majority alone
 
 
 @dataclass
@@ -49,6 +56,7 @@ class LeaderState:
         self._merged: dict[int, Batch] | None = None
         self.prepare_sent: dict[int, int] = {}  # peer -> tick of the last Prepare sent to it
         self.proposals: dict[int, Proposal] = {}
+        self.vote_round = 0  # advanced by each Replica.cast_self_votes()
         self.next_slot = from_slot
         self.barrier_slot = 0  # the first fresh slot of this ballot, once proposed
         # (group, its size in bytes): a group is never split across slots.

@@ -1,6 +1,7 @@
 """A replica: acceptor, learner and (when elected) leader, driven by three inputs.
 
-Inputs: step(src, message), propose(command), read_index(read_id), tick(now_ms).
+Inputs: step(src, message), propose(command), read_index(read_id), tick(now_ms),
+and cast_self_votes() (a leader deferring its own votes: see CoreConfig.defer_self_vote).
 Output: take_ready() returns one Ready batch. The caller must persist the
 Ready's promised/accepted state durably BEFORE sending its messages (and before
 delivering any message addressed to this node itself), then apply its chosen
@@ -47,7 +48,7 @@ from kvpaxos.core import messages as m
 from kvpaxos.core.acceptor import Acceptor
 from kvpaxos.core.ballot import ZERO, Ballot
 from kvpaxos.core.commands import Batch, Command, Result
-from kvpaxos.core.leader import LeaderState, PendingRead, Proposal
+from kvpaxos.core.leader import WAITING, LeaderState, PendingRead, Proposal
 from kvpaxos.core.learner import Learner
 from kvpaxos.core.membership import MEMBER_PROMOTE, Config, Membership
 
@@ -75,6 +76,14 @@ class CoreConfig:
     # leader's proposals are in flight (0: no limit); commands arriving meanwhile wait
     # and share the next slot. See _flush_proposals.
     partial_in_flight: int = 1
+    # A leader does not accept its own proposal at once when enough of the slot's other
+    # voters answered lately to make a majority without it: that saves it a group commit
+    # per slot. Once all but one of the votes a majority needs are in, its own vote is
+    # due: cast at the caller's next-but-one cast_self_votes() (a timer of the runtime),
+    # or after two ticks in any case. A slow follower costs that grace plus the
+    # leader's group commit; a lost one, never liveness. Off here; nodes switch it on
+    # (kv serve --self-vote-delay-ms).
+    defer_self_vote: bool = False
     catchup_entries_max: int = 256
     catchup_bytes_max: int = 512 * 1024
     learn_scan_max: int = 4096
@@ -197,6 +206,26 @@ class Replica:
             self._send(self.leader_id, m.ReadIndexRequest(read_id))
         else:
             self._ready.reads.append((read_id, None))
+
+    def cast_self_votes(self) -> None:
+        """The leader accepts its own proposals whose vote became due before the previous
+        call (so each waits between one and two intervals of the caller's timer); a vote
+        due since is cast on the next call."""
+        lead = self.lead
+        if self.role is not Role.LEADER or lead is None:
+            return
+        for slot, proposal in list(lead.proposals.items()):
+            if proposal.deferred is not None and WAITING < proposal.deferred < lead.vote_round:
+                self._vote_self(slot, proposal)
+                if self.lead is not lead:
+                    return
+        lead.vote_round += 1
+
+    def has_due_self_votes(self) -> bool:
+        """Whether the leader has deferred votes that cast_self_votes() will cast."""
+        lead = self.lead
+        return (self.role is Role.LEADER and lead is not None
+                and any(p.deferred is not None and p.deferred > WAITING for p in lead.proposals.values()))
 
     def step(self, src: int, msg: m.Message) -> None:
         if self.removed:
@@ -539,15 +568,38 @@ class Replica:
 
     # -- leader ---------------------------------------------------------------
 
-    def _propose_slot(self, slot: int, value: Batch) -> None:
+    def _propose_slot(self, slot: int, value: Batch, config: Config) -> None:
         lead = self.lead
         assert lead is not None and self.role is Role.LEADER
-        lead.proposals[slot] = Proposal(value)
-        accept = m.Accept(lead.ballot, slot, value)
-        reply = self.acceptor.on_accept(accept)
-        assert isinstance(reply, m.Accepted), "a leader's own acceptor promised a higher ballot"
-        self._send(self.id, reply)
-        self._broadcast(accept)
+        lead.proposals[slot] = proposal = Proposal(value)
+        if self.config.defer_self_vote and self._others_make_quorum(config):
+            proposal.deferred = WAITING
+        else:
+            self._vote_self(slot, proposal)
+        self._broadcast(m.Accept(lead.ballot, slot, value))
+
+    def _others_make_quorum(self, config: Config) -> bool:
+        """Whether this node votes in `config` and enough of its other voters answered
+        within the last few ticks to make a majority without this node."""
+        lead = self.lead
+        assert lead is not None
+        if self.id not in config.voters:
+            return False
+        recent = self.ticks - 2 * self.config.heartbeat_ticks
+        heard = sum(1 for p in config.voters if p != self.id and lead.heard_tick.get(p, -1) >= recent)
+        return heard >= config.quorum
+
+    def _vote_self(self, slot: int, proposal: Proposal) -> None:
+        lead = self.lead
+        assert lead is not None
+        proposal.deferred = None
+        reply = self.acceptor.on_accept(m.Accept(lead.ballot, slot, proposal.value))
+        if isinstance(reply, m.Accepted):
+            self._send(self.id, reply)  # delivered once the acceptance is durable
+        else:
+            # Unreachable while this node leads (promising a higher ballot ends that),
+            # but if it were so: another leader exists, so stop.
+            self._step_down()
 
     def _flush_proposals(self) -> None:
         """Propose slots in order while their configuration is known and has promised.
@@ -595,17 +647,22 @@ class Replica:
                 for cmd in value.commands:
                     self._ready.proposed[cmd.cmd_id] = slot
             lead.next_slot += 1
-            self._propose_slot(slot, value)
+            self._propose_slot(slot, value, config)
 
     def _on_accepted(self, src: int, msg: m.Accepted) -> None:
         lead = self.lead
         if self.role is not Role.LEADER or lead is None or msg.ballot != lead.ballot:
             return
         lead.heard(src, self.ticks)
-        value = lead.add_vote(src, msg.slot, self.membership.at(msg.slot))
+        config = self.membership.at(msg.slot)
+        value = lead.add_vote(src, msg.slot, config)
         if value is not None:
             self.learner.learn(msg.slot, value)
             self._advance_membership()
+            return
+        proposal = lead.proposals.get(msg.slot)
+        if proposal is not None and proposal.deferred == WAITING and len(proposal.votes) >= config.quorum - 1:
+            proposal.deferred = lead.vote_round  # only our vote is missing now: it is due
 
     def _tick_leader(self) -> None:
         lead = self.lead
@@ -613,8 +670,12 @@ class Replica:
         lead.idle_ticks += 1
         if lead.idle_ticks >= self.config.heartbeat_ticks:
             self._send_heartbeat()
-        for slot, proposal in lead.proposals.items():
+        for slot, proposal in list(lead.proposals.items()):
             proposal.idle_ticks += 1
+            if proposal.deferred is not None and proposal.idle_ticks >= 2:
+                self._vote_self(slot, proposal)  # its followers are slow: vote after all
+                if self.lead is not lead:
+                    return
             if proposal.idle_ticks >= self.config.retry_ticks * proposal.backoff:
                 proposal.idle_ticks = 0
                 proposal.backoff = min(2 * proposal.backoff, 8)

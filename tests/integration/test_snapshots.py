@@ -518,7 +518,8 @@ def test_serve_rejects_bad_snapshot_options_with_one_line(tmp_path):
     base = ["serve", "--id", "1", "--cluster", "1=127.0.0.1:1", "--data-dir", str(tmp_path / "n")]
     bad = [("--snapshot-every", "0"), ("--snapshot-every", "many"), ("--snapshot-every-bytes", "12 parsecs"),
            ("--compact-keep", "-1"), ("--compact-keep-bytes", "-1"), ("--request-timeout", "0"),
-           ("--request-timeout", "nan"), ("--partial-in-flight", "-1")]
+           ("--request-timeout", "nan"), ("--partial-in-flight", "-1"), ("--self-vote-delay-ms", "-1"),
+           ("--self-vote-delay-ms", "nan")]
     with ThreadPoolExecutor(3) as pool:
         results = list(pool.map(lambda opt: kv(*base, *opt, timeout=30), bad))
     for (option, value), result in zip(bad, results):
