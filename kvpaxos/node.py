@@ -533,10 +533,14 @@ class Node:
     def _pump(self) -> None:
         self._pump_scheduled = False
         ready = self.replica.take_ready()
-        if self._self_vote_timer is None and self.replica.has_due_self_votes():
+        due = self.replica.has_due_self_votes()
+        if self._self_vote_timer is None and due:
             assert self._loop is not None
             self._self_vote_timer = self._loop.call_later(self.config.self_vote_delay_ms / 1000,
                                                           self._self_votes_due)
+        elif self._self_vote_timer is not None and not due:
+            self._self_vote_timer.cancel()  # the followers made it: no wake-up for nothing
+            self._self_vote_timer = None
         if ready.is_empty():
             return
         self._note_leader()
