@@ -51,7 +51,7 @@ from kvpaxos.errors import MemberChangeRefused, NoQuorum, OutcomeUnknown
 from kvpaxos.logs import fields
 from kvpaxos.metrics import NodeMetrics
 from kvpaxos.security import peer_session, peer_url
-from kvpaxos.snapshotter import Snapshotter
+from kvpaxos.snapshotter import Snapshotter, phase_of
 from storage.base import Storage, Writes
 
 log = logging.getLogger("kvpaxos.node")
@@ -119,7 +119,7 @@ class Node:
         self.config = config
         self.id = config.node_id
         self.storage = storage
-        self.snapshots = Snapshotter(config.data_dir)
+        self.snapshots = Snapshotter(config.data_dir, phase_of(self.id))
         self.kv = self.snapshots.load()
         base = self.kv.applied_slot
         durable = storage.load()

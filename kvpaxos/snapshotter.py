@@ -2,7 +2,12 @@
 
 Owns the node's snapshot file and the thread that writes it. The rules:
 - a snapshot is taken every `snapshot_every_slots` applied slots or
-  `snapshot_every_bytes` of applied commands, whichever comes first;
+  `snapshot_every_bytes` of applied commands, whichever comes first; the first
+  one after a start waits a share of that longer that depends on the node id
+  (`phase`), so that the members of a cluster, which apply the same slots, do
+  not all snapshot and compact at once: a node compacting a large log answers
+  slowly for a while (its group commits wait behind the deletes), and with the
+  others staggered a majority without it answers as fast as ever;
 - only once it is durable does the node compact: the log up to
   (snapshot slot - compact_keep_slots) is dropped from SQLite and memory, and
   further if the slots kept would hold more than compact_keep_bytes of
@@ -37,9 +42,15 @@ CHUNK_BYTES = 256 * 1024
 MEMORY_STEP_S = 0.003  # forgetting the log in memory takes steps of about this long
 
 
+def phase_of(node_id: int) -> float:
+    """The share of a snapshot period by which node_id's first snapshot is late."""
+    return (node_id % 4) / 4
+
+
 class Snapshotter:
-    def __init__(self, data_dir: str) -> None:
+    def __init__(self, data_dir: str, phase: float = 0.0) -> None:
         self.data_dir = data_dir
+        self.phase = phase  # until the first snapshot taken or installed since the start
         self.path = snapshot.path_in(data_dir)
         self.slot = 0
         self.size_bytes = 0
@@ -94,8 +105,9 @@ class Snapshotter:
 
     def due(self, node: Node) -> bool:
         c = node.config
-        return not self.busy and (node.kv.applied_slot - self.slot >= c.snapshot_every_slots
-                                  or self.applied_bytes >= c.snapshot_every_bytes)
+        stretch = 1.0 + self.phase
+        return not self.busy and (node.kv.applied_slot - self.slot >= c.snapshot_every_slots * stretch
+                                  or self.applied_bytes >= c.snapshot_every_bytes * stretch)
 
     async def take(self, node: Node) -> int:
         """Make sure a durable snapshot holds every slot applied before the call; then
@@ -117,7 +129,7 @@ class Snapshotter:
                 loop = asyncio.get_running_loop()
                 self.size_bytes = await loop.run_in_executor(self._pool, snapshot.write_rows,
                                                              self.path, *rows)
-                self.slot, self.applied_bytes = slot, 0
+                self.slot, self.applied_bytes, self.phase = slot, 0, 0.0
                 self.taken += 1
                 await self._compact(node, self.compact_point(slot, node.config.compact_keep_slots,
                                                              node.config.compact_keep_bytes))
@@ -180,6 +192,7 @@ class Snapshotter:
                 return
             await loop.run_in_executor(self._pool, snapshot.install_file, tmp, self.path)
             self.slot, self.size_bytes, self.applied_bytes = state.applied_slot, os.path.getsize(self.path), 0
+            self.phase = 0.0
             self.installed += 1
             if state.applied_slot <= node.kv.applied_slot:  # applied past it meanwhile
                 node.replica.snapshot_failed()

@@ -47,3 +47,28 @@ def test_compacted_sizes_are_forgotten(tmp_path):
     assert snaps.compact_point(100, keep_slots=30, keep_bytes=25) == 98
     assert [slot for slot, _ in snaps._sizes] == [99, 100]  # what stays in the log
     snaps.close()
+
+
+def test_members_take_their_first_snapshot_at_different_slots(tmp_path):
+    """The members apply the same slots: with the same thresholds they would all snapshot
+    and compact at once (each answers slowly meanwhile); node ids spread the first one."""
+    from types import SimpleNamespace
+
+    from kvpaxos.snapshotter import phase_of
+
+    def first_due(node_id: int) -> int:
+        snaps = Snapshotter(str(tmp_path / str(node_id)), phase_of(node_id))
+        config = SimpleNamespace(snapshot_every_slots=100, snapshot_every_bytes=1 << 40)
+        for slot in range(1, 1000):
+            if snaps.due(SimpleNamespace(config=config, kv=SimpleNamespace(applied_slot=slot))):
+                snaps.close()
+                return slot
+        raise AssertionError("never due")
+
+    firsts = [first_due(i) for i in (1, 2, 3)]
+    assert len(set(firsts)) == 3 and all(100 <= f < 200 for f in firsts), firsts
+    snaps = Snapshotter(str(tmp_path / "x"), 0.5)
+    snaps.phase = 0.0  # as after its first snapshot: the plain period from then on
+    config = SimpleNamespace(snapshot_every_slots=100, snapshot_every_bytes=1 << 40)
+    assert snaps.due(SimpleNamespace(config=config, kv=SimpleNamespace(applied_slot=100)))
+    snaps.close()
