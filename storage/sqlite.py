@@ -76,6 +76,12 @@ class SqliteStorage:
             self.db = SqliteDict(self.path, tablename="paxos", journal_mode="WAL", autocommit=True,
                                  encode=_encode, decode=json.loads, outer_stack=False)
             self.db.conn.execute("PRAGMA synchronous=FULL")
+            # Many builds (Debian's among them) default to secure_delete=ON, which
+            # overwrites every freed page with zeros: compacting behind a snapshot then
+            # wrote (and fsynced) every deleted batch again, 3x slower, and the other
+            # nodes' fsyncs on the same disk waited too. Deleted log records are no secret
+            # from anyone who can read this file: its snapshot holds the same data.
+            self.db.conn.execute("PRAGMA secure_delete=OFF")
             self.db.conn.commit()
         except (RuntimeError, sqlite3.Error) as e:
             raise StorageError(f"cannot open {self.path}: {e}") from e
@@ -258,7 +264,8 @@ class SqliteStorage:
 
     def describe(self) -> dict:
         return {"engine": "sqlite", "path": self.path, "synchronous": self.synchronous(),
-                "journal_mode": (self.db.conn.select_one("PRAGMA journal_mode") or ["?"])[0]}
+                "journal_mode": (self.db.conn.select_one("PRAGMA journal_mode") or ["?"])[0],
+                "secure_delete": bool((self.db.conn.select_one("PRAGMA secure_delete") or [1])[0])}
 
 
 def promised_of(path: str) -> Ballot | None:

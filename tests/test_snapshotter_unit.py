@@ -42,10 +42,27 @@ def test_sizes_unknown_before_a_restart_are_not_guessed(tmp_path):
     snaps.close()
 
 
-def test_compacted_sizes_are_forgotten(tmp_path):
-    snaps = applied(tmp_path, 1, 100, 10)
-    assert snaps.compact_point(100, keep_slots=30, keep_bytes=25) == 98
-    assert [slot for slot, _ in snaps._sizes] == [99, 100]  # what stays in the log
+def test_memory_steps_are_sized_in_bytes_and_forget_the_sizes(tmp_path):
+    """Freeing costs by the commands freed: a step holds at most its budget of bytes (or
+    one slot), so big slots after small ones do not make one long step."""
+    def size(slot: int) -> int:
+        return 1000 if 41 <= slot <= 60 else 10
+
+    snaps = Snapshotter(str(tmp_path))
+    for slot in range(1, 101):
+        snaps.applied(slot, size(slot))
+    through = snaps.compact_point(100, keep_slots=30, keep_bytes=25)
+    assert through == 98
+    steps, slot = [], 0
+    while slot < through:
+        end = snaps._step_end(slot, through, 2000)
+        assert slot < end <= through
+        steps.append((slot, end))
+        slot = end
+    for lo, hi in steps:
+        assert sum(size(s) for s in range(lo + 1, hi + 1)) <= 2000 or hi == lo + 1, (lo, hi)
+    assert steps[0] == (0, 41) and len(steps) >= 10
+    assert [s for s, _ in snaps._sizes] == [99, 100]  # what stays in the log
     snaps.close()
 
 

@@ -183,7 +183,7 @@ def test_sqlite_is_wal_and_synchronous_full_on_the_live_connection(tmp_path):
         assert store.synchronous() == "FULL"  # still, after a commit
         described = store.describe()
         assert described == {"engine": "sqlite", "path": str(tmp_path / FILE_NAME),
-                             "synchronous": "FULL", "journal_mode": "wal"}
+                             "synchronous": "FULL", "journal_mode": "wal", "secure_delete": False}
     finally:
         store.close()
     with sqlite3.connect(tmp_path / FILE_NAME) as conn:  # WAL is a property of the file
