@@ -225,7 +225,7 @@ def test_load_generator_follows_the_leader_header(mode, client):
                 await runner.setup()
                 site = web.TCPSite(runner, "127.0.0.1", 0)
                 await site.start()
-                urls.append(f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}")
+                urls.append(f"http://127.0.0.1:{runner.addresses[0][1]}")
                 runners.append(runner)
             ready.set()
             await asyncio.sleep(30)
