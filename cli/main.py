@@ -282,8 +282,9 @@ class Number(click.ParamType):
 @click.option("--self-vote-delay-ms", type=Number(float, 0), default=0.5, show_default=True,
               metavar="MS",
               help="As leader, accept its own proposal only when the followers, one vote short "
-                   "of a majority, have not made one within one to two of these; saves a group "
-                   "commit per slot (0: accept at once).")
+                   "of a majority, have not made one within two timer periods of this (each "
+                   "rounded up to whole milliseconds); saves a group commit per slot "
+                   "(0: accept at once).")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False),
               default="info", show_default=True)
 @click.option("--log-format", type=click.Choice(("text", "json")), default="text", show_default=True,

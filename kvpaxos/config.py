@@ -61,8 +61,8 @@ class NodeConfig:
     batch_bytes_max: int = 4 * 1024 * 1024
     partial_in_flight: int = 1  # kvpaxos/core/replica.py CoreConfig.partial_in_flight
     # As leader, accept its own proposal only when its followers, short of a majority by
-    # its vote, have not made one within one to two of these (0: at once).
-    # CoreConfig.defer_self_vote.
+    # its vote, have not made one within two timer periods of this (asyncio rounds each
+    # up to whole milliseconds; 0: at once). CoreConfig.defer_self_vote.
     self_vote_delay_ms: float = 0.5
     value_bytes_max: int = VALUE_BYTES_MAX
     request_timeout_s: float = 5.0

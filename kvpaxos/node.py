@@ -591,9 +591,10 @@ class Node:
         self._commit_or_send()
 
     def _self_votes_due(self) -> None:
-        """Cast the leader's own votes that became due before the last interval
+        """Cast the leader's own votes that became due before the last period
         (CoreConfig.defer_self_vote); the pump persists them and sets the timer again
-        for any due since."""
+        for any due since. A vote falling due while the timer is idle so waits two
+        periods: the first only starts its round."""
         self._self_vote_timer = None
         self.replica.cast_self_votes()
         self._wake()
