@@ -494,12 +494,14 @@ class Node:
     def _on_client_request(self, src: int, cmds: tuple[Command, ...]) -> None:
         if not cmds:
             return
+        # A group always lands whole in one slot, so its first command stands for all of
+        # them: one ClientReply per forwarded request, not one per command (a POST
+        # /v1/batch forwarded with 100 commands got 100). The origin learns the slot for
+        # that command, and a slot applied without it tells the whole group's call it lost.
         if self.replica.propose(cmds):
-            for cmd in cmds:
-                self._remote_cmds[cmd.cmd_id] = src
+            self._remote_cmds[cmds[0].cmd_id] = src
         else:
-            for cmd in cmds:
-                self.send_peer(src, m.ClientReply(cmd.cmd_id, 0))
+            self.send_peer(src, m.ClientReply(cmds[0].cmd_id, 0))
 
     def _on_slot_known(self, cmd_id: str, slot: int) -> None:
         """The command went into `slot` (0: it was not taken and may be resent)."""

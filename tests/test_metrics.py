@@ -97,6 +97,25 @@ def test_metrics_parse_and_move_with_writes(nodes: Nodes) -> None:
                    15, f"node {i}'s applied_slot gauge to catch up")
 
 
+def test_a_batch_forwarded_by_a_follower_gets_one_client_reply(nodes: Nodes) -> None:
+    """A group of commands lands whole in one slot, so the leader tells the forwarding
+    node that slot once per forwarded request, not once per command."""
+    leader = nodes.wait_leader()
+    follower = next(i for i in nodes.ids if i != leader)
+    ops = [{"op": "put", "key": f"batch-{k}", "value": "v"} for k in range(50)]
+    before = scrape_all(nodes)
+    for seq in (1, 2, 3):
+        reply = nodes.request(follower, "POST", "/v1/batch", {"ops": ops, "client_id": "one-reply", "seq": seq})
+        assert reply.status == 200, reply
+    after = scrape_all(nodes)
+    replies = (total(after, "kvpaxos_messages_sent_total", type="ClientReply")
+               - total(before, "kvpaxos_messages_sent_total", type="ClientReply"))
+    proposed = (total(after, "kvpaxos_commands_proposed_total")
+                - total(before, "kvpaxos_commands_proposed_total"))
+    assert proposed >= 150
+    assert 3 <= replies <= 6, replies  # one per request (a leader change may add a resend's)
+
+
 def test_metrics_content_type_and_open_route(nodes: Nodes) -> None:
     reply = nodes.request(1, "GET", "/metrics")
     assert reply.status == 200
