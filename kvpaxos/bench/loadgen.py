@@ -47,8 +47,8 @@ import aiohttp
 from yarl import URL
 
 from kvpaxos.bench import rawhttp
-from kvpaxos.client_support import LEADER_HEADER
 from kvpaxos.bench.stats import summarize
+from kvpaxos.client_support import LEADER_HEADER, normalize_endpoint
 
 ERROR_PAUSE_S = 0.01  # after a failed request, so a dead node does not spin a client
 
@@ -136,7 +136,8 @@ class _Gen:
         self.json_headers = {"Content-Type": "application/json"}
         self._free_sessions: list[list] = []  # open loop: [client_id, last seq] not in use
         self.leader = w.leader if w.follow_leader else -1
-        self.url_index = {u.rstrip("/").lower(): i for i, u in enumerate(w.urls)}
+        self.url_index = {normalize_endpoint(u): i for i, u in enumerate(w.urls)}
+        self._last_header: str | None = None
 
     def node_for(self, index: int) -> int:
         """The node that client (or request) `index` sends to now."""
@@ -144,9 +145,13 @@ class _Gen:
 
     def saw_leader(self, url: str | None) -> None:
         """An answer named the leader (X-Kv-Leader): send there from now on."""
-        if self.leader < 0 or not url:
-            return
-        i = self.url_index.get(url.rstrip("/").lower())  # a host name is case-blind
+        if self.leader < 0 or not url or url == self._last_header:
+            return  # the same header as last time: nothing to look up
+        self._last_header = url
+        try:
+            i = self.url_index.get(normalize_endpoint(url))
+        except ValueError:
+            return  # not a URL: ignore it, as kvpaxos.client does
         if i is not None and i != self.leader:
             self.leader = i
             self.result.leader_moves += 1
