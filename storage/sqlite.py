@@ -6,7 +6,10 @@ cover every kind of record (sqlitedict gives each table its own connection):
   "genesis"       the membership the log starts from (kvpaxos/core/membership.py)
   "promised"      [round, node]
   "a/<slot:012>"  [[round, node], batch]   an accepted value
-  "c/<slot:012>"  batch                    a chosen value this node learned
+  "c/<slot:012>"  batch                    a chosen value this node learned, or
+                  {"b": [round, node]}     "the value of my a/ record if it has this
+                                           ballot": most chosen values are ones this
+                                           node accepted, and need not be written twice
 
 Durability: sqlitedict opens its connection with PRAGMA synchronous=OFF. We
 switch that connection to WAL with synchronous=FULL before any write, and read
@@ -33,11 +36,15 @@ from typing import Any, Callable
 from sqlitedict import _REQUEST_COMMIT, SqliteDict
 
 from kvpaxos.core.ballot import Ballot
+from kvpaxos.core.commands import Batch
 from kvpaxos.core.codec import WireError, ballot_from_wire, ballot_to_wire, batch_from_wire, batch_to_wire
 from storage.base import DurableState, Pacer, StorageError, Writes
 
 FORMAT = 1
 FILE_NAME = "acceptor.sqlite"
+# How many slots' last written acceptances submit() remembers, to write their chosen
+# records as references ({"b": ballot}); an older slot's chosen record is written in full.
+ACCEPTS_REMEMBERED = 1024
 COMPACT_STEP_S = 0.005  # compaction deletes in steps of about this long (see compact)
 _ROWS_PER_STATEMENT = 16_000  # two bound parameters a row; SQLite allows 32,766
 _SYNC_NAMES = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
@@ -68,6 +75,9 @@ class SqliteStorage:
         self.path = os.path.join(data_dir, FILE_NAME)
         self.node_id = node_id
         self._notices: set[_Notice] = set()
+        # slot -> the (ballot, value) of its a/ record most recently queued; see submit
+        self._accepts: dict[int, tuple[Ballot, Batch]] = {}
+        self._compacted_through = 0  # set by compact (disk thread), read by submit
         # Slots per compaction step, kept from one compaction to the next: a slot holds one
         # command or a 4 MiB batch.
         self._pacer = Pacer(COMPACT_STEP_S, most=65_536)
@@ -142,16 +152,27 @@ class SqliteStorage:
 
     def load(self) -> DurableState:
         state = DurableState()
+        same_as_accepted: dict[int, Ballot] = {}
         try:
-            for key, value in self.db.items():
+            for key, value in self.db.items():  # in row order, not key order
                 if key == "promised":
                     state.promised = ballot_from_wire(value)
                 elif key.startswith("a/"):
                     state.accepted[int(key[2:])] = (ballot_from_wire(value[0]), batch_from_wire(value[1]))
                 elif key.startswith("c/"):
-                    state.chosen[int(key[2:])] = batch_from_wire(value)
+                    if isinstance(value, dict) and "b" in value:
+                        same_as_accepted[int(key[2:])] = ballot_from_wire(value["b"])
+                    else:
+                        state.chosen[int(key[2:])] = batch_from_wire(value)
         except (WireError, ValueError, TypeError, IndexError, sqlite3.Error) as e:
             raise StorageError(f"{self.path} holds a record that does not decode: {e}") from e
+        for slot, ballot in same_as_accepted.items():
+            accepted = state.accepted.get(slot)
+            # A later acceptance of the slot (by a new leader, of the same chosen value)
+            # replaced the record this one names: the chosen record is only a shortcut,
+            # so it is dropped and the node learns the slot again from its peers.
+            if accepted is not None and accepted[0] == ballot:
+                state.chosen[slot] = accepted[1]
         return state
 
     def save(self, writes: Writes) -> None:
@@ -179,10 +200,23 @@ class SqliteStorage:
         rows: list[tuple[str, str]] = []
         if writes.promised is not None:
             rows.append(("promised", _encode(ballot_to_wire(writes.promised))))
+        accepts = self._accepts
+        while accepts and next(iter(accepts)) <= self._compacted_through:
+            del accepts[next(iter(accepts))]  # slots a snapshot holds: let their values go
         for slot, (ballot, value) in writes.accepted.items():
             rows.append((f"a/{slot:012d}", _encode([ballot_to_wire(ballot), batch_to_wire(value)])))
+            accepts.pop(slot, None)
+            accepts[slot] = (ballot, value)  # newest last: the oldest go first below
+        while len(accepts) > ACCEPTS_REMEMBERED:
+            del accepts[next(iter(accepts))]
         for slot, value in writes.chosen.items():
-            rows.append((f"c/{slot:012d}", _encode(batch_to_wire(value))))
+            # The a/ record this names is queued before this row on the same serial
+            # writer, so it is durable no later than this reference to it.
+            accepted = accepts.pop(slot, None)
+            if accepted is not None and (accepted[1] is value or accepted[1] == value):
+                rows.append((f"c/{slot:012d}", _encode({"b": ballot_to_wire(accepted[0])})))
+            else:
+                rows.append((f"c/{slot:012d}", _encode(batch_to_wire(value))))
         # One multi-row statement rather than one queued request per row: each request
         # costs sqlitedict's thread a turn at the GIL.
         conn = self.db.conn
@@ -229,6 +263,7 @@ class SqliteStorage:
             self.db.commit(blocking=True)  # waits for the delete; queued group commits go next
             self._pacer.took(time.perf_counter() - started)
             lowest = last + 1
+        self._compacted_through = max(self._compacted_through, through_slot)
         self.check()
 
     def _lowest_slot(self) -> int | None:

@@ -6,6 +6,7 @@ refused with StorageError (and `kv serve` exits instead of running on it).
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -15,6 +16,7 @@ import sys
 import textwrap
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -76,10 +78,10 @@ def test_save_load_round_trip(engine):
     store = engine.open()
     store.save(Writes(Ballot(1, 2), {1: (Ballot(1, 2), batch(1)), 2: (Ballot(1, 2), Batch())}, {}))
     store.save(Writes(None, {3: (Ballot(1, 2), batch(3))}, {1: batch(1), 2: Batch()}))
-    store.save(Writes(Ballot(4, 3), {1: (Ballot(4, 3), batch(101))}, {}))  # re-accepted later
+    store.save(Writes(Ballot(4, 3), {3: (Ballot(4, 3), batch(103))}, {}))  # re-accepted later
     expected = DurableState(
         Ballot(4, 3),
-        {1: (Ballot(4, 3), batch(101)), 2: (Ballot(1, 2), Batch()), 3: (Ballot(1, 2), batch(3))},
+        {1: (Ballot(1, 2), batch(1)), 2: (Ballot(1, 2), Batch()), 3: (Ballot(4, 3), batch(103))},
         {1: batch(1), 2: Batch()})
     assert store.load() == expected
     assert engine.reopen().load() == expected
@@ -193,6 +195,48 @@ def test_sqlite_is_wal_and_synchronous_full_on_the_live_connection(tmp_path):
         assert reopened.synchronous() == "FULL"
     finally:
         reopened.close()
+
+
+def _chosen_rows(path: Path) -> dict[int, str]:
+    with closing(sqlite3.connect(path / FILE_NAME)) as conn:
+        return {int(k[2:]): v for k, v in conn.execute("SELECT key, value FROM paxos WHERE key LIKE 'c/%'")}
+
+
+def test_sqlite_writes_a_chosen_value_it_accepted_as_a_reference(tmp_path):
+    store = SqliteStorage(str(tmp_path), 1)
+    b = Ballot(2, 1)
+    mine = {s: batch(s, size=500) for s in (1, 2, 3, 4)}
+    store.save(Writes(b, {s: (b, v) for s, v in mine.items()}, {}))
+    learned = batch(40, size=500)  # from a peer, not what this node accepted for slot 4
+    store.save(Writes(None, {5: (b, batch(5))}, {1: mine[1], 2: batch(2, size=500), 3: mine[3],
+                                                 4: learned, 5: batch(5)}))
+    rows = _chosen_rows(tmp_path)
+    assert {s: json.loads(rows[s]) for s in (1, 2, 3, 5)} == {s: {"b": [2, 1]} for s in (1, 2, 3, 5)}
+    assert json.loads(rows[4])["c"][0][1] == "key/40"  # written in full
+    # Slot 3 accepted again later (a new leader re-proposing it, with the chosen value):
+    # the reference no longer names the a/ record, and the shortcut is dropped, not
+    # resolved to whatever the slot holds now.
+    store.save(Writes(Ballot(7, 2), {3: (Ballot(7, 2), mine[3])}, {}))
+    store.close()
+    state = SqliteStorage(str(tmp_path), 1).load()
+    assert state.chosen == {1: mine[1], 2: mine[2], 4: learned, 5: batch(5)}
+    assert state.accepted[3] == (Ballot(7, 2), mine[3])
+
+
+def test_sqlite_writes_in_full_the_chosen_value_of_an_acceptance_long_ago(tmp_path):
+    from storage.sqlite import ACCEPTS_REMEMBERED
+    store = SqliteStorage(str(tmp_path), 1)
+    b = Ballot(1, 1)
+    try:
+        store.save(Writes(b, {1: (b, batch(1))}, {}))
+        store.save(Writes(None, {s: (b, batch(s, size=1)) for s in range(2, ACCEPTS_REMEMBERED + 3)}, {}))
+        store.save(Writes(None, {}, {1: batch(1), 2: batch(2, size=1), ACCEPTS_REMEMBERED + 2: batch(7)}))
+        rows = _chosen_rows(tmp_path)
+        assert "b" not in json.loads(rows[1]) and "b" not in json.loads(rows[2])  # forgotten: in full
+        assert "b" not in json.loads(rows[ACCEPTS_REMEMBERED + 2])  # another value than accepted
+        assert store.load().chosen == {1: batch(1), 2: batch(2, size=1), ACCEPTS_REMEMBERED + 2: batch(7)}
+    finally:
+        store.close()
 
 
 def test_a_group_commit_that_fails_is_reported_and_not_stored(tmp_path):
