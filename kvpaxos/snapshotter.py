@@ -41,6 +41,7 @@ log = logging.getLogger("kvpaxos.snapshot")
 CHUNK_BYTES = 256 * 1024
 MEMORY_STEP_S = 0.003  # forgetting the log in memory takes steps of about this long
 MEMORY_STEP_BYTES = 64 * 1024  # the first such step: this many bytes of commands
+MEMORY_REST_RATIO = 3.0  # after each step the loop serves requests for this many times as long
 
 
 def phase_of(node_id: int) -> float:
@@ -160,9 +161,10 @@ class Snapshotter:
             slot = self._step_end(slot, through_slot, pacer.step)
             started = time.perf_counter()
             node.replica.compact(slot)
-            pacer.took(time.perf_counter() - started)
+            took = time.perf_counter() - started
+            pacer.took(took)
             if slot < through_slot:
-                await asyncio.sleep(0)
+                await asyncio.sleep(took * MEMORY_REST_RATIO)
         self.compacted_through = through_slot
 
     def _step_end(self, slot: int, through_slot: int, budget: int) -> int:

@@ -46,6 +46,7 @@ FILE_NAME = "acceptor.sqlite"
 # records as references ({"b": ballot}); an older slot's chosen record is written in full.
 ACCEPTS_REMEMBERED = 1024
 COMPACT_STEP_S = 0.005  # compaction deletes in steps of about this long (see compact)
+COMPACT_REST_RATIO = 3.0  # and rests this many times as long after each
 _ROWS_PER_STATEMENT = 16_000  # two bound parameters a row; SQLite allows 32,766
 _SYNC_NAMES = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
 
@@ -78,6 +79,7 @@ class SqliteStorage:
         # slot -> the (ballot, value) of its a/ record most recently queued; see submit
         self._accepts: dict[int, tuple[Ballot, Batch]] = {}
         self._compacted_through = 0  # set by compact (disk thread), read by submit
+        self._rest: Callable[[float], None] = time.sleep  # between compaction steps
         # Slots per compaction step, kept from one compaction to the next: a slot holds one
         # command or a 4 MiB batch.
         self._pacer = Pacer(COMPACT_STEP_S, most=65_536)
@@ -261,8 +263,11 @@ class SqliteStorage:
                 'DELETE FROM "paxos" WHERE (key >= ? AND key <= ?) OR (key >= ? AND key <= ?)',
                 (f"a/{lowest:012d}", f"a/{last:012d}", f"c/{lowest:012d}", f"c/{last:012d}"))
             self.db.commit(blocking=True)  # waits for the delete; queued group commits go next
-            self._pacer.took(time.perf_counter() - started)
+            took = time.perf_counter() - started
+            self._pacer.took(took)
             lowest = last + 1
+            if lowest <= through_slot:
+                self._rest(took * COMPACT_REST_RATIO)
         self._compacted_through = max(self._compacted_through, through_slot)
         self.check()
 

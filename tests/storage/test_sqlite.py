@@ -170,6 +170,30 @@ def test_group_commits_go_between_the_steps_of_a_long_compaction(tmp_path):
         store.close()
 
 
+def test_compaction_rests_between_its_steps(tmp_path):
+    """Each delete step is followed by a rest COMPACT_REST_RATIO times as long, so a
+    compaction takes a share of the disk and the cores instead of all of them (its
+    group commits still go between the steps, above)."""
+    from storage.sqlite import COMPACT_REST_RATIO
+    assert COMPACT_REST_RATIO >= 3
+    store = SqliteStorage(str(tmp_path), 1)
+    try:
+        b = Ballot(1, 1)
+        big = Batch(tuple(Command("put", f"k{i}", "v" * 200, cmd_id=f"c{i}") for i in range(400)))
+        for first in range(1, 121, 20):
+            store.save(Writes(b, {s: (b, big) for s in range(first, first + 20)}, {}))
+        rests: list[float] = []
+        store._rest = rests.append  # record the rests instead of taking them
+        started = time.perf_counter()
+        store.compact(120)
+        elapsed = time.perf_counter() - started
+        assert len(rests) >= 3, "one delete for the whole range"
+        assert sum(rests) >= 2 * elapsed  # 3x each step; the steps are most of the time
+        assert not [s for s in store.load().accepted if s <= 120]
+    finally:
+        store.close()
+
+
 def test_describe_names_the_engine(engine):
     assert engine.open().describe()["engine"] == engine.kind
 
