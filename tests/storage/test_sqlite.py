@@ -188,7 +188,7 @@ def test_compaction_rests_between_its_steps(tmp_path):
         store.compact(120)
         elapsed = time.perf_counter() - started
         assert len(rests) >= 3, "one delete for the whole range"
-        assert sum(rests) >= 2 * elapsed  # 3x each step; the steps are most of the time
+        assert sum(rests) >= 1.5 * elapsed  # 3x each step; the steps are most of the time
         assert not [s for s in store.load().accepted if s <= 120]
     finally:
         store.close()
