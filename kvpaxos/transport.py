@@ -83,10 +83,16 @@ class PeerLink:
         self.address: tuple[str, int] | None = None
         self.closing: asyncio.TimerHandle | None = None  # set while its peer has left the configuration
         self.headers: dict[str, str] = {NODE_HEADER: str(self_id)}
+        self._dial_now = asyncio.Event()  # set by retry_now: cut the wait between attempts
 
     @property
     def connected(self) -> bool:
         return self.ws is not None and not self.ws.closed
+
+    def retry_now(self) -> None:
+        """The peer just dialed us, so it is up: dial it now, not at the next attempt."""
+        if not self.connected:
+            self._dial_now.set()
 
     def send(self, msg: m.Message) -> bool:
         """Queue msg for this turn's frame; False if it was dropped (link down or queue full)."""
@@ -136,6 +142,7 @@ class PeerLink:
                         await self._authenticate(ws)
                     self.ws = ws
                     backoff = 0.05
+                    self._dial_now.clear()
                     self.counters["links_up_outbound"] += 1
                     self.states.changed("state", "up")
                     log.info("link up", extra=fields(peer=self.peer_id, url=self.url,
@@ -159,8 +166,13 @@ class PeerLink:
                 level = logging.WARNING if kind == "authentication failed" else logging.INFO
                 log.log(level, "link down" if was_up else "link cannot connect; retrying quietly",
                         extra=fields(peer=self.peer_id, url=self.url, reason=reason))
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 1.0)
+            try:
+                async with asyncio.timeout(backoff):
+                    await self._dial_now.wait()
+                backoff = 0.05
+            except TimeoutError:
+                backoff = min(backoff * 2, 1.0)
+            self._dial_now.clear()
 
     async def _authenticate(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         """Prove we hold the secret and check that the peer does too; AuthError if not."""
@@ -291,7 +303,12 @@ class PeerTransport:
                 await ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION, message=b"authentication failed")
                 return ws
         self.counters["links_up_inbound"] += 1
-        if peer not in self.links and self.session is not None:
+        link = self.links.get(peer)
+        if link is not None:
+            # A node back from a crash dials its peers at once; the link to it may wait up
+            # to a second for its next attempt, longer than the node's election timeout.
+            link.retry_now()
+        elif self.session is not None:
             address = parse_address(request.headers.get(ADDRESS_HEADER, ""))
             if address is not None:  # answer a node we had not heard of, on its own address
                 self.cluster[peer] = address

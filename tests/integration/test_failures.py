@@ -244,3 +244,26 @@ def test_five_nodes_two_killed_writes_continue(make_cluster):
         cluster.wait_caught_up(i)
         check_all_present(cluster, acked, [i], stale=True)
     check_all_present(cluster, acked, cluster.ids)
+
+
+def test_a_follower_back_after_a_while_does_not_depose_the_leader(make_cluster):
+    """The leader's link to a follower that is down retries once a second at most; a
+    follower back up dials the leader at once, and the leader must dial back then,
+    not at its next retry, or the follower hears nothing for longer than its election
+    timeout (200-400 ms), elects itself and deposes a leader that was fine (each time
+    with a write or two failing over). Three rounds: with the leader waiting for its
+    next retry, the follower wins most rounds."""
+    cluster = make_cluster(3)
+    leader = cluster.wait_for_leader()
+    ballot = cluster.status(leader)["ballot"]
+    follower = next(i for i in cluster.ids if i != leader)
+    for n in range(3):
+        cluster.kill(follower)
+        time.sleep(2.5)  # the leader's link to it is at its longest wait between attempts
+        cluster.spawn(follower)
+        cluster.wait_ready(follower)
+        time.sleep(1.2)  # three of the longest election timeouts
+        status = cluster.status(follower)
+        assert status["elections"] == 0, f"round {n}: the follower ran for leader:\n{cluster.log_tail(follower)}"
+        assert cluster.status(leader)["ballot"] == ballot and status["leader"] == leader
+        assert cluster.put(follower, f"back/{n}", "v", timeout=HTTP_TIMEOUT_S).status == 200
