@@ -263,6 +263,22 @@ def test_sqlite_writes_in_full_the_chosen_value_of_an_acceptance_long_ago(tmp_pa
         store.close()
 
 
+def test_sqlite_lets_go_of_the_values_of_compacted_slots(tmp_path):
+    # submit() remembers recent acceptances to write chosen records as references; a
+    # compaction past them (a snapshot holds those slots now) must release their values.
+    store = SqliteStorage(str(tmp_path), 1)
+    b = Ballot(1, 1)
+    try:
+        store.save(Writes(b, {s: (b, batch(s)) for s in range(1, 11)}, {}))
+        assert sorted(store._accepts) == list(range(1, 11))
+        store.compact(6)
+        store.save(Writes(None, {11: (b, batch(11))}, {7: batch(7)}))
+        assert sorted(store._accepts) == [8, 9, 10, 11]
+        assert json.loads(_chosen_rows(tmp_path)[7]) == {"b": [1, 1]}
+    finally:
+        store.close()
+
+
 def test_a_group_commit_that_fails_is_reported_and_not_stored(tmp_path):
     # A group commit whose transaction fails at its commit (here a deferred foreign-key
     # check; on a real machine a full disk or an I/O error) still reports its end to the
