@@ -150,7 +150,7 @@ class Node:
                           retry_ticks=max(2, config.heartbeat_ticks * 2), window_slots=config.window_slots,
                           batch_count_max=config.batch_count_max, batch_bytes_max=config.batch_bytes_max,
                           partial_in_flight=config.partial_in_flight,
-                          defer_self_vote=config.self_vote_delay_ms > 0)
+                          defer_self_vote=config.self_vote_delay_ms > 0, pre_vote=True)
         self.replica = Replica(
             self.id, self.kv.membership, core, random.Random(), promised=durable.promised,
             accepted={s: v for s, v in durable.accepted.items() if s > base},

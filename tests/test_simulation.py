@@ -4,6 +4,8 @@
   a failure names every failing seed, and `Simulation(seed, n_nodes=n).run()` replays it.
 - Planted bugs prove the checks bite: acks before persisting (rule 3) and a leader
   that ignores what phase 1 found (rule 6) must each be caught within 300 seeds.
+- Seeds with pre-voting switched on for all of them (nodes always pre-vote; most seeds
+  do not, as fewer leader changes exercise less).
 - The same seed gives the same run, also under a different string-hash seed.
 - Membership changes (joins, promotions, removals) mixed into the same faults, with
   planted bugs of their own: a change that governs open slots at once, and a leader
@@ -58,6 +60,31 @@ def test_seeds_keep_safety_and_liveness(n_nodes: int, chunk: int) -> None:
         crashes += sim.crashes
     assert not failures, "\n".join(failures)
     assert reads > 0 and crashes > 0, "the simulation stopped exercising reads or crashes"
+
+
+PRE_VOTE_SEEDS = {3: 90, 5: 45}  # and 45 membership runs
+
+
+@pytest.mark.parametrize("n_nodes", [3, 5, "members"])
+def test_seeds_with_pre_voting_keep_safety_and_liveness(n_nodes: int | str) -> None:
+    # Nodes always pre-vote; most seeds do not (fewer leader changes find fewer bugs), so
+    # these runs switch it on for seeds whatever they pick.
+    failures: list[str] = []
+    elections = 0
+    for seed in range(PRE_VOTE_SEEDS.get(n_nodes, 45)):
+        if n_nodes == "members":
+            sim = membership_sim(seed, n_nodes=3 + seed % 3)
+        else:
+            sim = Simulation(seed, n_nodes=n_nodes)
+        sim = Simulation(seed, n_nodes=len(sim.members), faults=sim.faults,
+                         config=replace(sim.config, pre_vote=True))
+        try:
+            sim.run()
+        except SimulationFailure as e:
+            failures.append(f"seed={seed} {n_nodes}: {e}")
+        elections += sum(node.replica.elections for node in sim.nodes.values() if node is not None)
+    assert not failures, "\n".join(failures)
+    assert elections > 0
 
 
 @pytest.mark.parametrize(("n_nodes", "seed"), REGRESSION_SEEDS)

@@ -114,7 +114,7 @@ _FIELD_CODECS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
 _INT_CODEC = (lambda i: i, _int)
 
 _TYPES: dict[str, type] = {cls.__name__: cls for cls in (
-    m.Prepare, m.Promise, m.Accept, m.Accepted, m.Reject, m.Commit, m.Heartbeat,
+    m.Prepare, m.Promise, m.Accept, m.Accepted, m.Reject, m.PreVote, m.PreVoteReply, m.Commit, m.Heartbeat,
     m.HeartbeatAck, m.CatchUpRequest, m.CatchUpReply, m.ReadIndexRequest, m.ReadIndexReply,
     m.Rebuilding, m.Resign, m.Removed, m.ClientRequest, m.ClientReply)}
 _FIELDS: dict[type, tuple[str, ...]] = {cls: tuple(f.name for f in fields(cls)) for cls in _TYPES.values()}

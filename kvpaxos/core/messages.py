@@ -1,7 +1,8 @@
 """Every message the replicas exchange: frozen, slotted value objects.
 
 Paxos proper: Prepare/Promise (phase 1), Accept/Accepted (phase 2), Reject
-(either phase, naming the higher promise). Learning: Commit (leader's contiguous
+(either phase, naming the higher promise). Before a Prepare, PreVote asks
+whether peers would promise its ballot, changing nothing anywhere. Learning: Commit (leader's contiguous
 chosen index) and CatchUp (fetch chosen values from a peer). Liveness and reads:
 Heartbeat/HeartbeatAck (leader presence, commit index, read-index rounds) and
 ReadIndex (a follower asking the leader for a linearizable read point).
@@ -59,6 +60,21 @@ class Reject:
 
     ballot: Ballot
     promised: Ballot
+
+
+@dataclass(frozen=True, slots=True)
+class PreVote:
+    """Would you promise `ballot`? Asked before a node raises its ballot to run for
+    leader; the answer changes no state, so a node cut off from the others can ask
+    again and again without raising anything that would later depose a live leader."""
+
+    ballot: Ballot
+
+
+@dataclass(frozen=True, slots=True)
+class PreVoteReply:
+    ballot: Ballot  # the ballot asked about
+    granted: int  # 1: no live leader here and the ballot is above my promise; 0: no
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +185,8 @@ Message = (
     | Accept
     | Accepted
     | Reject
+    | PreVote
+    | PreVoteReply
     | Commit
     | Heartbeat
     | HeartbeatAck

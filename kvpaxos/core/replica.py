@@ -84,6 +84,13 @@ class CoreConfig:
     # leader's group commit; a lost one, never liveness. Off here; nodes switch it on
     # (kv serve --self-vote-delay-ms).
     defer_self_vote: bool = False
+    # A node whose election timeout runs out first asks the voters whether they would
+    # promise a higher ballot (PreVote: nothing changes anywhere), and runs for leader
+    # only once a majority says yes: they refuse while they hear a live leader. A node
+    # cut off from the others so never raises its ballot, and once back cannot depose a
+    # leader with it (Raft's pre-vote, section 9.6 of Ongaro's thesis). Off here; nodes
+    # switch it on.
+    pre_vote: bool = False
     catchup_entries_max: int = 256
     catchup_bytes_max: int = 512 * 1024
     learn_scan_max: int = 4096
@@ -157,6 +164,8 @@ class Replica:
         self.commit_sent = 0
         self.malformed = 0
         self.elections = 0
+        self.pre_vote: tuple[Ballot, set[int]] | None = None  # the ballot asked about, who said yes
+        self.pre_vote_asked = 0  # the tick it last asked
         self._ready = Ready()
         self._advance_membership()
 
@@ -174,9 +183,11 @@ class Replica:
             self.election_elapsed += 1
             if self.role is Role.CANDIDATE:
                 self._tick_candidate()
+            elif self.pre_vote is not None and self.ticks - self.pre_vote_asked >= self.config.retry_ticks:
+                self._ask_pre_votes()
             if self.election_elapsed >= self.election_timeout:
                 if self._may_lead():
-                    self._start_election()
+                    self._campaign()
                 else:
                     # No leader heard for a whole timeout: stop deferring to it (a node that
                     # may not lead must not keep refusing the candidates that may).
@@ -237,9 +248,10 @@ class Replica:
         if not self._well_formed(src, msg):
             self.malformed += 1
             return
-        for b in (getattr(msg, "ballot", None), getattr(msg, "promised", None)):
-            if b is not None and b.round > self.max_round:
-                self.max_round = b.round
+        if not isinstance(msg, (m.PreVote, m.PreVoteReply)):  # a question raises nothing
+            for b in (getattr(msg, "ballot", None), getattr(msg, "promised", None)):
+                if b is not None and b.round > self.max_round:
+                    self.max_round = b.round
         match msg:
             case m.Prepare() if not self.voting:
                 pass  # a rebuilding node makes no promises
@@ -255,6 +267,10 @@ class Replica:
                 self._on_accepted(src, msg)
             case m.Reject():
                 self._on_reject(msg)
+            case m.PreVote():
+                self._on_pre_vote(src, msg)
+            case m.PreVoteReply():
+                self._on_pre_vote_reply(src, msg)
             case m.Commit():
                 self._on_commit(src, msg.ballot, msg.commit_through, msg.first_slot)
             case m.Heartbeat():
@@ -432,9 +448,10 @@ class Replica:
 
     def _well_formed(self, src: int, msg: m.Message) -> bool:
         """Reject forged or impossible messages: a leader's messages carry its own ballot."""
-        if isinstance(msg, (m.Prepare, m.Accept, m.Commit, m.Heartbeat)) and msg.ballot.node_id != src:
+        if isinstance(msg, (m.Prepare, m.PreVote, m.Accept, m.Commit, m.Heartbeat)) and msg.ballot.node_id != src:
             return False
-        if isinstance(msg, (m.Promise, m.Accepted, m.HeartbeatAck, m.Reject)) and msg.ballot.node_id != self.id:
+        if isinstance(msg, (m.Promise, m.Accepted, m.HeartbeatAck, m.Reject, m.PreVoteReply)) \
+                and msg.ballot.node_id != self.id:
             return False  # these answer a message of ours, so they carry our own ballot
         for b in (getattr(msg, "ballot", None), getattr(msg, "promised", None)):
             if b is not None and b != ZERO and b.node_id < 1:
@@ -455,6 +472,7 @@ class Replica:
             self.leader_id = ballot.node_id
             self.leader_ballot = ballot
             self.election_elapsed = 0
+            self.pre_vote = None  # late yeses must not start an election against it
 
     def _step_down(self) -> None:
         lead = self.lead
@@ -479,9 +497,53 @@ class Replica:
 
     # -- elections ------------------------------------------------------------
 
+    def _campaign(self) -> None:
+        """The election timeout ran out: run for leader, or first ask (CoreConfig.pre_vote).
+        A candidate whose election found no majority asks again too: raising its ballot
+        round after round while cut off is what pre-voting is there to prevent."""
+        if not self.config.pre_vote:
+            self._start_election()
+            return
+        if self.lead is not None:
+            self._step_down()
+        ballot = Ballot(max(self.max_round, self.acceptor.promised.round) + 1, self.id)
+        self.pre_vote = (ballot, {self.id})
+        self.leader_id = None
+        self.election_elapsed = 0
+        self.election_timeout = self._random_timeout()
+        self._ask_pre_votes()
+        self._check_pre_vote()  # a configuration of one voter needs nobody's yes
+
+    def _ask_pre_votes(self) -> None:
+        """Ask the voters of every configuration an election must win that have not said
+        yes (again every retry_ticks: a lost question must not cost a whole timeout)."""
+        assert self.pre_vote is not None
+        ballot, yes = self.pre_vote
+        self.pre_vote_asked = self.ticks
+        for p in sorted({v for c in self.window_configs() for v in c.voters} - yes):
+            self._send(p, m.PreVote(ballot))
+
+    def _check_pre_vote(self) -> None:
+        pv = self.pre_vote
+        if pv is not None and all(c.is_quorum(pv[1]) for c in self.window_configs()):
+            self._start_election()
+
+    def _on_pre_vote(self, src: int, msg: m.PreVote) -> None:
+        # The same tests as a Prepare's (_on_prepare), with nothing promised or persisted.
+        granted = (self._votes_now() and msg.ballot > self.acceptor.promised
+                   and not (self._leader_alive() and src != self.leader_id))
+        self._send(src, m.PreVoteReply(msg.ballot, int(granted)))
+
+    def _on_pre_vote_reply(self, src: int, msg: m.PreVoteReply) -> None:
+        pv = self.pre_vote
+        if pv is not None and msg.ballot == pv[0] and msg.granted == 1:
+            pv[1].add(src)
+            self._check_pre_vote()
+
     def _start_election(self) -> None:
         if self.lead is not None:
             self._step_down()
+        self.pre_vote = None
         self.elections += 1
         ballot = Ballot(max(self.max_round, self.acceptor.promised.round) + 1, self.id)
         self.max_round = ballot.round

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
@@ -457,6 +457,121 @@ def test_live_leader_refuses_a_higher_prepare_but_yields_to_the_ballot_in_use() 
     assert (3, m.Reject(rival, ballot)) in ready.messages
     leader.step(3, m.Accept(rival, 5, NOOP))
     assert leader.role is Role.FOLLOWER
+
+
+# -- pre-vote (CoreConfig.pre_vote, on in nodes) -----------------------------------
+
+PRE_VOTE = replace(CONFIG, pre_vote=True)
+
+
+def elect_asking_first(net: Net, i: int) -> Ballot:
+    """Tick node i until it asks for pre-votes, then let everything through."""
+    r = net.nodes[i]
+    for _ in range(2 * net.config.election_ticks + 1):
+        if r.pre_vote is not None:
+            break
+        r.tick()
+    assert r.pre_vote is not None and r.role is Role.FOLLOWER and r.elections == 0
+    net.deliver()
+    assert r.role is Role.LEADER
+    return r.ballot
+
+
+def cut_off(net: Net, node: int, ticks: int) -> None:
+    """Tick everyone for `ticks`, with every message to or from `node` lost."""
+    for _ in range(ticks):
+        for i in net.members:
+            net.tick(i)
+        net.deliver(drop=lambda src, dst, msg: node in (src, dst) and src != dst)
+
+
+@pytest.mark.parametrize("pre_vote", [True, False])
+def test_pre_vote_a_node_cut_off_raises_nothing_and_cannot_depose_the_leader(pre_vote: bool) -> None:
+    # Cut off, a node runs for leader timeout after timeout. Without pre-voting each
+    # attempt raises its ballot (and persists the promise), and once back, its refusal
+    # of the leader's Accepts with that ballot deposes a leader that was fine. With it,
+    # nobody answers yes while the leader is alive, so nothing is raised.
+    config = PRE_VOTE if pre_vote else CONFIG
+    net = Net(config=config)
+    ballot = elect_asking_first(net, 1) if pre_vote else net.elect(1)
+    cut_off(net, 3, 6 * CONFIG.election_ticks)
+    cut = net.nodes[3]
+    if not pre_vote:
+        assert cut.acceptor.promised > ballot  # why pre-voting exists
+        return
+    assert cut.elections == 0 and cut.role is Role.FOLLOWER and cut.acceptor.promised == ballot
+    assert net.disks[3].promised == ballot
+    for _ in range(3 * CONFIG.election_ticks):  # back
+        for i in net.members:
+            net.tick(i)
+        net.deliver()
+    assert net.nodes[1].role is Role.LEADER and net.nodes[1].ballot == ballot
+    assert cut.leader_id == 1 and cut.elections == 0
+
+
+def test_pre_vote_is_refused_while_a_live_leader_is_heard_and_changes_nothing() -> None:
+    net = Net(config=PRE_VOTE)
+    ballot = elect_asking_first(net, 1)
+    asked = Ballot(ballot.round + 1, 3)
+    for i in (1, 2):  # the leader itself, and a follower that hears it
+        net.nodes[i].step(3, m.PreVote(asked))
+        ready = net.flush(i)
+        assert (3, m.PreVoteReply(asked, 0)) in ready.messages
+        assert ready.promised is None and net.nodes[i].acceptor.promised == ballot
+    follower = net.nodes[2]
+    for _ in range(CONFIG.election_ticks):  # no word from the leader for a whole timeout
+        follower.tick()
+    net.flush(2)
+    follower.step(3, m.PreVote(asked))
+    ready = net.flush(2)
+    assert (3, m.PreVoteReply(asked, 1)) in ready.messages
+    assert ready.promised is None and follower.acceptor.promised == ballot
+    assert follower.max_round == ballot.round  # not even the round a question names
+    lower = Ballot(ballot.round - 1, 3)
+    follower.step(3, m.PreVote(lower))  # not above the promise: no
+    assert (3, m.PreVoteReply(lower, 0)) in net.flush(2).messages
+
+
+def test_pre_vote_a_yes_that_comes_after_the_leader_spoke_starts_nothing() -> None:
+    net = Net(config=PRE_VOTE)
+    ballot = elect_asking_first(net, 1)
+    node = net.nodes[3]
+    for _ in range(2 * CONFIG.election_ticks + 1):  # the leader's heartbeats are lost meanwhile
+        node.tick()
+        if node.pre_vote is not None:
+            break
+    asked = node.pre_vote[0]
+    net.flush(3)
+    net.queue.clear()
+    node.step(1, m.Heartbeat(ballot, 0, 99, 0))
+    node.step(2, m.PreVoteReply(asked, 1))  # late, from before the heartbeat
+    assert node.role is Role.FOLLOWER and node.elections == 0 and node.leader_id == 1
+
+
+def test_pre_vote_a_lone_voter_needs_nobody() -> None:
+    net = Net(n=1, config=PRE_VOTE)
+    node = net.nodes[1]
+    for _ in range(2 * CONFIG.election_ticks):
+        node.tick()
+    net.deliver()
+    assert node.role is Role.LEADER and node.elections == 1
+
+
+def test_pre_vote_lost_questions_are_asked_again_before_the_next_timeout() -> None:
+    net = Net(config=PRE_VOTE)
+    node = net.nodes[1]
+    while node.pre_vote is None:
+        node.tick()
+    net.flush(1)
+    net.queue.clear()  # lost
+    for _ in range(CONFIG.retry_ticks):
+        node.tick()
+    asked = [dst for _, dst, msg in net.queued(is_type(m.PreVote))] + \
+        [dst for dst, msg in node._ready.messages if isinstance(msg, m.PreVote)]
+    assert sorted(asked) == [2, 3]
+    assert node.election_elapsed < node.election_timeout
+    net.deliver()
+    assert node.role is Role.LEADER
 
 
 def test_check_quorum_a_leader_cut_off_from_a_majority_steps_down() -> None:
