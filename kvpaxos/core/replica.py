@@ -525,7 +525,7 @@ class Replica:
 
     def _check_pre_vote(self) -> None:
         pv = self.pre_vote
-        if pv is not None and all(c.is_quorum(pv[1]) for c in self.window_configs()):
+        if pv is not None and self._may_lead() and all(c.is_quorum(pv[1]) for c in self.window_configs()):
             self._start_election()
 
     def _on_pre_vote(self, src: int, msg: m.PreVote) -> None:
