@@ -506,13 +506,17 @@ class Replica:
             return
         if self.lead is not None:
             self._step_down()
-        ballot = Ballot(max(self.max_round, self.acceptor.promised.round) + 1, self.id)
+        ballot = self._next_ballot()
         self.pre_vote = (ballot, {self.id})
         self.leader_id = None
         self.election_elapsed = 0
         self.election_timeout = self._random_timeout()
         self._ask_pre_votes()
         self._check_pre_vote()  # a configuration of one voter needs nobody's yes
+
+    def _next_ballot(self) -> Ballot:
+        """A ballot of ours above every round seen or promised."""
+        return Ballot(max(self.max_round, self.acceptor.promised.round) + 1, self.id)
 
     def _ask_pre_votes(self) -> None:
         """Ask the voters of every configuration an election must win that have not said
@@ -531,7 +535,7 @@ class Replica:
     def _on_pre_vote(self, src: int, msg: m.PreVote) -> None:
         # The same tests as a Prepare's (_on_prepare), with nothing promised or persisted.
         granted = (self._votes_now() and msg.ballot > self.acceptor.promised
-                   and not (self._leader_alive() and src != self.leader_id))
+                   and not self._defers_to_leader(src))
         self._send(src, m.PreVoteReply(msg.ballot, int(granted)))
 
     def _on_pre_vote_reply(self, src: int, msg: m.PreVoteReply) -> None:
@@ -545,7 +549,7 @@ class Replica:
             self._step_down()
         self.pre_vote = None
         self.elections += 1
-        ballot = Ballot(max(self.max_round, self.acceptor.promised.round) + 1, self.id)
+        ballot = self._next_ballot()
         self.max_round = ballot.round
         self.role = Role.CANDIDATE
         self.leader_id = None
@@ -581,7 +585,7 @@ class Replica:
     def _on_prepare(self, src: int, msg: m.Prepare) -> None:
         if not self._votes_now():
             return  # a learner, or a member on its way out: its promise would count nowhere
-        if src != self.id and self._leader_alive() and msg.ballot.node_id != self.leader_id:
+        if self._defers_to_leader(src):
             # A live leader exists: refusing keeps a rejoining node from deposing it.
             self._send(src, m.Reject(msg.ballot, max(self.acceptor.promised, self.ballot)))
             return
@@ -593,6 +597,11 @@ class Replica:
                           if s >= msg.from_slot)
             reply = replace(reply, chosen=known)
         self._send(src, reply)
+
+    def _defers_to_leader(self, src: int) -> bool:
+        """Whether a live leader other than src exists here, so that src's bid to lead
+        (a Prepare, or a PreVote asking about one) is refused. Leader stickiness."""
+        return src != self.id and self._leader_alive() and src != self.leader_id
 
     def _on_promise(self, src: int, msg: m.Promise) -> None:
         lead = self.lead
