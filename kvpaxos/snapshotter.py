@@ -151,9 +151,11 @@ class Snapshotter:
             return
         self.compacting_through = through_slot  # chosen records at or below it are not written again
         await node.run_on_disk(node.storage.compact, through_slot)
-        # The log in memory goes in steps of about MEMORY_STEP_S, with a turn of the event
-        # loop between them: freeing 10,000 slots at once, some of them batches of 1,600
-        # commands, held the loop for 50-70 ms. Steps are sized in bytes of commands, which
+        # The log in memory goes in steps of about MEMORY_STEP_S, each followed by a rest
+        # MEMORY_REST_RATIO times as long in which the loop serves requests: freeing 10,000
+        # slots at once, some of them batches of 1,600 commands, held the loop for 50-70 ms,
+        # and steps with one turn between them still queued a busy node's requests (both
+        # rests: ARCHITECTURE.md, "What is persisted"). Steps are sized in bytes of commands, which
         # is what freeing costs: sized in slots, a step grown on small slots took 30 ms
         # when it reached the batches.
         slot, pacer = self.compacted_through, Pacer(MEMORY_STEP_S, step=MEMORY_STEP_BYTES)
