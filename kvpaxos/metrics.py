@@ -133,6 +133,8 @@ def render(node: Any, transport: Any) -> str:
                 1 if node.id in ms.latest.voters else 0)
 
     x.counter("elections", "Elections this node started (phase 1 with a new ballot).", r.elections)
+    x.counter("pre_votes", "Times this node asked the voters whether it may run for leader "
+              "(an election follows only a majority of yeses).", r.pre_votes)
     x.counter("leader_changes", "Times the leader this node knows of changed to another node.",
               c.get("leader_changes", 0))
     x.counter("commands_proposed", "Client commands this node, as leader, placed into a slot.",

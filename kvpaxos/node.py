@@ -850,6 +850,7 @@ class Node:
             "chosen": r.learner.chosen_through,
             "applied": self.kv.applied_slot,
             "elections": r.elections,
+            "pre_votes": r.pre_votes,
             "malformed_messages": r.malformed,
             "voting": r.voting,
             "member": self.member_role(),

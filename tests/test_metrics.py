@@ -37,6 +37,7 @@ def test_metrics_parse_and_move_with_writes(nodes: Nodes) -> None:
         "kvpaxos_is_leader": "gauge", "kvpaxos_applied_slot": "gauge", "kvpaxos_chosen_slot": "gauge",
         "kvpaxos_commands_proposed_total": "counter", "kvpaxos_slots_chosen_total": "counter",
         "kvpaxos_elections_total": "counter", "kvpaxos_leader_changes_total": "counter",
+        "kvpaxos_pre_votes_total": "counter",
         "kvpaxos_requests_forwarded_total": "counter", "kvpaxos_messages_sent_total": "counter",
         "kvpaxos_messages_received_total": "counter", "kvpaxos_malformed_total": "counter",
         "kvpaxos_peer_auth_failures_total": "counter", "kvpaxos_snapshots_taken_total": "counter",
@@ -70,6 +71,7 @@ def test_metrics_parse_and_move_with_writes(nodes: Nodes) -> None:
     assert all(sample(s, "kvpaxos_gc_full_pause_seconds_count") >= 1 for s in after.values())
     assert moved("kvpaxos_batch_size_commands_sum") >= writes + 5
     assert total(after, "kvpaxos_elections_total") >= 1
+    assert total(after, "kvpaxos_pre_votes_total") >= 1  # nodes ask before they run
     assert sample(after[follower], "kvpaxos_leader_changes_total") >= 1
     # Every write the follower answered was timed, from its submission to its application.
     latency = "kvpaxos_commit_latency_seconds"

@@ -164,6 +164,7 @@ class Replica:
         self.commit_sent = 0
         self.malformed = 0
         self.elections = 0
+        self.pre_votes = 0  # times it asked whether it may run (CoreConfig.pre_vote)
         self.pre_vote: tuple[Ballot, set[int]] | None = None  # the ballot asked about, who said yes
         self.pre_vote_asked = 0  # the tick it last asked
         self._ready = Ready()
@@ -508,6 +509,7 @@ class Replica:
             self._step_down()
         ballot = self._next_ballot()
         self.pre_vote = (ballot, {self.id})
+        self.pre_votes += 1
         self.leader_id = None
         self.election_elapsed = 0
         self.election_timeout = self._random_timeout()

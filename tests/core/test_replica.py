@@ -500,6 +500,7 @@ def test_pre_vote_a_node_cut_off_raises_nothing_and_cannot_depose_the_leader(pre
         assert cut.acceptor.promised > ballot  # why pre-voting exists
         return
     assert cut.elections == 0 and cut.role is Role.FOLLOWER and cut.acceptor.promised == ballot
+    assert cut.pre_votes >= 3  # it asked after every timeout (what the metric shows)
     assert net.disks[3].promised == ballot
     for _ in range(3 * CONFIG.election_ticks):  # back
         for i in net.members:

@@ -157,6 +157,11 @@ def test_dashboard_shows_writes_and_a_leader_change(make_cluster, browser):
     page.wait_for_selector('#conn[data-live="true"]')
     assert page.locator('#timeline li.leader').filter(has_text=f"node {new_leader} is the leader").count() >= 1
     assert page.inner_text("#tile-changes") != "0"
+    # Its card counts the election it won and, in brackets, the pre-votes it asked first.
+    page.wait_for_function(
+        "(sel) => { const m = /^(\\d+) \\((\\d+)\\)$/.exec(document.querySelector(sel).textContent);"
+        " return m && +m[1] >= 1 && +m[2] >= 1; }",
+        arg=f'#nodes .node[data-node="{new_leader}"] .f-elections', timeout=5000)
 
     # The panel says clearly when the server picked is down, and works through a live one.
     down = try_it(page, leader, "put", "browser-key", "to a dead server")

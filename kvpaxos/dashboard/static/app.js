@@ -230,7 +230,7 @@
       m = {
         id, addr, up: null, upSince: 0, downSince: 0, status: null, view: null, viewAt: 0,
         series: new Map(), seriesSec: null, sample: null, rates: {}, boot: null,
-        elections: null, polling: false, viewPolling: false, member: null, removedAt: 0,
+        elections: null, preVotes: null, polling: false, viewPolling: false, member: null, removedAt: 0,
       };
       S.members.set(id, m);
       scheduleRender();
@@ -368,8 +368,13 @@
     }
     if (m.elections != null && st.elections > m.elections) {
       addEvent("election", `node ${m.id} started an election` + (st.elections - m.elections > 1 ? ` (${st.elections - m.elections}×)` : ""));
+    } else if (m.preVotes != null && st.pre_votes > m.preVotes) {
+      // Asked whether it may run, and no majority said yes (yet): a live leader, or a partition.
+      const n = st.pre_votes - m.preVotes;
+      addEvent("prevote", `node ${m.id} asked the voters whether it may run for leader` + (n > 1 ? ` (${n}×)` : ""));
     }
     m.elections = st.elections;
+    m.preVotes = st.pre_votes;
     m.status = st;
     if (st.member === "removed" && !isRemoved(m)) {
       S.removed.add(m.id);
@@ -758,7 +763,7 @@
           <dl class="kv-grid">
             <dt>ballot</dt><dd class="f-ballot"></dd><dt>leader</dt><dd class="f-leader"></dd>
             <dt>chosen</dt><dd class="f-chosen"></dd><dt>applied</dt><dd class="f-applied"></dd>
-            <dt>promised</dt><dd class="f-promised"></dd><dt>elections</dt><dd class="f-elections"></dd>
+            <dt>promised</dt><dd class="f-promised"></dd><dt>elections</dt><dd class="f-elections" title="elections started (pre-votes asked)"></dd>
           </dl>
           <div class="progress"><div class="chosen-bar"></div><div class="applied-bar"></div></div>
           <div class="node-foot"></div>`;
@@ -783,7 +788,7 @@
       set(".f-chosen", st.chosen);
       set(".f-applied", st.applied);
       set(".f-promised", st.promised);
-      set(".f-elections", st.elections);
+      set(".f-elections", st.pre_votes == null ? st.elections : `${st.elections} (${st.pre_votes})`);
       el.querySelector(".chosen-bar").style.width = `${Math.min(100, 100 * (st.chosen || 0) / top)}%`;
       el.querySelector(".applied-bar").style.width = `${Math.min(100, 100 * (st.applied || 0) / top)}%`;
       const foot = el.querySelector(".node-foot");
