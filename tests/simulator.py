@@ -505,6 +505,10 @@ class Simulation:
         if any(self.disks[p].rebuilding_round is not None for p in self.members):
             return False
         top = max(self.applied.values())
+        if top < max(self.canon, default=0):
+            # Every chosen slot, also one only a node since removed applied (its client
+            # heard back from it), must reach the members: not converged before then.
+            return False
         if any(n is not None and (n.membership.latest.learners or n.replica.removed
                                   or any(r in n.membership.latest.members for r in self.removed))
                for n in self.nodes.values()):
