@@ -88,7 +88,10 @@ def test_kv_bench_tiny_run_writes_json_and_svg(tmp_path):
     assert work["group_commits"] > 0, work
     assert work["peer_messages"] >= 2 * work["slots"], work
     assert work["gc_full_collections"] >= 0 and work["gc_full_pause_ms"] >= 0
-    assert "per write, all nodes together" in result.stdout
+    # A write wakes the leader (its request) and a follower (the Accept) at the least.
+    assert work["context_switches"] >= 2, work
+    assert set(rate["server_context_switches"]) == set(rate["server_cpu_s"]), rate
+    assert "per write, all nodes together" in result.stdout and " context switches;" in result.stdout
     assert level["work_per_op"] is not None and "per operation, all nodes together" in result.stdout
     assert kv["reads"]["concurrency"] == 2 and kv["reads"]["writes_ops_s"] >= 0
     (base,) = doc["aiohttp"]["sweep"]

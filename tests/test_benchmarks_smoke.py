@@ -1,4 +1,5 @@
-"""The restart/catch-up benchmark runs end to end on a tiny state and writes its results."""
+"""The benchmarks outside `kv bench` (restart and catch-up, the cost of a wake-up) run end to
+end and write their results."""
 from __future__ import annotations
 
 import json
@@ -26,3 +27,20 @@ def test_restart_catchup_benchmark_smoke(tmp_path):
     assert row["restart"]["snapshot_slot"] > 0
     svg = ET.parse(out / "restart_catchup.svg").getroot()
     assert svg.tag.endswith("svg") and svg.findall(".//{http://www.w3.org/2000/svg}polyline")
+
+
+def test_wakeups_benchmark_smoke(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "benchmarks/wakeups.py", "--rounds", "200", "--out-dir", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    doc = json.loads((tmp_path / "wakeups.json").read_text())
+    for kind in ("processes", "threads"):
+        r = doc[kind]
+        assert r["rounds"] == 200 and r["wall_us_per_round_trip"] > 0 and r["cpu_us_per_wakeup"] > 0, r
+    # Each round trip blocks this side once at the least (it waits for the answer).
+    assert doc["processes"]["switches_per_round_trip_this_side"] >= 1
+    assert "us of CPU per wake-up" in result.stdout
+    bad = subprocess.run([sys.executable, "benchmarks/wakeups.py", "--rounds", "0"],
+                         cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "--rounds must be at least 1" in bad.stderr

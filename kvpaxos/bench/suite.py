@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from kvpaxos.bench.cluster import BenchCluster, child_env, cpu_seconds, free_ports, get_json, request_bytes
+from kvpaxos.bench.cluster import (BenchCluster, child_env, context_switches, cpu_seconds, free_ports, get_json,
+                                   request_bytes)
 from kvpaxos.bench.loadgen import LoadRunner, Workload, level_summary, populate, probe_batch
 
 ALL_MODES = ("sweep", "batch", "rate", "reads", "aiohttp", "pysyncobj")
@@ -85,20 +86,26 @@ def machine_info() -> dict:
 
 
 class _CpuWindow:
-    """CPU seconds of some processes over a load generator's measured window."""
+    """CPU seconds and context switches of some processes over a load generator's
+    measured window."""
 
     def __init__(self, pids: Callable[[], dict[str, int | None]]) -> None:
         self.pids = pids
-        self.start: dict[str, float | None] = {}
+        self.start: dict[str, tuple[float | None, int | None]] = {}
         self.used: dict[str, float] = {}
+        self.switches: dict[str, int] = {}
 
     def __call__(self, edge: str) -> None:
-        now = {k: cpu_seconds(p) if p else None for k, p in self.pids().items()}
+        now = {k: (cpu_seconds(p), context_switches(p)) if p else (None, None)
+               for k, p in self.pids().items()}
         if edge == "start":
             self.start = now
-        else:
-            self.used = {k: round(v - self.start[k], 3) for k, v in now.items()
-                         if v is not None and self.start.get(k) is not None}
+            return
+        before = {k: self.start.get(k, (None, None)) for k in now}
+        self.used = {k: round(v[0] - before[k][0], 3) for k, v in now.items()
+                     if v[0] is not None and before[k][0] is not None}
+        self.switches = {k: v[1] - before[k][1] for k, v in now.items()
+                         if v[1] is not None and before[k][1] is not None}
 
 
 # The counters each node's GET /metrics gives that say what the operations cost in Paxos work.
@@ -185,6 +192,10 @@ def _measure(runner: LoadRunner, w: Workload, pids: Callable[[], dict[str, int |
                                         if out["total_ops_s"] else None)
     if work is not None:
         out["work_per_op"] = work.per_op(ops)
+        if out["work_per_op"] is not None and cpu.switches:
+            # Each wake-up of a thread is one; what one costs: benchmarks/wakeups.py.
+            out["work_per_op"]["context_switches"] = round(sum(cpu.switches.values()) / ops, 2)
+    out["server_context_switches"] = cpu.switches
     return out
 
 
@@ -512,8 +523,9 @@ def format_sweep(title: str, levels: list[dict]) -> str:
 
 
 def format_work(w: dict) -> str:
+    switches = f", {w['context_switches']:g} context switches" if "context_switches" in w else ""
     return (f"{w['slots']:g} slots, {w['group_commits']:g} group commits, {w['peer_messages']:g} peer "
-            f"messages; {w['gc_full_collections']} full GCs, {w['gc_full_pause_ms']:g} ms in all")
+            f"messages{switches}; {w['gc_full_collections']} full GCs, {w['gc_full_pause_ms']:g} ms in all")
 
 
 def format_report(doc: dict) -> str:

@@ -1,0 +1,142 @@
+"""What one wake-up costs on this machine, the unit a write at low load is paid in.
+
+A single write through a 3-node cluster that is not busy wakes about ten threads
+in turn (`kv bench` reports the context switches per write): the leader for the
+request and again for the acceptances, each follower for the Accept, its group
+commit thread, the fsync's completion and its event loop again, and the client.
+This measures that unit with nothing else around it:
+
+  processes  two processes ping-pong one byte over a loopback TCP connection (as
+             the peer links do): each round trip wakes each process once.
+  threads    an asyncio loop hands a no-op to a worker thread through a queue and
+             is woken by loop.call_soon_threadsafe when it is done (as a group
+             commit is, without SQLite): each round trip wakes the thread and the loop.
+
+Reports wall time per round trip and CPU time and context switches per wake-up
+(both sides' user and system time together), and writes DIR/wakeups.json.
+
+    python benchmarks/wakeups.py                 # 20,000 round trips each
+    python benchmarks/wakeups.py --rounds 2000 --out-dir /tmp/w
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import queue
+import resource
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from kvpaxos.bench.cluster import context_switches  # noqa: E402
+
+
+def _switches() -> int:
+    """Context switches of every thread of this process so far."""
+    return context_switches(os.getpid()) or 0
+
+
+def _usage(who: int) -> float:
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
+
+
+def processes(rounds: int) -> dict:
+    """Ping-pong over loopback TCP between this process and a forked child."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    pid = os.fork()
+    if pid == 0:  # the echoing side
+        try:
+            conn = socket.create_connection(("127.0.0.1", port))
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for _ in range(rounds + 100):
+                conn.sendall(conn.recv(1))
+        finally:
+            os._exit(0)
+    conn, _ = listener.accept()
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for _ in range(100):  # warm up
+        conn.sendall(b"x")
+        conn.recv(1)
+    cpu0, sw0, t0 = _usage(resource.RUSAGE_SELF), _switches(), time.perf_counter()
+    for _ in range(rounds):
+        conn.sendall(b"x")
+        conn.recv(1)
+    wall = time.perf_counter() - t0
+    cpu, sw = _usage(resource.RUSAGE_SELF) - cpu0, _switches() - sw0
+    os.waitpid(pid, 0)
+    child_cpu = _usage(resource.RUSAGE_CHILDREN)  # all of the child's life: warm-up is 100 rounds
+    conn.close()
+    listener.close()
+    wakeups = 2 * rounds  # each side is woken once per round trip
+    return {"rounds": rounds, "wall_us_per_round_trip": round(1e6 * wall / rounds, 1),
+            "cpu_us_per_wakeup": round(1e6 * (cpu + child_cpu * rounds / (rounds + 100)) / wakeups, 1),
+            "switches_per_round_trip_this_side": round(sw / rounds, 2)}
+
+
+def threads(rounds: int) -> dict:
+    """An event loop hands work to a thread and is woken when it is done."""
+    work: queue.Queue = queue.Queue()
+
+    def worker() -> None:
+        while (item := work.get()) is not None:
+            loop, fut = item
+            loop.call_soon_threadsafe(fut.set_result, None)
+
+    t = threading.Thread(target=worker, daemon=True)
+    t.start()
+
+    async def run() -> tuple[float, float, int]:
+        loop = asyncio.get_running_loop()
+        for _ in range(100):
+            fut = loop.create_future()
+            work.put((loop, fut))
+            await fut
+        cpu0, sw0, t0 = _usage(resource.RUSAGE_SELF), _switches(), time.perf_counter()
+        for _ in range(rounds):
+            fut = loop.create_future()
+            work.put((loop, fut))
+            await fut
+        return time.perf_counter() - t0, _usage(resource.RUSAGE_SELF) - cpu0, _switches() - sw0
+
+    wall, cpu, sw = asyncio.run(run())
+    work.put(None)
+    t.join()
+    return {"rounds": rounds, "wall_us_per_round_trip": round(1e6 * wall / rounds, 1),
+            "cpu_us_per_wakeup": round(1e6 * cpu / (2 * rounds), 1),
+            "switches_per_round_trip": round(sw / rounds, 2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=20_000, help="round trips per measurement")
+    ap.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results")
+    args = ap.parse_args(argv)
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
+    doc = {"benchmark": "wakeups", "machine": {"cores": os.cpu_count(), "python": platform.python_version(),
+                                             "platform": platform.platform(),
+                                             "loadavg_before": list(os.getloadavg())},
+           "processes": processes(args.rounds), "threads": threads(args.rounds)}
+    for name, r in (("two processes, loopback TCP", doc["processes"]),
+                    ("event loop and a worker thread", doc["threads"])):
+        print(f"{name:32}: {r['wall_us_per_round_trip']:7.1f} us per round trip, "
+              f"{r['cpu_us_per_wakeup']:6.1f} us of CPU per wake-up")
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    path = args.out_dir / "wakeups.json"
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
