@@ -6,7 +6,12 @@ node that served the page and feeds its event stream) is killed with SIGKILL:
 the page must show it down within a couple of seconds, move its event stream
 to a live node, and show the newly elected leader.
 
-A second test changes the configuration under the page: node 4 is added (a
+Another cuts a follower off from its peers (through the per-link proxies of
+tests/jepsen/harness.py) under a page it serves: its card must count the
+pre-votes it asks, its elections must stay put, and the timeline must keep
+one line for them that counts up.
+
+A further test changes the configuration under the page: node 4 is added (a
 learner the page shows before its process even runs), then started with
 `kv serve --join` and promoted to voter; node 5 joins in one step; node 5 is
 removed. The configuration panel must follow each step, with the slot each
@@ -29,6 +34,7 @@ about 15 s and 25 s.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -38,8 +44,9 @@ from pathlib import Path
 
 import pytest
 
+from jepsen.harness import FaultCluster
 from secure_cluster import Nodes, parse_metrics, write_private
-from support.cluster import HOST, REPO_ROOT, free_ports, wait_until
+from support.cluster import HOST, REPO_ROOT, cluster_factory, free_ports, wait_until
 from support.timing import time_limit
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
@@ -172,6 +179,61 @@ def test_dashboard_shows_writes_and_a_leader_change(make_cluster, browser):
     # A few seconds of the page on its own after the failover, then the picture.
     page.wait_for_timeout(1500)
     shot(page, "2-after-leader-killed")
+    assert not errors, errors
+
+
+@pytest.fixture
+def fault_cluster(tmp_path):
+    """Clusters whose peer links go through per-link proxies (tests/jepsen/harness.py)."""
+    yield from cluster_factory(tmp_path, FaultCluster)
+
+
+def test_a_node_cut_off_shows_its_pre_votes(fault_cluster, browser):
+    """A follower cut off from its peers asks for pre-votes timeout after timeout: its card
+    counts them beside its elections, which stay put, and the timeline keeps one line for
+    them that counts up, not a line per poll. The page is served by that node: the others'
+    addresses in its membership are the proxy ports of its own links, so it sees them
+    down, as a page on its side of the partition would."""
+    cluster = fault_cluster(3)
+    assert cluster.net is not None
+    leader = settled_leader(cluster)
+    cut = next(i for i in cluster.ids if i != leader)
+    others = [i for i in cluster.ids if i != cut]
+    elections = cluster.status(cut)["elections"]
+    page, errors = open_page(browser)
+    page.goto(cluster.url(cut) + "/")
+    page.wait_for_selector('#nodes .node[data-up="true"] >> nth=2')
+
+    cluster.net.partition([cut], others)
+    for i in others:
+        page.wait_for_selector(f'#nodes .node[data-node="{i}"][data-up="false"]')
+    card = f'#nodes .node[data-node="{cut}"] .f-elections'
+
+    def pre_votes_shown(at_least: int) -> None:
+        page.wait_for_function(
+            "([sel, elections, least]) => { const m = /^(\\d+) \\((\\d+)\\)$/"
+            ".exec(document.querySelector(sel).textContent); return m && +m[1] === elections && +m[2] >= least; }",
+            arg=[card, elections, at_least], timeout=15_000)
+
+    def prevote_lines() -> list[str]:
+        return page.locator("#timeline li.prevote").all_inner_texts()
+
+    def count(line: str) -> int:
+        m = re.search(r"\((\d+)×\)$", line)
+        return int(m.group(1)) if m else 1
+
+    pre_votes_shown(2)
+    first = prevote_lines()
+    assert first and all(f"node {cut} asked the voters" in t for t in first), first
+    pre_votes_shown(6)
+    later = prevote_lines()
+    assert len(later) == len(first) and count(later[0]) > count(first[0]), (first, later)
+    shot(page, "9-pre-votes")
+
+    cluster.net.heal()
+    wait_until(lambda: cluster.status(cut)["leader"] == leader, 10, f"node {cut} following node {leader}")
+    assert cluster.status(cut)["elections"] == elections
+    page.wait_for_selector(f'#nodes .node[data-node="{leader}"][data-role="leader"][data-up="true"]')
     assert not errors, errors
 
 

@@ -370,8 +370,7 @@
       addEvent("election", `node ${m.id} started an election` + (st.elections - m.elections > 1 ? ` (${st.elections - m.elections}×)` : ""));
     } else if (m.preVotes != null && st.pre_votes > m.preVotes) {
       // Asked whether it may run, and no majority said yes (yet): a live leader, or a partition.
-      const n = st.pre_votes - m.preVotes;
-      addEvent("prevote", `node ${m.id} asked the voters whether it may run for leader` + (n > 1 ? ` (${n}×)` : ""));
+      addPreVotes(m.id, st.pre_votes - m.preVotes);
     }
     m.elections = st.elections;
     m.preVotes = st.pre_votes;
@@ -654,9 +653,23 @@
 
   // -- timeline ----------------------------------------------------------------
 
-  function addEvent(kind, text) {
-    S.timeline.unshift({ t: Date.now(), kind, text });
+  function addEvent(kind, text, extra) {
+    S.timeline.unshift({ t: Date.now(), kind, text, ...extra });
     if (S.timeline.length > TIMELINE_MAX) S.timeline.length = TIMELINE_MAX;
+    renderTimeline();
+  }
+
+  // A node cut off by a partition asks every election timeout: one line that counts up,
+  // not a line a second pushing everything else off the timeline.
+  function addPreVotes(node, n) {
+    const last = S.timeline[0];
+    const count = (last && last.kind === "prevote" && last.node === node ? last.count : 0) + n;
+    if (count > n) S.timeline.shift();
+    addEvent("prevote", `node ${node} asked the voters whether it may run for leader` +
+      (count > 1 ? ` (${count}×)` : ""), { node, count });
+  }
+
+  function renderTimeline() {
     const ol = $("timeline");
     if (!ol) return;
     ol.innerHTML = S.timeline.map((e) => `<li class="${esc(e.kind)}"><span class="ic"></span><time>${clock(e.t)}</time><span>${esc(e.text)}</span></li>`).join("");
