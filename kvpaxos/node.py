@@ -596,7 +596,8 @@ class Node:
         """Cast the leader's own votes that became due before the last period
         (CoreConfig.defer_self_vote); the pump persists them and sets the timer again
         for any due since. A vote falling due while the timer is idle so waits two
-        periods: the first only starts its round."""
+        periods: the first only starts its round (asyncio rounds the default 0.5 ms
+        period up to whole milliseconds, so about 2 ms)."""
         self._self_vote_timer = None
         self.replica.cast_self_votes()
         self._wake()
