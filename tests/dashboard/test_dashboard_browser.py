@@ -98,6 +98,12 @@ def settled_leader(cluster, timeout: float = 20.0) -> int:
     return wait_until(agreed, timeout, "every node to follow one leader")
 
 
+def elections_card(page, node: int) -> tuple[int, int] | None:
+    """(elections, pre-votes) as node's card shows them ("2 (3)"), or None."""
+    m = re.fullmatch(r"(\d+) \((\d+)\)", page.inner_text(f'#nodes .node[data-node="{node}"] .f-elections'))
+    return (int(m[1]), int(m[2])) if m else None
+
+
 def try_it(page, server: int, op: str, key: str, value: str = "") -> dict:
     """Use the "try it" panel; the result box's text and data once it is done."""
     page.click(f'#try-servers button[data-server="{server}"]')
@@ -165,10 +171,8 @@ def test_dashboard_shows_writes_and_a_leader_change(make_cluster, browser):
     assert page.locator('#timeline li.leader').filter(has_text=f"node {new_leader} is the leader").count() >= 1
     assert page.inner_text("#tile-changes") != "0"
     # Its card counts the election it won and, in brackets, the pre-votes it asked first.
-    page.wait_for_function(
-        "(sel) => { const m = /^(\\d+) \\((\\d+)\\)$/.exec(document.querySelector(sel).textContent);"
-        " return m && +m[1] >= 1 && +m[2] >= 1; }",
-        arg=f'#nodes .node[data-node="{new_leader}"] .f-elections', timeout=5000)
+    wait_until(lambda: (c := elections_card(page, new_leader)) and c[0] >= 1 and c[1] >= 1, 5,
+               f"node {new_leader}'s card counting its election and pre-votes")
 
     # The panel says clearly when the server picked is down, and works through a live one.
     down = try_it(page, leader, "put", "browser-key", "to a dead server")
@@ -207,13 +211,10 @@ def test_a_node_cut_off_shows_its_pre_votes(fault_cluster, browser):
     cluster.net.partition([cut], others)
     for i in others:
         page.wait_for_selector(f'#nodes .node[data-node="{i}"][data-up="false"]')
-    card = f'#nodes .node[data-node="{cut}"] .f-elections'
 
     def pre_votes_shown(at_least: int) -> None:
-        page.wait_for_function(
-            "([sel, elections, least]) => { const m = /^(\\d+) \\((\\d+)\\)$/"
-            ".exec(document.querySelector(sel).textContent); return m && +m[1] === elections && +m[2] >= least; }",
-            arg=[card, elections, at_least], timeout=15_000)
+        wait_until(lambda: (c := elections_card(page, cut)) and c[0] == elections and c[1] >= at_least, 15,
+                   f"node {cut}'s card showing {at_least} pre-votes and no new election")
 
     def prevote_lines() -> list[str]:
         return page.locator("#timeline li.prevote").all_inner_texts()
