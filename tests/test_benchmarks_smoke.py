@@ -31,7 +31,8 @@ def test_restart_catchup_benchmark_smoke(tmp_path):
 
 def test_wakeups_benchmark_smoke(tmp_path):
     result = subprocess.run(
-        [sys.executable, "benchmarks/wakeups.py", "--rounds", "200", "--out-dir", str(tmp_path)],
+        [sys.executable, "benchmarks/wakeups.py", "--rounds", "200", "--commits", "50", "--out-dir", str(tmp_path),
+         "--work-dir", str(tmp_path)],
         cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     doc = json.loads((tmp_path / "wakeups.json").read_text())
@@ -40,7 +41,15 @@ def test_wakeups_benchmark_smoke(tmp_path):
         assert r["rounds"] == 200 and r["wall_us_per_round_trip"] > 0 and r["cpu_us_per_wakeup"] > 0, r
     # Each round trip blocks this side once at the least (it waits for the answer).
     assert doc["processes"]["switches_per_round_trip_this_side"] >= 1
+    g = doc["group_commit"]
+    assert g["commits"] == 50 and g["direct"]["wall_us"] > 0 and g["direct"]["cpu_us"] > 0, g
+    # A commit on sqlitedict's thread wakes that thread and then the loop, at the least.
+    assert g["through_sqlitedict"]["wall_us"] > 0 and g["through_sqlitedict"]["switches"] >= 2, g
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("kvwake-")] == []  # cleaned up
     assert "us of CPU per wake-up" in result.stdout
     bad = subprocess.run([sys.executable, "benchmarks/wakeups.py", "--rounds", "0"],
                          cwd=REPO, capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and "--rounds must be at least 1" in bad.stderr
+    bad = subprocess.run([sys.executable, "benchmarks/wakeups.py", "--commits", "0"],
+                         cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "--commits must be at least 1" in bad.stderr
