@@ -61,6 +61,20 @@ def _usage(who: int) -> float:
     return r.ru_utime + r.ru_stime
 
 
+WARMUP = 100  # round trips or commits before each measured run
+
+
+class _Since:
+    """This process's wall time, CPU time and context switches from its creation on."""
+
+    def __init__(self) -> None:
+        self.wall, self.cpu, self.switches = time.perf_counter(), _usage(resource.RUSAGE_SELF), _switches()
+
+    def elapsed(self) -> tuple[float, float, int]:
+        return (time.perf_counter() - self.wall, _usage(resource.RUSAGE_SELF) - self.cpu,
+                _switches() - self.switches)
+
+
 def processes(rounds: int) -> dict:
     """Ping-pong over loopback TCP between this process and a forked child."""
     listener = socket.create_server(("127.0.0.1", 0))
@@ -70,28 +84,27 @@ def processes(rounds: int) -> dict:
         try:
             conn = socket.create_connection(("127.0.0.1", port))
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            for _ in range(rounds + 100):
+            for _ in range(WARMUP + rounds):
                 conn.sendall(conn.recv(1))
         finally:
             os._exit(0)
     conn, _ = listener.accept()
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    for _ in range(100):  # warm up
+    for _ in range(WARMUP):
         conn.sendall(b"x")
         conn.recv(1)
-    cpu0, sw0, t0 = _usage(resource.RUSAGE_SELF), _switches(), time.perf_counter()
+    since = _Since()
     for _ in range(rounds):
         conn.sendall(b"x")
         conn.recv(1)
-    wall = time.perf_counter() - t0
-    cpu, sw = _usage(resource.RUSAGE_SELF) - cpu0, _switches() - sw0
+    wall, cpu, sw = since.elapsed()
     os.waitpid(pid, 0)
-    child_cpu = _usage(resource.RUSAGE_CHILDREN)  # all of the child's life: warm-up is 100 rounds
+    child_cpu = _usage(resource.RUSAGE_CHILDREN)  # all of the child's life, warm-up included
     conn.close()
     listener.close()
     wakeups = 2 * rounds  # each side is woken once per round trip
     return {"rounds": rounds, "wall_us_per_round_trip": round(1e6 * wall / rounds, 1),
-            "cpu_us_per_wakeup": round(1e6 * (cpu + child_cpu * rounds / (rounds + 100)) / wakeups, 1),
+            "cpu_us_per_wakeup": round(1e6 * (cpu + child_cpu * rounds / (WARMUP + rounds)) / wakeups, 1),
             "switches_per_round_trip_this_side": round(sw / rounds, 2)}
 
 
@@ -107,18 +120,19 @@ def threads(rounds: int) -> dict:
     t = threading.Thread(target=worker, daemon=True)
     t.start()
 
-    async def run() -> tuple[float, float, int]:
+    async def hand_off() -> None:
         loop = asyncio.get_running_loop()
-        for _ in range(100):
-            fut = loop.create_future()
-            work.put((loop, fut))
-            await fut
-        cpu0, sw0, t0 = _usage(resource.RUSAGE_SELF), _switches(), time.perf_counter()
+        fut = loop.create_future()
+        work.put((loop, fut))
+        await fut
+
+    async def run() -> tuple[float, float, int]:
+        for _ in range(WARMUP):
+            await hand_off()
+        since = _Since()
         for _ in range(rounds):
-            fut = loop.create_future()
-            work.put((loop, fut))
-            await fut
-        return time.perf_counter() - t0, _usage(resource.RUSAGE_SELF) - cpu0, _switches() - sw0
+            await hand_off()
+        return since.elapsed()
 
     wall, cpu, sw = asyncio.run(run())
     work.put(None)
@@ -136,19 +150,22 @@ def group_commit(commits: int, work_dir: Path | None) -> dict:
     with tempfile.TemporaryDirectory(prefix="kvwake-", dir=work_dir) as d:
         storage = SqliteStorage(d, 1)
 
-        async def run() -> tuple[float, float, int]:
+        async def commit(i: int) -> None:
             loop = asyncio.get_running_loop()
-            t0 = cpu0 = sw0 = 0.0
-            for i in range(100 + commits):  # the first 100 warm up
-                if i == 100:
-                    cpu0, sw0, t0 = _usage(resource.RUSAGE_SELF), _switches(), time.perf_counter()
-                done = loop.create_future()
-                batch = Batch((Command(PUT, f"k{i % 1000}", value, cmd_id=f"c{i}"),))
-                storage.submit(Writes(None, {i + 1: (ballot, batch)}),
-                               lambda f=done: loop.call_soon_threadsafe(f.set_result, None))
-                await done
-                storage.check()
-            return time.perf_counter() - t0, _usage(resource.RUSAGE_SELF) - cpu0, _switches() - sw0
+            done = loop.create_future()
+            batch = Batch((Command(PUT, f"k{i % 1000}", value, cmd_id=f"c{i}"),))
+            storage.submit(Writes(None, {i + 1: (ballot, batch)}),
+                           lambda: loop.call_soon_threadsafe(done.set_result, None))
+            await done
+            storage.check()
+
+        async def run() -> tuple[float, float, int]:
+            for i in range(WARMUP):
+                await commit(i)
+            since = _Since()
+            for i in range(WARMUP, WARMUP + commits):
+                await commit(i)
+            return since.elapsed()
 
         try:
             wall, cpu, sw = asyncio.run(run())
@@ -160,12 +177,12 @@ def group_commit(commits: int, work_dir: Path | None) -> dict:
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("CREATE TABLE t (key TEXT PRIMARY KEY, value TEXT)")
             row = json.dumps([[1, 1], {"c": [["put", "k", value]]}])
-            for i in range(100):
+            for i in range(WARMUP):
                 conn.execute("REPLACE INTO t VALUES (?, ?)", (f"a/{i:012d}", row))
-            cpu0, t0 = _usage(resource.RUSAGE_SELF), time.perf_counter()
-            for i in range(commits):
-                conn.execute("REPLACE INTO t VALUES (?, ?)", (f"a/{100 + i:012d}", row))
-            direct_wall, direct_cpu = time.perf_counter() - t0, _usage(resource.RUSAGE_SELF) - cpu0
+            since = _Since()
+            for i in range(WARMUP, WARMUP + commits):
+                conn.execute("REPLACE INTO t VALUES (?, ?)", (f"a/{i:012d}", row))
+            direct_wall, direct_cpu, _ = since.elapsed()
         finally:
             conn.close()
     return {"commits": commits,
