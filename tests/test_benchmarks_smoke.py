@@ -53,3 +53,55 @@ def test_wakeups_benchmark_smoke(tmp_path):
     bad = subprocess.run([sys.executable, "benchmarks/wakeups.py", "--commits", "0"],
                          cwd=REPO, capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and "--commits must be at least 1" in bad.stderr
+
+
+def test_floor_benchmark_smoke(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "benchmarks/floor.py", "--rounds", "1", "--rate", "200", "--rate-duration", "0.5",
+         "-c", "4", "--duration", "0.5", "--warmup", "0.2", "--out-dir", str(tmp_path), "--work-dir", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (r,) = json.loads((tmp_path / "floor.json").read_text())["rounds"]
+    for name in ("floor", "kvpaxos"):
+        rate, closed = r[name]["rate"], r[name]["closed"]
+        assert rate["writes"] > 0 and rate["errors"] == 0 and 0 < rate["p50_ms"] <= rate["p99_ms"], rate
+        assert closed["writes_per_s"] > 0 and closed["errors"] == 0 and closed["ratio_to_bare"] > 0, closed
+        assert len(rate["cpu_us_per_write"]) == 4, rate  # three servers and the load generator
+    assert r["bare aiohttp"]["closed"]["writes_per_s"] > 0
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("kvfloor-")] == []  # cleaned up
+    assert "of the bare server" in result.stdout
+    bad = subprocess.run([sys.executable, "benchmarks/floor.py", "--rounds", "0"],
+                         cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "--rounds must be at least 1" in bad.stderr
+
+
+def test_floor_answers_a_write_only_once_both_followers_hold_it(tmp_path):
+    """What the floor stands for: every write it answers is durable on both followers."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from floor import FloorCluster
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    from kvpaxos.bench.cluster import request_json
+    from storage.sqlite import SqliteStorage
+
+    floor = FloorCluster(tmp_path)
+    try:
+        port = int(floor.url.rsplit(":", 1)[1])
+        versions = [request_json(port, "PUT", f"/v1/kv/k{i}", {"value": f"v{i}"}) for i in range(20)]
+        pids = floor.pids()
+    finally:
+        floor.close()
+    assert all(status == 200 for status, _ in versions), versions
+    assert sorted(pids) == ["follower 1", "follower 2", "leader"]
+    for i in (1, 2):
+        storage = SqliteStorage(str(tmp_path / f"follower-{i}"), 1)
+        try:
+            accepted = storage.load().accepted
+            assert storage.synchronous() == "FULL"
+        finally:
+            storage.close()
+        held = {(c.key, c.value) for _, batch in accepted.values() for c in batch.commands}
+        assert held == {(f"k{i}", f"v{i}") for i in range(20)}
+        # One client: each write had its own slot, the version the leader answered.
+        assert sorted(accepted) == sorted(body["version"] for _, body in versions) == list(range(1, 21))
