@@ -66,10 +66,11 @@ class Follower:
         await ws.prepare(request)
         async for frame in ws:
             if frame.type is aiohttp.WSMsgType.TEXT:
-                slot = json.loads(frame.data)
-                batch = Batch(tuple(Command(PUT, key, value, cmd_id=f"{slot['slot']}.{i}")
-                                    for i, (key, value) in enumerate(slot["cmds"])))
-                self.waiting.append((ws, slot["slot"], batch))
+                sent = json.loads(frame.data)
+                slot = sent["slot"]
+                batch = Batch(tuple(Command(PUT, key, value, cmd_id=f"{slot}.{i}")
+                                    for i, (key, value) in enumerate(sent["cmds"])))
+                self.waiting.append((ws, slot, batch))
                 self._commit()
         return ws
 
