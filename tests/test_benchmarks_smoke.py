@@ -1,5 +1,5 @@
-"""The benchmarks outside `kv bench` (restart and catch-up, the cost of a wake-up) run end to
-end and write their results."""
+"""The benchmarks outside `kv bench` (restart and catch-up, the cost of a wake-up, the floor)
+run end to end and write their results."""
 from __future__ import annotations
 
 import json
