@@ -28,23 +28,25 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from kvpaxos.bench.cluster import BenchCluster, child_env, cpu_seconds, free_ports, get_json  # noqa: E402
+from kvpaxos.bench.cluster import BenchCluster, child_env, free_ports, stop_process, wait_serving  # noqa: E402
 from kvpaxos.bench.loadgen import LoadRunner, Workload, populate  # noqa: E402
-from kvpaxos.bench.suite import EchoServer  # noqa: E402
+from kvpaxos.bench.stats import summarize  # noqa: E402
+from kvpaxos.bench.suite import CpuWindow, EchoServer  # noqa: E402
 
 
 class FloorCluster:
-    """The floor's leader and two followers in their own processes, data under root."""
+    """The floor's leader and two followers in their own processes, data and logs under root."""
 
     def __init__(self, root: Path) -> None:
         leader_port, *follower_ports = free_ports(3)
+        self.port = leader_port
         self.url = f"http://127.0.0.1:{leader_port}"
+        self.root = root
         self.procs: dict[str, subprocess.Popen] = {}
         try:
             for i, port in enumerate(follower_ports, start=1):
@@ -55,50 +57,34 @@ class FloorCluster:
             raise
 
     def _start(self, name: str, args: list[str], port: int) -> None:
-        self.procs[name] = proc = subprocess.Popen(
-            [sys.executable, "-m", "kvpaxos.bench.floor_server", *args], env=child_env(),
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                get_json(port, "/v1/status")
-                return
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    err = proc.stderr.read().decode(errors="replace")[-500:] if proc.poll() is not None else ""
-                    raise RuntimeError(f"the floor's {name} did not start {err}".strip()) from None
-                time.sleep(0.05)
+        log = self.root / f"{name.replace(' ', '-')}.log"
+        with open(log, "wb") as err:
+            self.procs[name] = proc = subprocess.Popen(
+                [sys.executable, "-m", "kvpaxos.bench.floor_server", *args], env=child_env(),
+                stdout=subprocess.DEVNULL, stderr=err)
+        if not wait_serving(proc, port, timeout_s=20):
+            tail = log.read_text(errors="replace")[-500:].strip()
+            raise RuntimeError(f"the floor's {name} did not start{': ' + tail if tail else ''}")
 
     def pids(self) -> dict[str, int]:
         return {name: p.pid for name, p in self.procs.items()}
 
     def close(self) -> None:
         for p in self.procs.values():
-            p.terminate()
-        for p in self.procs.values():
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+            stop_process(p)
 
 
 def measure(runner: LoadRunner, w: Workload, pids: dict[str, int]) -> dict:
     """One run of w: throughput, latency percentiles and CPU per write of each process."""
-    cpu: dict[str, dict[str, float | None]] = {}
-    res, dur = runner.run(w, on_window=lambda edge: cpu.__setitem__(
-        edge, {name: cpu_seconds(pid) for name, pid in pids.items()}))
-    lat = sorted(res.latencies["put"])
-    n = len(lat)
+    cpu = CpuWindow(lambda: pids)
+    res, dur = runner.run(w, on_window=cpu)
+    s = summarize(res.latencies["put"], dur)
+    n = s["count"]
     if n == 0:
         raise RuntimeError(f"no write succeeded ({dict(res.errors)})")
-    per_write = {}
-    for name in pids:
-        a, b = cpu["start"][name], cpu["end"][name]
-        per_write[name] = None if a is None or b is None else round(1e6 * (b - a) / n)
+    per_write = {name: round(1e6 * cpu.used[name] / n) if name in cpu.used else None for name in pids}
     per_write["load generator"] = round(1e6 * res.cpu_s / n)
-    return {"writes_per_s": round(n / dur), "p50_ms": round(1e3 * lat[n // 2], 3),
-            "p99_ms": round(1e3 * lat[min(n - 1, int(n * 0.99))], 3), "writes": n,
+    return {"writes_per_s": round(s["ops_s"]), "p50_ms": s["p50_ms"], "p99_ms": s["p99_ms"], "writes": n,
             "errors": sum(res.errors.values()), "cpu_us_per_write": per_write}
 
 

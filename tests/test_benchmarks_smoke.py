@@ -87,8 +87,7 @@ def test_floor_answers_a_write_only_once_both_followers_hold_it(tmp_path):
 
     floor = FloorCluster(tmp_path)
     try:
-        port = int(floor.url.rsplit(":", 1)[1])
-        versions = [request_json(port, "PUT", f"/v1/kv/k{i}", {"value": f"v{i}"}) for i in range(20)]
+        versions = [request_json(floor.port, "PUT", f"/v1/kv/k{i}", {"value": f"v{i}"}) for i in range(20)]
         pids = floor.pids()
     finally:
         floor.close()

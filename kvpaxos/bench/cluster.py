@@ -90,6 +90,29 @@ def context_switches(pid: int) -> int | None:
     return total
 
 
+def wait_serving(proc: subprocess.Popen, port: int, timeout_s: float = 15.0) -> bool:
+    """Wait until GET /v1/status on port answers; False if proc exited or time ran out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            get_json(port, "/v1/status")
+            return True
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                return False
+            time.sleep(0.05)
+
+
+def stop_process(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within grace_s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def get_json(port: int, path: str, timeout: float = 1.0) -> tuple[int, Any]:
     """(status, decoded body) of one GET on a fresh connection; OSError if nothing answers."""
     return request_json(port, "GET", path, None, timeout)

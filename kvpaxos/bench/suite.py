@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from kvpaxos.bench.cluster import (BenchCluster, child_env, context_switches, cpu_seconds, free_ports, get_json,
-                                   request_bytes)
+from kvpaxos.bench.cluster import (BenchCluster, child_env, context_switches, cpu_seconds, free_ports,
+                                   request_bytes, stop_process, wait_serving)
 from kvpaxos.bench.loadgen import LoadRunner, Workload, level_summary, populate, probe_batch
 
 ALL_MODES = ("sweep", "batch", "rate", "reads", "aiohttp", "pysyncobj")
@@ -85,7 +85,7 @@ def machine_info() -> dict:
     return info
 
 
-class _CpuWindow:
+class CpuWindow:
     """CPU seconds and context switches of some processes over a load generator's
     measured window."""
 
@@ -171,7 +171,7 @@ class _WorkWindow:
 
 def _measure(runner: LoadRunner, w: Workload, pids: Callable[[], dict[str, int | None]],
              label: str, batch_size: int = 1, ports: Callable[[], dict[str, int]] | None = None) -> dict:
-    cpu = _CpuWindow(pids)
+    cpu = CpuWindow(pids)
     work = _WorkWindow(ports) if ports is not None else None
 
     def on_window(edge: str) -> None:
@@ -214,27 +214,15 @@ class EchoServer:
         self.proc = subprocess.Popen([sys.executable, "-m", "kvpaxos.bench.echo_server", str(self.port)],
                                      env=child_env(), stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                get_json(self.port, "/v1/status")
-                return
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    self.close()
-                    raise RuntimeError("the aiohttp baseline server did not start") from None
-                time.sleep(0.05)
+        if not wait_serving(self.proc, self.port):
+            self.close()
+            raise RuntimeError("the aiohttp baseline server did not start")
 
     def pids(self) -> dict[str, int | None]:
         return {"server": self.proc.pid}
 
     def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
 
 
 def run_kvpaxos(opts: SuiteOptions, runner: LoadRunner, echo: EchoServer | None = None,
