@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import functools
 import logging
+import time
 import urllib.parse
 from typing import Awaitable, Callable
 
@@ -18,7 +20,8 @@ from kvpaxos.core.commands import DELETE, PUT, Command, Result
 from kvpaxos.core.membership import MEMBER_ADD, MEMBER_REMOVE
 from kvpaxos.errors import (BadRequest, InvalidKey, KvError, NoQuorum, NotFound,
                             PreconditionFailed, ValueTooLarge)
-from kvpaxos.dashboard import setup_dashboard
+from kvpaxos.dashboard import cors_headers, setup_dashboard, write_stats
+from kvpaxos.dashboard.stats import WriteStats
 from kvpaxos.batch import run_batch
 from kvpaxos.config import parse_address
 from kvpaxos.node import Node
@@ -45,29 +48,67 @@ def _json_str(text: str) -> bytes:
     return json.dumps(text).encode()
 
 
-def _json_bytes(body: bytes, status: int = 200) -> web.Response:
-    """A JSON response from ready bytes (what web.json_response gives, without the encoder)."""
-    return web.Response(body=body, status=status, headers=_JSON_HEADERS)
-
-
 def error_body(code: str, message: str, status: int, headers: dict | None = None) -> web.Response:
     return web.json_response({"error": code, "message": message}, status=status, headers=headers)
 
 
-@web.middleware
-async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except KvError as e:
-        headers = {"Retry-After": "1"} if isinstance(e, NoQuorum) else None
-        return error_body(e.code, e.message, e.status, headers)
-    except web.HTTPRequestEntityTooLarge as e:
+def json_errors(handler: Handler, timed: Callable[[web.Request], WriteStats] | None = None) -> Handler:
+    """The handler, with every error it raises answered as JSON (see error_response).
+    With `timed`, each request's latency and outcome also go to the WriteStats it
+    names (the dashboard's charts of writes).
+
+    Every route is registered through this rather than through a middleware: with
+    no middleware aiohttp calls the handler directly, where a middleware costs every
+    request two more coroutine layers (its own and aiohttp's current-app fix-up).
+    """
+    @functools.wraps(handler)
+    async def answer(request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter() if timed is not None else 0.0
+        try:
+            response = await handler(request)
+        except (KvError, web.HTTPException) as e:
+            response = error_response(e)
+            if response is None:  # a redirect, or already JSON
+                if timed is not None:
+                    timed(request).record(time.time(), (time.perf_counter() - started) * 1000, e.status < 500)
+                raise
+        except BaseException:
+            if timed is not None:
+                timed(request).record(time.time(), (time.perf_counter() - started) * 1000, False)
+            raise
+        if timed is not None:
+            timed(request).record(time.time(), (time.perf_counter() - started) * 1000, response.status < 500)
+        return response
+
+    return answer
+
+
+def error_response(e: KvError | web.HTTPException) -> web.Response | None:
+    """The JSON answer to an error: a KvError's code and status, aiohttp's own 4xx as
+    no_route, method_not_allowed (with Allow), value_too_large or bad_request. None
+    for what needs no change (redirects, errors already in JSON)."""
+    if isinstance(e, KvError):
+        return error_body(e.code, e.message, e.status, {"Retry-After": "1"} if isinstance(e, NoQuorum) else None)
+    if isinstance(e, web.HTTPRequestEntityTooLarge):
         return error_body(ValueTooLarge.code, f"request body too large: {e.text}", 413)
-    except web.HTTPException as e:
-        if e.status >= 400 and e.content_type != "application/json":
-            code = {404: "no_route", 405: "method_not_allowed"}.get(e.status, "bad_request")
-            return error_body(code, e.reason, e.status)
-        raise
+    if e.status < 400 or e.content_type == "application/json":
+        return None
+    code = {404: "no_route", 405: "method_not_allowed"}.get(e.status, "bad_request")
+    allow = e.headers.get("Allow")
+    return error_body(code, e.reason, e.status, {"Allow": allow} if allow is not None else None)
+
+
+async def no_route(request: web.Request) -> web.StreamResponse:
+    """The last route: what the router found for no other (404, or 405 naming the
+    methods the path has)."""
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource is not request.match_info.route.resource:
+            match, methods = await resource.resolve(request)
+            allowed |= methods if match is None else set()
+    if allowed:
+        raise web.HTTPMethodNotAllowed(request.method, sorted(allowed))
+    raise web.HTTPNotFound()
 
 
 def _key(request: web.Request) -> str:
@@ -87,7 +128,9 @@ def _command(node: Node, op: str, key: str, body: dict) -> Command:
     limit = node.config.value_bytes_max
     for name in ("value", "if_value"):
         v = body.get(name)
-        if isinstance(v, str) and len(v.encode("utf-8", "surrogatepass")) > limit:
+        # A character is 1 to 4 bytes of UTF-8: only a value between the bounds is encoded.
+        if isinstance(v, str) and len(v) * 4 > limit and (
+                len(v) > limit or len(v.encode("utf-8", "surrogatepass")) > limit):
             raise ValueTooLarge(f"{name} exceeds {limit} bytes")
     client_id = field(body, "client_id", str)
     seq = field(body, "seq", int)
@@ -130,8 +173,11 @@ async def put_key(request: web.Request) -> web.Response:
     key = _key(request)
     node = request.app[NODE]
     cmd = _command(node, PUT, key, await json_body(request, required=True))
-    result = _check(await node.submit(cmd), key)
-    return _json_bytes(b'{"key": %s, "version": %d}' % (_json_str(key), result.version))
+    result = (await node.submit_group((cmd,)))[0]  # submit() without its coroutine layer
+    if not result.ok:
+        _check(result, key)
+    return web.Response(body=b'{"key": %s, "version": %d}' % (_json_str(key), result.version),
+                        headers=_JSON_HEADERS)
 
 
 async def delete_key(request: web.Request) -> web.Response:
@@ -257,13 +303,17 @@ async def get_metrics(request: web.Request) -> web.Response:
     return web.Response(body=text.encode("utf-8"), headers={"Content-Type": metrics.CONTENT_TYPE})
 
 
-async def leader_header(request: web.Request, response: web.StreamResponse) -> None:
+async def answer_headers(request: web.Request, response: web.StreamResponse) -> None:
     """Every answer names the leader (X-Kv-Leader: its URL), so a client can send its
     writes there and spare them the hop through a follower; any node still takes any
-    request. Not on a refusal for a missing token."""
+    request. Not on a refusal for a missing token. Cross-origin requests get the
+    dashboard's CORS headers (one hook for both: each costs every request an await)."""
     url = request.app[NODE].leader_url
     if url is not None and response.status != 401:
         response.headers[LEADER_HEADER] = url
+    origin = request.headers.get("Origin")
+    if origin:
+        cors_headers(request, response, origin)
 
 
 def _security_middlewares(node: Node) -> list:
@@ -281,24 +331,26 @@ def init_app(node: Node, transport: PeerTransport) -> web.Application:
     # JSON escaping (json.dumps' default \uXXXX) can turn one UTF-8 byte into six,
     # and a PUT may carry both value and if_value at the limit.
     body_max = 12 * node.config.value_bytes_max + 64 * 1024
-    app = web.Application(middlewares=[errors_as_json, *_security_middlewares(node)],
-                          client_max_size=body_max)
+    # No middleware unless a client token is set: json_errors wraps each route instead.
+    app = web.Application(middlewares=_security_middlewares(node), client_max_size=body_max)
     app[NODE] = node
     app[TRANSPORT] = transport
+    r = app.router
     # "*", not "+": an empty key reaches _key and is answered 400 invalid_key.
     # [\s\S], not ".": a key may hold a newline (%0A), which "." does not match.
-    app.router.add_get("/v1/kv/{key:[\\s\\S]*}", get_key)
-    app.router.add_put("/v1/kv/{key:[\\s\\S]*}", put_key)
-    app.router.add_delete("/v1/kv/{key:[\\s\\S]*}", delete_key)
-    app.router.add_get("/v1/kv", list_keys)
-    app.router.add_post("/v1/batch", post_batch)
-    app.router.add_get("/v1/status", status)
-    app.router.add_get("/v1/snapshot", get_snapshot)
-    app.router.add_get("/v1/members", get_members)
-    app.router.add_post("/v1/members", add_member)
-    app.router.add_delete("/v1/members/{id}", remove_member)
-    app.router.add_get("/metrics", get_metrics)
-    app.router.add_get("/v1/peer", transport.handle_inbound)
-    app.on_response_prepare.append(leader_header)
-    setup_dashboard(app, node, transport)  # GET /, /v1/events, /v1/dashboard: kvpaxos/dashboard
+    r.add_get("/v1/kv/{key:[\\s\\S]*}", json_errors(get_key))
+    r.add_put("/v1/kv/{key:[\\s\\S]*}", json_errors(put_key, timed=write_stats))
+    r.add_delete("/v1/kv/{key:[\\s\\S]*}", json_errors(delete_key, timed=write_stats))
+    r.add_get("/v1/kv", json_errors(list_keys))
+    r.add_post("/v1/batch", json_errors(post_batch))
+    r.add_get("/v1/status", json_errors(status))
+    r.add_get("/v1/snapshot", json_errors(get_snapshot))
+    r.add_get("/v1/members", json_errors(get_members))
+    r.add_post("/v1/members", json_errors(add_member))
+    r.add_delete("/v1/members/{id}", json_errors(remove_member))
+    r.add_get("/metrics", json_errors(get_metrics))
+    r.add_get("/v1/peer", json_errors(transport.handle_inbound))
+    app.on_response_prepare.append(answer_headers)
+    setup_dashboard(app, node, transport, json_errors)  # GET /, /v1/events, /v1/dashboard: kvpaxos/dashboard
+    r.add_route("*", "/{path:[\\s\\S]*}", json_errors(no_route))  # last: what no route above takes
     return app

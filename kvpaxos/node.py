@@ -65,6 +65,21 @@ NEW_CLUSTER_QUIET_S = 1.5  # no election this long after deciding that the clust
 Send = Callable[[int, m.Message], bool]  # False: certainly not sent
 
 
+class _CounterNames(dict):
+    """Counter names per message type ("sent_Accept"), each built once."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def __missing__(self, t: type) -> str:
+        name = self[t] = self.prefix + t.__name__
+        return name
+
+
+_SENT, _RECV = _CounterNames("sent_"), _CounterNames("recv_")
+
+
 class _Sleeper:
     """A request's coroutine, asleep on one bare future (`wake`) until it is resolved,
     or until the node's tick finds its deadline or its time to resend passed: no timer
@@ -94,11 +109,18 @@ class _Call(_Sleeper):
     __slots__ = ("results", "missing", "lost", "started")
 
     def __init__(self, n: int, deadline: float) -> None:
-        super().__init__(deadline)
-        self.reset(n)
+        # _Sleeper's fields and reset()'s, set here: one call less for every request.
+        self.wake: asyncio.Future | None = None
+        self.deadline = deadline
+        self.resend_at = math.inf
+        self.exactly_once = False
+        self.results: list[Result | None] = [None] * n
+        self.missing = n
+        self.lost = False
+        self.started = time.perf_counter()
 
     def reset(self, n: int) -> None:
-        self.results: list[Result | None] = [None] * n
+        self.results = [None] * n
         self.missing = n
         self.lost = False  # some command certainly not applied in this attempt
         self.started = time.perf_counter()  # for the commit latency
@@ -171,6 +193,9 @@ class Node:
         self.metrics = NodeMetrics()  # histograms; GET /metrics renders both
         self.boot_id = os.urandom(4).hex()
         self._cmd_ids = itertools.count(1)
+        self._cmd_id_prefix = f"{self.id}.{self.boot_id}."
+        # A write with a client id is sent again after this long without an answer.
+        self._resend_s = 4 * config.election_ticks * config.tick_ms / 1000
         self._read_ids = itertools.count(1)
         self._waiters: dict[str, tuple[_Call, int]] = {}  # cmd_id -> its call and place in it
         # The requests in flight, swept on each tick for deadlines and resends (an ordered set).
@@ -192,6 +217,7 @@ class Node:
         self._ticker: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_leader: int | None = None
+        self._leader_url: tuple[int | None, tuple[str, int] | None, str] = (None, None, "")
         self._http: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task] = set()
 
@@ -292,9 +318,13 @@ class Node:
     def leader_url(self) -> str | None:
         """The leader's HTTP API as its peers (and so clients) reach it, if one is known."""
         leader = self.replica.leader_id
-        if leader is None or leader not in self.config.cluster:
+        address = self.config.cluster.get(leader) if leader is not None else None
+        if address is None:
             return None
-        return self.peer_url(leader, "")
+        # Every HTTP answer names the leader: build its URL once per leader and address.
+        if self._leader_url[:2] != (leader, address):
+            self._leader_url = (leader, address, self.peer_url(leader, ""))
+        return self._leader_url[2]
 
     def peer_url(self, peer: int, path: str) -> str:
         """URL of `path` on a peer's HTTP API (https when the cluster uses TLS)."""
@@ -335,7 +365,7 @@ class Node:
             # slot of a ballot begun before the loss as fresh, and vote again too early.
             return
         for msg in msgs:
-            self.counters[f"recv_{type(msg).__name__}"] += 1
+            self.counters[_RECV[type(msg)]] += 1
             if isinstance(msg, m.ClientRequest):
                 self._on_client_request(src, msg.commands)
             elif isinstance(msg, m.ClientReply):
@@ -345,7 +375,7 @@ class Node:
         self._wake()
 
     def new_cmd_id(self) -> str:
-        return f"{self.id}.{self.boot_id}.{next(self._cmd_ids)}"
+        return self._cmd_id_prefix + str(next(self._cmd_ids))
 
     async def submit(self, cmd: Command) -> Result:
         """Get cmd chosen and applied; its Result, or NoQuorum / OutcomeUnknown."""
@@ -355,7 +385,7 @@ class Node:
         """Get cmds chosen together in one slot and applied, in order; their Results."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.request_timeout_s
-        resend_s = 4 * self.config.election_ticks * self.config.tick_ms / 1000
+        resend_s = self._resend_s
         call = self._register(cmds, _Call(len(cmds), deadline))
         maybe_taken = False  # some attempt may still be chosen
         earlier_pending = False  # an attempt before the latest one may still be chosen
@@ -615,12 +645,16 @@ class Node:
 
     def _apply_slot(self, slot: int, batch: Batch) -> None:
         size = 0
+        waiters = self._waiters
         for cmd, result in self.kv.apply(slot, batch):
-            self._resolve(cmd.cmd_id, result)
+            entry = waiters.pop(cmd.cmd_id, None)
+            if entry is not None:
+                entry[0].resolve(entry[1], result)
             size += cmd.size_bytes()
         self.snapshots.applied(slot, size)
         for cmd_id in self._slot_waiters.pop(slot, ()):
-            self._resolve(cmd_id, None)
+            if cmd_id in waiters:
+                self._resolve(cmd_id, None)  # it was to be in this slot, which others took
         self.counters["slots_applied"] += 1
         self.metrics.batch_size.observe(len(batch.commands))
 
@@ -678,7 +712,7 @@ class Node:
         own = [msg for dst, msg in messages if dst == self.id]
         for dst, msg in messages:
             if dst != self.id:
-                self.counters[f"sent_{type(msg).__name__}"] += 1
+                self.counters[_SENT[type(msg)]] += 1
                 if type(msg) is m.Commit and not self._awaits_commit(dst, msg.commit_through):
                     self.send_peer_lazy(dst, msg)
                 else:

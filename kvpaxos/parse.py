@@ -47,18 +47,21 @@ async def json_body(request: web.Request, required: bool) -> dict[str, Any]:
 
 def field(body: dict, name: str, kind: type, optional: bool = True, where: str = "") -> Any:
     value = body.get(name)
-    label = f"{where}.{name}" if where else repr(name)
     if value is None:
         if optional:
             return None
-        raise BadRequest(f"field {label} is required")
+        raise BadRequest(f"field {_label(name, where)} is required")
     if type(value) is not kind:
-        raise BadRequest(f"field {label} must be a {kind.__name__}")
+        raise BadRequest(f"field {_label(name, where)} must be a {kind.__name__}")
     if kind is int and value < 0:
-        raise BadRequest(f"field {label} must not be negative")
+        raise BadRequest(f"field {_label(name, where)} must not be negative")
     if kind is str:
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
-            raise BadRequest(f"field {label} must be valid UTF-8") from None
+            raise BadRequest(f"field {_label(name, where)} must be valid UTF-8") from None
     return value
+
+
+def _label(name: str, where: str) -> str:
+    return f"{where}.{name}" if where else repr(name)

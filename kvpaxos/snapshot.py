@@ -18,6 +18,7 @@ import json
 import os
 from typing import BinaryIO
 
+from kvpaxos.core.codec import compact_json
 from kvpaxos.core.kvstate import KVState, export_rows, import_rows
 
 FILE_NAME = "snapshot.json"
@@ -33,7 +34,7 @@ def path_in(data_dir: str) -> str:
 
 
 def _dumps(obj: object) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    return compact_json(obj).encode() + b"\n"
 
 
 def write_rows(path: str, header: dict, data: dict, sessions: list[list]) -> int:

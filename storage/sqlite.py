@@ -31,13 +31,14 @@ import sqlite3
 import threading
 import time
 from contextlib import closing
-from typing import Any, Callable
+from typing import Callable
 
 from sqlitedict import _REQUEST_COMMIT, SqliteDict
 
 from kvpaxos.core.ballot import Ballot
 from kvpaxos.core.commands import Batch
-from kvpaxos.core.codec import WireError, ballot_from_wire, ballot_to_wire, batch_from_wire, batch_to_wire
+from kvpaxos.core.codec import (WireError, ballot_from_wire, ballot_to_wire, batch_from_wire, batch_to_wire,
+                                compact_json)
 from storage.base import DurableState, Pacer, StorageError, Writes
 
 FORMAT = 1
@@ -51,8 +52,7 @@ _ROWS_PER_STATEMENT = 16_000  # two bound parameters a row; SQLite allows 32,766
 _SYNC_NAMES = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
 
 
-def _encode(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+_encode = compact_json  # records as compact JSON text
 
 
 class _Notice:

@@ -141,9 +141,13 @@ def message_from_wire(x: Any) -> m.Message:
     return cls(**kwargs)
 
 
+# Compact JSON, non-ASCII text as UTF-8 rather than six-byte \u escapes. One encoder for
+# every call: json.dumps with any option builds a new JSONEncoder each time.
+compact_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def encode_message(msg: m.Message) -> str:
-    # ensure_ascii=False: non-ASCII text travels as UTF-8, not as six-byte \u escapes.
-    return json.dumps(message_to_wire(msg), separators=(",", ":"), ensure_ascii=False)
+    return compact_json(message_to_wire(msg))
 
 
 def frame_of(src: int, encoded: list[str]) -> str:

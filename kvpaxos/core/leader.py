@@ -54,6 +54,7 @@ class LeaderState:
         self.promises: dict[int, m.Promise] = {}
         self.top = 0  # the highest slot any promise mentioned
         self._merged: dict[int, Batch] | None = None
+        self._quorum_memo: dict[int, tuple[Config, bool]] = {}  # id(config) -> (config, has_promises)
         self.prepare_sent: dict[int, int] = {}  # peer -> tick of the last Prepare sent to it
         self.proposals: dict[int, Proposal] = {}
         self.vote_round = 0  # advanced by each Replica.cast_self_votes()
@@ -80,11 +81,18 @@ class LeaderState:
         from voters of a configuration that took effect since)."""
         self.promises[src] = promise
         self._merged = None
+        self._quorum_memo.clear()
         slots = [e.slot for e in promise.accepted] + [c.slot for c in promise.chosen]
         self.top = max([self.top, *slots])
 
     def has_promises(self, config: Config) -> bool:
-        return config.is_quorum(self.promises)
+        # Asked several times a slot, while the promises change only in phase 1.
+        memo = self._quorum_memo.get(id(config))
+        if memo is None or memo[0] is not config:
+            if len(self._quorum_memo) >= 64:
+                self._quorum_memo.clear()  # configurations of long ago
+            memo = self._quorum_memo[id(config)] = (config, config.is_quorum(self.promises))
+        return memo[1]
 
     def merged_values(self) -> dict[int, Batch]:
         """For each slot any promise mentions, the value known chosen there, else the
@@ -174,7 +182,7 @@ class LeaderState:
     def releasable_reads(self, self_id: int, chosen_through: int, config: Config) -> list[PendingRead]:
         """Reads whose heartbeat round a majority of `config` acknowledged; each is
         answered with the current chosen_through as its read point."""
-        if not self.barrier_chosen(chosen_through) or not self.has_promises(config):
+        if not self.reads_by_seq or not self.barrier_chosen(chosen_through) or not self.has_promises(config):
             return []
         confirmed = self.confirmed_seq(self_id, config)
         out: list[PendingRead] = []

@@ -29,6 +29,6 @@ it (routes.read_preflight), for pages served by members only, except the open
 /v1/status. Which routes need the token is security.OPEN_ROUTES' business,
 unchanged here.
 """
-from kvpaxos.dashboard.routes import setup_dashboard
+from kvpaxos.dashboard.routes import cors_headers, setup_dashboard, write_stats
 
-__all__ = ["setup_dashboard"]
+__all__ = ["cors_headers", "setup_dashboard", "write_stats"]

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from kvpaxos.dashboard.stats import WriteStats
 from kvpaxos.dashboard.views import LOG_SLOTS, find_command, leader_view, log_window, members_view
-from kvpaxos.errors import BadRequest, KvError, NotFound
+from kvpaxos.errors import BadRequest, NotFound
 
 log = logging.getLogger("kvpaxos.dashboard")
 
@@ -54,21 +54,28 @@ class Dashboard:
 DASHBOARD = web.AppKey("dashboard", Dashboard)
 
 
-def setup_dashboard(app: web.Application, node: Any, transport: Any) -> Dashboard:
-    """Add the dashboard's routes, CORS headers, write timing and shutdown hook to `app`."""
+def setup_dashboard(app: web.Application, node: Any, transport: Any,
+                    route: Callable[[Handler], Handler]) -> Dashboard:
+    """Add the dashboard's routes (each through `route`, the API's error wrapper) and
+    shutdown hook to `app`. Its CORS headers (cors_headers) and write timing
+    (write_stats) are for the API to apply: one response hook and one wrapper
+    there serve both."""
     dash = app[DASHBOARD] = Dashboard(node, transport)
-    app.router.add_get("/", index)
-    app.router.add_get("/dashboard/{name}", static_file)
-    app.router.add_get("/v1/dashboard", snapshot)
-    app.router.add_get("/v1/dashboard/find", find)
-    app.router.add_get("/v1/events", events)
-    app.router.add_route("OPTIONS", "/v1/kv/{key:.*}", preflight)
+    app.router.add_get("/", route(index))
+    app.router.add_get("/dashboard/{name}", route(static_file))
+    app.router.add_get("/v1/dashboard", route(snapshot))
+    app.router.add_get("/v1/dashboard/find", route(find))
+    app.router.add_get("/v1/events", route(events))
+    app.router.add_route("OPTIONS", "/v1/kv/{key:.*}", route(preflight))
     for path in READ_PREFLIGHT_PATHS:
-        app.router.add_route("OPTIONS", path, read_preflight)
-    app.middlewares.append(time_writes)
-    app.on_response_prepare.append(cors_headers)
+        app.router.add_route("OPTIONS", path, route(read_preflight))
     app.on_shutdown.append(close_streams)
     return dash
+
+
+def write_stats(request: web.Request) -> WriteStats:
+    """Where a write's latency and outcome go (the throughput and latency charts)."""
+    return request.app[DASHBOARD].stats
 
 
 # -- the page ------------------------------------------------------------------
@@ -224,27 +231,6 @@ async def close_streams(app: web.Application) -> None:
     app[DASHBOARD].closing.set()
 
 
-# -- write timing ----------------------------------------------------------------
-
-
-@web.middleware
-async def time_writes(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Time each PUT/DELETE of a key for the throughput and latency charts."""
-    if request.method not in WRITE_METHODS or not request.path.startswith("/v1/kv/"):
-        return await handler(request)
-    started = time.perf_counter()
-    ok = False
-    try:
-        resp = await handler(request)
-        ok = resp.status < 500
-        return resp
-    except (KvError, web.HTTPException) as exc:
-        ok = exc.status < 500
-        raise
-    finally:
-        request.app[DASHBOARD].stats.record(time.time(), (time.perf_counter() - started) * 1000, ok)
-
-
 # -- cross-origin ----------------------------------------------------------------
 
 
@@ -285,10 +271,8 @@ def member_origin(origin: str, cluster: dict[int, tuple[str, int]]) -> bool:
     return False
 
 
-async def cors_headers(request: web.Request, response: web.StreamResponse) -> None:
-    origin = request.headers.get("Origin")
-    if not origin:
-        return
+def cors_headers(request: web.Request, response: web.StreamResponse, origin: str) -> None:
+    """Let pages read (and the cluster's own pages write) across origins."""
     path = request.path
     if request.method in ("GET", "HEAD") and _readable_cross_origin(path):
         response.headers["Access-Control-Allow-Origin"] = "*"

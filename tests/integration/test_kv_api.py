@@ -248,6 +248,18 @@ def test_bad_requests_get_json_errors(api, method, path, raw, status, code):
     assert_error(resp, status, code)
 
 
+def test_method_not_allowed_names_the_methods_the_path_has(api):
+    # Every route answers through one error wrapper and unrouted requests through a
+    # last catch-all route: the path's own methods must still be found and named.
+    resp = api.request(1, "POST", key_path("k"), raw=b'{"value": "x"}')
+    assert_error(resp, 405, "method_not_allowed")
+    assert set(resp.headers["allow"].split(",")) == {"GET", "HEAD", "PUT", "DELETE", "OPTIONS"}
+    resp = api.request(1, "DELETE", "/v1/status")
+    assert_error(resp, 405, "method_not_allowed")
+    assert set(resp.headers["allow"].split(",")) == {"GET", "HEAD", "OPTIONS"}
+    assert api.request(1, "HEAD", "/v1/status").status == 200
+
+
 def test_oversized_values_are_413(api):
     key = fresh()
     assert api.put(1, key, "small").status == 200
