@@ -158,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--{name.replace('_', '-')} must be positive")
     if args.warmup < 0:
         p.error("--warmup must not be negative")
+    if args.work_dir is not None:
+        args.work_dir.mkdir(parents=True, exist_ok=True)
     rounds = []
     with LoadRunner(1, show_progress=False) as runner:
         for _ in range(args.rounds):

@@ -1,5 +1,5 @@
-"""The benchmarks outside `kv bench` (restart and catch-up, the cost of a wake-up, the floor)
-run end to end and write their results."""
+"""The benchmarks outside `kv bench` (restart and catch-up, the cost of a wake-up, the floor,
+the leader's cost per write) run end to end and write their results."""
 from __future__ import annotations
 
 import json
@@ -104,3 +104,22 @@ def test_floor_answers_a_write_only_once_both_followers_hold_it(tmp_path):
         assert held == {(f"k{i}", f"v{i}") for i in range(20)}
         # One client: each write had its own slot, the version the leader answered.
         assert sorted(accepted) == sorted(body["version"] for _, body in versions) == list(range(1, 21))
+
+
+def test_leader_cost_benchmark_smoke(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "benchmarks/leader_cost.py", "--writes", "150", "--clients", "4,1",
+         "--out-dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    runs = json.loads((tmp_path / "leader_cost.json").read_text())["runs"]
+    assert [r["clients"] for r in runs] == [4, 1]
+    for r in runs:
+        assert all(r[t]["cpu_us_per_write"] > 0 for t in ("kvpaxos", "bare", "raw")), r
+        assert r["bare_over_kvpaxos"] > 0, r
+    # One client: every write is a slot of its own (the warm-up's writes came first).
+    assert runs[1]["kvpaxos"]["slots"] >= 150
+    assert "bare / kvpaxos" in result.stdout
+    bad = subprocess.run([sys.executable, "benchmarks/leader_cost.py", "--clients", "0"],
+                         cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "--clients must be at least 1" in bad.stderr
+
