@@ -64,21 +64,20 @@ def json_errors(handler: Handler, timed: Callable[[web.Request], WriteStats] | N
     @functools.wraps(handler)
     async def answer(request: web.Request) -> web.StreamResponse:
         started = time.perf_counter() if timed is not None else 0.0
+        ok = False  # a server error, or no answer at all (cancelled)
         try:
-            response = await handler(request)
-        except (KvError, web.HTTPException) as e:
-            response = error_response(e)
-            if response is None:  # a redirect, or already JSON
-                if timed is not None:
-                    timed(request).record(time.time(), (time.perf_counter() - started) * 1000, e.status < 500)
-                raise
-        except BaseException:
+            try:
+                response = await handler(request)
+            except (KvError, web.HTTPException) as e:
+                response = error_response(e)
+                if response is None:  # a redirect, or already JSON
+                    ok = e.status < 500
+                    raise
+            ok = response.status < 500
+            return response
+        finally:
             if timed is not None:
-                timed(request).record(time.time(), (time.perf_counter() - started) * 1000, False)
-            raise
-        if timed is not None:
-            timed(request).record(time.time(), (time.perf_counter() - started) * 1000, response.status < 500)
-        return response
+                timed(request).record(time.time(), (time.perf_counter() - started) * 1000, ok)
 
     return answer
 

@@ -109,18 +109,11 @@ class _Call(_Sleeper):
     __slots__ = ("results", "missing", "lost", "started")
 
     def __init__(self, n: int, deadline: float) -> None:
-        # _Sleeper's fields and reset()'s, set here: one call less for every request.
-        self.wake: asyncio.Future | None = None
-        self.deadline = deadline
-        self.resend_at = math.inf
-        self.exactly_once = False
-        self.results: list[Result | None] = [None] * n
-        self.missing = n
-        self.lost = False
-        self.started = time.perf_counter()
+        super().__init__(deadline)
+        self.reset(n)
 
     def reset(self, n: int) -> None:
-        self.results = [None] * n
+        self.results: list[Result | None] = [None] * n
         self.missing = n
         self.lost = False  # some command certainly not applied in this attempt
         self.started = time.perf_counter()  # for the commit latency
