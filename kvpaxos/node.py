@@ -58,7 +58,7 @@ log = logging.getLogger("kvpaxos.node")
 
 # A Prepare leaves only once the candidate's own promise of its ballot is durable
 # (so a restart never reuses a ballot); Promise and Accepted report acceptor state.
-_AFTER_COMMIT = (m.Prepare, m.Promise, m.Accepted)
+_AFTER_COMMIT = frozenset((m.Prepare, m.Promise, m.Accepted))
 UNDECIDED = -1  # storage's rebuilding mark while a new data directory waits for the peers' answers
 NEW_CLUSTER_QUIET_S = 1.5  # no election this long after deciding that the cluster is new
 
@@ -574,9 +574,12 @@ class Node:
         # Only messages that report or depend on this node's acceptor state wait for
         # the group commit; the rest (Accept, heartbeats, commits, catch-up, replies to
         # forwarding peers) leave now, so the leader's fsync and its followers' overlap.
-        send_now = [(dst, msg) for dst, msg in ready.messages if not isinstance(msg, _AFTER_COMMIT)]
-        self._open_messages.extend((dst, msg) for dst, msg in ready.messages
-                                   if isinstance(msg, _AFTER_COMMIT))
+        send_now = []
+        for out in ready.messages:
+            if type(out[1]) in _AFTER_COMMIT:
+                self._open_messages.append(out)
+            else:
+                send_now.append(out)
         for cmd_id, slot in ready.proposed.items():
             origin = self._remote_cmds.pop(cmd_id, None)
             if origin is not None:
@@ -702,14 +705,18 @@ class Node:
         self._commit_or_send()
 
     def _send_all(self, messages: list[tuple[int, m.Message]]) -> None:
-        own = [msg for dst, msg in messages if dst == self.id]
+        own = []
+        me, counters = self.id, self.counters
         for dst, msg in messages:
-            if dst != self.id:
-                self.counters[_SENT[type(msg)]] += 1
-                if type(msg) is m.Commit and not self._awaits_commit(dst, msg.commit_through):
-                    self.send_peer_lazy(dst, msg)
-                else:
-                    self.send_peer(dst, msg)
+            if dst == me:
+                own.append(msg)
+                continue
+            t = type(msg)
+            counters[_SENT[t]] += 1
+            if t is m.Commit and not self._awaits_commit(dst, msg.commit_through):
+                self.send_peer_lazy(dst, msg)
+            else:
+                self.send_peer(dst, msg)
         if own and self._loop is not None:
             self._loop.call_soon(self.deliver, self.id, own)
 

@@ -117,13 +117,15 @@ _TYPES: dict[str, type] = {cls.__name__: cls for cls in (
     m.Prepare, m.Promise, m.Accept, m.Accepted, m.Reject, m.PreVote, m.PreVoteReply, m.Commit, m.Heartbeat,
     m.HeartbeatAck, m.CatchUpRequest, m.CatchUpReply, m.ReadIndexRequest, m.ReadIndexReply,
     m.Rebuilding, m.Resign, m.Removed, m.ClientRequest, m.ClientReply)}
-_FIELDS: dict[type, tuple[str, ...]] = {cls: tuple(f.name for f in fields(cls)) for cls in _TYPES.values()}
+# Per message type: (name, encode, decode) for each of its fields.
+_CODECS: dict[type, tuple[tuple[str, Callable[[Any], Any], Callable[[Any], Any]], ...]] = {
+    cls: tuple((f.name, *_FIELD_CODECS.get(f.name, _INT_CODEC)) for f in fields(cls)) for cls in _TYPES.values()}
 
 
 def message_to_wire(msg: m.Message) -> dict:
     out: dict[str, Any] = {"t": type(msg).__name__}
-    for name in _FIELDS[type(msg)]:
-        out[name] = _FIELD_CODECS.get(name, _INT_CODEC)[0](getattr(msg, name))
+    for name, encode, _ in _CODECS[type(msg)]:
+        out[name] = encode(getattr(msg, name))
     return out
 
 
@@ -135,15 +137,43 @@ def message_from_wire(x: Any) -> m.Message:
     if cls is None:
         raise WireError(f"unknown message type {reprlib.repr(t)}")
     try:
-        kwargs = {name: _FIELD_CODECS.get(name, _INT_CODEC)[1](x[name]) for name in _FIELDS[cls]}
+        kwargs = {name: decode(x[name]) for name, _, decode in _CODECS[cls]}
     except KeyError as e:
         raise WireError(f"{cls.__name__} lacks field {e}") from None
     return cls(**kwargs)
 
 
-# Compact JSON, non-ASCII text as UTF-8 rather than six-byte \u escapes. One encoder for
-# every call: json.dumps with any option builds a new JSONEncoder each time.
-compact_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+# Compact JSON, non-ASCII text as UTF-8 rather than six-byte \u escapes, through one C
+# encoder built once: JSONEncoder.encode builds a new one (and a dict for its cycle
+# check) on every call, which costs more than encoding a small message. What goes
+# through here is the node's own data, never cyclic; a value JSON cannot hold raises
+# TypeError as json.dumps does.
+_c_encoder = json.encoder.c_make_encoder
+if _c_encoder is not None:
+    _compact = _c_encoder(None, json.JSONEncoder().default, json.encoder.encode_basestring,
+                          None, ":", ",", False, False, True)
+
+    def compact_json(obj: Any) -> str:
+        return "".join(_compact(obj, 0))
+else:  # a Python built without the C accelerator
+    compact_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+_scan = json.decoder.JSONDecoder().scan_once
+
+
+def load_json(data: str | bytes) -> Any:
+    """json.loads, without its two whitespace scans where `data` is a str with none
+    around its value (what nodes send); anything else goes through json.loads, so
+    errors are its own."""
+    if type(data) is str and data:
+        try:
+            obj, end = _scan(data, 0)
+        except StopIteration:
+            pass
+        else:
+            if end == len(data):
+                return obj
+    return json.loads(data)
 
 
 def encode_message(msg: m.Message) -> str:
@@ -163,7 +193,7 @@ def encode_frame(src: int, msgs: list[m.Message]) -> str:
 def decode_frame(data: str | bytes) -> tuple[int, list[m.Message | WireError]]:
     """Decode a frame; a malformed message comes back as its WireError, the rest still decode."""
     try:
-        obj = json.loads(data)
+        obj = load_json(data)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
         # RecursionError: the C scanner's answer to absurdly deep nesting.
         raise WireError(f"frame is not JSON: {e}") from None

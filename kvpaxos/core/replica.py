@@ -40,7 +40,7 @@ governs is chosen (Ready.removed); a leader first names a successor (Resign).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Protocol
 
@@ -51,6 +51,27 @@ from kvpaxos.core.commands import Batch, Command, Result
 from kvpaxos.core.leader import WAITING, LeaderState, PendingRead, Proposal
 from kvpaxos.core.learner import Learner
 from kvpaxos.core.membership import MEMBER_PROMOTE, Config, Membership
+
+# Messages a leader or candidate sends carry its own ballot; answers carry the asker's.
+_FROM_SENDER = (m.Prepare, m.PreVote, m.Accept, m.Commit, m.Heartbeat)
+_ANSWERS = (m.Promise, m.Accepted, m.HeartbeatAck, m.Reject, m.PreVoteReply)
+
+
+class _Shapes(dict):
+    """Per message type, what step() checks: (carries its sender's ballot, carries
+    ours, its ballot fields, its slot fields, whether its ballots raise max_round)."""
+
+    def __missing__(self, t: type) -> tuple[bool, bool, tuple[str, ...], tuple[str, ...], bool]:
+        names = set(getattr(t, "__dataclass_fields__", ()))
+        shape = self[t] = (issubclass(t, _FROM_SENDER), issubclass(t, _ANSWERS),
+                           tuple(n for n in ("ballot", "promised") if n in names),
+                           tuple(n for n in ("slot", "from_slot") if n in names),
+                           not issubclass(t, (m.PreVote, m.PreVoteReply)))  # a question raises nothing
+        return shape
+
+
+_SHAPES = _Shapes()
+
 
 class Rng(Protocol):
     """The randomness a replica uses: a seeded random.Random in tests and the simulator."""
@@ -96,23 +117,29 @@ class CoreConfig:
     learn_scan_max: int = 4096
 
 
-@dataclass
 class Ready:
-    """What the runtime must do now, in order: persist, send, apply, answer."""
+    """What the runtime must do now, in order: persist, send, apply, answer.
 
-    promised: Ballot | None = None
-    accepted: dict[int, tuple[Ballot, Batch]] = field(default_factory=dict)
-    chosen: dict[int, Batch] = field(default_factory=dict)
-    messages: list[tuple[int, m.Message]] = field(default_factory=list)
-    apply: list[tuple[int, Batch]] = field(default_factory=list)
-    reads: list[tuple[int, int | None]] = field(default_factory=list)
-    proposed: dict[str, int] = field(default_factory=dict)
-    dropped: list[Command] = field(default_factory=list)
-    snapshot_from: int | None = None
-    became_voter: bool = False
-    membership: Membership | None = None  # as of the end of `apply`
-    member_results: dict[str, Result] = field(default_factory=dict)  # by cmd_id
-    removed: bool = False  # this node is no longer a member: stop it
+    A plain slotted class, built on every take_ready(): a dataclass's default
+    factories cost a call per field."""
+
+    __slots__ = ("promised", "accepted", "chosen", "messages", "apply", "reads", "proposed", "dropped",
+                 "snapshot_from", "became_voter", "membership", "member_results", "removed")
+
+    def __init__(self) -> None:
+        self.promised: Ballot | None = None
+        self.accepted: dict[int, tuple[Ballot, Batch]] = {}
+        self.chosen: dict[int, Batch] = {}
+        self.messages: list[tuple[int, m.Message]] = []
+        self.apply: list[tuple[int, Batch]] = []
+        self.reads: list[tuple[int, int | None]] = []
+        self.proposed: dict[str, int] = {}
+        self.dropped: list[Command] = []
+        self.snapshot_from: int | None = None
+        self.became_voter = False
+        self.membership: Membership | None = None  # as of the end of `apply`
+        self.member_results: dict[str, Result] = {}  # by cmd_id
+        self.removed = False  # this node is no longer a member: stop it
 
     def must_persist(self) -> bool:
         return self.promised is not None or bool(self.accepted)
@@ -246,11 +273,13 @@ class Replica:
                        and src != self.leader_id and not isinstance(msg, m.Resign)):
             self._on_removed_node(src)
             return
-        if not self._well_formed(src, msg):
+        shape = _SHAPES[type(msg)]
+        if not self._well_formed(src, msg, shape):
             self.malformed += 1
             return
-        if not isinstance(msg, (m.PreVote, m.PreVoteReply)):  # a question raises nothing
-            for b in (getattr(msg, "ballot", None), getattr(msg, "promised", None)):
+        if shape[4]:
+            for name in shape[2]:
+                b = getattr(msg, name)
                 if b is not None and b.round > self.max_round:
                     self.max_round = b.round
         match msg:
@@ -447,18 +476,22 @@ class Replica:
         if msg.successor == self.id and self.role is not Role.LEADER and self._may_lead():
             self._start_election()
 
-    def _well_formed(self, src: int, msg: m.Message) -> bool:
+    def _well_formed(self, src: int, msg: m.Message, shape: tuple) -> bool:
         """Reject forged or impossible messages: a leader's messages carry its own ballot."""
-        if isinstance(msg, (m.Prepare, m.PreVote, m.Accept, m.Commit, m.Heartbeat)) and msg.ballot.node_id != src:
+        from_sender, answer, ballots, slots, _ = shape
+        if from_sender and msg.ballot.node_id != src:
             return False
-        if isinstance(msg, (m.Promise, m.Accepted, m.HeartbeatAck, m.Reject, m.PreVoteReply)) \
-                and msg.ballot.node_id != self.id:
+        if answer and msg.ballot.node_id != self.id:
             return False  # these answer a message of ours, so they carry our own ballot
-        for b in (getattr(msg, "ballot", None), getattr(msg, "promised", None)):
+        for name in ballots:
+            b = getattr(msg, name)
             if b is not None and b != ZERO and b.node_id < 1:
                 return False
         # Slots are numbered from 1: a slot-0 Accept would persist a record no one can learn.
-        return all(getattr(msg, name, 1) >= 1 for name in ("slot", "from_slot"))
+        for name in slots:
+            if getattr(msg, name) < 1:
+                return False
+        return True
 
     def _leader_alive(self) -> bool:
         if self.role is Role.LEADER:
