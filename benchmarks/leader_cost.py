@@ -17,7 +17,9 @@ benchmarks/README.md the same run gave from 456 to 932 us per write); with
 --callgrind each target runs under valgrind twice, with WRITES and 3 x WRITES
 writes, and the difference in instructions over 2 x WRITES is the cost per
 write: the same from run to run of the same code, so two versions can be
-compared to a percent. Writes DIR/leader_cost.json.
+compared to a percent. Under valgrind the leader's timer period is stretched
+from 20 ms to 1 s (--tick-ms), about valgrind's slowdown, or the work done per
+tick would count about 50 times over. Writes DIR/leader_cost.json.
 """
 from __future__ import annotations
 
@@ -36,13 +38,21 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from kvpaxos.bench.cluster import child_env  # noqa: E402
+from kvpaxos.bench.leader_alone import TICK_MS  # noqa: E402
 
 TARGETS = ("kvpaxos", "bare", "raw")
 
 
-def run_once(target: str, writes: int, clients: int, callgrind: bool) -> dict:
+# valgrind runs Python about 50 times slower, and the node's timer would fire 50 times
+# as often per write: its period is stretched by that much under callgrind, so that
+# what a tick does (heartbeats, chosen records) weighs per write about what it does
+# at full speed.
+CALLGRIND_TICK_MS = 1000
+
+
+def run_once(target: str, writes: int, clients: int, callgrind: bool, tick_ms: int) -> dict:
     """One leader_alone run: its JSON line, plus the instructions it took with callgrind."""
-    cmd = [sys.executable, "-m", "kvpaxos.bench.leader_alone", target, str(writes), str(clients)]
+    cmd = [sys.executable, "-m", "kvpaxos.bench.leader_alone", target, str(writes), str(clients), str(tick_ms)]
     with tempfile.TemporaryDirectory(prefix="kvcost-") as d:
         out_file = os.path.join(d, "callgrind.out")
         if callgrind:
@@ -59,16 +69,17 @@ def run_once(target: str, writes: int, clients: int, callgrind: bool) -> dict:
     return result
 
 
-def measure(clients: int, writes: int, callgrind: bool) -> dict:
+def measure(clients: int, writes: int, callgrind: bool, tick_ms: int) -> dict:
     """Per target: CPU us (or instructions) per write, the server's share, the ratio."""
     out: dict = {"clients": clients}
     for target in TARGETS:
         if callgrind:
-            few, many = run_once(target, writes, clients, True), run_once(target, 3 * writes, clients, True)
+            few = run_once(target, writes, clients, True, tick_ms)
+            many = run_once(target, 3 * writes, clients, True, tick_ms)
             per_write = (many["instructions"] - few["instructions"]) / (2 * writes)
             out[target] = {"instructions_per_write": round(per_write), "slots": [few.get("slots"), many.get("slots")]}
         else:
-            one = run_once(target, writes, clients, False)
+            one = run_once(target, writes, clients, False, tick_ms)
             out[target] = {"cpu_us_per_write": one["cpu_us_per_write"], "slots": one.get("slots")}
     unit = "instructions_per_write" if callgrind else "cpu_us_per_write"
     client = out["raw"][unit]
@@ -97,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="writes per run (default 20,000; 1,000 with --callgrind, and 3x that)")
     p.add_argument("--clients", type=str, default="64,1", help="comma-separated client counts")
     p.add_argument("--callgrind", action="store_true", help="count instructions under valgrind")
+    p.add_argument("--tick-ms", type=int, default=None,
+                   help=f"the leader's timer period (default {TICK_MS}; {CALLGRIND_TICK_MS} with --callgrind)")
     p.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results")
     args = p.parse_args(argv)
     try:
@@ -110,11 +123,15 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--writes must be at least 1")
     if args.callgrind and shutil.which("valgrind") is None:
         p.error("--callgrind needs valgrind (apt-get install valgrind)")
-    runs = [measure(c, writes, args.callgrind) for c in clients]
+    tick_ms = args.tick_ms if args.tick_ms is not None else (CALLGRIND_TICK_MS if args.callgrind else TICK_MS)
+    if tick_ms < 1:
+        p.error("--tick-ms must be at least 1")
+    runs = [measure(c, writes, args.callgrind, tick_ms) for c in clients]
     print(report(runs, args.callgrind))
     args.out_dir.mkdir(parents=True, exist_ok=True)
     doc = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-           "options": {"writes": writes, "clients": clients, "callgrind": args.callgrind}, "runs": runs}
+           "options": {"writes": writes, "clients": clients, "callgrind": args.callgrind, "tick_ms": tick_ms},
+           "runs": runs}
     (args.out_dir / "leader_cost.json").write_text(json.dumps(doc, indent=2))
     return 0
 

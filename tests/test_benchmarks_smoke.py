@@ -109,9 +109,11 @@ def test_floor_answers_a_write_only_once_both_followers_hold_it(tmp_path):
 def test_leader_cost_benchmark_smoke(tmp_path):
     result = subprocess.run(
         [sys.executable, "benchmarks/leader_cost.py", "--writes", "150", "--clients", "4,1",
-         "--out-dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=180)
+         "--tick-ms", "40", "--out-dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
-    runs = json.loads((tmp_path / "leader_cost.json").read_text())["runs"]
+    doc = json.loads((tmp_path / "leader_cost.json").read_text())
+    assert doc["options"]["tick_ms"] == 40
+    runs = doc["runs"]
     assert [r["clients"] for r in runs] == [4, 1]
     for r in runs:
         assert all(r[t]["cpu_us_per_write"] > 0 for t in ("kvpaxos", "bare", "raw")), r
@@ -122,4 +124,7 @@ def test_leader_cost_benchmark_smoke(tmp_path):
     bad = subprocess.run([sys.executable, "benchmarks/leader_cost.py", "--clients", "0"],
                          cwd=REPO, capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and "--clients must be at least 1" in bad.stderr
+    bad = subprocess.run([sys.executable, "benchmarks/leader_cost.py", "--tick-ms", "0"],
+                         cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "--tick-ms must be at least 1" in bad.stderr
 

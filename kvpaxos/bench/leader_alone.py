@@ -1,6 +1,6 @@
 """A leader alone in one process, for counting what a write costs it.
 
-`python -m kvpaxos.bench.leader_alone TARGET WRITES CLIENTS` runs, in this one
+`python -m kvpaxos.bench.leader_alone TARGET WRITES CLIENTS [TICK_MS]` runs, in this one
 process, a server and a load of WRITES PUTs from CLIENTS keep-alive clients
 (raw HTTP over loopback, 100-byte values with a client id and sequence number,
 as `kv bench` sends), and prints one JSON line: the process's CPU time per PUT
@@ -15,6 +15,8 @@ over the measured writes. TARGET is one of
 - `bare`: the bare aiohttp server (kvpaxos/bench/echo_server.py);
 - `raw`: an asyncio protocol that answers every request with the same bytes, to
   tell what the clients themselves cost.
+
+TICK_MS is the kvpaxos node's timer period (20 ms, its default, if omitted).
 
 Run it twice with different WRITES under callgrind (benchmarks/leader_cost.py
 does) and the difference counts instructions per PUT: the same on every run
@@ -36,6 +38,7 @@ HOST = "127.0.0.1"
 VALUE = "x" * 100
 KEYS = 1000
 WARMUP_WRITES = 200
+TICK_MS = 20  # the node's default
 
 
 async def load(port: int, writes: int, clients: int, tag: str) -> None:
@@ -87,7 +90,7 @@ async def _serve_app(app: web.Application, port: int) -> web.AppRunner:
     return runner
 
 
-async def _leader(port: int, data_dir: str):  # noqa: ANN202 - (node, runner)
+async def _leader(port: int, data_dir: str, tick_ms: int):  # noqa: ANN202 - (node, runner)
     from kvpaxos.config import NodeConfig
     from kvpaxos.core import messages as m
     from kvpaxos.core.codec import decode_frame, frame_of
@@ -97,7 +100,7 @@ async def _leader(port: int, data_dir: str):  # noqa: ANN202 - (node, runner)
     from storage.sqlite import SqliteStorage
 
     _, p2, p3 = free_ports(3)
-    config = NodeConfig(1, {1: (HOST, port), 2: (HOST, p2), 3: (HOST, p3)}, data_dir)
+    config = NodeConfig(1, {1: (HOST, port), 2: (HOST, p2), 3: (HOST, p3)}, data_dir, tick_ms=tick_ms)
     node = Node(config, SqliteStorage(data_dir, 1), fresh=True)
     node.deciding, node.replica.voting = False, True  # a new cluster: no peers to ask
     loop = asyncio.get_running_loop()
@@ -144,13 +147,13 @@ async def _leader(port: int, data_dir: str):  # noqa: ANN202 - (node, runner)
     return node, runner
 
 
-async def run(target: str, writes: int, clients: int) -> dict:
+async def run(target: str, writes: int, clients: int, tick_ms: int = TICK_MS) -> dict:
     port = free_ports(1)[0]
     node = runner = server = None
     with tempfile.TemporaryDirectory(prefix="kvleader-") as data_dir:
         try:
             if target == "kvpaxos":
-                node, runner = await _leader(port, data_dir)
+                node, runner = await _leader(port, data_dir, tick_ms)
             elif target == "bare":
                 from kvpaxos.bench.echo_server import make_app
                 runner = await _serve_app(make_app(), port)
@@ -176,9 +179,10 @@ async def run(target: str, writes: int, clients: int) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 3 or args[0] not in ("kvpaxos", "bare", "raw") or not all(a.isdigit() for a in args[1:]):
-        sys.exit("usage: python -m kvpaxos.bench.leader_alone kvpaxos|bare|raw WRITES CLIENTS")
-    print(json.dumps(asyncio.run(run(args[0], int(args[1]), max(1, int(args[2]))))))
+    if len(args) not in (3, 4) or args[0] not in ("kvpaxos", "bare", "raw") or not all(a.isdigit() for a in args[1:]):
+        sys.exit("usage: python -m kvpaxos.bench.leader_alone kvpaxos|bare|raw WRITES CLIENTS [TICK_MS]")
+    tick_ms = max(1, int(args[3])) if len(args) == 4 else TICK_MS
+    print(json.dumps(asyncio.run(run(args[0], int(args[1]), max(1, int(args[2])), tick_ms))))
 
 
 if __name__ == "__main__":
