@@ -6,7 +6,9 @@ answer in-process at once), the bare aiohttp server, and a canned-answer
 protocol that tells what the clients themselves cost. Each one's cost per PUT
 minus the canned one's is the server's; the bare server's cost over the
 leader's is the share of the bare server's throughput the leader can reach
-where its CPU is the limit (the issue's 64-client target asks for 0.7).
+where its CPU is the limit (the issue's 64-client target asks for 0.7). Then
+kvpaxos/bench/follower_alone.py measures a follower's side of the same load:
+slots of as many commands as there are clients, fed by a stand-in leader.
 
     python benchmarks/leader_cost.py                    # CPU time, 64 clients, then 1 client
     python benchmarks/leader_cost.py --callgrind        # instructions, under valgrind
@@ -50,9 +52,16 @@ TARGETS = ("kvpaxos", "bare", "raw")
 CALLGRIND_TICK_MS = 1000
 
 
+FOLLOWER_SLOTS_MIN = 100  # the follower's runs take at least this many slots (and 3x that)
+
+
 def run_once(target: str, writes: int, clients: int, callgrind: bool, tick_ms: int) -> dict:
-    """One leader_alone run: its JSON line, plus the instructions it took with callgrind."""
-    cmd = [sys.executable, "-m", "kvpaxos.bench.leader_alone", target, str(writes), str(clients), str(tick_ms)]
+    """One leader_alone run (follower_alone for "follower": `writes` slots of `clients`
+    commands): its JSON line, plus the instructions it took with callgrind."""
+    if target == "follower":
+        cmd = [sys.executable, "-m", "kvpaxos.bench.follower_alone", str(writes), str(clients), str(tick_ms)]
+    else:
+        cmd = [sys.executable, "-m", "kvpaxos.bench.leader_alone", target, str(writes), str(clients), str(tick_ms)]
     with tempfile.TemporaryDirectory(prefix="kvcost-") as d:
         out_file = os.path.join(d, "callgrind.out")
         if callgrind:
@@ -81,6 +90,18 @@ def measure(clients: int, writes: int, callgrind: bool, tick_ms: int) -> dict:
         else:
             one = run_once(target, writes, clients, False, tick_ms)
             out[target] = {"cpu_us_per_write": one["cpu_us_per_write"], "slots": one.get("slots")}
+    # The follower's side of the same load: a slot of as many commands as the leader
+    # packs with this many clients (each waits for its answer, so one each).
+    slots = max(FOLLOWER_SLOTS_MIN, writes // clients)
+    if callgrind:
+        few, many = (run_once("follower", n, clients, True, tick_ms) for n in (slots, 3 * slots))
+        per_slot = (many["instructions"] - few["instructions"]) / (2 * slots)
+        out["follower"] = {"instructions_per_slot": round(per_slot),
+                           "instructions_per_write": round(per_slot / clients), "commands_per_slot": clients}
+    else:
+        one = run_once("follower", slots, clients, False, tick_ms)
+        out["follower"] = {"cpu_us_per_slot": one["cpu_us_per_slot"], "cpu_us_per_write": one["cpu_us_per_write"],
+                           "commands_per_slot": clients}
     unit = "instructions_per_write" if callgrind else "cpu_us_per_write"
     client = out["raw"][unit]
     for target in ("kvpaxos", "bare"):
@@ -99,6 +120,7 @@ def report(runs: list[dict], callgrind: bool) -> str:
                      f"bare aiohttp {fmt.format(bare[k])}, the clients alone {fmt.format(raw[k])}")
         lines.append(f"  servers alone: kvpaxos {fmt.format(kv['server_' + k])}, bare {fmt.format(bare['server_' + k])}; "
                      f"bare / kvpaxos = {r['bare_over_kvpaxos']:.3f}")
+        lines.append(f"  a follower, {r['clients']} command(s) a slot: {fmt.format(r['follower'][k])} per write")
     return "\n".join(lines)
 
 

@@ -118,9 +118,10 @@ def test_leader_cost_benchmark_smoke(tmp_path):
     for r in runs:
         assert all(r[t]["cpu_us_per_write"] > 0 for t in ("kvpaxos", "bare", "raw")), r
         assert r["bare_over_kvpaxos"] > 0, r
+        assert r["follower"]["commands_per_slot"] == r["clients"] and r["follower"]["cpu_us_per_write"] > 0, r
     # One client: every write is a slot of its own (the warm-up's writes came first).
     assert runs[1]["kvpaxos"]["slots"] >= 150
-    assert "bare / kvpaxos" in result.stdout
+    assert "bare / kvpaxos" in result.stdout and "a follower, 4 command(s) a slot" in result.stdout
     bad = subprocess.run([sys.executable, "benchmarks/leader_cost.py", "--clients", "0"],
                          cwd=REPO, capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and "--clients must be at least 1" in bad.stderr
@@ -128,3 +129,16 @@ def test_leader_cost_benchmark_smoke(tmp_path):
                          cwd=REPO, capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and "--tick-ms must be at least 1" in bad.stderr
 
+
+
+def test_follower_alone_applies_every_slot_it_was_sent():
+    """The follower harness feeds a real node one slot at a time; each slot's Commit
+    rides with the next Accept, so all but the last are applied when it ends."""
+    result = subprocess.run([sys.executable, "-m", "kvpaxos.bench.follower_alone", "20", "3"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["applied"] == 50 + 20 - 1 and out["commands"] == 3 and out["cpu_us_per_write"] > 0, out
+    bad = subprocess.run([sys.executable, "-m", "kvpaxos.bench.follower_alone", "20", "0"],
+                         cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 1 and "usage" in bad.stderr

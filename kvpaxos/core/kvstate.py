@@ -76,7 +76,10 @@ class KVState:
             if cmd.part != 0:
                 return Result(False, "stale_sequence")
             result = self._execute(cmd)
-            session = self.sessions[cmd.client_id] = Session(cmd.seq, [result], self.cluster_ms)
+            if session is None:
+                session = self.sessions[cmd.client_id] = Session(cmd.seq, [result], self.cluster_ms)
+            else:  # the client's next request: its record moves on
+                session.seq, session.results = cmd.seq, [result]
         session.last_ms = self.cluster_ms
         self.sessions.move_to_end(cmd.client_id)
         return result
