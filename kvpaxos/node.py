@@ -580,14 +580,16 @@ class Node:
                 self._open_messages.append(out)
             else:
                 send_now.append(out)
+        remote, waiters = self._remote_cmds, self._waiters
         for cmd_id, slot in ready.proposed.items():
-            origin = self._remote_cmds.pop(cmd_id, None)
+            origin = remote.pop(cmd_id, None) if remote else None
             if origin is not None:
                 send_now.append((origin, m.ClientReply(cmd_id, slot)))
                 slots = self._origin_slots.setdefault(origin, collections.deque())
                 if not slots or slots[-1] != slot:
                     slots.append(slot)  # that peer waits for this slot's Commit
-            self._on_slot_known(cmd_id, slot)
+            if cmd_id in waiters:
+                self._on_slot_known(cmd_id, slot)
         for cmd in ready.dropped:
             origin = self._remote_cmds.pop(cmd.cmd_id, None)
             if origin is not None:

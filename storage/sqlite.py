@@ -37,7 +37,7 @@ from sqlitedict import _REQUEST_COMMIT, SqliteDict
 
 from kvpaxos.core.ballot import Ballot
 from kvpaxos.core.commands import Batch
-from kvpaxos.core.codec import (WireError, ballot_from_wire, ballot_to_wire, batch_from_wire, batch_to_wire,
+from kvpaxos.core.codec import (WireError, ballot_from_wire, ballot_to_wire, batch_from_wire, batch_json,
                                 compact_json)
 from storage.base import DurableState, Pacer, StorageError, Writes
 
@@ -206,7 +206,7 @@ class SqliteStorage:
         while accepts and next(iter(accepts)) <= self._compacted_through:
             del accepts[next(iter(accepts))]  # slots a snapshot holds: let their values go
         for slot, (ballot, value) in writes.accepted.items():
-            rows.append((f"a/{slot:012d}", _encode([ballot_to_wire(ballot), batch_to_wire(value)])))
+            rows.append((f"a/{slot:012d}", f"[[{ballot.round},{ballot.node_id}],{batch_json(value)}]"))
             accepts.pop(slot, None)
             accepts[slot] = (ballot, value)  # newest last: the oldest go first below
         while len(accepts) > ACCEPTS_REMEMBERED:
@@ -218,7 +218,7 @@ class SqliteStorage:
             if accepted is not None and (accepted[1] is value or accepted[1] == value):
                 rows.append((f"c/{slot:012d}", _encode({"b": ballot_to_wire(accepted[0])})))
             else:
-                rows.append((f"c/{slot:012d}", _encode(batch_to_wire(value))))
+                rows.append((f"c/{slot:012d}", batch_json(value)))
         # One multi-row statement rather than one queued request per row: each request
         # costs sqlitedict's thread a turn at the GIL.
         conn = self.db.conn

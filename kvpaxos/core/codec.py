@@ -188,7 +188,35 @@ def load_json(data: str | bytes) -> Any:
     return json.loads(data)
 
 
+class _BatchTexts:
+    """The JSON text of the batches encoded lately, by identity: a leader sends each
+    batch in an Accept and then writes the same batch in its chosen record (and, if
+    it votes, in its acceptance record). Entries hold their batch, so an id is not
+    reused while its entry lives; the oldest go first past `keep`."""
+
+    def __init__(self, keep: int = 64) -> None:
+        self.keep = keep
+        self._texts: dict[int, tuple[Batch, str]] = {}
+
+    def __call__(self, b: Batch) -> str:
+        hit = self._texts.get(id(b))
+        if hit is not None and hit[0] is b:
+            return hit[1]
+        text = compact_json(batch_to_wire(b))
+        texts = self._texts
+        texts[id(b)] = (b, text)
+        if len(texts) > self.keep:
+            texts.pop(next(iter(texts)), None)
+        return text
+
+
+batch_json = _BatchTexts()  # the event loop's: storage and the peer links run there
+
+
 def encode_message(msg: m.Message) -> str:
+    if type(msg) is m.Accept:  # the one message whose size grows with the load
+        b = msg.ballot
+        return f'{{"t":"Accept","ballot":[{b.round},{b.node_id}],"slot":{msg.slot},"value":{batch_json(msg.value)}}}'
     return compact_json(message_to_wire(msg))
 
 

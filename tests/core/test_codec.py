@@ -98,6 +98,29 @@ def test_every_message_type_round_trips(cls: type, data: st.DataObject) -> None:
     assert codec.message_from_wire(wire) == msg
 
 
+@pytest.mark.parametrize("cls", MESSAGE_TYPES, ids=lambda cls: cls.__name__)
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_a_message_encodes_to_the_compact_json_of_its_wire_form(cls: type, data: st.DataObject) -> None:
+    """encode_message builds some messages' text by hand (an Accept around its batch's
+    cached text); each must be exactly the generic encoding, however often it is sent."""
+    msg = data.draw(message_strategy(cls))
+    expected = codec.compact_json(codec.message_to_wire(msg))
+    assert codec.encode_message(msg) == expected
+    assert codec.encode_message(msg) == expected  # again, from the cache where there is one
+
+
+def test_the_batch_text_cache_forgets_its_oldest_and_never_confuses_batches() -> None:
+    texts = codec._BatchTexts(keep=2)
+    batches = [Batch((Command(PUT, f"k{i}", "v", cmd_id=str(i)),), i) for i in range(4)]
+    for b in batches:
+        assert texts(b) == codec.compact_json(codec.batch_to_wire(b))
+    assert len(texts._texts) == 2
+    assert [v[0] for v in texts._texts.values()] == batches[2:]
+    twin = Batch(batches[3].commands, 3)  # equal, but another object: encoded afresh
+    assert twin is not batches[3] and texts(twin) == texts(batches[3])
+
+
 @settings(max_examples=100, deadline=None)
 @given(src=st.integers(1, 2**31), msgs=st.lists(any_message, max_size=5))
 def test_frames_round_trip(src: int, msgs: list) -> None:
