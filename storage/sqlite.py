@@ -216,7 +216,8 @@ class SqliteStorage:
             # writer, so it is durable no later than this reference to it.
             accepted = accepts.pop(slot, None)
             if accepted is not None and (accepted[1] is value or accepted[1] == value):
-                rows.append((f"c/{slot:012d}", _encode({"b": ballot_to_wire(accepted[0])})))
+                b = accepted[0]
+                rows.append((f"c/{slot:012d}", f'{{"b":[{b.round},{b.node_id}]}}'))  # _encode({"b": [r, n]})
             else:
                 rows.append((f"c/{slot:012d}", batch_json(value)))
         # One multi-row statement rather than one queued request per row: each request
@@ -229,7 +230,7 @@ class SqliteStorage:
             chunk = rows[i:i + _ROWS_PER_STATEMENT]
             last = i + _ROWS_PER_STATEMENT >= len(rows)
             conn.execute('REPLACE INTO "paxos" (key, value) VALUES ' + ",".join(["(?,?)"] * len(chunk)),
-                         tuple(x for row in chunk for x in row),
+                         [x for row in chunk for x in row],
                          _Notice(on_durable, self._notices) if last else None)
 
     def check(self) -> None:
