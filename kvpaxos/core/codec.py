@@ -192,10 +192,12 @@ class _BatchTexts:
     """The JSON text of the batches encoded lately, by identity: a leader sends each
     batch in an Accept and then writes the same batch in its chosen record (and, if
     it votes, in its acceptance record). Entries hold their batch, so an id is not
-    reused while its entry lives; the oldest go first past `keep`."""
+    reused while its entry lives; the oldest go first past `keep` entries or
+    `keep_chars` characters of text (the newest always stays)."""
 
-    def __init__(self, keep: int = 64) -> None:
-        self.keep = keep
+    def __init__(self, keep: int = 64, keep_chars: int = 16 * 1024 * 1024) -> None:
+        self.keep, self.keep_chars = keep, keep_chars
+        self.chars = 0
         self._texts: dict[int, tuple[Batch, str]] = {}
 
     def __call__(self, b: Batch) -> str:
@@ -205,8 +207,11 @@ class _BatchTexts:
         text = compact_json(batch_to_wire(b))
         texts = self._texts
         texts[id(b)] = (b, text)
-        if len(texts) > self.keep:
-            texts.pop(next(iter(texts)), None)
+        self.chars += len(text)
+        while len(texts) > 1 and (len(texts) > self.keep or self.chars > self.keep_chars):
+            old = texts.pop(next(iter(texts)), None)
+            if old is not None:
+                self.chars -= len(old[1])
         return text
 
 

@@ -119,6 +119,12 @@ def test_the_batch_text_cache_forgets_its_oldest_and_never_confuses_batches() ->
     assert [v[0] for v in texts._texts.values()] == batches[2:]
     twin = Batch(batches[3].commands, 3)  # equal, but another object: encoded afresh
     assert twin is not batches[3] and texts(twin) == texts(batches[3])
+    # Bounded in text too: big batches push the others out, but the newest stays.
+    texts = codec._BatchTexts(keep=64, keep_chars=100)
+    small, big = batches[0], Batch((Command(PUT, "k", "v" * 200, cmd_id="b"),), 9)
+    texts(small)
+    assert texts(big) == codec.compact_json(codec.batch_to_wire(big))
+    assert [v[0] for v in texts._texts.values()] == [big] and texts.chars == len(texts(big))
 
 
 @settings(max_examples=100, deadline=None)
