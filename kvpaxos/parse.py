@@ -38,9 +38,10 @@ async def json_body(request: web.Request, required: bool) -> dict[str, Any]:
             raise InvalidJson("a JSON object body is required")
         return {}
     try:
-        # What json.loads does with UTF-8 bytes, minus its encoding detection (a body
-        # in UTF-16 or UTF-32 has a NUL among its first bytes and goes the long way).
-        body = (load_json(raw.decode("utf-8", "surrogatepass")) if b"\x00" not in raw[:4]
+        # What json.loads does with UTF-8 bytes, minus its encoding detection: a body
+        # in UTF-16 or UTF-32 has a NUL among its first bytes, and one that opens with
+        # a byte-order mark goes the long way too.
+        body = (load_json(raw.decode("utf-8", "surrogatepass")) if raw[0] < 0x80 and b"\x00" not in raw[:4]
                 else json.loads(raw))
     except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: absurd nesting
         raise InvalidJson(f"body is not valid JSON: {e}") from None

@@ -16,7 +16,7 @@ framed once per event-loop turn, as its links do. The leader's own side costs
 little (each Accept frame is a prepared text with the slot number put in), so
 nearly everything counted is the follower's. Under callgrind, two runs with
 SLOTS and 3 x SLOTS slots tell its instructions per slot (benchmarks/leader_cost.py
---follower does it).
+does it beside the leader's count).
 """
 from __future__ import annotations
 

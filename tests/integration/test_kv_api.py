@@ -1,6 +1,7 @@
 """The HTTP API of real `kv serve` processes: reads, writes, CAS, lists, errors."""
 from __future__ import annotations
 
+import codecs
 import json
 import uuid
 
@@ -246,6 +247,19 @@ BAD_REQUESTS = [
 def test_bad_requests_get_json_errors(api, method, path, raw, status, code):
     resp = api.request(2, method, path, raw=raw)
     assert_error(resp, status, code)
+
+
+def test_bodies_in_any_encoding_json_reads_are_accepted(api):
+    """UTF-8 (with or without a byte-order mark), UTF-16 and UTF-32, as JSON's own
+    detection reads them; invalid UTF-8 is a 400."""
+    key = fresh()
+    text = '{"value": "v\u00e9"}'
+    for raw in (text.encode(), codecs.BOM_UTF8 + text.encode(), text.encode("utf-16"),
+                text.encode("utf-16-le"), text.encode("utf-32")):
+        resp = api.request(1, "PUT", key_path(key), raw=raw)
+        assert resp.status == 200, (raw[:8], resp)
+        assert api.request(2, "GET", key_path(key)).body["value"] == "v\u00e9"
+    assert_error(api.request(1, "PUT", key_path(key), raw=b'{"value": "\xff"}'), 400, "invalid_json")
 
 
 def test_method_not_allowed_names_the_methods_the_path_has(api):
