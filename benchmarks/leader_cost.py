@@ -78,15 +78,20 @@ def run_once(target: str, writes: int, clients: int, callgrind: bool, tick_ms: i
     return result
 
 
+def counted(target: str, n: int, clients: int, tick_ms: int) -> tuple[float, list]:
+    """Instructions per unit (write, or slot for the follower) from runs of n and 3n
+    under callgrind, and what each run reported of its slots."""
+    few, many = (run_once(target, k, clients, True, tick_ms) for k in (n, 3 * n))
+    return (many["instructions"] - few["instructions"]) / (2 * n), [few.get("slots"), many.get("slots")]
+
+
 def measure(clients: int, writes: int, callgrind: bool, tick_ms: int) -> dict:
     """Per target: CPU us (or instructions) per write, the server's share, the ratio."""
     out: dict = {"clients": clients}
     for target in TARGETS:
         if callgrind:
-            few = run_once(target, writes, clients, True, tick_ms)
-            many = run_once(target, 3 * writes, clients, True, tick_ms)
-            per_write = (many["instructions"] - few["instructions"]) / (2 * writes)
-            out[target] = {"instructions_per_write": round(per_write), "slots": [few.get("slots"), many.get("slots")]}
+            per_write, slots_seen = counted(target, writes, clients, tick_ms)
+            out[target] = {"instructions_per_write": round(per_write), "slots": slots_seen}
         else:
             one = run_once(target, writes, clients, False, tick_ms)
             out[target] = {"cpu_us_per_write": one["cpu_us_per_write"], "slots": one.get("slots")}
@@ -94,8 +99,7 @@ def measure(clients: int, writes: int, callgrind: bool, tick_ms: int) -> dict:
     # packs with this many clients (each waits for its answer, so one each).
     slots = max(FOLLOWER_SLOTS_MIN, writes // clients)
     if callgrind:
-        few, many = (run_once("follower", n, clients, True, tick_ms) for n in (slots, 3 * slots))
-        per_slot = (many["instructions"] - few["instructions"]) / (2 * slots)
+        per_slot, _ = counted("follower", slots, clients, tick_ms)
         out["follower"] = {"instructions_per_slot": round(per_slot),
                            "instructions_per_write": round(per_slot / clients), "commands_per_slot": clients}
     else:
