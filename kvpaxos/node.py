@@ -580,7 +580,7 @@ class Node:
                 self._open_messages.append(out)
             else:
                 send_now.append(out)
-        remote, waiters = self._remote_cmds, self._waiters
+        remote = self._remote_cmds
         for cmd_id, slot in ready.proposed.items():
             origin = remote.pop(cmd_id, None) if remote else None
             if origin is not None:
@@ -588,8 +588,7 @@ class Node:
                 slots = self._origin_slots.setdefault(origin, collections.deque())
                 if not slots or slots[-1] != slot:
                     slots.append(slot)  # that peer waits for this slot's Commit
-            if cmd_id in waiters:
-                self._on_slot_known(cmd_id, slot)
+            self._on_slot_known(cmd_id, slot)
         for cmd in ready.dropped:
             origin = self._remote_cmds.pop(cmd.cmd_id, None)
             if origin is not None:

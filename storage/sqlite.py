@@ -37,8 +37,8 @@ from sqlitedict import _REQUEST_COMMIT, SqliteDict
 
 from kvpaxos.core.ballot import Ballot
 from kvpaxos.core.commands import Batch
-from kvpaxos.core.codec import (WireError, ballot_from_wire, ballot_to_wire, batch_from_wire, batch_json,
-                                compact_json)
+from kvpaxos.core.codec import (WireError, ballot_from_wire, ballot_json, ballot_to_wire, batch_from_wire,
+                                batch_json, compact_json)
 from storage.base import DurableState, Pacer, StorageError, Writes
 
 FORMAT = 1
@@ -206,7 +206,7 @@ class SqliteStorage:
         while accepts and next(iter(accepts)) <= self._compacted_through:
             del accepts[next(iter(accepts))]  # slots a snapshot holds: let their values go
         for slot, (ballot, value) in writes.accepted.items():
-            rows.append((f"a/{slot:012d}", f"[[{ballot.round},{ballot.node_id}],{batch_json(value)}]"))
+            rows.append((f"a/{slot:012d}", f"[{ballot_json(ballot)},{batch_json(value)}]"))
             accepts.pop(slot, None)
             accepts[slot] = (ballot, value)  # newest last: the oldest go first below
         while len(accepts) > ACCEPTS_REMEMBERED:
@@ -216,8 +216,7 @@ class SqliteStorage:
             # writer, so it is durable no later than this reference to it.
             accepted = accepts.pop(slot, None)
             if accepted is not None and (accepted[1] is value or accepted[1] == value):
-                b = accepted[0]
-                rows.append((f"c/{slot:012d}", f'{{"b":[{b.round},{b.node_id}]}}'))  # _encode({"b": [r, n]})
+                rows.append((f"c/{slot:012d}", f'{{"b":{ballot_json(accepted[0])}}}'))
             else:
                 rows.append((f"c/{slot:012d}", batch_json(value)))
         # One multi-row statement rather than one queued request per row: each request

@@ -27,15 +27,13 @@ import tempfile
 import time
 
 from kvpaxos.bench.cluster import free_ports
+from kvpaxos.bench.leader_alone import HOST, TICK_MS, VALUE
 from kvpaxos.core import messages as m
 from kvpaxos.core.ballot import Ballot
 from kvpaxos.core.codec import decode_frame, encode_message, frame_of
 from kvpaxos.core.commands import PUT, Batch, Command
 
-HOST = "127.0.0.1"
-VALUE = "x" * 100
 WARMUP_SLOTS = 50
-TICK_MS = 20
 LEADER, FOLLOWER = 1, 2
 BALLOT = Ballot(1, LEADER)
 

@@ -43,6 +43,11 @@ def ballot_to_wire(b: Ballot) -> list[int]:
     return [b.round, b.node_id]
 
 
+def ballot_json(b: Ballot) -> str:
+    """compact_json(ballot_to_wire(b)), for text built around it."""
+    return f"[{b.round},{b.node_id}]"
+
+
 def ballot_from_wire(x: Any) -> Ballot:
     if not isinstance(x, list) or len(x) != 2:
         raise WireError(f"bad ballot {reprlib.repr(x)}")
@@ -220,8 +225,7 @@ batch_json = _BatchTexts()  # the event loop's: storage and the peer links run t
 
 def encode_message(msg: m.Message) -> str:
     if type(msg) is m.Accept:  # the one message whose size grows with the load
-        b = msg.ballot
-        return f'{{"t":"Accept","ballot":[{b.round},{b.node_id}],"slot":{msg.slot},"value":{batch_json(msg.value)}}}'
+        return f'{{"t":"Accept","ballot":{ballot_json(msg.ballot)},"slot":{msg.slot},"value":{batch_json(msg.value)}}}'
     return compact_json(message_to_wire(msg))
 
 

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from enum import Enum
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from kvpaxos.core import messages as m
 from kvpaxos.core.acceptor import Acceptor
@@ -57,16 +57,25 @@ _FROM_SENDER = (m.Prepare, m.PreVote, m.Accept, m.Commit, m.Heartbeat)
 _ANSWERS = (m.Promise, m.Accepted, m.HeartbeatAck, m.Reject, m.PreVoteReply)
 
 
-class _Shapes(dict):
-    """Per message type, what step() checks: (carries its sender's ballot, carries
-    ours, its ballot fields, its slot fields, whether its ballots raise max_round)."""
+class _Shape(NamedTuple):
+    """What step() checks of a message type."""
 
-    def __missing__(self, t: type) -> tuple[bool, bool, tuple[str, ...], tuple[str, ...], bool]:
+    from_sender: bool  # carries its sender's ballot
+    answer: bool  # carries ours
+    ballots: tuple[str, ...]  # its ballot fields
+    slots: tuple[str, ...]  # its slot fields
+    raises: bool  # its ballots raise max_round (a question raises nothing)
+
+
+class _Shapes(dict):
+    """_Shape per message type, worked out on first sight."""
+
+    def __missing__(self, t: type) -> _Shape:
         names = set(getattr(t, "__dataclass_fields__", ()))
-        shape = self[t] = (issubclass(t, _FROM_SENDER), issubclass(t, _ANSWERS),
-                           tuple(n for n in ("ballot", "promised") if n in names),
-                           tuple(n for n in ("slot", "from_slot") if n in names),
-                           not issubclass(t, (m.PreVote, m.PreVoteReply)))  # a question raises nothing
+        shape = self[t] = _Shape(issubclass(t, _FROM_SENDER), issubclass(t, _ANSWERS),
+                                 tuple(n for n in ("ballot", "promised") if n in names),
+                                 tuple(n for n in ("slot", "from_slot") if n in names),
+                                 not issubclass(t, (m.PreVote, m.PreVoteReply)))
         return shape
 
 
@@ -277,8 +286,8 @@ class Replica:
         if not self._well_formed(src, msg, shape):
             self.malformed += 1
             return
-        if shape[4]:
-            for name in shape[2]:
+        if shape.raises:
+            for name in shape.ballots:
                 b = getattr(msg, name)
                 if b is not None and b.round > self.max_round:
                     self.max_round = b.round
@@ -476,19 +485,18 @@ class Replica:
         if msg.successor == self.id and self.role is not Role.LEADER and self._may_lead():
             self._start_election()
 
-    def _well_formed(self, src: int, msg: m.Message, shape: tuple) -> bool:
+    def _well_formed(self, src: int, msg: m.Message, shape: _Shape) -> bool:
         """Reject forged or impossible messages: a leader's messages carry its own ballot."""
-        from_sender, answer, ballots, slots, _ = shape
-        if from_sender and msg.ballot.node_id != src:
+        if shape.from_sender and msg.ballot.node_id != src:
             return False
-        if answer and msg.ballot.node_id != self.id:
+        if shape.answer and msg.ballot.node_id != self.id:
             return False  # these answer a message of ours, so they carry our own ballot
-        for name in ballots:
+        for name in shape.ballots:
             b = getattr(msg, name)
             if b is not None and b != ZERO and b.node_id < 1:
                 return False
         # Slots are numbered from 1: a slot-0 Accept would persist a record no one can learn.
-        for name in slots:
+        for name in shape.slots:
             if getattr(msg, name) < 1:
                 return False
         return True

@@ -1,6 +1,7 @@
 """The wire codec: every message round-trips; garbage raises WireError and nothing else."""
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import fields
 from typing import Any
@@ -108,6 +109,25 @@ def test_a_message_encodes_to_the_compact_json_of_its_wire_form(cls: type, data:
     expected = codec.compact_json(codec.message_to_wire(msg))
     assert codec.encode_message(msg) == expected
     assert codec.encode_message(msg) == expected  # again, from the cache where there is one
+
+
+def test_the_plain_put_shortcut_decodes_as_the_full_checks_do() -> None:
+    """command_from_wire takes a shortcut for a plain put; for every command built from
+    valid and wrong fields, it must give the command, or the error, of the full checks."""
+    choices = [[PUT, DELETE, "bogus", 1], ["k", "", 2], ["v", None, 3], [None, "old", 4],
+               [None, 0, -1, True], [None, "c", 5], [0, 3, -1, True, None], ["1.a.1", 7], [0, 1, -1, True]]
+
+    def outcome(decode, x):  # noqa: ANN001, ANN202 - either decoder
+        try:
+            return decode(x)
+        except WireError as e:
+            return str(e)
+
+    for fields_ in itertools.product(*choices):
+        x = list(fields_)
+        assert outcome(codec.command_from_wire, x) == outcome(codec._checked_command_from_wire, x), x
+    for x in ([PUT, "k", "v"], "not a list", (PUT, "k", "v", None, None, None, 0, "1", 0)):
+        assert outcome(codec.command_from_wire, x) == outcome(codec._checked_command_from_wire, x), x
 
 
 def test_the_batch_text_cache_forgets_its_oldest_and_never_confuses_batches() -> None:
