@@ -1,7 +1,8 @@
 """The benchmarks outside `kv bench` (restart and catch-up, the cost of a wake-up, the floor,
-the leader's cost per write) run end to end and write their results."""
+the leader's cost per write, A/B of two versions) run end to end and write their results."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -142,3 +143,51 @@ def test_follower_alone_applies_every_slot_it_was_sent():
     bad = subprocess.run([sys.executable, "-m", "kvpaxos.bench.follower_alone", "20", "0"],
                          cwd=REPO, capture_output=True, text=True, timeout=30)
     assert bad.returncode == 1 and "usage" in bad.stderr
+
+
+def _ab_module():
+    spec = importlib.util.spec_from_file_location("ab_bench", REPO / "benchmarks" / "ab.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ab_sign_test_and_summary():
+    ab = _ab_module()
+    assert ab.sign_test_p(0, 0) == 1.0 and ab.sign_test_p(5, 5) == 1.0
+    assert ab.sign_test_p(10, 0) == ab.sign_test_p(0, 10) == 2 / 1024
+    assert ab.sign_test_p(8, 2) == 2 * (1 + 10 + 45) / 1024
+    runs = {"A": [{"1000/s p50 ms": 3.0, "c=64 PUTs/s": 100.0}, {"1000/s p50 ms": 2.0, "c=64 PUTs/s": 90.0},
+                  {"1000/s p50 ms": 2.5, "c=64 PUTs/s": 80.0}],
+            "B": [{"1000/s p50 ms": 2.0, "c=64 PUTs/s": 120.0}, {"1000/s p50 ms": 2.0, "c=64 PUTs/s": 80.0},
+                  {"1000/s p50 ms": 2.4, "c=64 PUTs/s": 100.0}]}
+    latency, rate = ab.summarize(runs)
+    # Lower latency wins, a tie is neither's, higher throughput wins.
+    assert (latency["b_won"], latency["a_won"], latency["median_a"], latency["median_b"]) == (2, 0, 2.5, 2.0)
+    assert latency["median_of_b_minus_a"] == -0.1 and latency["b_over_a"] == 0.8
+    assert (rate["better"], rate["b_won"], rate["a_won"], rate["median_b"]) == ("higher", 2, 1, 100.0)
+
+
+def test_ab_benchmark_smoke(tmp_path):
+    """A revision against a directory, one pair, a flag on B's nodes only."""
+    result = subprocess.run(
+        [sys.executable, "benchmarks/ab.py", "HEAD", str(REPO), "--pairs", "1", "--rate", "100",
+         "--rate-duration", "0.3", "--warmup", "0", "--b-serve-arg=--partial-in-flight=2",
+         "--out-dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stdout + result.stderr
+    doc = json.loads((tmp_path / "ab.json").read_text())
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    assert doc["versions"] == {"A": f"revision {head}", "B": f"directory {REPO}"}
+    assert doc["node_flags"] == {"A": [], "B": ["--partial-in-flight=2"]}
+    assert len(doc["runs"]["A"]) == len(doc["runs"]["B"]) == 1
+    rows = {r["measure"]: r for r in doc["summary"]}
+    assert set(rows) == {"100/s p50 ms", "100/s p99 ms", "100/s server CPU us/write"}
+    assert all(r["pairs"] == 1 and r["sign_test_p"] == 1.0 and r["median_a"] > 0 for r in rows.values())
+    assert "B won" in result.stdout and "100/s p50 ms" in result.stdout
+    bad = subprocess.run([sys.executable, "benchmarks/ab.py", "HEAD", "HEAD", "--pairs", "0"],
+                         cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "--pairs must be at least 1" in bad.stderr
+    bad = subprocess.run([sys.executable, "benchmarks/ab.py", "no-such-revision", "HEAD"],
+                         cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0
+    assert "neither a kvpaxos directory nor a revision" in bad.stderr
