@@ -210,14 +210,23 @@ class _BatchTexts:
         if hit is not None and hit[0] is b:
             return hit[1]
         text = compact_json(batch_to_wire(b))
+        self.remember(b, text)
+        return text
+
+    def remember(self, b: Batch, text: str) -> None:
+        """Take `text` as b's JSON text: any JSON text that decodes to b (a follower
+        keeps the text its leader sent, and writes it to its acceptance record
+        instead of encoding the batch again)."""
         texts = self._texts
+        old = texts.pop(id(b), None)
+        if old is not None:
+            self.chars -= len(old[1])
         texts[id(b)] = (b, text)
         self.chars += len(text)
         while len(texts) > 1 and (len(texts) > self.keep or self.chars > self.keep_chars):
             old = texts.pop(next(iter(texts)), None)
             if old is not None:
                 self.chars -= len(old[1])
-        return text
 
 
 batch_json = _BatchTexts()  # the event loop's: storage and the peer links run there
@@ -239,8 +248,78 @@ def encode_frame(src: int, msgs: list[m.Message]) -> str:
     return frame_of(src, [encode_message(x) for x in msgs])
 
 
+_FRAME_HEAD = '{"src":'
+_MSGS_HEAD = ',"msgs":['
+_ACCEPT_HEAD = '{"t":"Accept","ballot":'
+_SLOT_HEAD = ',"slot":'
+_VALUE_HEAD = ',"value":'
+
+
+def _accept_at(data: str, start: int) -> tuple[m.Accept | WireError, int] | None:
+    """The Accept at data[start:] if it has exactly the form encode_message gives one,
+    and where it ends; None for any other form. Its value's text, as sent, is left
+    with batch_json for the acceptance record: encoding a batch costs more than
+    parsing it."""
+    if not data.startswith(_ACCEPT_HEAD, start):
+        return None
+    ballot, i = _scan(data, start + len(_ACCEPT_HEAD))
+    if not data.startswith(_SLOT_HEAD, i):
+        return None
+    slot, i = _scan(data, i + len(_SLOT_HEAD))
+    if not data.startswith(_VALUE_HEAD, i):
+        return None
+    value_at = i + len(_VALUE_HEAD)
+    value, end = _scan(data, value_at)
+    if data[end:end + 1] != "}":
+        return None
+    try:
+        msg = m.Accept(ballot_from_wire(ballot), _int(slot), batch_from_wire(value))
+    except WireError as e:
+        return e, end + 1
+    batch_json.remember(msg.value, data[value_at:end])
+    return msg, end + 1
+
+
+def _decode_frame_of(data: str) -> tuple[int, list[m.Message | WireError]] | None:
+    """A frame in exactly the form frame_of gives it, read one message at a time (so
+    an Accept's value keeps its text); None for any other form, which decode_frame
+    then reads as JSON of any layout."""
+    if not data.startswith(_FRAME_HEAD):
+        return None
+    out: list[m.Message | WireError] = []
+    try:
+        src, i = _scan(data, len(_FRAME_HEAD))
+        if not data.startswith(_MSGS_HEAD, i):
+            return None
+        i += len(_MSGS_HEAD)
+        if data[i:i + 1] != "]":
+            while True:
+                found = _accept_at(data, i)
+                if found is not None:
+                    msg, i = found
+                    out.append(msg)
+                else:
+                    raw, i = _scan(data, i)
+                    try:
+                        out.append(message_from_wire(raw))
+                    except WireError as e:
+                        out.append(e)
+                if data[i:i + 1] != ",":
+                    break
+                i += 1
+        if i + 2 != len(data) or not data.endswith("]}"):
+            return None
+    except (ValueError, StopIteration, RecursionError):
+        return None  # not JSON here: decode_frame's own reading says why
+    return _int(src, 1), out
+
+
 def decode_frame(data: str | bytes) -> tuple[int, list[m.Message | WireError]]:
     """Decode a frame; a malformed message comes back as its WireError, the rest still decode."""
+    if type(data) is str:
+        decoded = _decode_frame_of(data)
+        if decoded is not None:
+            return decoded
     try:
         obj = load_json(data)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:

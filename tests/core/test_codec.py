@@ -284,6 +284,67 @@ def test_malformed_frames_raise_wire_error(data: str | bytes) -> None:
         codec.decode_frame(data)
 
 
+def _as_any_json(frame: str) -> tuple:
+    """What decode_frame makes of a frame read as JSON of any layout (bytes take that path)."""
+    return codec.decode_frame(frame.encode())
+
+
+ACCEPT_BATCH = Batch((Command("put", "k", "v\u00e9", None, None, "c1", 4, "1.b.9"),
+                      Command("delete", "d", None, None, None, None, 0, "1.b.10")), 7)
+
+
+def test_an_accept_keeps_the_text_its_sender_wrote_for_its_value() -> None:
+    """A follower writes the leader's text of an Accept's batch to its acceptance record
+    rather than encoding the batch again: whatever text decodes to the batch will do."""
+    sent = '{ "c" : [["put","k","v\u00e9",null,null,"c1",4,"1.b.9",0], ["delete","d",null,null,null,null,0,"1.b.10",0]], "ts": 7 }'
+    commit = codec.encode_message(m.Commit(Ballot(2, 1), 8, 1))
+    frame = codec.frame_of(1, [commit, '{"t":"Accept","ballot":[2,1],"slot":9,"value":%s}' % sent])
+    src, out = codec.decode_frame(frame)
+    assert (src, out) == _as_any_json(frame) == (1, [m.Commit(Ballot(2, 1), 8, 1), m.Accept(Ballot(2, 1), 9, ACCEPT_BATCH)])
+    assert codec.batch_json(out[1].value) == sent  # taken from the frame, not encoded again
+    assert codec.batch_from_wire(json.loads(sent)) == out[1].value
+    # A batch decoded apart from a frame is encoded as usual.
+    again = codec.batch_from_wire(json.loads(sent))
+    assert codec.batch_json(again) == codec.compact_json(codec.batch_to_wire(again))
+
+
+@pytest.mark.parametrize("frame", [
+    # an Accept whose fields come in another order, or with spaces: read as any JSON
+    '{"src":1,"msgs":[{"t":"Accept","slot":9,"ballot":[2,1],"value":{"c":[],"ts":0}}]}',
+    '{"src":1,"msgs":[{"t":"Accept","ballot":[2,1],"slot":9,"value":{"c":[],"ts":0} }]}',
+    '{"src":1,"msgs":[{"t":"Accept","ballot":[2,1],"slot":9,"value":{"c":[],"ts":0},"x":1}]}',
+    # Accepts of the sender's form that do not decode, beside one that does
+    '{"src":1,"msgs":[{"t":"Accept","ballot":[2,1],"slot":-1,"value":{"c":[],"ts":0}},{"t":"Accept","ballot":[2,1],"slot":9,"value":{"c":[],"ts":0}}]}',
+    '{"src":1,"msgs":[{"t":"Accept","ballot":[2],"slot":9,"value":{"c":[],"ts":0}},{"t":"Prepare","ballot":[1,1],"from_slot":1}]}',
+    '{"src":1,"msgs":[{"t":"Accept","ballot":[2,1],"slot":9,"value":{"c":[[1]],"ts":0}},{"t":"Nope"}]}',
+    '{"src":1,"msgs":[{"t":"Accept","ballot":[2,1],"slot":9,"value":{"c":[],"ts":0}}] }',
+    '{"src":1,"msgs":[{"t":"Accept","ballot":[2,1],"slot":9,"value":{"c":[],"ts":0}}]} ',
+    '{"src":1,"msgs":[]}',
+    '{"src":1,"msgs":[{"t":"Prepare","ballot":[1,1],"from_slot":1}]}',
+])
+def test_frames_of_the_senders_form_decode_as_any_json_would(frame: str) -> None:
+    src, out = codec.decode_frame(frame)
+    any_src, any_out = _as_any_json(frame)
+    assert src == any_src and len(out) == len(any_out)
+    for ours, theirs in zip(out, any_out):
+        assert ours == theirs if not isinstance(theirs, WireError) else isinstance(ours, WireError)
+
+
+@pytest.mark.parametrize("frame", [
+    '{"src":1,"msgs":[{"t":"Accept","ballot":[2,1],"slot":9,"value":{"c":[],"ts":0}}',
+    '{"src":1,"msgs":[{"t":"Accept","ballot":[2,1],"slot":9,"value":{"c":[],"ts":0}}]}}',
+    '{"src":1,"msgs":[{"t":"Accept","ballot":[2,1],"slot":9,"value":{"c":[],"ts":0}},]}',
+    '{"src":0,"msgs":[{"t":"Accept","ballot":[2,1],"slot":9,"value":{"c":[],"ts":0}}]}',
+    '{"src":1,"msgs":[{"t":"Accept","ballot":[2,1],"slot":9,"value":{"c":[' + "[" * 100_000 + ']}}]}',
+    '{"src":1,"msgs":{}}',
+])
+def test_frames_of_the_senders_form_that_are_not_frames_raise_wire_error(frame: str) -> None:
+    with pytest.raises(WireError):
+        codec.decode_frame(frame)
+    with pytest.raises(WireError):
+        _as_any_json(frame)
+
+
 def test_a_bad_message_does_not_spoil_the_rest_of_its_frame() -> None:
     good = codec.message_to_wire(m.Prepare(Ballot(1, 1), 1))
     frame = json.dumps({"src": 1, "msgs": [good, {"t": "Prepare"}, with_field(t=[]), good]})

@@ -509,3 +509,24 @@ def test_kv_serve_exits_with_a_one_line_error_on_a_bad_data_dir(tmp_path, name, 
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
     assert str(path / FILE_NAME) in lines[0], result.stderr
+
+
+def test_an_acceptance_written_from_its_leaders_text_reads_back_as_the_batch(tmp_path):
+    """A follower's acceptance record holds the batch's text as its leader sent it
+    (kvpaxos.core.codec keeps it while decoding the Accept): any layout of it reads
+    back as the batch the acceptor accepted, and the chosen record still refers to it."""
+    from kvpaxos.core import codec
+    sent = '{ "c" : [["put","k","v\\u00e9",null,null,"c1",4,"1.b.9",0]], "ts": 7 }'
+    _, (accept,) = codec.decode_frame('{"src":1,"msgs":[{"t":"Accept","ballot":[2,1],"slot":9,"value":%s}]}' % sent)
+    assert accept.value == Batch((Command("put", "k", "v\u00e9", None, None, "c1", 4, "1.b.9"),), 7)
+    store = SqliteStorage(str(tmp_path), 2)
+    store.save(Writes(Ballot(2, 1), {9: (accept.ballot, accept.value)}, {9: accept.value}))
+    store.close()
+    with closing(sqlite3.connect(tmp_path / FILE_NAME)) as conn:
+        rows = dict(conn.execute("SELECT key, value FROM paxos WHERE key IN ('a/000000000009', 'c/000000000009')"))
+    assert rows == {"a/000000000009": f"[[2,1],{sent}]", "c/000000000009": '{"b":[2,1]}'}
+    store = SqliteStorage(str(tmp_path), 2)
+    try:
+        assert store.load() == DurableState(Ballot(2, 1), {9: (Ballot(2, 1), accept.value)}, {9: accept.value})
+    finally:
+        store.close()
