@@ -232,27 +232,29 @@ class _BatchTexts:
 batch_json = _BatchTexts()  # the event loop's: storage and the peer links run there
 
 
-def encode_message(msg: m.Message) -> str:
-    if type(msg) is m.Accept:  # the one message whose size grows with the load
-        return f'{{"t":"Accept","ballot":{ballot_json(msg.ballot)},"slot":{msg.slot},"value":{batch_json(msg.value)}}}'
-    return compact_json(message_to_wire(msg))
-
-
-def frame_of(src: int, encoded: list[str]) -> str:
-    """One peer frame from messages already encoded with encode_message."""
-    return f'{{"src":{int(src)},"msgs":[{",".join(encoded)}]}}'
-
-
-def encode_frame(src: int, msgs: list[m.Message]) -> str:
-    """One peer frame: the sender and the messages gathered in one event-loop turn."""
-    return frame_of(src, [encode_message(x) for x in msgs])
-
-
+# The texts around a frame's and an Accept's fields, as encode_message and frame_of
+# write them and _decode_frame_of reads them back.
 _FRAME_HEAD = '{"src":'
 _MSGS_HEAD = ',"msgs":['
 _ACCEPT_HEAD = '{"t":"Accept","ballot":'
 _SLOT_HEAD = ',"slot":'
 _VALUE_HEAD = ',"value":'
+
+
+def encode_message(msg: m.Message) -> str:
+    if type(msg) is m.Accept:  # the one message whose size grows with the load
+        return f'{_ACCEPT_HEAD}{ballot_json(msg.ballot)}{_SLOT_HEAD}{msg.slot}{_VALUE_HEAD}{batch_json(msg.value)}}}'
+    return compact_json(message_to_wire(msg))
+
+
+def frame_of(src: int, encoded: list[str]) -> str:
+    """One peer frame from messages already encoded with encode_message."""
+    return f'{_FRAME_HEAD}{int(src)}{_MSGS_HEAD}{",".join(encoded)}]}}'
+
+
+def encode_frame(src: int, msgs: list[m.Message]) -> str:
+    """One peer frame: the sender and the messages gathered in one event-loop turn."""
+    return frame_of(src, [encode_message(x) for x in msgs])
 
 
 def _accept_at(data: str, start: int) -> tuple[m.Accept | WireError, int] | None:
