@@ -345,6 +345,35 @@ def test_frames_of_the_senders_form_that_are_not_frames_raise_wire_error(frame: 
         _as_any_json(frame)
 
 
+def _outcome(decode: Any, data: Any) -> Any:
+    """A decode's result with each WireError as the word "error", or "error" for a frame refused."""
+    try:
+        src, out = decode(data)
+    except WireError:
+        return "error"
+    return src, ["error" if isinstance(x, WireError) else x for x in out]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(any_message | message_strategy(m.Accept), min_size=1, max_size=4), st.data())
+def test_a_corrupted_frame_of_the_senders_form_reads_as_any_json_would(msgs: list, data: Any) -> None:
+    """The reader of frames in the form the nodes send agrees with the reader of any JSON
+    on every frame one edit away from a real one: the same messages, the same errors."""
+    frame = codec.encode_frame(1, msgs)
+    at = data.draw(st.integers(0, len(frame)), label="at")
+    edit = data.draw(st.sampled_from(["insert", "replace", "delete", "truncate"]), label="edit")
+    char = data.draw(st.sampled_from(list('{}[],:" -0123456789.etruflnA\\')), label="char")
+    if edit == "insert":
+        frame = frame[:at] + char + frame[at:]
+    elif edit == "replace":
+        frame = frame[:at] + char + frame[at + 1:]
+    elif edit == "delete":
+        frame = frame[:at] + frame[at + 1:]
+    else:
+        frame = frame[:at]
+    assert _outcome(codec.decode_frame, frame) == _outcome(_as_any_json, frame)
+
+
 def test_a_bad_message_does_not_spoil_the_rest_of_its_frame() -> None:
     good = codec.message_to_wire(m.Prepare(Ballot(1, 1), 1))
     frame = json.dumps({"src": 1, "msgs": [good, {"t": "Prepare"}, with_field(t=[]), good]})
