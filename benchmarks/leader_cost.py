@@ -110,8 +110,15 @@ def measure(clients: int, writes: int, callgrind: bool, tick_ms: int) -> dict:
     client = out["raw"][unit]
     for target in ("kvpaxos", "bare"):
         out[target]["server_" + unit] = round(out[target][unit] - client, 1)
-    out["bare_over_kvpaxos"] = round(out["bare"]["server_" + unit] / out["kvpaxos"]["server_" + unit], 3)
+    out["bare_over_kvpaxos"] = share(out["bare"]["server_" + unit], out["kvpaxos"]["server_" + unit])
     return out
+
+
+def share(bare: float, kvpaxos: float) -> float | None:
+    """The bare server's cost over the leader's; None when either came out at or under
+    nothing once the clients' cost is taken away (CPU time on a busy machine: a short
+    run's noise can be larger than a server's whole cost)."""
+    return round(bare / kvpaxos, 3) if bare > 0 and kvpaxos > 0 else None
 
 
 def report(runs: list[dict], callgrind: bool) -> str:
@@ -122,8 +129,10 @@ def report(runs: list[dict], callgrind: bool) -> str:
         kv, bare, raw = r["kvpaxos"], r["bare"], r["raw"]
         lines.append(f"{r['clients']} client(s), {unit} per write: kvpaxos leader {fmt.format(kv[k])}, "
                      f"bare aiohttp {fmt.format(bare[k])}, the clients alone {fmt.format(raw[k])}")
-        lines.append(f"  servers alone: kvpaxos {fmt.format(kv['server_' + k])}, bare {fmt.format(bare['server_' + k])}; "
-                     f"bare / kvpaxos = {r['bare_over_kvpaxos']:.3f}")
+        lines.append(f"  servers alone: kvpaxos {fmt.format(kv['server_' + k])}, "
+                     f"bare {fmt.format(bare['server_' + k])}; "
+                     "bare / kvpaxos = " + (f"{r['bare_over_kvpaxos']:.3f}" if r["bare_over_kvpaxos"] is not None
+                                            else "none: the noise exceeded a server's cost (try --callgrind)"))
         lines.append(f"  a follower, {r['clients']} command(s) a slot: {fmt.format(r['follower'][k])} per write")
     return "\n".join(lines)
 

@@ -296,11 +296,13 @@ ACCEPT_BATCH = Batch((Command("put", "k", "v\u00e9", None, None, "c1", 4, "1.b.9
 def test_an_accept_keeps_the_text_its_sender_wrote_for_its_value() -> None:
     """A follower writes the leader's text of an Accept's batch to its acceptance record
     rather than encoding the batch again: whatever text decodes to the batch will do."""
-    sent = '{ "c" : [["put","k","v\u00e9",null,null,"c1",4,"1.b.9",0], ["delete","d",null,null,null,null,0,"1.b.10",0]], "ts": 7 }'
+    sent = ('{ "c" : [["put","k","v\u00e9",null,null,"c1",4,"1.b.9",0], '
+            '["delete","d",null,null,null,null,0,"1.b.10",0]], "ts": 7 }')
     commit = codec.encode_message(m.Commit(Ballot(2, 1), 8, 1))
     frame = codec.frame_of(1, [commit, '{"t":"Accept","ballot":[2,1],"slot":9,"value":%s}' % sent])
     src, out = codec.decode_frame(frame)
-    assert (src, out) == _as_any_json(frame) == (1, [m.Commit(Ballot(2, 1), 8, 1), m.Accept(Ballot(2, 1), 9, ACCEPT_BATCH)])
+    expected = (1, [m.Commit(Ballot(2, 1), 8, 1), m.Accept(Ballot(2, 1), 9, ACCEPT_BATCH)])
+    assert (src, out) == _as_any_json(frame) == expected
     assert codec.batch_json(out[1].value) == sent  # taken from the frame, not encoded again
     assert codec.batch_from_wire(json.loads(sent)) == out[1].value
     # A batch decoded apart from a frame is encoded as usual.
@@ -314,8 +316,10 @@ def test_an_accept_keeps_the_text_its_sender_wrote_for_its_value() -> None:
     '{"src":1,"msgs":[{"t":"Accept","ballot":[2,1],"slot":9,"value":{"c":[],"ts":0} }]}',
     '{"src":1,"msgs":[{"t":"Accept","ballot":[2,1],"slot":9,"value":{"c":[],"ts":0},"x":1}]}',
     # Accepts of the sender's form that do not decode, beside one that does
-    '{"src":1,"msgs":[{"t":"Accept","ballot":[2,1],"slot":-1,"value":{"c":[],"ts":0}},{"t":"Accept","ballot":[2,1],"slot":9,"value":{"c":[],"ts":0}}]}',
-    '{"src":1,"msgs":[{"t":"Accept","ballot":[2],"slot":9,"value":{"c":[],"ts":0}},{"t":"Prepare","ballot":[1,1],"from_slot":1}]}',
+    '{"src":1,"msgs":[{"t":"Accept","ballot":[2,1],"slot":-1,"value":{"c":[],"ts":0}},'
+    '{"t":"Accept","ballot":[2,1],"slot":9,"value":{"c":[],"ts":0}}]}',
+    '{"src":1,"msgs":[{"t":"Accept","ballot":[2],"slot":9,"value":{"c":[],"ts":0}},'
+    '{"t":"Prepare","ballot":[1,1],"from_slot":1}]}',
     '{"src":1,"msgs":[{"t":"Accept","ballot":[2,1],"slot":9,"value":{"c":[[1]],"ts":0}},{"t":"Nope"}]}',
     '{"src":1,"msgs":[{"t":"Accept","ballot":[2,1],"slot":9,"value":{"c":[],"ts":0}}] }',
     '{"src":1,"msgs":[{"t":"Accept","ballot":[2,1],"slot":9,"value":{"c":[],"ts":0}}]} ',
