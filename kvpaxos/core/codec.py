@@ -257,11 +257,18 @@ def encode_frame(src: int, msgs: list[m.Message]) -> str:
     return frame_of(src, [encode_message(x) for x in msgs])
 
 
-def _accept_at(data: str, start: int) -> tuple[m.Accept | WireError, int] | None:
-    """The Accept at data[start:] if it has exactly the form encode_message gives one,
-    and where it ends; None for any other form. Its value's text, as sent, is left
-    with batch_json for the acceptance record: encoding a batch costs more than
-    parsing it."""
+def _message_or_error(raw: Any) -> m.Message | WireError:
+    try:
+        return message_from_wire(raw)
+    except WireError as e:
+        return e
+
+
+def _accept_at(data: str, start: int) -> tuple[dict, str, int] | None:
+    """The Accept at data[start:] if it has exactly the form encode_message gives one:
+    its wire form, its value's text as sent, and where it ends; None for any other
+    form. A follower's acceptance record takes that text: encoding a batch costs
+    more than parsing it."""
     if not data.startswith(_ACCEPT_HEAD, start):
         return None
     ballot, i = _scan(data, start + len(_ACCEPT_HEAD))
@@ -274,18 +281,13 @@ def _accept_at(data: str, start: int) -> tuple[m.Accept | WireError, int] | None
     value, end = _scan(data, value_at)
     if data[end:end + 1] != "}":
         return None
-    try:
-        msg = m.Accept(ballot_from_wire(ballot), _int(slot), batch_from_wire(value))
-    except WireError as e:
-        return e, end + 1
-    batch_json.remember(msg.value, data[value_at:end])
-    return msg, end + 1
+    return {"t": "Accept", "ballot": ballot, "slot": slot, "value": value}, data[value_at:end], end + 1
 
 
 def _decode_frame_of(data: str) -> tuple[int, list[m.Message | WireError]] | None:
     """A frame in exactly the form frame_of gives it, read one message at a time (so
-    an Accept's value keeps its text); None for any other form, which decode_frame
-    then reads as JSON of any layout."""
+    an Accept's value keeps its text, left with batch_json); None for any other
+    form, which decode_frame then reads as JSON of any layout."""
     if not data.startswith(_FRAME_HEAD):
         return None
     out: list[m.Message | WireError] = []
@@ -298,14 +300,14 @@ def _decode_frame_of(data: str) -> tuple[int, list[m.Message | WireError]] | Non
             while True:
                 found = _accept_at(data, i)
                 if found is not None:
-                    msg, i = found
-                    out.append(msg)
+                    raw, text, i = found
                 else:
+                    text = None
                     raw, i = _scan(data, i)
-                    try:
-                        out.append(message_from_wire(raw))
-                    except WireError as e:
-                        out.append(e)
+                msg = _message_or_error(raw)
+                if text is not None and type(msg) is m.Accept:
+                    batch_json.remember(msg.value, text)
+                out.append(msg)
                 if data[i:i + 1] != ",":
                     break
                 i += 1
@@ -330,10 +332,4 @@ def decode_frame(data: str | bytes) -> tuple[int, list[m.Message | WireError]]:
     if not isinstance(obj, dict) or not isinstance(obj.get("msgs"), list):
         raise WireError("frame must be an object with a msgs list")
     src = _int(obj.get("src"), 1)
-    out: list[m.Message | WireError] = []
-    for raw in obj["msgs"]:
-        try:
-            out.append(message_from_wire(raw))
-        except WireError as e:
-            out.append(e)
-    return src, out
+    return src, [_message_or_error(raw) for raw in obj["msgs"]]
