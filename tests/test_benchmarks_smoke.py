@@ -41,11 +41,11 @@ def test_wakeups_benchmark_smoke(tmp_path):
         r = doc[kind]
         assert r["rounds"] == 200 and r["wall_us_per_round_trip"] > 0 and r["cpu_us_per_wakeup"] > 0, r
     # Each round trip blocks this side once at the least (it waits for the answer).
-    assert doc["processes"]["switches_per_round_trip_this_side"] >= 1
+    assert doc["processes"]["switches_per_round_trip_this_side"] >= 1, doc
     g = doc["group_commit"]
-    assert g["commits"] == 50 and g["direct"]["wall_us"] > 0 and g["direct"]["cpu_us"] > 0, g
+    assert g["commits"] == 50 and g["direct"]["wall_us"] > 0 and g["direct"]["cpu_us"] > 0, doc
     # A commit on sqlitedict's thread wakes that thread and then the loop, at the least.
-    assert g["through_sqlitedict"]["wall_us"] > 0 and g["through_sqlitedict"]["switches"] >= 2, g
+    assert g["through_sqlitedict"]["wall_us"] > 0 and g["through_sqlitedict"]["switches"] >= 2, doc
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("kvwake-")] == []  # cleaned up
     assert "us of CPU per wake-up" in result.stdout
     bad = subprocess.run([sys.executable, "benchmarks/wakeups.py", "--rounds", "0"],
@@ -157,6 +157,38 @@ def test_follower_alone_applies_every_slot_it_was_sent():
     bad = subprocess.run([sys.executable, "-m", "kvpaxos.bench.follower_alone", "20", "0"],
                          cwd=REPO, capture_output=True, text=True, timeout=30)
     assert bad.returncode == 1 and "usage" in bad.stderr
+
+
+def test_leader_alone_applies_every_write_it_answers(tmp_path):
+    """The leader harness counts a real node's work: every PUT its clients were answered
+    is chosen, applied once in the node's map and readable through its HTTP API, and
+    its followers' answers are what let the slots be chosen."""
+    import asyncio
+
+    import aiohttp
+
+    from kvpaxos.bench import leader_alone as la
+    from kvpaxos.bench.cluster import free_ports
+
+    async def run() -> tuple[dict, dict, int]:
+        port = free_ports(1)[0]
+        node, runner = await la._leader(port, str(tmp_path), la.TICK_MS)
+        try:
+            await la.load(port, 120, 6, "t")
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"http://{la.HOST}:{port}/v1/kv/key7") as r:
+                    read = await r.json()
+            sessions = {c: s.seq for c, s in node.kv.sessions.items()}
+            return read, sessions, node.kv.applied_slot
+        finally:
+            await node.stop()
+            await runner.cleanup()
+
+    read, sessions, applied = asyncio.run(asyncio.wait_for(run(), 60))
+    assert read["value"] == la.VALUE, read
+    # Six clients shared 120 writes; each client's last seq is how many it sent, once each.
+    assert sorted(sessions) == [f"t-{i}" for i in range(6)] and sum(sessions.values()) == 120, sessions
+    assert applied >= 1
 
 
 def _ab_module():
