@@ -183,10 +183,10 @@ class Nodes:
         return [self.url(i) for i in self.ids]
 
     def request(self, i: int, method: str, path: str, body: Any = None, token: str | None | bool = True,
-                timeout: float = 10.0) -> Reply:
+                timeout: float = 10.0, headers: dict[str, str] | None = None) -> Reply:
         """token=True: this cluster's token (if any); None/False: no token; a str: that token."""
         token = self.token if token is True else (token or None)
-        headers = {"Content-Type": "application/json"} if body is not None else {}
+        headers = {**({"Content-Type": "application/json"} if body is not None else {}), **(headers or {})}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         if self.ca_file:

@@ -153,6 +153,10 @@ def test_token_guards_data_routes_not_status_or_metrics(make_nodes, tmp_path) ->
             assert reply.json["error"] == "unauthorized" and reply.json["message"]
             assert reply.headers["www-authenticate"].startswith("Bearer")
             assert "x-kv-leader" not in reply.headers  # no topology for a refused caller
+    # A page from elsewhere may read the refusal of a readable route (and so tell the user why).
+    reply = nodes.request(1, "GET", "/v1/kv/a", token=None, headers={"Origin": "http://elsewhere.example"})
+    assert reply.status == 401 and reply.headers["access-control-allow-origin"] == "*", reply
+    assert "x-kv-leader" not in reply.headers
     assert nodes.request(1, "GET", "/v1/status", token=None).status == 200
     assert nodes.request(1, "GET", "/metrics", token=None).status == 200
     assert metric(nodes, 1, "kvpaxos_http_unauthorized_total") >= 12

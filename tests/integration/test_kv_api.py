@@ -384,6 +384,55 @@ def test_server_option_lowers_the_value_limit(tmp_path):
         cluster.stop_all()
 
 
+def test_every_kind_of_answer_names_the_leader(api):
+    """X-Kv-Leader is on every answer a route gives: successes, every error the API
+    answers in JSON (its own, and aiohttp's turned into JSON), streams and pages; and
+    CORS headers go with it for a cross-origin caller."""
+    import http.client
+
+    leader = api.wait_for_leader()
+    wait_until(lambda: all(api.status(n)["leader"] == leader for n in NODES), 10,
+               "every node to follow the leader")
+    key = fresh()
+    answers = [
+        ("PUT", key_path(key), b'{"value": "v"}', 200),
+        ("GET", key_path(key), None, 200),
+        ("GET", key_path(key) + "?consistency=stale", None, 200),
+        ("DELETE", key_path(key), None, 200),
+        ("GET", key_path(key), None, 404),  # not_found
+        ("PUT", key_path(key), b"{nope", 400),  # invalid_json
+        ("PUT", "/v1/kv/", b'{"value": "x"}', 400),  # invalid_key
+        ("PUT", key_path(key), json.dumps({"value": "v" * (VALUE_MAX + 1)}).encode(), 413),
+        ("PUT", key_path(key), b'{"value": "' + b"x" * (13 * VALUE_MAX) + b'"}', 413),  # aiohttp's limit
+        ("GET", "/v1/nothing-here", None, 404),  # no_route
+        ("POST", key_path(key), b"{}", 405),
+        ("GET", "/v1/kv?prefix=k", None, 200),
+        ("POST", "/v1/batch", json.dumps({"ops": [{"op": "put", "key": key, "value": "b"}]}).encode(), 200),
+        ("GET", "/v1/status", None, 200),
+        ("GET", "/v1/members", None, 200),
+        ("GET", "/metrics", None, 200),
+        ("GET", "/v1/snapshot", None, 200),  # streamed
+        ("GET", "/", None, 200),  # the dashboard's page
+        ("GET", "/v1/dashboard", None, 200),
+        ("OPTIONS", key_path(key), None, 403),  # a preflight from no member's page
+        ("GET", "/v1/events?interval_ms=100", None, 200),  # streamed, never ends: headers only
+    ]
+    for node in NODES:
+        for method, path, raw, status in answers:
+            conn = http.client.HTTPConnection("127.0.0.1", api.ports[node], timeout=30)
+            try:
+                conn.request(method, path, body=raw, headers={"Origin": "http://elsewhere.example",
+                                                              "Content-Type": "application/json"})
+                resp = conn.getresponse()
+                headers = {k.lower(): v for k, v in resp.getheaders()}
+                assert resp.status == status, (node, method, path, resp.status, resp.read()[:200])
+                assert headers.get("x-kv-leader") == api.url(leader), (node, method, path, headers)
+                readable = method == "GET" and path.startswith(("/v1/kv", "/v1/status", "/v1/events", "/v1/dash"))
+                assert headers.get("access-control-allow-origin") == ("*" if readable else None), (node, path)
+            finally:
+                conn.close()
+
+
 def test_answers_name_the_leader_and_the_client_writes_there(api):
     """Every answer carries X-Kv-Leader (the leader's URL); a client given every node
     sends its writes there after its first answer, so no follower forwards them."""
