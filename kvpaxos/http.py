@@ -53,13 +53,14 @@ def error_body(code: str, message: str, status: int, headers: dict | None = None
 
 
 def json_errors(handler: Handler, timed: Callable[[web.Request], WriteStats] | None = None) -> Handler:
-    """The handler, with every error it raises answered as JSON (see error_response).
-    With `timed`, each request's latency and outcome also go to the WriteStats it
-    names (the dashboard's charts of writes).
+    """The handler, with every error it raises answered as JSON (see error_response)
+    and every answer named (answer_headers). With `timed`, each request's latency and
+    outcome also go to the WriteStats it names (the dashboard's charts of writes).
 
     Every route is registered through this rather than through a middleware: with
     no middleware aiohttp calls the handler directly, where a middleware costs every
     request two more coroutine layers (its own and aiohttp's current-app fix-up).
+    put_key, the hottest route, does this work itself without the layer this adds.
     """
     @functools.wraps(handler)
     async def answer(request: web.Request) -> web.StreamResponse:
@@ -69,17 +70,28 @@ def json_errors(handler: Handler, timed: Callable[[web.Request], WriteStats] | N
             try:
                 response = await handler(request)
             except (KvError, web.HTTPException) as e:
-                response = error_response(e)
-                if response is None:  # a redirect, or already JSON
-                    ok = e.status < 500
-                    raise
+                ok = e.status < 500
+                response = answer_error(request, e)
             ok = response.status < 500
+            if not response.prepared:  # a stream named itself before it began
+                answer_headers(request, response)
             return response
         finally:
             if timed is not None:
                 timed(request).record(time.time(), (time.perf_counter() - started) * 1000, ok)
 
     return answer
+
+
+def answer_error(request: web.Request, e: KvError | web.HTTPException) -> web.Response:
+    """The JSON answer to e (error_response); where e stands as it is, e itself is
+    raised again for aiohttp to send, named first (answer_headers)."""
+    response = error_response(e)
+    if response is None:
+        assert isinstance(e, web.HTTPException)
+        answer_headers(request, e)
+        raise e
+    return response
 
 
 def error_response(e: KvError | web.HTTPException) -> web.Response | None:
@@ -180,15 +192,30 @@ async def get_key(request: web.Request) -> web.Response:
     return web.json_response({"key": key, "value": entry[0], "version": entry[1]})
 
 
-async def put_key(request: web.Request) -> web.Response:
-    key = _key(request)
-    node = request.app[NODE]
-    cmd = _command(node, PUT, key, await json_body(request, required=True))
-    result = (await node.submit_group((cmd,)))[0]  # submit() without its coroutine layer
-    if not result.ok:
-        _check(result, key)
-    return web.Response(body=b'{"key": %s, "version": %d}' % (_json_str(key), result.version),
-                        headers=_JSON_HEADERS)
+async def put_key(request: web.Request) -> web.StreamResponse:
+    """PUT /v1/kv/{key}, registered without json_errors: the route nearly every write
+    takes does the wrapper's work in its own frame, which spares each PUT a coroutine
+    layer (see benchmarks/README.md, "The answer's headers without a hook")."""
+    started = time.perf_counter()
+    ok = False  # a server error, or no answer at all (cancelled)
+    try:
+        try:
+            key = _key(request)
+            node = request.app[NODE]
+            cmd = _command(node, PUT, key, await json_body(request, required=True))
+            result = (await node.submit_group((cmd,)))[0]  # submit() without its coroutine layer
+            if not result.ok:
+                _check(result, key)
+            response = web.Response(body=b'{"key": %s, "version": %d}' % (_json_str(key), result.version),
+                                    headers=_JSON_HEADERS)
+        except (KvError, web.HTTPException) as e:
+            ok = e.status < 500
+            response = answer_error(request, e)
+        ok = response.status < 500
+        answer_headers(request, response)
+        return response
+    finally:
+        write_stats(request).record(time.time(), (time.perf_counter() - started) * 1000, ok)
 
 
 async def delete_key(request: web.Request) -> web.Response:
@@ -246,6 +273,7 @@ async def get_snapshot(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson",
                                            "X-Kvpaxos-Snapshot-Slot": str(slot)})
         resp.content_length = size
+        answer_headers(request, resp)  # before the stream begins: json_errors cannot after
         await resp.prepare(request)
         while chunk := await loop.run_in_executor(None, f.read, SNAPSHOT_CHUNK_BYTES):
             await resp.write(chunk)
@@ -314,11 +342,17 @@ async def get_metrics(request: web.Request) -> web.Response:
     return web.Response(body=text.encode("utf-8"), headers={"Content-Type": metrics.CONTENT_TYPE})
 
 
-async def answer_headers(request: web.Request, response: web.StreamResponse) -> None:
+def answer_headers(request: web.Request, response: web.StreamResponse) -> None:
     """Every answer names the leader (X-Kv-Leader: its URL), so a client can send its
     writes there and spare them the hop through a follower; any node still takes any
     request. Not on a refusal for a missing token. Cross-origin requests get the
-    dashboard's CORS headers (one hook for both: each costs every request an await)."""
+    dashboard's CORS headers.
+
+    Called on each answer before it is sent: by json_errors and put_key, by the
+    streaming routes before their streams begin, and by the token refusal.
+    Not an aiohttp response hook: a hook costs every request two more coroutines
+    (the signal's and its own). The peer link's WebSocket handshake is not an
+    answer of the API and is not named."""
     url = request.app[NODE].leader_url
     if url is not None and response.status != 401:
         response.headers[LEADER_HEADER] = url
@@ -335,7 +369,7 @@ def _security_middlewares(node: Node) -> list:
     def refused(request: web.Request) -> None:
         node.counters["http_unauthorized"] += 1
 
-    return [security.token_middleware(node.config.token, refused)]
+    return [security.token_middleware(node.config.token, refused, answer_headers)]
 
 
 def init_app(node: Node, transport: PeerTransport) -> web.Application:
@@ -350,7 +384,7 @@ def init_app(node: Node, transport: PeerTransport) -> web.Application:
     # "*", not "+": an empty key reaches _key and is answered 400 invalid_key.
     # [\s\S], not ".": a key may hold a newline (%0A), which "." does not match.
     r.add_get("/v1/kv/{key:[\\s\\S]*}", json_errors(get_key))
-    r.add_put("/v1/kv/{key:[\\s\\S]*}", json_errors(put_key, timed=write_stats))
+    r.add_put("/v1/kv/{key:[\\s\\S]*}", put_key)  # json_errors' work in its own frame, timed too
     r.add_delete("/v1/kv/{key:[\\s\\S]*}", json_errors(delete_key, timed=write_stats))
     r.add_get("/v1/kv", json_errors(list_keys))
     r.add_post("/v1/batch", json_errors(post_batch))
@@ -361,7 +395,6 @@ def init_app(node: Node, transport: PeerTransport) -> web.Application:
     r.add_delete("/v1/members/{id}", json_errors(remove_member))
     r.add_get("/metrics", json_errors(get_metrics))
     r.add_get("/v1/peer", json_errors(transport.handle_inbound))
-    app.on_response_prepare.append(answer_headers)
-    setup_dashboard(app, node, transport, json_errors)  # GET /, /v1/events, /v1/dashboard: kvpaxos/dashboard
+    setup_dashboard(app, node, transport, json_errors, answer_headers)  # GET /, /v1/events, /v1/dashboard
     r.add_route("*", "/{path:[\\s\\S]*}", json_errors(no_route))  # last: what no route above takes
     return app

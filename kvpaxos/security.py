@@ -194,8 +194,10 @@ class Handshake:
 # -- the client token -----------------------------------------------------------
 
 
-def token_middleware(token: str, on_refused: Callable[[web.Request], None]) -> Any:
-    """aiohttp middleware: 401 JSON for requests without the bearer token (see is_open)."""
+def token_middleware(token: str, on_refused: Callable[[web.Request], None],
+                     name: Callable[[web.Request, web.StreamResponse], None] | None = None) -> Any:
+    """aiohttp middleware: 401 JSON for requests without the bearer token (see is_open);
+    `name` is given each refusal before it is sent (the API's CORS headers)."""
     from aiohttp import web
 
     expected = f"Bearer {token}".encode()
@@ -206,10 +208,13 @@ def token_middleware(token: str, on_refused: Callable[[web.Request], None]) -> A
             got = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
             if not hmac.compare_digest(got, expected):
                 on_refused(request)
-                return web.json_response(
+                refusal = web.json_response(
                     {"error": "unauthorized",
                      "message": "this node requires 'Authorization: Bearer <token>'"},
                     status=401, headers={"WWW-Authenticate": 'Bearer realm="kvpaxos"'})
+                if name is not None:
+                    name(request, refusal)
+                return refusal
         return await handler(request)
 
     return require_token

@@ -42,9 +42,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class Dashboard:
     """Per-app state: the node, its peer transport, write statistics, open event streams."""
 
-    def __init__(self, node: Any, transport: Any) -> None:
+    def __init__(self, node: Any, transport: Any, name: Callable[[web.Request, web.StreamResponse], None]) -> None:
         self.node = node
         self.transport = transport
+        self.name = name  # what the API's wrapper does to every answer (setup_dashboard)
         self.stats = WriteStats()
         self.closing = asyncio.Event()
         self.streams = 0
@@ -54,13 +55,14 @@ class Dashboard:
 DASHBOARD = web.AppKey("dashboard", Dashboard)
 
 
-def setup_dashboard(app: web.Application, node: Any, transport: Any,
-                    route: Callable[[Handler], Handler]) -> Dashboard:
+def setup_dashboard(app: web.Application, node: Any, transport: Any, route: Callable[[Handler], Handler],
+                    name: Callable[[web.Request, web.StreamResponse], None]) -> Dashboard:
     """Add the dashboard's routes (each through `route`, the API's error wrapper) and
     shutdown hook to `app`. Its CORS headers (cors_headers) and write timing
-    (write_stats) are for the API to apply: one response hook and one wrapper
-    there serve both."""
-    dash = app[DASHBOARD] = Dashboard(node, transport)
+    (write_stats) are for the API to apply, in the wrapper that serves both; `name`
+    is what the wrapper does to each answer (the leader and CORS headers), which the
+    event stream does itself before it begins."""
+    dash = app[DASHBOARD] = Dashboard(node, transport, name)
     app.router.add_get("/", route(index))
     app.router.add_get("/dashboard/{name}", route(static_file))
     app.router.add_get("/v1/dashboard", route(snapshot))
@@ -199,6 +201,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     assert interval_ms is not None and slots is not None
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
                                        "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    dash.name(request, resp)  # before the stream begins: the route's wrapper cannot after
     await resp.prepare(request)
     dash.streams += 1
     sent = 0
