@@ -55,6 +55,28 @@ def test_stats_svg_and_cpu_time():
     ET.fromstring(throughput_latency_svg([], "empty"))
 
 
+def test_core_wait_counts_the_time_a_process_is_runnable_without_a_core():
+    """Four busy processes pinned to one core: each runs about a quarter of the time and
+    waits for the core the rest; the count must say waiting, not running."""
+    import time
+
+    from kvpaxos.bench.cluster import core_wait_seconds
+
+    assert core_wait_seconds(2 ** 22 + 12345) is None
+    spin = ("import os, time\nos.sched_setaffinity(0, {0})\n"
+            "end = time.monotonic() + 1.2\nwhile time.monotonic() < end: pass")
+    procs = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(4)]
+    try:
+        time.sleep(0.8)
+        waited = sum(core_wait_seconds(p.pid) or 0.0 for p in procs)
+        ran = sum(cpu_seconds(p.pid) or 0.0 for p in procs)
+    finally:
+        for p in procs:
+            p.wait(timeout=30)
+    # One core among four for most of 0.8 s: about three seconds waited for each one run.
+    assert waited > 1.5 * ran > 0, (waited, ran)
+
+
 def test_kv_bench_tiny_run_writes_json_and_svg(tmp_path):
     out = tmp_path / "results"
     result = run(["-m", "cli.main", "bench", "--concurrency", "2", "--duration", "1", "--warmup", "0.3",
@@ -91,6 +113,9 @@ def test_kv_bench_tiny_run_writes_json_and_svg(tmp_path):
     # A write wakes the leader (its request) and a follower (the Accept) at the least.
     assert work["context_switches"] >= 2, work
     assert set(rate["server_context_switches"]) == set(rate["server_cpu_s"]), rate
+    assert set(rate["server_core_wait_s"]) == set(rate["server_cpu_s"]), rate
+    assert all(v >= 0 for v in rate["server_core_wait_s"].values()), rate
+    assert "runnable but waiting for a core, s per process: c=2: " in result.stdout
     assert "per write, all nodes together" in result.stdout and " context switches;" in result.stdout
     assert level["work_per_op"] is not None and "per operation, all nodes together" in result.stdout
     assert kv["reads"]["concurrency"] == 2 and kv["reads"]["writes_ops_s"] >= 0

@@ -70,6 +70,28 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def core_wait_seconds(pid: int) -> float | None:
+    """How long all a process's threads have been runnable but waiting for a core, so far
+    (the second field of /proc/PID/task/*/schedstat; a thread that ended meanwhile takes
+    its share with it); None if the process is gone or the kernel keeps no such count.
+    Beside the CPU time it tells a server that is slow for want of work from one that is
+    slow for want of a core (three nodes and a load generator share two here)."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    seen = False
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
+                total += int(f.read().split()[1])
+            seen = True
+        except (OSError, ValueError, IndexError):
+            continue  # the thread ended while we looked
+    return total / 1e9 if seen else None
+
+
 def context_switches(pid: int) -> int | None:
     """Voluntary and involuntary context switches of all a process's threads so far (from
     /proc/PID/task/*/status; a thread that ended meanwhile takes its count with it); None if

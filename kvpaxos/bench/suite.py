@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from kvpaxos.bench.cluster import (BenchCluster, child_env, context_switches, cpu_seconds, free_ports,
-                                   request_bytes, stop_process, wait_serving)
+from kvpaxos.bench.cluster import (BenchCluster, child_env, context_switches, core_wait_seconds, cpu_seconds,
+                                   free_ports, request_bytes, stop_process, wait_serving)
 from kvpaxos.bench.loadgen import LoadRunner, Workload, level_summary, populate, probe_batch
 
 ALL_MODES = ("sweep", "batch", "rate", "reads", "aiohttp", "pysyncobj")
@@ -86,26 +86,30 @@ def machine_info() -> dict:
 
 
 class CpuWindow:
-    """CPU seconds and context switches of some processes over a load generator's
-    measured window."""
+    """CPU seconds, context switches and seconds spent waiting for a core (runnable, not
+    running) of some processes over a load generator's measured window."""
 
     def __init__(self, pids: Callable[[], dict[str, int | None]]) -> None:
         self.pids = pids
-        self.start: dict[str, tuple[float | None, int | None]] = {}
+        self.start: dict[str, tuple] = {}
         self.used: dict[str, float] = {}
         self.switches: dict[str, int] = {}
+        self.waited: dict[str, float] = {}
 
     def __call__(self, edge: str) -> None:
-        now = {k: (cpu_seconds(p), context_switches(p)) if p else (None, None)
+        now = {k: (cpu_seconds(p), context_switches(p), core_wait_seconds(p)) if p else (None, None, None)
                for k, p in self.pids().items()}
         if edge == "start":
             self.start = now
             return
-        before = {k: self.start.get(k, (None, None)) for k in now}
-        self.used = {k: round(v[0] - before[k][0], 3) for k, v in now.items()
-                     if v[0] is not None and before[k][0] is not None}
-        self.switches = {k: v[1] - before[k][1] for k, v in now.items()
-                         if v[1] is not None and before[k][1] is not None}
+        before = {k: self.start.get(k, (None, None, None)) for k in now}
+
+        def grew(i: int) -> dict:
+            return {k: v[i] - before[k][i] for k, v in now.items() if v[i] is not None and before[k][i] is not None}
+
+        self.used = {k: round(v, 3) for k, v in grew(0).items()}
+        self.switches = grew(1)
+        self.waited = {k: round(v, 3) for k, v in grew(2).items()}
 
 
 # The counters each node's GET /metrics gives that say what the operations cost in Paxos work.
@@ -196,6 +200,8 @@ def _measure(runner: LoadRunner, w: Workload, pids: Callable[[], dict[str, int |
             # Each wake-up of a thread is one; what one costs: benchmarks/wakeups.py.
             out["work_per_op"]["context_switches"] = round(sum(cpu.switches.values()) / ops, 2)
     out["server_context_switches"] = cpu.switches
+    # Runnable but not running: a server short of a core rather than of work.
+    out["server_core_wait_s"] = cpu.waited
     return out
 
 
@@ -503,11 +509,19 @@ def format_sweep(title: str, levels: list[dict]) -> str:
                      f"{lv.get('client_cpu_s', 0):.2f}")
     lines.append("(latencies in ms; CPU over the measured window; us/op: all server processes' CPU "
                  "per completed operation)")
+    waits = [(lv["concurrency"], lv["server_core_wait_s"]) for lv in levels if lv.get("server_core_wait_s")]
+    if waits:
+        lines.append("runnable but waiting for a core, s per process: " + "; ".join(
+            f"c={c}: {format_waits(w)}" for c, w in waits))
     work = [(lv["concurrency"], lv["work_per_op"]) for lv in levels if lv.get("work_per_op")]
     if work:
         lines.append("per operation, all nodes together: " + "; ".join(
             f"c={c}: {format_work(w)}" for c, w in work))
     return "\n".join(lines)
+
+
+def format_waits(waited: dict[str, float]) -> str:
+    return " ".join(f"{v:.2f}" for v in waited.values())
 
 
 def format_work(w: dict) -> str:
@@ -554,6 +568,8 @@ def format_report(doc: dict) -> str:
                 f"{r.get('late_starts', 0)} late starts, errors {sum(r['errors'].values())}"]
         if r.get("work_per_op"):
             out += [f"  per write, all nodes together: {format_work(r['work_per_op'])}"]
+        if r.get("server_core_wait_s"):
+            out += [f"  runnable but waiting for a core, s per node: {format_waits(r['server_core_wait_s'])}"]
     rd = kv.get("reads")
     if rd:
         ratio = rd["reads_per_write"]
