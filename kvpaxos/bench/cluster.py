@@ -20,7 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 HOST = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -70,46 +70,45 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def core_wait_seconds(pid: int) -> float | None:
-    """How long all a process's threads have been runnable but waiting for a core, so far
-    (the second field of /proc/PID/task/*/schedstat; a thread that ended meanwhile takes
-    its share with it); None if the process is gone or the kernel keeps no such count.
-    Beside the CPU time it tells a server that is slow for want of work from one that is
-    slow for want of a core (three nodes and a load generator share two here)."""
-    total = 0
+def _over_threads(pid: int, name: str, count: Callable[[bytes], int]) -> int | None:
+    """The sum of count(/proc/PID/task/TID/<name>) over a process's threads (a thread that
+    ends meanwhile takes its share with it); None if the process is gone or no thread's
+    file could be read."""
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return None
-    seen = False
+    total, seen = 0, False
     for tid in tids:
         try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
-                total += int(f.read().split()[1])
+            with open(f"/proc/{pid}/task/{tid}/{name}", "rb") as f:
+                total += count(f.read())
             seen = True
         except (OSError, ValueError, IndexError):
             continue  # the thread ended while we looked
-    return total / 1e9 if seen else None
+    return total if seen else None
+
+
+def _switches(status: bytes) -> int:
+    return sum(int(line.split()[1]) for line in status.splitlines()
+               if line.startswith((b"voluntary_ctxt_switches:", b"nonvoluntary_ctxt_switches:")))
+
+
+def core_wait_seconds(pid: int) -> float | None:
+    """How long all a process's threads have been runnable but waiting for a core, so far
+    (the second field of /proc/PID/task/*/schedstat); None if the process is gone or the
+    kernel keeps no such count. Beside the CPU time it tells a server that is slow for
+    want of work from one that is slow for want of a core (three nodes and a load
+    generator share two here)."""
+    waited_ns = _over_threads(pid, "schedstat", lambda text: int(text.split()[1]))
+    return None if waited_ns is None else waited_ns / 1e9
 
 
 def context_switches(pid: int) -> int | None:
     """Voluntary and involuntary context switches of all a process's threads so far (from
-    /proc/PID/task/*/status; a thread that ended meanwhile takes its count with it); None if
-    the process is gone. On a machine where a wake-up is dear, these are much of a write's CPU."""
-    total = 0
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return None
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/status", "rb") as f:
-                for line in f:
-                    if line.startswith((b"voluntary_ctxt_switches:", b"nonvoluntary_ctxt_switches:")):
-                        total += int(line.split()[1])
-        except (OSError, ValueError):
-            continue  # the thread ended while we looked
-    return total
+    /proc/PID/task/*/status); None if the process is gone. On a machine where a wake-up is
+    dear, these are much of a write's CPU."""
+    return _over_threads(pid, "status", _switches)
 
 
 def wait_serving(proc: subprocess.Popen, port: int, timeout_s: float = 15.0) -> bool:
