@@ -147,6 +147,10 @@ def status(ctx: click.Context, as_json: bool, **target: Any) -> None:
                        f"{','.join(map(str, members.get('learners') or [])) or '-'}")
             for line in format_changes(members, history=3):
                 click.echo(line)
+        deciding = format_deciding(nodes)
+        if deciding:
+            click.echo("")
+            click.echo(deciding)
     if not any(n.get("up") for n in nodes):
         raise CliError("no node is reachable")
 
@@ -186,6 +190,19 @@ def format_status_table(nodes: list[dict[str, Any]]) -> str:
                      behind, "up" if up else "down"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def format_deciding(nodes: list[dict[str, Any]]) -> str | None:
+    """A line on the nodes still deciding whether the cluster is new (a node with a new data
+    directory votes only once enough of its peers have answered), or None if none is."""
+    waiting = [n for n in nodes if n.get("up") and n.get("deciding")]
+    if not waiting:
+        return None
+    heard = ", ".join(f"node {n.get('id')}: {h[0]} of {h[1]}" for n in waiting
+                      if isinstance(h := n.get("deciding_heard"), list) and len(h) == 2)
+    return (f"deciding: {len(waiting)} node(s) with a new data directory wait for peers to answer "
+            f"whether the cluster is new before they vote{f' ({heard})' if heard else ''}; "
+            "a new cluster of n nodes starts once ceil(n/2) + 1 of them are up")
 
 
 def _voters(nodes: list[dict[str, Any]]) -> set[int]:

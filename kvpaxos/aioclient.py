@@ -23,7 +23,7 @@ from kvpaxos.client import (
 from kvpaxos.client_support import (
     LEADER_HEADER, RETRY_STATUSES, Attempts, Sessions, decode_body, kv_path, LeaderHint, list_path,
     member_body, member_path, members_path, merge_cluster_status, parse_endpoints, parse_retry_after,
-    put_body, unprobed_peers,
+    put_body, retry_reason, unprobed_peers,
 )
 
 # Raised when the TCP connect itself timed out (aiohttp >= 3.10); the request never left.
@@ -201,8 +201,8 @@ class AsyncClient:
             if not only:
                 self._leader.heard(leader)
             if status in RETRY_STATUSES:
-                reason = f"{url}: HTTP {status} {doc.get('error', '')}".rstrip()
-                attempts.failed(reason, sent=True, status=status, retry_after=retry_after)
+                attempts.failed(retry_reason(url, status, doc), sent=True, status=status,
+                                retry_after=retry_after)
                 continue
             if not only:
                 self._preferred = index

@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 from kvpaxos.client_support import (
     LEADER_HEADER, RETRY_STATUSES, Attempts, Sessions, decode_body, kv_path, LeaderHint, list_path,
     member_body, member_path, members_path, merge_cluster_status, normalize_endpoint, parse_endpoints,
-    parse_retry_after, put_body, unprobed_peers,
+    parse_retry_after, put_body, retry_reason, unprobed_peers,
 )
 
 __all__ = [
@@ -145,12 +145,17 @@ def voter_yet(doc: dict[str, Any], node_id: int, deadline: float, waited_s: floa
 
 
 def give_up(attempts: Attempts) -> KvError:
-    """The error for a call whose every attempt failed."""
+    """The error for a call whose every attempt failed: the last error, and the last
+    refusal before it if that was another (a timeout at the end says less than the 503
+    that said why no leader could be found)."""
+    errors = attempts.last_error
+    if attempts.last_refusal and attempts.last_refusal != attempts.last_error:
+        errors += f"; before that: {attempts.last_refusal}"
     if attempts.maybe_applied:
         return OutcomeUnknown("outcome_unknown", "the write may or may not have been applied "
-                              f"(last error: {attempts.last_error})", attempts.last_status)
-    return Unavailable("unavailable", "no node could serve the request "
-                       f"(last error: {attempts.last_error})", attempts.last_status)
+                              f"(last error: {errors})", attempts.last_status)
+    return Unavailable("unavailable", f"no node could serve the request (last error: {errors})",
+                       attempts.last_status)
 
 
 class _ConnectError(Exception):
@@ -320,8 +325,8 @@ class Client:
                 continue
             self._leader.heard(leader)
             if status in RETRY_STATUSES:
-                reason = f"{self.endpoints[index]}: HTTP {status} {doc.get('error', '')}".rstrip()
-                attempts.failed(reason, sent=True, status=status, retry_after=retry_after)
+                attempts.failed(retry_reason(self.endpoints[index], status, doc), sent=True, status=status,
+                                retry_after=retry_after)
                 continue
             self._preferred = index
             return raise_for_status(status, doc)

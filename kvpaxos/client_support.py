@@ -134,6 +134,14 @@ def parse_retry_after(value: str | None) -> float | None:
         return None  # an HTTP date; not worth parsing for a hint
 
 
+def retry_reason(where: str, status: int, doc: dict[str, Any]) -> str:
+    """What a retryable answer (503, 504) said, for the error a client gives up with: the
+    node, the status, the code and the node's message (which says why, e.g. no leader)."""
+    message = doc.get("message")
+    return (f"{where}: HTTP {status} {doc.get('error', '')}".rstrip()
+            + (f": {message}" if isinstance(message, str) and message else ""))
+
+
 def decode_body(raw: bytes) -> dict[str, Any]:
     """Parse a JSON object body; anything else becomes an error-shaped dict."""
     try:
@@ -161,6 +169,7 @@ class Attempts:
         self.maybe_applied = False
         self.last_error = "no attempt was made"
         self.last_status = 0
+        self.last_refusal = ""  # the latest 503's reason: why the cluster would not take it
         self._retry_after = 0.0
 
     def remaining(self) -> float:
@@ -189,6 +198,8 @@ class Attempts:
                retry_after: float | None = None) -> None:
         """Record a failed try. `sent`: the node may have received and acted on it."""
         self.last_error, self.last_status = reason, status
+        if status == 503:
+            self.last_refusal = reason
         # A 503 is a refusal: the node did not take the write in.
         if self._write and sent and status != 503:
             self.maybe_applied = True

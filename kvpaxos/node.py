@@ -61,6 +61,7 @@ log = logging.getLogger("kvpaxos.node")
 _AFTER_COMMIT = frozenset((m.Prepare, m.Promise, m.Accepted))
 UNDECIDED = -1  # storage's rebuilding mark while a new data directory waits for the peers' answers
 NEW_CLUSTER_QUIET_S = 1.5  # no election this long after deciding that the cluster is new
+DECIDING_TELL_S = (2.0, 30.0)  # a deciding node logs what it waits for after this long, then this often
 
 Send = Callable[[int, m.Message], bool]  # False: certainly not sent
 
@@ -150,6 +151,7 @@ class Node:
             rebuild_round is None and ((base == 0 and (fresh or empty)) or (fresh and not joined)))
         if self.deciding and rebuild_round != UNDECIDED:
             storage.set_rebuilding(UNDECIDED)
+        self.deciding_heard = (0, self._enough_for_new())  # peers answered, of those needed
         if rebuild_round == UNDECIDED:
             rebuild_round = None
         genesis = storage.genesis()
@@ -262,8 +264,7 @@ class Node:
         majority can miss it while that Prepare is still in flight to them).
         """
         peers = [p for p in self.config.cluster if p != self.id]
-        enough_for_new = min(len(peers), len(self.config.cluster) - len(self.config.cluster) // 2)
-        answers = await self._ask_peers(peers, enough_for_new)
+        answers = await self._ask_peers(peers, self._enough_for_new())
         if not _holds_state(answers.values()):
             log.info("node %d: new cluster, voting from the start", self.id)
             await self.run_on_disk(self.storage.set_rebuilding, None)
@@ -283,19 +284,44 @@ class Node:
         log.warning("node %d: data directory is new but the cluster holds state: rebuilding as a "
                     "non-voter until a ballot above round %d chooses a slot", self.id, horizon)
 
+    def _enough_for_new(self) -> int:
+        """Peers that must answer "no state" before a node with a new data directory
+        calls the cluster new: ceil(n/2), so that they meet every majority of n."""
+        n = len(self.config.cluster)
+        return min(n - 1, n - n // 2)
+
     async def _ask_peers(self, peers: list[int], needed: int,
                          answers: dict[int, dict] | None = None) -> dict[int, dict]:
-        """Poll peers' /v1/status until `needed` of them have answered."""
+        """Poll peers' /v1/status until `needed` of them have answered. While it waits,
+        /v1/status shows how many have (deciding_heard of deciding_needs), refused
+        requests say why, and the log says which peers it waits for."""
         answers = dict(answers or {})
-        while len(answers) < needed:
+        loop = asyncio.get_running_loop()
+        tell_at = loop.time() + DECIDING_TELL_S[0]
+        while True:
+            self.deciding_heard = (len(answers), needed)
+            if len(answers) >= needed:
+                return answers
             for peer in peers:
                 if peer not in answers:
                     status = await self._peer_status(peer)
                     if status is not None:
                         answers[peer] = status
             if len(answers) < needed:
+                if loop.time() >= tell_at:
+                    tell_at = loop.time() + DECIDING_TELL_S[1]
+                    log.info("new data directory: waiting for peers to answer before voting",
+                             extra=fields(needs=needed, answered=len(answers),
+                                          waiting_for=",".join(str(p) for p in peers if p not in answers)))
                 await asyncio.sleep(0.2)
-        return answers
+
+    def deciding_reason(self) -> str:
+        """Why this node does not vote yet, while it is deciding ('' otherwise)."""
+        if not self.deciding:
+            return ""
+        heard, needs = self.deciding_heard
+        return (f"node {self.id} has a new data directory and votes only once {needs} of its peers say "
+                f"whether the cluster holds state ({heard} have answered); start the others")
 
     async def _peer_status(self, peer: int) -> dict | None:
         assert self._http is not None
@@ -426,11 +452,17 @@ class Node:
                 entry = self._waiters.get(c.cmd_id)
                 if entry is not None and entry[0] is call:
                     del self._waiters[c.cmd_id]
-        removed = " (this node was removed from the cluster: ask a member)" if self.removed else ""
+        note = self._why_alone()
         if maybe_taken:
             raise OutcomeUnknown("the command may or may not have been applied; "
-                                 f"retry with the same client_id and seq to find out{removed}")
-        raise NoQuorum(f"no leader could be reached{removed}", retry_after_s=1)
+                                 f"retry with the same client_id and seq to find out{note}")
+        raise NoQuorum(f"no leader could be reached{note}", retry_after_s=1)
+
+    def _why_alone(self) -> str:
+        """What a request that found no leader should say about this node, if anything."""
+        if self.removed:
+            return " (this node was removed from the cluster: ask a member)"
+        return f": {self.deciding_reason()}" if self.deciding else ""
 
     def _register(self, cmds: tuple[Command, ...], call: _Call) -> _Call:
         """Wait for cmds' results by command id, in `call`."""
@@ -476,8 +508,7 @@ class Node:
                                              "in time")
                 return
             await asyncio.sleep(self.config.tick_ms / 1000)
-        removed = " (this node was removed from the cluster: ask a member)" if self.removed else ""
-        raise NoQuorum(f"no leader confirmed the read{removed}", retry_after_s=1)
+        raise NoQuorum(f"no leader confirmed the read{self._why_alone()}", retry_after_s=1)
 
     def _read_index(self) -> asyncio.Future:
         """A future for a read index (or None), asked for once per event-loop turn for
@@ -892,6 +923,8 @@ class Node:
             "member": self.member_role(),
             "voters": list(self.kv.membership.latest.voters) if self.kv.membership else [],
             "deciding": self.deciding,
+            # While deciding: how many peers answered, of how many it needs (see _decide_voting).
+            "deciding_heard": list(self.deciding_heard) if self.deciding else None,
             "rebuilding": None if r.voting or self.deciding else r.rebuild_round,
             "snapshot": self.snapshots.describe(),
         }

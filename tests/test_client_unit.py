@@ -219,6 +219,28 @@ def test_attempts_track_whether_a_write_may_have_been_applied() -> None:
     assert not read.maybe_applied
 
 
+def test_giving_up_names_the_last_refusal_behind_a_final_timeout() -> None:
+    """A call cut off by its deadline says why the nodes refused before (a 503's message
+    tells a user what to do; "timed out" does not)."""
+    from kvpaxos.client import give_up
+    from kvpaxos.client_support import retry_reason
+
+    refusal = retry_reason("http://n2", 503, {"error": "no_quorum", "message": "node 2 waits for peers"})
+    assert refusal == "http://n2: HTTP 503 no_quorum: node 2 waits for peers"
+    assert retry_reason("http://n2", 504, {}) == "http://n2: HTTP 504"
+    write = Attempts(1, 0, 5, write=True, clock=Clock())
+    write.failed(refusal, sent=True, status=503)
+    write.failed("http://n2: timed out", sent=True)
+    error = give_up(write)
+    assert isinstance(error, OutcomeUnknown)
+    assert str(error).endswith("(last error: http://n2: timed out; before that: " + refusal + ")"), str(error)
+    read = Attempts(1, 0, 5, write=False, clock=Clock())
+    read.failed(refusal, sent=True, status=503)
+    error = give_up(read)
+    assert isinstance(error, Unavailable) and "before that" not in str(error)  # the refusal is the last error
+    assert refusal in str(error)
+
+
 def test_sessions_never_share_a_client_id_between_writes_in_flight() -> None:
     sessions = Sessions("c")
     first, second = sessions.acquire(), sessions.acquire()

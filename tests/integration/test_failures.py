@@ -7,7 +7,10 @@ a crash of everyone at once; without a majority, writes must fail fast with
 from __future__ import annotations
 
 import http.client
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -16,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from support.cluster import Cluster, wait_until
+from support.cluster import REPO_ROOT, Cluster, wait_until
 
 REQUEST_TIMEOUT_S = 5.0  # the node's request_timeout_s default
 SLACK_S = 4.0  # scheduling and slow fsyncs on a busy CI box
@@ -267,3 +270,30 @@ def test_a_follower_back_after_a_while_does_not_depose_the_leader(make_cluster):
         assert status["elections"] == 0, f"round {n}: the follower ran for leader:\n{cluster.log_tail(follower)}"
         assert cluster.status(leader)["ballot"] == ballot and status["leader"] == leader
         assert cluster.put(follower, f"back/{n}", "v", timeout=HTTP_TIMEOUT_S).status == 200
+
+
+def test_a_new_cluster_waits_for_enough_nodes_and_says_why(make_cluster):
+    """Nodes with new data directories vote only once ceil(n/2) peers have said the cluster
+    holds no state: three of five are not enough. Until then their status, `kv status` and
+    a refused write say what they wait for; a fourth node lets them begin."""
+    cluster = make_cluster(5, start=False)
+    cluster.start([1, 2, 3])
+    wait_until(lambda: all(cluster.status(i).get("deciding_heard") == [2, 3] for i in (1, 2, 3)), 15,
+               "nodes 1-3 to hear from each other")
+    assert all(cluster.status(i)["deciding"] and cluster.status(i)["leader"] is None for i in (1, 2, 3))
+    env = dict(os.environ)
+    env.pop("KV_ENDPOINTS", None)
+    shown = subprocess.run([sys.executable, "-m", "cli.main", "status", "--endpoints",
+                            ",".join(cluster.url(i) for i in cluster.ids)],
+                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert "deciding: 3 node(s)" in shown.stdout and "node 1: 2 of 3" in shown.stdout, shown.stdout
+    refused = cluster.put(2, "early", "v", timeout=HTTP_TIMEOUT_S)
+    assert refused.status == 503 and refused.body["error"] == "no_quorum", refused
+    assert "node 2 has a new data directory" in refused.body["message"], refused
+    assert "3 of its peers" in refused.body["message"], refused
+    assert "waiting for peers to answer before voting" in cluster.log_tail(1, 200)
+
+    cluster.start([4])
+    cluster.wait_for_leader(ids=[1, 2, 3, 4])
+    assert cluster.put(2, "early", "v", timeout=HTTP_TIMEOUT_S).status == 200
+    assert all(cluster.status(i)["deciding_heard"] is None for i in (1, 2, 3, 4))
