@@ -147,10 +147,10 @@ def status(ctx: click.Context, as_json: bool, **target: Any) -> None:
                        f"{','.join(map(str, members.get('learners') or [])) or '-'}")
             for line in format_changes(members, history=3):
                 click.echo(line)
-        deciding = format_deciding(nodes)
-        if deciding:
-            click.echo("")
-            click.echo(deciding)
+        for note in (format_deciding(nodes), format_config_mismatch(nodes)):
+            if note:
+                click.echo("")
+                click.echo(note)
     if not any(n.get("up") for n in nodes):
         raise CliError("no node is reachable")
 
@@ -203,6 +203,26 @@ def format_deciding(nodes: list[dict[str, Any]]) -> str | None:
     return (f"deciding: {len(waiting)} node(s) with a new data directory wait for peers to answer "
             f"whether the cluster is new before they vote{f' ({heard})' if heard else ''}; "
             "a new cluster of n nodes starts once ceil(n/2) + 1 of them are up")
+
+
+def format_config_mismatch(nodes: list[dict[str, Any]]) -> str | None:
+    """A warning if two live nodes that applied the same slot name different voters. The
+    configuration is a function of the log, so that happens only when their --cluster
+    specs differed at their first start: such nodes count different majorities, which
+    Paxos does not allow. None if every group agrees."""
+    by_slot: dict[int, dict[tuple, list[Any]]] = {}
+    for n in nodes:
+        applied, voters = n.get("applied"), n.get("voters")
+        if n.get("up") and isinstance(applied, int) and applied > 0 and isinstance(voters, list):
+            by_slot.setdefault(applied, {}).setdefault(tuple(sorted(voters)), []).append(n.get("id"))
+    for slot, views in sorted(by_slot.items()):
+        if len(views) > 1:
+            told = "; ".join(f"node(s) {','.join(map(str, ids))}: voters {','.join(map(str, v))}"
+                             for v, ids in views.items())
+            return (f"WARNING: at applied slot {slot} the nodes disagree on the voters ({told}): they were "
+                    "started with different --cluster lists and must not run as one cluster; stop them "
+                    "and start every node with the same list")
+    return None
 
 
 def _voters(nodes: list[dict[str, Any]]) -> set[int]:

@@ -716,6 +716,24 @@ def test_status_table_shows_member_roles() -> None:
     assert [r[3] for r in rows[1:]] == ["voter", "voter", "learner", "-"]
 
 
+def test_status_warns_when_nodes_at_one_slot_disagree_on_the_voters() -> None:
+    """The configuration is a function of the log: two nodes that applied the same slot and
+    name different voters were started with different --cluster lists."""
+    from cli.main import format_config_mismatch, format_deciding
+    node = {"up": True, "applied": 4, "voters": [1, 2, 3]}
+    agreeing = [{**node, "id": 1}, {**node, "id": 2, "voters": [3, 2, 1]}, {**node, "id": 3, "applied": 2,
+                                                                           "voters": [1, 2]}]
+    assert format_config_mismatch(agreeing) is None  # at another slot the voters may differ
+    assert format_config_mismatch([{**node, "id": 1}, {**node, "id": 4, "up": False, "voters": [9]}]) is None
+    told = format_config_mismatch([{**node, "id": 1}, {**node, "id": 2, "voters": [1, 2, 3, 4]},
+                                   {**node, "id": 3, "voters": [1, 2, 3, 4]}])
+    assert told is not None and told.startswith("WARNING: at applied slot 4")
+    assert "node(s) 1: voters 1,2,3; node(s) 2,3: voters 1,2,3,4" in told
+    assert format_deciding(agreeing) is None
+    deciding = format_deciding([{**node, "id": 1, "deciding": True, "deciding_heard": [2, 3]}])
+    assert deciding is not None and "(node 1: 2 of 3)" in deciding
+
+
 def test_server_option_finds_a_node_that_joined_later(fake: FakeCluster, tmp_path: Any) -> None:
     a_addr = fake.a.url.removeprefix("http://")
     (tmp_path / "cluster.json").write_text(json.dumps({"nodes": {"1": a_addr}}))
