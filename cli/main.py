@@ -200,9 +200,11 @@ def format_deciding(nodes: list[dict[str, Any]]) -> str | None:
         return None
     heard = ", ".join(f"node {n.get('id')}: {h[0]} of {h[1]}" for n in waiting
                       if isinstance(h := n.get("deciding_heard"), list) and len(h) == 2)
+    problems = "".join(f"\nnode {n.get('id')} does not vote: {n['deciding_problem']}" for n in waiting
+                       if isinstance(n.get("deciding_problem"), str))
     return (f"deciding: {len(waiting)} node(s) with a new data directory wait for peers to answer "
             f"whether the cluster is new before they vote{f' ({heard})' if heard else ''}; "
-            "a new cluster of n nodes starts once ceil(n/2) + 1 of them are up")
+            "a new cluster of n nodes starts once ceil(n/2) + 1 of them are up" + problems)
 
 
 def format_config_mismatch(nodes: list[dict[str, Any]]) -> str | None:

@@ -152,6 +152,7 @@ class Node:
         if self.deciding and rebuild_round != UNDECIDED:
             storage.set_rebuilding(UNDECIDED)
         self.deciding_heard = (0, self._enough_for_new())  # peers answered, of those needed
+        self.deciding_problem: str | None = None  # why deciding cannot end (see _decide_voting)
         if rebuild_round == UNDECIDED:
             rebuild_round = None
         genesis = storage.genesis()
@@ -265,6 +266,22 @@ class Node:
         """
         peers = [p for p in self.config.cluster if p != self.id]
         answers = await self._ask_peers(peers, self._enough_for_new())
+        told_at = None
+        while not _holds_state(answers.values()) and (odd := self._other_lists(answers)):
+            # A new cluster whose nodes were given different --cluster lists would count
+            # different majorities: wait, saying so, until every answer names our voters.
+            self.deciding_problem = (
+                "peer(s) " + ", ".join(f"{p} (voters {','.join(map(str, v))})" for p, v in sorted(odd.items()))
+                + f" were started with another --cluster list than node {self.id} (voters "
+                + ",".join(map(str, sorted(self.kv.membership.latest.voters)))
+                + "): start every node of a new cluster with the same list")
+            now = asyncio.get_running_loop().time()
+            if told_at is None or now - told_at >= DECIDING_TELL_S[1]:
+                told_at = now
+                log.error("not voting: %s", self.deciding_problem)
+            await asyncio.sleep(1.0)
+            answers = await self._ask_peers(peers, self._enough_for_new())
+        self.deciding_problem = None
         if not _holds_state(answers.values()):
             log.info("node %d: new cluster, voting from the start", self.id)
             await self.run_on_disk(self.storage.set_rebuilding, None)
@@ -284,6 +301,13 @@ class Node:
         log.warning("node %d: data directory is new but the cluster holds state: rebuilding as a "
                     "non-voter until a ballot above round %d chooses a slot", self.id, horizon)
 
+    def _other_lists(self, answers: dict[int, dict]) -> dict[int, list[int]]:
+        """The peers whose status names other voters than ours (a peer of a new cluster
+        names the voters of its own --cluster list)."""
+        own = sorted(self.kv.membership.latest.voters) if self.kv.membership else []
+        return {p: sorted(v) for p, a in answers.items()
+                if isinstance(v := a.get("voters"), list) and v and sorted(v) != own}
+
     def _enough_for_new(self) -> int:
         """Peers that must answer "no state" before a node with a new data directory
         calls the cluster new: ceil(n/2), so that they meet every majority of n."""
@@ -299,7 +323,7 @@ class Node:
         loop = asyncio.get_running_loop()
         tell_at = loop.time() + DECIDING_TELL_S[0]
         while True:
-            self.deciding_heard = (len(answers), needed)
+            self.deciding_heard = (min(len(answers), needed), needed)
             if len(answers) >= needed:
                 return answers
             for peer in peers:
@@ -319,6 +343,8 @@ class Node:
         """Why this node does not vote yet, while it is deciding ('' otherwise)."""
         if not self.deciding:
             return ""
+        if self.deciding_problem:
+            return f"node {self.id} does not vote: {self.deciding_problem}"
         heard, needs = self.deciding_heard
         return (f"node {self.id} has a new data directory and votes only once {needs} of its peers say "
                 f"whether the cluster holds state ({heard} have answered); start the others")
@@ -925,6 +951,7 @@ class Node:
             "deciding": self.deciding,
             # While deciding: how many peers answered, of how many it needs (see _decide_voting).
             "deciding_heard": list(self.deciding_heard) if self.deciding else None,
+            "deciding_problem": self.deciding_problem if self.deciding else None,
             "rebuilding": None if r.voting or self.deciding else r.rebuild_round,
             "snapshot": self.snapshots.describe(),
         }

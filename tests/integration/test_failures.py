@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from support.cluster import REPO_ROOT, Cluster, free_ports, wait_until
+from support.cluster import REPO_ROOT, Cluster, free_ports, request, wait_until
 
 REQUEST_TIMEOUT_S = 5.0  # the node's request_timeout_s default
 SLACK_S = 4.0  # scheduling and slow fsyncs on a busy CI box
@@ -299,30 +299,43 @@ def test_a_new_cluster_waits_for_enough_nodes_and_says_why(make_cluster):
     assert all(cluster.status(i)["deciding_heard"] is None for i in (1, 2, 3, 4))
 
 
-def test_status_warns_of_nodes_started_with_different_cluster_lists(tmp_path):
-    """Node 1 started with a 3-node list, nodes 2-4 with a 4-node one: they count different
-    majorities, which Paxos does not allow. `kv status` says so once two of them that disagree
-    applied the same slot (whichever leads, node 4 or node 1 may see nothing to apply)."""
+def test_a_new_cluster_started_with_different_lists_does_not_vote_and_says_why(tmp_path):
+    """Node 1 started with a 3-node list, nodes 2 and 3 with a 4-node one (node 4 never
+    starts): they would count different majorities, which Paxos does not allow. Every node
+    hears a peer name other voters before it may call the cluster new, so none votes, and
+    each says why: in its status and log, in `kv status`, and in a refused write."""
     ports = free_ports(4)
     spec = [f"{i}=127.0.0.1:{p}" for i, p in enumerate(ports, start=1)]
     env = dict(os.environ)
     env.pop("KV_ENDPOINTS", None)
     procs = []
     try:
-        for i, listed in ((1, spec[:3]), (2, spec), (3, spec), (4, spec)):
+        for i, listed in ((1, spec[:3]), (2, spec), (3, spec)):
             with open(tmp_path / f"node-{i}.log", "ab") as log:
                 procs.append(subprocess.Popen(
                     [sys.executable, "-m", "cli.main", "serve", "--id", str(i), "--cluster", ",".join(listed),
-                     "--data-dir", str(tmp_path / f"node-{i}")], cwd=REPO_ROOT, env=env, stdout=log,
-                    stderr=subprocess.STDOUT, start_new_session=True))
+                     "--data-dir", str(tmp_path / f"node-{i}"), "--request-timeout", "1"], cwd=REPO_ROOT,
+                    env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
 
-        def shown() -> str | None:  # nodes caught in different slots at one look are told apart at the next
-            out = subprocess.run([sys.executable, "-m", "cli.main", "status", "--endpoints",
-                                  ",".join(f"http://127.0.0.1:{p}" for p in ports)],
-                                 cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60).stdout
-            return out if "WARNING: at applied slot" in out else None
-        out = wait_until(shown, 40, "kv status to warn", interval=0.5)
-        assert "node(s) 1: voters 1,2,3; node(s) 2" in out, out
+        def problems() -> dict[int, str] | None:
+            try:
+                told = {i: request(ports[i - 1], "GET", "/v1/status", timeout=2).body.get("deciding_problem")
+                        for i in (1, 2, 3)}
+            except (OSError, http.client.HTTPException, AttributeError):
+                return None
+            return told if all(told.values()) else None
+        told = wait_until(problems, 30, "every node to say why it does not vote", interval=0.2)
+        assert "peer(s) 2 (voters 1,2,3,4), 3 (voters 1,2,3,4) were started with another --cluster list " \
+               "than node 1 (voters 1,2,3)" in told[1], told
+        assert "peer(s) 1 (voters 1,2,3) were started with another --cluster list than node 2" in told[2], told
+        out = subprocess.run([sys.executable, "-m", "cli.main", "status", "--endpoints",
+                              ",".join(f"http://127.0.0.1:{p}" for p in ports)],
+                             cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60).stdout
+        assert "node 1 does not vote: peer(s) 2 (voters 1,2,3,4)" in out, out
+        refused = request(ports[1], "PUT", "/v1/kv/k", {"value": "v"}, timeout=HTTP_TIMEOUT_S)
+        assert refused.status == 503 and "another --cluster list" in refused.body["message"], refused
+        assert all(request(p, "GET", "/v1/status").body["promised"] == "0.0" for p in ports[:3])  # no one voted
+        assert "not voting: peer(s)" in (tmp_path / "node-1.log").read_text()
     finally:
         for proc in procs:
             proc.kill()
