@@ -273,8 +273,7 @@ class Node:
             self.deciding_problem = (
                 "peer(s) " + ", ".join(f"{p} (voters {','.join(map(str, v))})" for p, v in sorted(odd.items()))
                 + f" were started with another --cluster list than node {self.id} (voters "
-                + ",".join(map(str, sorted(self.kv.membership.latest.voters)))
-                + "): start every node of a new cluster with the same list")
+                + ",".join(map(str, self._own_voters())) + "): start every node of a new cluster with the same list")
             now = asyncio.get_running_loop().time()
             if told_at is None or now - told_at >= DECIDING_TELL_S[1]:
                 told_at = now
@@ -301,10 +300,13 @@ class Node:
         log.warning("node %d: data directory is new but the cluster holds state: rebuilding as a "
                     "non-voter until a ballot above round %d chooses a slot", self.id, horizon)
 
+    def _own_voters(self) -> list[int]:
+        return sorted(self.kv.membership.latest.voters) if self.kv.membership else []
+
     def _other_lists(self, answers: dict[int, dict]) -> dict[int, list[int]]:
         """The peers whose status names other voters than ours (a peer of a new cluster
         names the voters of its own --cluster list)."""
-        own = sorted(self.kv.membership.latest.voters) if self.kv.membership else []
+        own = self._own_voters()
         return {p: sorted(v) for p, a in answers.items()
                 if isinstance(v := a.get("voters"), list) and v and sorted(v) != own}
 
@@ -317,7 +319,7 @@ class Node:
     async def _ask_peers(self, peers: list[int], needed: int,
                          answers: dict[int, dict] | None = None) -> dict[int, dict]:
         """Poll peers' /v1/status until `needed` of them have answered. While it waits,
-        /v1/status shows how many have (deciding_heard of deciding_needs), refused
+        /v1/status shows how many have (deciding_heard: [answered, needed]), refused
         requests say why, and the log says which peers it waits for."""
         answers = dict(answers or {})
         loop = asyncio.get_running_loop()
