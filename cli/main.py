@@ -211,7 +211,16 @@ def format_config_mismatch(nodes: list[dict[str, Any]]) -> str | None:
     """A warning if two live nodes that applied the same slot name different voters. The
     configuration is a function of the log, so that happens only when their --cluster
     specs differed at their first start: such nodes count different majorities, which
-    Paxos does not allow. None if every group agrees."""
+    Paxos does not allow. Also a warning if live nodes name different cluster ids (their
+    logs began from different configurations). None if every group agrees."""
+    clusters: dict[str, list[Any]] = {}
+    for n in nodes:
+        if n.get("up") and not n.get("deciding") and isinstance(c := n.get("cluster_id"), str):
+            clusters.setdefault(c, []).append(n.get("id"))
+    if len(clusters) > 1:
+        told = "; ".join(f"node(s) {','.join(map(str, ids))}: cluster {c}" for c, ids in clusters.items())
+        return (f"WARNING: these nodes belong to different clusters ({told}); each refuses the others' "
+                "peer links: check the endpoints and the --cluster lists they were first started with")
     by_slot: dict[int, dict[tuple, list[Any]]] = {}
     for n in nodes:
         applied, voters = n.get("applied"), n.get("voters")

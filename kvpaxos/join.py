@@ -8,7 +8,9 @@ Before the node starts, with an empty data directory:
   3. download a fresh snapshot from that node (GET /v1/snapshot?fresh=true),
      check it and put it in place: the state and the configuration as of one
      slot, which include this node, so the members it knows will talk to it.
-The node then starts as usual from that snapshot and follows the log.
+The node keeps the configuration the cluster's log began with (the members
+document's genesis, which names the cluster: its cluster_id), then starts as
+usual from that snapshot and follows the log.
 
 A node whose id already votes in the configuration lost its state (its data
 directory is empty), so it must not vote on promises it forgot: it starts as a
@@ -21,12 +23,14 @@ import asyncio
 import logging
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
 from kvpaxos import snapshot
 from kvpaxos.config import ConfigError, NodeConfig, address_text
+from kvpaxos.core.membership import Membership
 from kvpaxos.logs import fields
 from kvpaxos.security import peer_session
 
@@ -44,9 +48,15 @@ def has_state(data_dir: str, sqlite_file: str) -> bool:
     return os.path.exists(os.path.join(data_dir, sqlite_file)) or os.path.exists(snapshot.path_in(data_dir))
 
 
-async def join(config: NodeConfig) -> bool:
+@dataclass(frozen=True)
+class Joined:
+    was_voter: bool  # this id voted before: the node lost its promises and must rebuild
+    genesis: dict | None  # the configuration the cluster's log began with (None: an older cluster)
+
+
+async def join(config: NodeConfig) -> Joined:
     """Make this node a member through config.join_url and install a snapshot to start
-    from. Returns True if this id already voted (the node must rebuild before voting)."""
+    from; the node's log then begins where the cluster's did (its genesis)."""
     assert config.join_url is not None
     url = config.join_url.rstrip("/")
     address = address_text(config.address)
@@ -66,7 +76,20 @@ async def join(config: NodeConfig) -> bool:
             log.info("asking to join", extra=fields(url=url, id=node_id, address=address))
             await _call(http, "POST", f"{url}/v1/members", deadline, json={"id": node_id, "address": address})
         await _fetch_snapshot(http, f"{url}/v1/snapshot?fresh=true", config.data_dir, deadline)
-    return was_voter
+    return Joined(was_voter, _genesis(members))
+
+
+def _genesis(members: dict[str, Any]) -> dict | None:
+    """The cluster's genesis from its members document, checked against its cluster id."""
+    if not isinstance(doc := members.get("genesis"), dict):
+        return None
+    try:
+        genesis = Membership.from_json(doc)
+    except ValueError as e:
+        raise JoinError(f"the cluster described its first configuration badly: {e}") from None
+    if genesis.identity() != members.get("cluster_id"):
+        raise JoinError("the cluster's first configuration does not match its cluster id")
+    return genesis.to_json()
 
 
 async def _call(http: aiohttp.ClientSession, method: str, url: str, deadline: float,

@@ -167,6 +167,7 @@ def render(node: Any, transport: Any) -> str:
                "(inbound: a dialer was refused; outbound: a peer we dialed failed to prove itself).", {
                    (("side", "inbound"), ("reason", "unknown_peer")): t.get("peer_refused", 0),
                    (("side", "inbound"), ("reason", "bad_proof")): t.get("auth_refused", 0),
+                   (("side", "inbound"), ("reason", "other_cluster")): t.get("cluster_refused", 0),
                    (("side", "outbound"), ("reason", "bad_proof")): t.get("auth_failed_outbound", 0),
                })
     x.counters("peer_links_established", "Peer links that came up (after the handshake, with a secret), "

@@ -36,6 +36,7 @@ import random
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Callable, Iterable
 
 import aiohttp
@@ -155,15 +156,24 @@ class Node:
         self.deciding_problem: str | None = None  # why deciding cannot end (see _decide_voting)
         if rebuild_round == UNDECIDED:
             rebuild_round = None
-        genesis = storage.genesis()
-        if genesis is None:
-            members = Membership.initial(config.cluster, config.window_slots,
-                                         {i: address_text(a) for i, a in config.cluster.items()})
-            storage.set_genesis(members.to_json())
-        else:
-            members = Membership.from_json(genesis)
+        stored = storage.genesis()
+        genesis = (Membership.from_json(stored) if stored is not None else Membership.initial(
+            config.cluster, config.window_slots, {i: address_text(a) for i, a in config.cluster.items()}))
+        first = self.kv.membership.genesis() if self.kv.membership is not None else None
+        if first is not None and first.identity() != genesis.identity():
+            # Nodes that joined before joins took the cluster's genesis stored one made from
+            # their own address; the snapshot they started from names the cluster's.
+            log.info("node %d: taking the cluster's first configuration from the snapshot", self.id)
+            genesis, stored = first, None
+        if stored is None:
+            storage.set_genesis(genesis.to_json())
+        self.genesis = genesis  # the configuration this node's log begins with
+        self.cluster_id = genesis.identity()
+        # Whether the membership is still the genesis itself (no snapshot named one, nothing
+        # applied): a rebuilding node may then swap in its cluster's (see _learn_cluster).
+        self._members_from_genesis = self.kv.membership is None
         if self.kv.membership is None:
-            self.kv.membership = members  # no snapshot yet (or one from before membership changes)
+            self.kv.membership = genesis  # no snapshot yet (or one from before membership changes)
         core = CoreConfig(election_ticks=config.election_ticks, heartbeat_ticks=config.heartbeat_ticks,
                           retry_ticks=max(2, config.heartbeat_ticks * 2), window_slots=config.window_slots,
                           batch_count_max=config.batch_count_max, batch_bytes_max=config.batch_bytes_max,
@@ -271,7 +281,9 @@ class Node:
             # A new cluster whose nodes were given different --cluster lists would count
             # different majorities: wait, saying so, until every answer names our voters.
             self.deciding_problem = (
-                "peer(s) " + ", ".join(f"{p} (voters {','.join(map(str, v))})" for p, v in sorted(odd.items()))
+                "peer(s) " + ", ".join(f"{p} (voters {','.join(map(str, v))}"
+                                       + (", another alpha)" if v == self._own_voters() else ")")
+                                       for p, v in sorted(odd.items()))
                 + f" were started with another --cluster list than node {self.id} (voters "
                 + ",".join(map(str, self._own_voters())) + "): start every node of a new cluster with the same list")
             now = asyncio.get_running_loop().time()
@@ -292,6 +304,7 @@ class Node:
             self.replica.election_elapsed = -int(NEW_CLUSTER_QUIET_S * 1000 / self.config.tick_ms)
             return
         answers = await self._ask_peers(peers, len(peers), answers)
+        answers = await self._learn_cluster(answers)
         horizon = max([_round(a.get("promised", "0.0")) for a in answers.values()]
                       + [a.get("rebuilding") or 0 for a in answers.values()])
         await self.run_on_disk(self.storage.set_rebuilding, horizon)
@@ -299,6 +312,78 @@ class Node:
         self.deciding = False
         log.warning("node %d: data directory is new but the cluster holds state: rebuilding as a "
                     "non-voter until a ballot above round %d chooses a slot", self.id, horizon)
+
+    async def _learn_cluster(self, answers: dict[int, dict]) -> dict[int, dict]:
+        """A node rebuilding its state takes its cluster's first configuration, not the one
+        its own --cluster list gives (a wrong list would count other majorities while it
+        replays the log), and asks every voter the cluster has now, not only those its list
+        names. It does not vote while its peers name different clusters."""
+        told_at = None
+        while True:
+            doc = None
+            for peer in sorted(answers):
+                if (doc := await self._peer_json(peer, "/v1/members?consistency=stale")) is not None:
+                    break
+            problem = None if doc is not None else "no peer holding state described its cluster (/v1/members)"
+            if doc is not None and isinstance(doc.get("genesis"), dict):
+                try:
+                    genesis = Membership.from_json(doc["genesis"])
+                except ValueError:
+                    genesis = None
+                if genesis is None or genesis.identity() != doc.get("cluster_id"):
+                    problem = f"node {peer} described its cluster's first configuration inconsistently"
+                elif genesis.identity() != self.cluster_id:
+                    await self._adopt_genesis(genesis)
+            others = {p: a["cluster_id"] for p, a in answers.items()
+                      if isinstance(a.get("cluster_id"), str) and a["cluster_id"] != self.cluster_id}
+            if others and problem is None:
+                problem = ("peer(s) " + ", ".join(f"{p} (cluster {c})" for p, c in sorted(others.items()))
+                           + f" belong to another cluster than the rest (cluster {self.cluster_id})")
+            missing = self._unasked_voters(answers, doc)
+            if problem is None and missing:
+                answers = await self._ask_peers(missing, len(answers) + len(missing), answers)
+                continue
+            if problem is None:
+                self.deciding_problem = None
+                return answers
+            self.deciding_problem = problem
+            now = asyncio.get_running_loop().time()
+            if told_at is None or now - told_at >= DECIDING_TELL_S[1]:
+                told_at = now
+                log.error("not voting: %s", problem)
+            await asyncio.sleep(1.0)
+            answers = await self._ask_peers(list(answers), len(answers))
+
+    def _unasked_voters(self, answers: dict[int, dict], doc: dict | None) -> list[int]:
+        """Voters a peer names that have not answered yet; their addresses (from the
+        members document) are added to the peers this node can reach."""
+        named: set[int] = set()
+        for a in [*answers.values(), doc or {}]:
+            if isinstance(v := a.get("voters"), list):
+                named.update(i for i in v if type(i) is int)
+        members = doc.get("members") if doc is not None else None
+        for member in members if isinstance(members, list) else []:
+            address = parse_address(member.get("address") or "") if isinstance(member, dict) else None
+            if address is not None and type(member.get("id")) is int and member["id"] not in self.config.cluster:
+                self.config.cluster[member["id"]] = address
+        return sorted(i for i in named if i != self.id and i not in answers and i in self.config.cluster)
+
+    async def _adopt_genesis(self, cluster: Membership) -> None:
+        # The cluster's voters and alpha; the addresses this node was given where it has them
+        # (behind proxies, each node may reach a peer at another address).
+        first = cluster.history[0]
+        own = {i: a for i, a in self.genesis.latest.addresses if i in first.config.members}
+        addresses = tuple(sorted({**dict(first.config.addresses), **own}.items()))
+        genesis = Membership(cluster.alpha, (replace(first, config=replace(first.config, addresses=addresses)),))
+        log.warning("node %d: the cluster began from another configuration than --cluster gives "
+                    "(voters %s, not %s); rebuilding from the cluster's", self.id,
+                    ",".join(map(str, genesis.latest.voters)), ",".join(map(str, self.genesis.latest.voters)))
+        await self.run_on_disk(self.storage.set_genesis, genesis.to_json())
+        self.genesis, self.cluster_id = genesis, genesis.identity()
+        if self._members_from_genesis:
+            self.kv.membership = genesis
+            self.replica.adopt_membership(genesis)
+            self._sync_peers()
 
     def _own_voters(self) -> list[int]:
         return sorted(self.kv.membership.latest.voters) if self.kv.membership else []
@@ -308,7 +393,8 @@ class Node:
         names the voters of its own --cluster list)."""
         own = self._own_voters()
         return {p: sorted(v) for p, a in answers.items()
-                if isinstance(v := a.get("voters"), list) and v and sorted(v) != own}
+                if isinstance(v := a.get("voters"), list) and v
+                and (sorted(v) != own or a.get("cluster_id", self.cluster_id) != self.cluster_id)}
 
     def _enough_for_new(self) -> int:
         """Peers that must answer "no state" before a node with a new data directory
@@ -352,9 +438,14 @@ class Node:
                 f"whether the cluster holds state ({heard} have answered); start the others")
 
     async def _peer_status(self, peer: int) -> dict | None:
+        return await self._peer_json(peer, "/v1/status")
+
+    async def _peer_json(self, peer: int, path: str) -> dict | None:
         assert self._http is not None
+        if peer not in self.config.cluster:
+            return None  # no longer a peer (the configuration changed meanwhile)
         try:
-            async with self._http.get(self.peer_url(peer, "/v1/status"),
+            async with self._http.get(self.peer_url(peer, path),
                                       timeout=aiohttp.ClientTimeout(total=1)) as resp:
                 body = await resp.json()
                 return body if resp.status == 200 and isinstance(body, dict) else None
@@ -860,6 +951,8 @@ class Node:
         return {
             "applied": slot,
             "leader": self.replica.leader_id,
+            "cluster_id": self.cluster_id,
+            "genesis": self.genesis.to_json(),  # the configuration the log began with
             "alpha": ms.alpha,
             "members": members,
             "voters": list(latest.voters),
@@ -938,6 +1031,7 @@ class Node:
         r = self.replica
         return {
             "id": self.id,
+            "cluster_id": self.cluster_id,
             "role": r.role.value,
             "leader": r.leader_id,
             "ballot": str(r.ballot),

@@ -27,10 +27,13 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
     """Run a node until `stop` is set; the storage is opened and closed here."""
     fresh = not os.path.exists(os.path.join(config.data_dir, SQLITE_FILE))
     rejoin = joined = False
+    genesis = None
     if config.join_url is not None and not has_state(config.data_dir, SQLITE_FILE):
-        rejoin = await join(config)
-        joined = not rejoin
+        found = await join(config)
+        rejoin, joined, genesis = found.was_voter, not found.was_voter, found.genesis
     storage = SqliteStorage(config.data_dir, config.node_id)
+    if genesis is not None and storage.genesis() is None:
+        storage.set_genesis(genesis)  # the cluster's, not one made from this node's address
     if rejoin and storage.rebuilding() is None:
         # This id voted before and its data directory is new: it lost its promises.
         # Undecided, the node asks every peer for the round to rebuild under.
@@ -38,7 +41,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
     node = Node(config, storage, fresh=fresh, joined=joined)
     pauses = PausePolicy(observe=node.metrics.gc_pause.observe)
     transport = PeerTransport(config.node_id, config.cluster, node.deliver, secret=config.secret,
-                              ssl_context=peer_ssl_context(config))
+                              ssl_context=peer_ssl_context(config), cluster_id=lambda: node.cluster_id)
     node.send_peer = transport.send
     node.send_peer_lazy = transport.send_lazy
     node.flush_lazy = transport.flush_lazy

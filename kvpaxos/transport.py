@@ -19,6 +19,7 @@ once a minute per address.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import ssl
 from collections import Counter
@@ -40,6 +41,7 @@ FRAME_BYTES_MAX = 64 * 1024 * 1024
 NODE_HEADER = "X-Kv-Node"
 FAREWELL_S = 10.0  # a link to a node that left the configuration stays up this long, for its last messages
 ADDRESS_HEADER = "X-Kv-Address"  # the dialer's own HOST:PORT, so a node that does not know it yet can answer
+CLUSTER_HEADER = "X-Kv-Cluster"  # the dialer's cluster id: links between clusters are refused (409)
 
 
 class TurnEncoder:
@@ -83,6 +85,7 @@ class PeerLink:
         self.address: tuple[str, int] | None = None
         self.closing: asyncio.TimerHandle | None = None  # set while its peer has left the configuration
         self.headers: dict[str, str] = {NODE_HEADER: str(self_id)}
+        self.cluster_id: Callable[[], str | None] = lambda: None  # sent with every attempt
         self._dial_now = asyncio.Event()  # set by retry_now: cut the wait between attempts
 
     @property
@@ -134,9 +137,11 @@ class PeerLink:
         backoff = 0.05
         while True:
             reason = "closed"
+            cluster = self.cluster_id()
+            headers = self.headers if cluster is None else {**self.headers, CLUSTER_HEADER: cluster}
             try:
                 async with self.session.ws_connect(
-                        self.url, headers=self.headers, heartbeat=5.0,
+                        self.url, headers=headers, heartbeat=5.0,
                         max_msg_size=FRAME_BYTES_MAX, autoping=True, **self.connect_options) as ws:
                     if self.handshake is not None:
                         await self._authenticate(ws)
@@ -155,6 +160,10 @@ class PeerLink:
                 self.counters["auth_failed_outbound"] += 1
                 reason = f"authentication failed: {e}"
                 self.failures += 1
+            except aiohttp.WSServerHandshakeError as e:
+                reason = (f"refused: the peer belongs to another cluster (ours is {cluster})" if e.status == 409
+                          else f"{type(e).__name__}: {e}")
+                self.failures += 1
             except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as e:
                 reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
                 self.failures += 1
@@ -163,7 +172,7 @@ class PeerLink:
             # A peer that stays unreachable is logged once, not on every attempt.
             kind = "down" if was_up else reason.split(":", 1)[0]
             if self.states.changed("state", kind) is not None:
-                level = logging.WARNING if kind == "authentication failed" else logging.INFO
+                level = logging.WARNING if kind in ("authentication failed", "refused") else logging.INFO
                 log.log(level, "link down" if was_up else "link cannot connect; retrying quietly",
                         extra=fields(peer=self.peer_id, url=self.url, reason=reason))
             try:
@@ -196,8 +205,10 @@ class PeerLink:
 class PeerTransport:
     def __init__(self, self_id: int, cluster: dict[int, tuple[str, int]],
                  deliver: Callable[[int, list[m.Message]], None], *, secret: bytes | None = None,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None,
+                 cluster_id: Callable[[], str | None] = lambda: None) -> None:
         self.self_id = self_id
+        self.cluster_id = cluster_id  # this node's, now (a rebuilding node takes its cluster's)
         self.cluster = cluster
         self.deliver = deliver
         self.links: dict[int, PeerLink] = {}
@@ -250,6 +261,7 @@ class PeerTransport:
         link = PeerLink(self.self_id, peer, f"{scheme}://{_host(host)}:{port}/v1/peer", self.session,
                         self.handshake, self.ssl_context, self.counters, self.encoder)
         link.address = address
+        link.cluster_id = self.cluster_id
         link.headers = {NODE_HEADER: str(self.self_id)}
         own = self.cluster.get(self.self_id)
         if own is not None:
@@ -292,6 +304,14 @@ class PeerTransport:
             raise web.HTTPForbidden(text='{"error": "forbidden", "message": "unknown peer"}',
                                     content_type="application/json")
         peer = int(claimed)
+        theirs, ours = request.headers.get(CLUSTER_HEADER), self.cluster_id()
+        if theirs is not None and ours is not None and theirs != ours:
+            # Same ids, another cluster: its Prepares and Accepts would count as our peer's.
+            self.counters["cluster_refused"] += 1
+            self._log_refusal(request, claimed, f"another cluster: {theirs[:32]}, ours is {ours}")
+            raise web.HTTPConflict(text=json.dumps({"error": "other_cluster", "message": (
+                f"this node belongs to cluster {ours}, the dialer to {theirs[:32]}")}),
+                content_type="application/json")
         ws = web.WebSocketResponse(heartbeat=5.0, max_msg_size=FRAME_BYTES_MAX)
         await ws.prepare(request)
         if self.handshake is not None:

@@ -729,6 +729,10 @@ def test_status_warns_when_nodes_at_one_slot_disagree_on_the_voters() -> None:
                                    {**node, "id": 3, "voters": [1, 2, 3, 4]}])
     assert told is not None and told.startswith("WARNING: at applied slot 4")
     assert "node(s) 1: voters 1,2,3; node(s) 2,3: voters 1,2,3,4" in told
+    named = [{**node, "id": i, "cluster_id": c} for i, c in ((1, "aa"), (2, "aa"), (3, "bb"))]
+    told = format_config_mismatch(named)
+    assert told is not None and "different clusters (node(s) 1,2: cluster aa; node(s) 3: cluster bb)" in told
+    assert format_config_mismatch([*named[:2], {**named[2], "deciding": True}]) is None  # still taking it
     assert format_deciding(agreeing) is None
     deciding = format_deciding([{**node, "id": 1, "deciding": True, "deciding_heard": [2, 3]}])
     assert deciding is not None and "(node 1: 2 of 3)" in deciding

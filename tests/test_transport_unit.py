@@ -62,3 +62,48 @@ def test_write_now_swallows_a_closed_link_before_and_after_suspending():
             await asyncio.sleep(0)
 
     asyncio.run(main())
+
+
+def test_a_link_between_two_clusters_is_refused_until_the_ids_agree(caplog):
+    """Node 1 of one cluster dials node 2 of another (same ids, other genesis): node 2
+    refuses the link with 409 and counts it, node 1 says why; once the ids agree (a
+    rebuilding node took its cluster's), the next attempt links them."""
+    import logging
+
+    from aiohttp import web
+
+    from kvpaxos.transport import PeerTransport
+    from support.cluster import free_ports
+
+    async def main() -> None:
+        ports = free_ports(2)
+        cluster = {1: ("127.0.0.1", ports[0]), 2: ("127.0.0.1", ports[1])}
+        got: list[tuple[int, list]] = []
+        ids = {1: "aaaa", 2: "bbbb"}
+        one = PeerTransport(1, {1: cluster[1], 2: cluster[2]}, lambda src, msgs: None, cluster_id=lambda: ids[1])
+        two = PeerTransport(2, {2: cluster[2]}, lambda src, msgs: got.append((src, msgs)),
+                            cluster_id=lambda: ids[2])
+        app = web.Application()
+        app.router.add_get("/v1/peer", two.handle_inbound)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", ports[1]).start()
+        await one.start()
+        try:
+            async with asyncio.timeout(10):
+                while two.counters["cluster_refused"] < 2:
+                    await asyncio.sleep(0.02)
+            assert not one.links[2].connected and two.counters["links_up_inbound"] == 0
+            said = [getattr(r, "kv", {}).get("reason") for r in caplog.records if r.name == "kvpaxos.transport"]
+            assert "refused: the peer belongs to another cluster (ours is aaaa)" in said, said
+            ids[1] = "bbbb"
+            async with asyncio.timeout(10):
+                while not one.links[2].connected:
+                    await asyncio.sleep(0.02)
+            assert two.counters["links_up_inbound"] == 1
+        finally:
+            await one.stop()
+            await runner.cleanup()
+
+    caplog.set_level(logging.INFO, logger="kvpaxos.transport")
+    asyncio.run(main())

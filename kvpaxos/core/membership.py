@@ -25,6 +25,8 @@ the same commands in the same order, so all agree on every result.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, replace
 from typing import Any, Iterable
 
@@ -102,6 +104,22 @@ class Membership:
             if lo < change.effective <= hi and change.config != out[-1]:
                 out.append(change.config)
         return out
+
+    def genesis(self) -> "Membership | None":
+        """The configuration the log began with, while the history still holds it."""
+        first = self.history[0]
+        return Membership(self.alpha, (first,)) if first.slot == 0 else None
+
+    def identity(self) -> str:
+        """A digest of this membership's voters, learners and alpha, on which every majority
+        it counts depends. Of a genesis it names the cluster: nodes of one cluster began their
+        log from the same one. Addresses are left out: behind proxies or NAT, peers may each
+        reach a node at another address."""
+        doc = self.to_json()
+        for change in doc["history"]:
+            del change["addresses"]
+        text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def settled(self, next_slot: int) -> bool:
         """Whether the latest configuration already governs `next_slot` (no change in flight)."""

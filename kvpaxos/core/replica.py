@@ -354,6 +354,14 @@ class Replica:
         self._advance_membership()
         self._learn_committed(self.commit_ballot, self.leader_commit)
 
+    def adopt_membership(self, membership: Membership) -> None:
+        """Count from another membership as of the same point in the log: a node that
+        rebuilds takes its cluster's first configuration instead of the one its own
+        options gave it. Only before it has learned anything (it is not voting)."""
+        assert not self.voting and self.learner.chosen_through == self.member_through
+        self.membership = membership
+        self._advance_membership()
+
     def snapshot_failed(self) -> None:
         self.snapshot_pending = False
         self.catchup_idle = 0  # retry after a pause

@@ -535,6 +535,8 @@ def test_grow_three_to_five(make_cluster):
         load.add(n4)
         assert cluster.status(n4)["member"] == "voter"
         load.wait_writes(5, through=n4)
+        # Joined nodes keep the configuration the cluster began with: one cluster id.
+        assert len({cluster.status(i)["cluster_id"] for i in cluster.ids}) == 1
         check_history(cluster, load, [1, 2, 3, 4, 5])
 
 

@@ -195,6 +195,37 @@ def test_wiped_node_rebuilds_as_non_voter_then_votes(clusters):
     assert len([k for k in final if k.startswith("wipe/")]) == 300
 
 
+def test_a_wiped_node_given_a_short_list_rebuilds_with_the_clusters_voters(clusters):
+    """Node 3 of five, wiped and started again with a --cluster list naming only nodes 1-3,
+    would count their majority (2 of 3 where the cluster needs 3 of 5) once it voted again.
+    It takes the configuration the cluster began with from its peers (and keeps it across a
+    restart), asks every voter the cluster has, and rebuilds with the cluster's voters."""
+    cluster = clusters([], n=5)  # no compaction: the node replays the log from its first slot
+    put_many(cluster, 30, "list")
+    ids = {cluster.status(i)["cluster_id"] for i in cluster.ids}
+    assert len(ids) == 1, ids
+    victim, full = 3, cluster.spec
+    cluster.kill(victim)
+    cluster.wipe(victim)
+    cluster.spec = ",".join(e for e in full.split(",") if e.split("=")[0] in ("1", "2", "3"))
+    try:
+        cluster.spawn(victim)
+        cluster.wait_ready(victim)
+        wait_until(lambda: cluster.status(victim)["voting"] is True, 30, "the wiped node to vote again")
+        status = cluster.status(victim)
+        assert status["voters"] == [1, 2, 3, 4, 5] and {status["cluster_id"]} == ids, status
+        assert "the cluster began from another configuration" in cluster.log_tail(victim, 300)
+        cluster.kill(victim)  # its data directory now names the cluster's configuration
+        cluster.spawn(victim)
+        cluster.wait_ready(victim)
+        assert cluster.status(victim)["voters"] == [1, 2, 3, 4, 5]
+    finally:
+        cluster.spec = full
+    put_many(cluster, 10, "after")
+    final = wait_converged(cluster)
+    assert len([k for k in final if k.startswith(("list/", "after/"))]) == 40
+
+
 def test_a_backup_restored_into_one_node_of_a_running_cluster_does_not_vote_at_once(clusters, tmp_path):
     # The node's directory then holds a snapshot and no promises: it must not vote on
     # the promises it made before (rule 5), so it asks its peers and rebuilds.
