@@ -142,7 +142,8 @@ def status(ctx: click.Context, as_json: bool, **target: Any) -> None:
         click.echo(format_status_table(nodes))
         if members is not None:
             click.echo("")  # then the configuration, as `kv member list` shows it
-            click.echo(f"configuration at slot {members.get('applied')}: voters "
+            cluster = f"cluster {members['cluster_id']}, " if isinstance(members.get("cluster_id"), str) else ""
+            click.echo(f"{cluster}configuration at slot {members.get('applied')}: voters "
                        f"{','.join(map(str, members.get('voters') or [])) or '-'}, learners "
                        f"{','.join(map(str, members.get('learners') or [])) or '-'}")
             for line in format_changes(members, history=3):

@@ -195,6 +195,9 @@ def test_status_shows_every_node_and_one_leader(local: LocalCluster) -> None:
     assert all(r.split()[-2].isdigit() for r in lines[1:]), lines
     assert [r.split()[0] for r in lines[1:]] == ["1", "2", "3"]
     assert f"127.0.0.1:{local.base_port + 2}" in lines[3]
+    shown = ok(local.kv("status"))
+    cluster_id = json.loads(ok(local.kv("status", "--json")))[0]["cluster_id"]
+    assert f"cluster {cluster_id}, configuration at slot" in shown, shown
 
 
 def test_a_killed_node_is_reported_and_the_others_carry_on(local: LocalCluster) -> None:
