@@ -75,3 +75,77 @@ def test_a_new_clusters_node_counts_a_peer_with_another_alpha_as_another_cluster
         node._disk.shutdown(wait=True)
         node.snapshots.close()
         storage.close()
+
+
+class _Peers:
+    """Canned answers for a node's calls to its peers' HTTP API."""
+
+    def __init__(self, status: dict[int, dict], members: dict) -> None:
+        self.status, self.members, self.asked = status, members, []
+
+    async def json(self, peer: int, path: str) -> dict | None:
+        self.asked.append((peer, path))
+        return self.members if path.startswith("/v1/members") else self.status.get(peer)
+
+
+def _rebuilding_node(tmp_path, peers: _Peers) -> Node:
+    cluster = {i: ("127.0.0.1", 7000 + i) for i in (1, 2, 3)}  # its own list: 1-3
+    node = Node(NodeConfig(3, cluster, str(tmp_path)), SqliteStorage(str(tmp_path), 3), fresh=True)
+    node._http = object()  # type: ignore[assignment] - every call goes to peers.json
+    node._peer_json = peers.json  # type: ignore[method-assign]
+    return node
+
+
+def _close(node: Node) -> None:
+    node._disk.shutdown(wait=True)
+    node.snapshots.close()
+    node.storage.close()
+
+
+def test_a_rebuilding_node_takes_the_clusters_genesis_and_asks_every_voter(tmp_path) -> None:
+    import asyncio
+    cluster = Membership.initial([1, 2, 3, 4, 5], 64, {**ADDRESSES, 4: "127.0.0.1:7004", 5: "127.0.0.1:7005"})
+    cid = cluster.identity()
+    holding = {"promised": "3.1", "voters": [1, 2, 3, 4, 5], "cluster_id": cid}
+    members = {"cluster_id": cid, "genesis": cluster.to_json(), "voters": [1, 2, 3, 4, 5],
+               "members": [{"id": i, "address": f"127.0.0.1:700{i}"} for i in range(1, 6)]}
+    peers = _Peers({i: holding for i in (1, 2, 4, 5)}, members)
+    node = _rebuilding_node(tmp_path, peers)
+    try:
+        answers = asyncio.run(asyncio.wait_for(node._learn_cluster({1: holding, 2: holding}), 10))
+        assert sorted(answers) == [1, 2, 4, 5]  # the voters its own list did not name were asked too
+        assert node.cluster_id == cid and node.kv.membership is not None
+        assert node.kv.membership.latest.voters == (1, 2, 3, 4, 5)
+        assert node.replica.membership.latest.voters == (1, 2, 3, 4, 5)
+        stored = node.storage.genesis()
+        assert stored is not None and Membership.from_json(stored).identity() == cid  # kept across restarts
+        assert node.deciding_problem is None
+    finally:
+        _close(node)
+
+
+def test_a_rebuilding_node_does_not_vote_while_its_peers_name_different_clusters(tmp_path) -> None:
+    import asyncio
+    ours = Membership.initial([1, 2, 3], 64, ADDRESSES)
+    theirs = Membership.initial([1, 2, 3], 32, ADDRESSES)
+    members = {"cluster_id": ours.identity(), "genesis": ours.to_json(), "voters": [1, 2, 3], "members": []}
+    status = {1: {"promised": "2.1", "voters": [1, 2, 3], "cluster_id": ours.identity()},
+              2: {"promised": "2.1", "voters": [1, 2, 3], "cluster_id": theirs.identity()}}
+    node = _rebuilding_node(tmp_path, _Peers(status, members))
+    try:
+        async def learn() -> None:
+            task = asyncio.ensure_future(node._learn_cluster(dict(status)))
+            await asyncio.sleep(0.3)
+            assert not task.done()
+            task.cancel()
+        asyncio.run(learn())
+        assert node.deciding_problem is not None
+        assert f"peer(s) 2 (cluster {theirs.identity()}) belong to another cluster" in node.deciding_problem
+
+        forged = dict(members, cluster_id=theirs.identity())  # a genesis that is not what its id names
+        node._peer_json = _Peers(status, forged).json  # type: ignore[method-assign]
+        asyncio.run(learn())
+        assert "described its cluster's first configuration inconsistently" in (node.deciding_problem or "")
+        assert node.cluster_id == ours.identity()  # nothing taken from either
+    finally:
+        _close(node)
