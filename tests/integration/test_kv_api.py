@@ -471,3 +471,73 @@ def test_answers_name_the_leader_and_the_client_writes_there(api):
         kv.put(fresh("pinned"), "x")
         kv.put(fresh("pinned"), "y")
         assert forwarded()[follower] == before + 2
+
+
+def _answers(sock, count: int) -> list[tuple[str, dict[str, str], bytes]]:
+    """Read `count` HTTP answers from sock: status line, headers (lower-case names), body."""
+    data, out = b"", []
+    while len(out) < count:
+        head_end = data.find(b"\r\n\r\n")
+        if head_end >= 0:
+            status, *lines = data[:head_end].decode("latin-1").split("\r\n")
+            headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+            end = head_end + 4 + int(headers["content-length"])
+            if len(data) >= end:
+                out.append((status, headers, data[head_end + 4:end]))
+                data = data[end:]
+                continue
+        chunk = sock.recv(65536)
+        assert chunk, f"the node closed the connection after {len(out)} answer(s): {data!r}"
+        data += chunk
+    assert not data, data
+    return out
+
+
+def _put_request(key: str, value: str, version: str = "HTTP/1.1", extra: str = "") -> bytes:
+    body = json.dumps({"value": value}).encode()
+    return (f"PUT {key_path(key)} {version}\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n{extra}\r\n").encode() + body
+
+
+@pytest.mark.parametrize("node", [1, 3])
+def test_a_puts_answer_on_the_wire(api, node):
+    """A PUT's answer is written in one block (http.PutAnswer): on one keep-alive connection,
+    pipelined, it must be a complete HTTP/1.1 answer each time (status, Date, JSON type, exact
+    length, the leader), honour Connection: close, and leave HTTP/1.0 and cross-origin
+    requests to aiohttp's own answers."""
+    import socket
+    from email.utils import parsedate_to_datetime
+    from datetime import datetime, timezone
+
+    keys = [fresh("wire") for _ in range(3)]
+    with socket.create_connection(("127.0.0.1", api.ports[node]), timeout=30) as sock:
+        sock.sendall(_put_request(keys[0], "a"))
+        sock.sendall(_put_request(keys[1], "b") + _put_request(keys[2], "c"))  # pipelined
+        answers = _answers(sock, 3)
+        sock.sendall(_put_request(keys[0], "d", extra="Connection: close\r\n"))
+        [closing] = _answers(sock, 1)
+        assert sock.recv(1) == b""  # closed, as asked
+    versions = []
+    for (status, headers, body), key in zip(answers + [closing], keys + keys[:1]):
+        assert status == "HTTP/1.1 200 OK", (status, headers)
+        assert headers["content-type"] == "application/json; charset=utf-8", headers
+        assert "server" not in headers, headers  # PutAnswer's, not aiohttp's
+        assert headers["x-kv-leader"] in [api.url(i) for i in NODES], headers
+        age = datetime.now(timezone.utc) - parsedate_to_datetime(headers["date"])
+        assert abs(age.total_seconds()) < 60, headers
+        doc = json.loads(body)
+        assert doc["key"] == key and set(doc) == {"key", "version"}, doc
+        versions.append(doc["version"])
+    assert versions == sorted(versions) and len(set(versions)) == 4, versions
+    assert "connection" not in answers[0][1] and closing[1]["connection"] == "close"
+    assert api.get(node, keys[0]).body["value"] == "d"
+
+    with socket.create_connection(("127.0.0.1", api.ports[node]), timeout=30) as sock:
+        sock.sendall(_put_request(keys[1], "e", version="HTTP/1.0"))
+        [(status, headers, body)] = _answers(sock, 1)
+        assert status == "HTTP/1.0 200 OK" and json.loads(body)["key"] == keys[1], (status, body)
+    with socket.create_connection(("127.0.0.1", api.ports[node]), timeout=30) as sock:
+        sock.sendall(_put_request(keys[2], "f", extra="Origin: http://example.test\r\n"))
+        [(status, headers, body)] = _answers(sock, 1)
+        assert status == "HTTP/1.1 200 OK" and json.loads(body)["key"] == keys[2], (status, body)
+        assert "x-kv-leader" in headers and "server" in headers, headers  # aiohttp's own answer
