@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from support.cluster import port_range
+
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("kvpaxos.server") is None,
                                 reason="the node server (kvpaxos.server) is not available")
 
@@ -30,10 +32,11 @@ START_TIMEOUT_S = 60.0
 
 
 def free_base_port(count: int = 3) -> int:
-    """A port P with P..P+count-1 all free, below the usual ephemeral range (32768+)
-    so that ports other tests get from the kernel do not collide with ours."""
+    """A port P with P..P+count-1 all free, from this worker's own range (port_range:
+    below the ephemeral ports, apart from other workers' tests)."""
+    ports = port_range()
     for _ in range(200):
-        base = random.randrange(10_000, 30_000)
+        base = random.randrange(ports.start, ports.stop - count)
         try:
             for port in range(base, base + count):
                 with socket.socket() as s:

@@ -59,15 +59,27 @@ def _ephemeral_range() -> tuple[int, int]:
         return 32768, 60999
 
 
-def free_ports(count: int) -> list[int]:
-    """Distinct loopback ports that were free a moment ago.
-
-    They are drawn at random from below the kernel's ephemeral range: bind(0)
-    and outgoing connections (the nodes' own peer links, other test runs) take
-    ports from inside it, and could grab a port between now and the node's bind.
-    """
+def port_range() -> range:
+    """The ports this test process draws from: below the kernel's ephemeral range
+    (bind(0) and outgoing connections, the nodes' own peer links among them, take
+    ports from inside it), and under pytest-xdist a slice of its own per worker.
+    Tests on other workers then never pick a port of ours, even one of a node a
+    test has not started (a node of another test's cluster answering there was
+    taken for a peer started with another --cluster list)."""
     low, _ = _ephemeral_range()
-    candidates = range(20000, low) if low - 20000 >= 1000 else range(10000, 20000)
+    ports = range(20000, low) if low - 20000 >= 1000 else range(10000, 20000)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if worker.startswith("gw") and worker[2:].isdigit() and workers.isdigit() and int(workers) > 1:
+        span = len(ports) // int(workers)
+        index = int(worker[2:]) % int(workers)
+        ports = ports[index * span:(index + 1) * span]
+    return ports
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct loopback ports that were free a moment ago, from port_range()."""
+    candidates = port_range()
     rng = random.SystemRandom()
     ports: list[int] = []
     while len(ports) < count:
