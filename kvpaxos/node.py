@@ -280,17 +280,13 @@ class Node:
         while not _holds_state(answers.values()) and (odd := self._other_lists(answers)):
             # A new cluster whose nodes were given different --cluster lists would count
             # different majorities: wait, saying so, until every answer names our voters.
-            self.deciding_problem = (
+            told_at = await self._not_voting(
                 "peer(s) " + ", ".join(f"{p} (voters {','.join(map(str, v))}"
                                        + (", another alpha)" if v == self._own_voters() else ")")
                                        for p, v in sorted(odd.items()))
                 + f" were started with another --cluster list than node {self.id} (voters "
-                + ",".join(map(str, self._own_voters())) + "): start every node of a new cluster with the same list")
-            now = asyncio.get_running_loop().time()
-            if told_at is None or now - told_at >= DECIDING_TELL_S[1]:
-                told_at = now
-                log.error("not voting: %s", self.deciding_problem)
-            await asyncio.sleep(1.0)
+                + ",".join(map(str, self._own_voters())) + "): start every node of a new cluster with the same list",
+                told_at)
             answers = await self._ask_peers(peers, self._enough_for_new())
         self.deciding_problem = None
         if not _holds_state(answers.values()):
@@ -346,13 +342,19 @@ class Node:
             if problem is None:
                 self.deciding_problem = None
                 return answers
-            self.deciding_problem = problem
-            now = asyncio.get_running_loop().time()
-            if told_at is None or now - told_at >= DECIDING_TELL_S[1]:
-                told_at = now
-                log.error("not voting: %s", problem)
-            await asyncio.sleep(1.0)
+            told_at = await self._not_voting(problem, told_at)
             answers = await self._ask_peers(list(answers), len(answers))
+
+    async def _not_voting(self, problem: str, told_at: float | None) -> float:
+        """Show why deciding cannot end (status, refusals), log it at most every
+        DECIDING_TELL_S[1], and wait a second before asking again; when it was told."""
+        self.deciding_problem = problem
+        now = asyncio.get_running_loop().time()
+        if told_at is None or now - told_at >= DECIDING_TELL_S[1]:
+            told_at = now
+            log.error("not voting: %s", problem)
+        await asyncio.sleep(1.0)
+        return told_at
 
     def _unasked_voters(self, answers: dict[int, dict], doc: dict | None) -> list[int]:
         """Voters a peer names that have not answered yet; their addresses (from the
