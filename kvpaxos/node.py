@@ -330,8 +330,7 @@ class Node:
                     problem = f"node {peer} described its cluster's first configuration inconsistently"
                 elif genesis.identity() != self.cluster_id:
                     await self._adopt_genesis(genesis)
-            others = {p: a["cluster_id"] for p, a in answers.items()
-                      if isinstance(a.get("cluster_id"), str) and a["cluster_id"] != self.cluster_id}
+            others = {p: a["cluster_id"] for p, a in answers.items() if self._names_other_cluster(a)}
             if others and problem is None:
                 problem = ("peer(s) " + ", ".join(f"{p} (cluster {c})" for p, c in sorted(others.items()))
                            + f" belong to another cluster than the rest (cluster {self.cluster_id})")
@@ -395,8 +394,13 @@ class Node:
         names the voters of its own --cluster list)."""
         own = self._own_voters()
         return {p: sorted(v) for p, a in answers.items()
-                if isinstance(v := a.get("voters"), list) and v
-                and (sorted(v) != own or a.get("cluster_id", self.cluster_id) != self.cluster_id)}
+                if isinstance(v := a.get("voters"), list) and v and (sorted(v) != own or self._names_other_cluster(a))}
+
+    def _names_other_cluster(self, status: dict) -> bool:
+        """Whether a peer's /v1/status names another cluster id than ours (a peer too old
+        to name one does not)."""
+        named = status.get("cluster_id")
+        return isinstance(named, str) and named != self.cluster_id
 
     def _enough_for_new(self) -> int:
         """Peers that must answer "no state" before a node with a new data directory
