@@ -156,7 +156,9 @@ def test_lagging_node_installs_a_snapshot_and_converges(clusters):
     leader = cluster.wait_for_leader()
     lagging = next(i for i in cluster.ids if i != leader)
     cluster.kill(lagging)
-    put_many(cluster, 800, "lag")  # hundreds of slots: many snapshots and compactions
+    # Two writers put at most two commands into a slot, so 800 writes fill at least 400 slots:
+    # several snapshots and compactions (eight writers' batches once filled fewer than 150).
+    put_many(cluster, 800, "lag", threads=2)
     others = [i for i in cluster.ids if i != lagging]
     st = cluster.status(leader)
     assert st["snapshot"]["taken"] >= 2 and st["snapshot"]["compacted_through"] > 0, st
