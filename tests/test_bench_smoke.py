@@ -133,6 +133,38 @@ def test_kv_bench_tiny_run_writes_json_and_svg(tmp_path):
     assert svg.findall(".//{http://www.w3.org/2000/svg}circle")
 
 
+def test_median_round_takes_the_round_with_the_median_ratio():
+    from kvpaxos.bench.suite import median_round
+
+    def level(ops_s: float, tag: str) -> dict:
+        return {"concurrency": 64, "total_ops_s": ops_s, "server_cpu_us_per_op": 100.0, "tag": tag}
+
+    pairs = [(level(500, "k1"), level(1000, "b1")), (level(900, "k2"), level(1000, "b2")),
+             (level(700, "k3"), level(1000, "b3"))]
+    kv, base = median_round(pairs)
+    assert (kv["tag"], base["tag"]) == ("k3", "b3")  # 0.5, 0.9, 0.7: the median is 0.7
+    assert [r["throughput"] for r in kv["rounds"]] == [0.5, 0.9, 0.7]
+    assert "rounds" not in pairs[2][0]  # the measured levels are left as they were
+    kv, base = median_round(pairs[:2])
+    assert kv["tag"] == "k1"  # of an even count, the lower median
+    kv, _ = median_round(pairs[:1])
+    assert "rounds" not in kv
+
+
+def test_kv_bench_rounds_alternate_with_the_baseline(tmp_path):
+    result = run(["-m", "cli.main", "bench", "--concurrency", "2", "--duration", "0.5", "--warmup", "0.2",
+                  "--keys", "20", "--modes", "sweep,aiohttp", "--rounds", "3", "--out", str(tmp_path),
+                  "--quiet", "--json"], timeout=120)
+    doc = json.loads(result.stdout)
+    (level,) = doc["kvpaxos"]["sweep"]
+    (base,) = doc["aiohttp"]["sweep"]
+    assert len(level["rounds"]) == 3
+    assert level["total_ops_s"] in [r["kvpaxos_ops_s"] for r in level["rounds"]]
+    assert base["total_ops_s"] in [r["aiohttp_ops_s"] for r in level["rounds"]]
+    (ratio,) = doc["ratios"]["kvpaxos_vs_aiohttp"]["per_level"]
+    assert sorted(ratio["throughput_rounds"])[1] == ratio["throughput"]
+
+
 def test_failover_script_one_trial(tmp_path):
     out = tmp_path / "results"
     result = run(["benchmarks/failover.py", "--trials", "1", "--settle", "0.3", "--out", str(out),

@@ -84,6 +84,9 @@ def _modes(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
               help="Clients of the reads-vs-writes mode.")
 @click.option("--syncobj-outstanding", type=click.IntRange(1), default=1000, show_default=True,
               help="Operations PySyncObj keeps in flight.")
+@click.option("--rounds", type=click.IntRange(1, 99), default=1, show_default=True,
+              help="With the aiohttp mode, run each sweep level this many times, alternating with the "
+                   "baseline, and report the round with the median throughput ratio.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=DEFAULT_OUT,
               show_default=True, help="Where to write the JSON and SVG results.")
 @click.option("--tag", default="", help="Added to the result file names.")
@@ -94,7 +97,7 @@ def bench(ctx: click.Context, nodes: int, concurrency: list[int], read_ratio: fl
           keys: int, duration: float, warmup: float, client_procs: int, client: str, target: str,
           serve_args: tuple[str, ...], exactly_once: bool, modes: list[str], batch_size: int,
           batch_concurrency: int, rates: list[float], rate_duration: float, reads_concurrency: int,
-          syncobj_outstanding: int, out_dir: str, tag: str, as_json: bool, quiet: bool) -> None:
+          syncobj_outstanding: int, rounds: int, out_dir: str, tag: str, as_json: bool, quiet: bool) -> None:
     """Benchmark a fresh local cluster against baselines; write JSON and SVG results.
 
     Starts NODES real `kv serve` processes with their data in a temporary
@@ -111,7 +114,7 @@ def bench(ctx: click.Context, nodes: int, concurrency: list[int], read_ratio: fl
         duration_s=duration, warmup_s=warmup, client_procs=client_procs, client=client, target=target,
         serve_args=tuple(serve_args), exactly_once=exactly_once, modes=modes, batch_size=batch_size,
         batch_concurrency=batch_concurrency, rates=rates, rate_duration_s=rate_duration,
-        reads_concurrency=reads_concurrency, syncobj_outstanding=syncobj_outstanding,
+        reads_concurrency=reads_concurrency, syncobj_outstanding=syncobj_outstanding, rounds=rounds,
         out_dir=Path(out_dir), tag=tag, show_progress=not quiet)
     doc = run_suite(opts)
     click.echo(json.dumps(doc, indent=2) if as_json else format_report(doc))
