@@ -2,7 +2,8 @@
 
 Routes are listed in one place (init_app). Every error leaves as
 {"error": code, "message": text} with a stable code; bad input is a 4xx,
-never a 500, and never reaches the log.
+never a 500, and never reaches the log. A bug (an exception no handler
+expects) is a 500 internal_error, logged with its traceback.
 """
 from __future__ import annotations
 
@@ -73,6 +74,8 @@ def json_errors(handler: Handler, timed: Callable[[web.Request], WriteStats] | N
             except (KvError, web.HTTPException) as e:
                 ok = e.status < 500
                 response = answer_error(request, e)
+            except Exception as e:  # noqa: BLE001 - a bug still answers in JSON (internal_error)
+                response = internal_error(request, e)
             ok = response.status < 500
             if not response.prepared:  # a stream named itself before it began
                 answer_headers(request, response)
@@ -93,6 +96,17 @@ def answer_error(request: web.Request, e: KvError | web.HTTPException) -> web.Re
         answer_headers(request, e)
         raise e
     return response
+
+
+def internal_error(request: web.Request, e: Exception) -> web.Response:
+    """A handler's unexpected exception (a bug): logged with its traceback and answered
+    as JSON (internal_error, 500), named like every other answer, where aiohttp would
+    send a text/plain 500. Raised again when there is no answer to give: the client
+    is gone (a connection error), or a stream had already sent some of its bytes."""
+    if isinstance(e, ConnectionError) or request.writer.output_size > 0:
+        raise e
+    log.error("internal error answering %s %s", request.method, request.path, exc_info=e)
+    return error_body("internal_error", f"internal error ({type(e).__name__}); see the node's log", 500)
 
 
 def error_response(e: KvError | web.HTTPException) -> web.Response | None:
@@ -264,6 +278,8 @@ async def put_key(request: web.Request) -> web.StreamResponse:
         except (KvError, web.HTTPException) as e:
             ok = e.status < 500
             response = answer_error(request, e)
+        except Exception as e:  # noqa: BLE001 - see json_errors
+            response = internal_error(request, e)
         ok = response.status < 500
         answer_headers(request, response)
         return response
