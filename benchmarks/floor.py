@@ -131,11 +131,12 @@ def report(rounds: list[dict], args: argparse.Namespace) -> str:
         for name in ("floor", "kvpaxos"):
             rate, closed = r[name]["rate"], r[name]["closed"]
             cpu = ", ".join(f"{k} {v}" for k, v in rate["cpu_us_per_write"].items())
-            lines.append(f"  {name:8s} {args.rate:g} writes/s: p50 {rate['p50_ms']:.2f} ms, p99 {rate['p99_ms']:.2f} ms;"
-                         f" us of CPU per write: {cpu}")
+            lines.append(f"  {name:8s} {args.rate:g} writes/s: p50 {rate['p50_ms']:.2f} ms,"
+                         f" p99 {rate['p99_ms']:.2f} ms; us of CPU per write: {cpu}")
             lines.append(f"  {'':8s} {args.concurrency} clients: {closed['writes_per_s']:,} PUTs/s,"
                          f" {closed['ratio_to_bare']:.2f} of the bare server")
-        lines.append(f"  bare aiohttp, {args.concurrency} clients: {r['bare aiohttp']['closed']['writes_per_s']:,} PUTs/s")
+        bare = r["bare aiohttp"]["closed"]["writes_per_s"]
+        lines.append(f"  bare aiohttp, {args.concurrency} clients: {bare:,} PUTs/s")
     return "\n".join(lines)
 
 

@@ -44,7 +44,8 @@ def test_pick_a_server_and_use_every_command(cluster):
     ]) + "\n")
     out, err = result.stdout, result.stderr
     assert result.returncode == 1, (out, err)  # two commands failed, on purpose
-    assert f"talking to server {follower} (127.0.0.1:{cluster.ports[follower]}): node {follower}, follower, leader is node {leader}" in out
+    assert (f"talking to server {follower} (127.0.0.1:{cluster.ports[follower]}): "
+            f"node {follower}, follower, leader is node {leader}") in out
     assert out.count("OK (version") == 3
     assert '"1" (version' in out and '"hello world" (version' in out
     assert "two words\t\"hello world\"" in out and "a\t\"2\"" in out

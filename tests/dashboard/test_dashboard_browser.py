@@ -388,7 +388,8 @@ def test_change_in_flight_shows_its_alpha_window(make_cluster, browser):
         box = page.wait_for_selector('#config-change[data-state="pending"]')
         text = box.inner_text()
         assert f"slot {slot}" in text and f"slot {slot + alpha}" in text, text
-        assert f"Slots {slot + 1}–{slot + alpha - 1} are still decided by the old configuration (voters 1, 2, 3)" in text
+        assert (f"Slots {slot + 1}–{slot + alpha - 1} are still decided by the old configuration "
+                "(voters 1, 2, 3)") in text
         assert "from slot" in text and "voters 1, 2." in text, text
         assert "in flight" in text.lower()
         width = page.eval_on_selector("#config-change .a-fill", "el => parseFloat(el.style.width)")

@@ -340,8 +340,10 @@ def test_storage_is_durable_on_every_node(api):
 
 def test_status_document(api):
     leader = api.wait_for_leader()
-    wait_until(lambda: all(api.status(n)["leader"] == leader and all(p["reachable"] for p in api.status(n)["peers"].values())
-                           for n in NODES), 10, "every node to follow the leader")
+    def follows(n: int) -> bool:
+        st = api.status(n)
+        return st["leader"] == leader and all(p["reachable"] for p in st["peers"].values())
+    wait_until(lambda: all(follows(n) for n in NODES), 10, "every node to follow the leader")
     for node in NODES:
         st = api.status(node)
         assert st["id"] == node

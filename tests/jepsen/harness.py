@@ -476,8 +476,8 @@ def run_plan(cluster: FaultCluster, plan: Plan, seed: int, write_artifacts: bool
     elif report["first_write_after_heal_s"] > HEALED_WRITE_WITHIN_S:
         found("slow_write_after_heal", [f"first write after healing took {report['first_write_after_heal_s']}s"])
     if rec["abandoned"]:
-        found("final_reads_abandoned", [f"final reads abandoned: {rec['abandoned']} "
-                                        f"({len(finals)} of {len(recorder.keys_used) + 1} keys x {cluster.n} nodes done)"])
+        found("final_reads_abandoned", [f"final reads abandoned: {rec['abandoned']} ({len(finals)} of "
+                                        f"{len(recorder.keys_used) + 1} keys x {cluster.n} nodes done)"])
     failed_finals = [f for f in finals if f.outcome != OK]
     found("final_reads_failed", [f"{len(failed_finals)} final read(s) failed: "
                                  + "; ".join(f.describe(t0) for f in failed_finals[:5])] if failed_finals else [])

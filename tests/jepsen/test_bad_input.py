@@ -248,7 +248,8 @@ def test_fuzz_key_paths_and_bodies(live):
     calls = [0]
 
     @FUZZ_SETTINGS
-    @given(segment=key_segments(), method=st.sampled_from([b"PUT", b"PUT", b"PUT", b"GET", b"DELETE", b"POST", b"PATCH"]),
+    @given(segment=key_segments(),
+           method=st.sampled_from([b"PUT", b"PUT", b"PUT", b"GET", b"DELETE", b"POST", b"PATCH"]),
            body=bodies(), node=st.sampled_from(live.ids))
     def one(segment: bytes, method: bytes, body: bytes | None, node: int) -> None:
         if time.monotonic() > stop_at:
@@ -388,7 +389,8 @@ EXPLICIT = [
     ("body over the size limit", b"PUT", b"/v1/kv/huge", b'{"value": "' + b"x" * (13 * 1024 * 1024) + b'"}', {413}),
     ("value one byte over", b"PUT", b"/v1/kv/big", json.dumps({"value": "x" * (VALUE_BYTES_MAX + 1)}).encode(), {413}),
     ("value at the limit", b"PUT", b"/v1/kv/big", json.dumps({"value": "x" * VALUE_BYTES_MAX}).encode(), {200}),
-    ("multibyte value over", b"PUT", b"/v1/kv/big2", json.dumps({"value": "€" * (VALUE_BYTES_MAX // 3 + 1)}).encode(), {413}),
+    ("multibyte value over", b"PUT", b"/v1/kv/big2",
+     json.dumps({"value": "€" * (VALUE_BYTES_MAX // 3 + 1)}).encode(), {413}),
     ("escaped value at the limit", b"PUT", b"/v1/kv/big3",
      json.dumps({"value": "é" * (VALUE_BYTES_MAX // 2)}, ensure_ascii=True).encode(), {200}),
     ("key at the limit", b"PUT", b"/v1/kv/" + b"k" * KEY_BYTES_MAX, b'{"value": "v"}', {200}),
