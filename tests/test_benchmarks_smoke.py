@@ -1,5 +1,5 @@
-"""The benchmarks outside `kv bench` (restart and catch-up, the cost of a wake-up, the floor,
-the leader's cost per write, A/B of two versions) run end to end and write their results."""
+"""The benchmarks outside `kv bench` (restart and catch-up, the cost of a wake-up, prefix scans,
+the floor, the leader's cost per write, A/B of two versions) run end to end and write their results."""
 from __future__ import annotations
 
 import importlib.util
@@ -54,6 +54,19 @@ def test_wakeups_benchmark_smoke(tmp_path):
     bad = subprocess.run([sys.executable, "benchmarks/wakeups.py", "--commits", "0"],
                          cwd=REPO, capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and "--commits must be at least 1" in bad.stderr
+
+
+def test_scan_benchmark_smoke(tmp_path):
+    result = subprocess.run([sys.executable, "benchmarks/scan.py", "--sizes", "300,2000", "--repeat", "2",
+                             "--out-dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    doc = json.loads((tmp_path / "scan.json").read_text())
+    assert [(r["keys"], r["prefix"]) for r in doc["rows"]] == [
+        (n, p) for n in (300, 2000) for p in ("narrow", "absent", "whole map")]
+    assert all(r["index"]["p50_ms"] > 0 and r["every_key"]["p50_ms"] > 0 for r in doc["rows"])
+    bad = subprocess.run([sys.executable, "benchmarks/scan.py", "--sizes", "0"],
+                         cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "at least 1" in bad.stderr
 
 
 def test_floor_benchmark_smoke(tmp_path):

@@ -22,6 +22,7 @@ from typing import Iterable
 
 from kvpaxos.core.commands import DELETE, PUT, Batch, Command, Result
 from kvpaxos.core.membership import Membership
+from kvpaxos.core.sortedkeys import SortedKeys
 
 SESSION_TTL_MS = 10 * 60 * 1000
 
@@ -36,6 +37,7 @@ class Session:
 class KVState:
     def __init__(self, session_ttl_ms: int = SESSION_TTL_MS) -> None:
         self.data: dict[str, tuple[str, int]] = {}
+        self.keys = SortedKeys()  # data's keys in order, for scans (kvpaxos/core/sortedkeys.py)
         self.revision = 0
         self.applied_slot = 0
         self.cluster_ms = 0
@@ -56,8 +58,14 @@ class KVState:
         return self.data.get(key)
 
     def scan(self, prefix: str, limit: int) -> tuple[list[tuple[str, str, int]], bool]:
-        keys = sorted(k for k in self.data if k.startswith(prefix))
-        return [(k, *self.data[k]) for k in keys[:limit]], len(keys) > limit
+        """Up to `limit` keys that start with prefix, in key order, with their values and
+        versions; and whether there are more."""
+        data, items = self.data, []
+        for key in self.keys.with_prefix(prefix):
+            if len(items) == limit:
+                return items, True
+            items.append((key, *data[key]))
+        return items, False
 
     def _apply_once(self, cmd: Command) -> Result:
         if cmd.client_id is None:
@@ -103,6 +111,8 @@ class KVState:
             assert cmd.value is not None
             self.revision += 1
             self.data[cmd.key] = (cmd.value, self.revision)
+            if current is None:
+                self.keys.add(cmd.key)
             return Result(True, version=self.revision)
         if cmd.op != DELETE:
             return Result(True)  # a membership command: kvpaxos/core/membership.py decides it
@@ -110,6 +120,7 @@ class KVState:
             return Result(False, "not_found")
         self.revision += 1
         del self.data[cmd.key]
+        self.keys.discard(cmd.key)
         return Result(True, version=self.revision)
 
 
@@ -152,6 +163,7 @@ def import_rows(header: dict, keys: Iterable[list], sessions: Iterable[list]) ->
         if type(k) is not str or type(v) is not str or type(ver) is not int:
             raise ValueError(f"bad key record {row!r}")
         state.data[k] = (v, ver)
+    state.keys = SortedKeys(state.data)
     for row in sessions:
         cid, seq, results, last_ms = row
         if type(cid) is not str or type(seq) is not int or type(last_ms) is not int:

@@ -1,0 +1,91 @@
+"""The keys of the key-value map in order, so that a prefix scan (GET /v1/kv?prefix=)
+costs O(log n + what it returns) instead of a pass over every key.
+
+Sorted chunks of at most 2 * CHUNK keys and the first key of each: a new key is
+placed by two binary searches and moved into its chunk with one memmove of at
+most a chunk's references; a chunk that grows past 2 * CHUNK splits in two, an
+empty one goes. A scan finds its first chunk by binary search and walks on from
+there. Only adding and removing keys touch it: rewriting a key's value does not.
+
+Without it, a scan sorted the keys it had filtered from the whole map on the
+event loop, 60-110 ms a request at a million keys, and a few at once held a
+leader's loop for longer than the election timeout.
+"""
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right, insort
+from typing import Iterable, Iterator
+
+CHUNK = 512
+
+
+class SortedKeys:
+    def __init__(self, keys: Iterable[str] = (), chunk: int = CHUNK) -> None:
+        ordered = sorted(keys)  # linear for keys that come in order (a snapshot's)
+        self._chunk = chunk
+        self._chunks: list[list[str]] = [ordered[i:i + chunk] for i in range(0, len(ordered), chunk)]
+        self._firsts: list[str] = [c[0] for c in self._chunks]
+        self._len = len(ordered)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self) -> Iterator[str]:
+        for chunk in self._chunks:
+            yield from chunk
+
+    def _find(self, key: str) -> int:
+        """Index of the chunk where key is or would go (0 for a key before every chunk)."""
+        return max(0, bisect_right(self._firsts, key) - 1)
+
+    def add(self, key: str) -> None:
+        """Add a key that is not there yet."""
+        if not self._chunks:
+            self._chunks.append([key])
+            self._firsts.append(key)
+            self._len = 1
+            return
+        i = self._find(key)
+        chunk = self._chunks[i]
+        insort(chunk, key)
+        self._firsts[i] = chunk[0]
+        self._len += 1
+        if len(chunk) > 2 * self._chunk:
+            half = len(chunk) // 2
+            self._chunks[i:i + 1] = [chunk[:half], chunk[half:]]
+            self._firsts[i:i + 1] = [chunk[0], chunk[half]]
+
+    def discard(self, key: str) -> None:
+        """Remove a key if it is there."""
+        if not self._chunks:
+            return
+        i = self._find(key)
+        chunk = self._chunks[i]
+        j = bisect_left(chunk, key)
+        if j == len(chunk) or chunk[j] != key:
+            return
+        del chunk[j]
+        self._len -= 1
+        if chunk:
+            self._firsts[i] = chunk[0]
+        else:
+            del self._chunks[i]
+            del self._firsts[i]
+
+    def with_prefix(self, prefix: str) -> Iterator[str]:
+        """The keys that start with prefix, in order. The index must not change while
+        the iterator is in use (a scan runs between two applied slots)."""
+        if not self._chunks:
+            return
+        i = self._find(prefix)
+        j = bisect_left(self._chunks[i], prefix)
+        chunks = self._chunks
+        while i < len(chunks):
+            chunk = chunks[i]
+            while j < len(chunk):
+                key = chunk[j]
+                if not key.startswith(prefix):
+                    return
+                yield key
+                j += 1
+            i, j = i + 1, 0
