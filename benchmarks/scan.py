@@ -1,12 +1,15 @@
-"""What a prefix scan (GET /v1/kv?prefix=P&limit=L) costs the node's event loop,
-against the number of keys in the map.
+"""What a prefix scan (GET /v1/kv?prefix=P&limit=L) and the start of a snapshot cost
+the node's event loop, against the number of keys in the map.
 
 A scan runs on the event loop between two applied slots, so its time is time no
 request, Accept or heartbeat on that node is served. This builds the state
 machine's map (kvpaxos.core.kvstate.KVState, keys put through apply() in random
 order, as writes arrive) and times `KVState.scan` against a pass over every key
 that sorts what it filtered (the scan before the ordered key index), for a
-narrow prefix, a prefix no key has, and the whole map, each with limit 10.
+narrow prefix, a prefix no key has, and the whole map, each with limit 10. And
+what a snapshot takes from the loop before its writer thread starts (an Export:
+its header and session rows, the key index frozen) against the shallow copy of
+the map it made before.
 
     python benchmarks/scan.py                        # 10k, 100k and 1M keys
     python benchmarks/scan.py --sizes 1000,10000 --repeat 20
@@ -24,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kvpaxos.core.commands import PUT, Batch, Command  # noqa: E402
-from kvpaxos.core.kvstate import KVState  # noqa: E402
+from kvpaxos.core.kvstate import Export, KVState  # noqa: E402
 
 BATCH = 1000  # commands per applied slot while filling
 
@@ -70,7 +73,8 @@ def main() -> None:
     if min(sizes) < 1 or args.repeat < 1:
         parser.error("--sizes and --repeat must be at least 1")
     rows = []
-    print(f"{'keys':>9} | {'prefix':<14} | {'index p50 ms':>12} | {'every key p50 ms':>16} | {'ratio':>7}")
+    print(f"{'keys':>9} | {'prefix':<14} | {'index p50 ms':>12} | {'every key p50 ms':>16} | {'ratio':>7}"
+          "   (snapshot start: an Export against a copy of the map)")
     for n in sizes:
         state, per_key = fill(n, args.seed)
         for name, prefix in (("narrow", "key/00001"), ("absent", "nope/"), ("whole map", "")):
@@ -81,6 +85,15 @@ def main() -> None:
             rows.append({"keys": n, "prefix": name, "index": index, "every_key": naive, "ratio": round(ratio, 1),
                          "put_us_per_key": round(per_key * 1e6, 2)})
             print(f"{n:>9,} | {name:<14} | {index['p50_ms']:>12.4f} | {naive['p50_ms']:>16.2f} | {ratio:>7.0f}x")
+
+        def export() -> None:
+            Export(state).close()
+        start = timed(export, args.repeat)
+        copy = timed(lambda: dict(state.data), args.repeat)
+        ratio = copy["p50_ms"] / start["p50_ms"] if start["p50_ms"] else float("inf")
+        rows.append({"keys": n, "prefix": "snapshot start", "index": start, "every_key": copy,
+                     "ratio": round(ratio, 1), "put_us_per_key": round(per_key * 1e6, 2)})
+        print(f"{n:>9,} | {'snapshot start':<14} | {start['p50_ms']:>12.4f} | {copy['p50_ms']:>16.2f} | {ratio:>7.0f}x")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "scan.json").write_text(json.dumps({"benchmark": "scan", "repeat": args.repeat,
                                                        "rows": rows}, indent=2))

@@ -16,10 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import BinaryIO
+from typing import BinaryIO, Iterable
 
 from kvpaxos.core.codec import compact_json
-from kvpaxos.core.kvstate import KVState, export_rows, import_rows
+from kvpaxos.core.kvstate import Export, KVState, import_rows
 
 FILE_NAME = "snapshot.json"
 FORMAT = 1
@@ -37,8 +37,17 @@ def _dumps(obj: object) -> bytes:
     return compact_json(obj).encode() + b"\n"
 
 
-def write_rows(path: str, header: dict, data: dict, sessions: list[list]) -> int:
-    """Write a snapshot from export_rows output; returns its size. Runs off the event loop."""
+def write_export(path: str, export: Export) -> int:
+    """Write a snapshot of an Export and close it; returns the file's size. Runs off the
+    event loop, on any thread."""
+    try:
+        return write_rows(path, export.header, export.rows(), export.sessions)
+    finally:
+        export.close()
+
+
+def write_rows(path: str, header: dict, rows: Iterable[tuple[str, str, int]], sessions: list[list]) -> int:
+    """Write a snapshot: its header, (key, value, version) rows, session rows; returns its size."""
     tmp = path + ".tmp"
     digest = hashlib.sha256()
     with open(tmp, "wb") as f:
@@ -47,7 +56,7 @@ def write_rows(path: str, header: dict, data: dict, sessions: list[list]) -> int
             f.write(chunk)
         put(_dumps({"kvpaxos_snapshot": FORMAT, **header}))
         buf: list[bytes] = []
-        for k, (v, ver) in data.items():
+        for k, v, ver in rows:
             buf.append(_dumps([k, v, ver]))
             if len(buf) >= 4096:
                 put(b"".join(buf))
@@ -64,7 +73,7 @@ def write_rows(path: str, header: dict, data: dict, sessions: list[list]) -> int
 
 
 def write(path: str, state: KVState) -> int:
-    return write_rows(path, *export_rows(state))
+    return write_export(path, Export(state))
 
 
 def install_file(tmp: str, path: str) -> None:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, BinaryIO
 import aiohttp
 
 from kvpaxos import snapshot
-from kvpaxos.core.kvstate import KVState, export_rows
+from kvpaxos.core.kvstate import Export, KVState
 from storage.base import Pacer
 
 if TYPE_CHECKING:
@@ -125,11 +125,12 @@ class Snapshotter:
             async with self._lock:
                 if self.slot >= wanted and os.path.exists(self.path):
                     return self.slot
-                rows = export_rows(node.kv)
-                slot = rows[0]["slot"]
-                loop = asyncio.get_running_loop()
-                self.size_bytes = await loop.run_in_executor(self._pool, snapshot.write_rows,
-                                                             self.path, *rows)
+                export = Export(node.kv)  # copies no keys: see Export
+                slot = export.header["slot"]
+                # The writer closes the export itself when it is done, so a cancelled wait
+                # here (at shutdown) never ends the export under a writer still at work.
+                written = self._pool.submit(snapshot.write_export, self.path, export)
+                self.size_bytes = await asyncio.wrap_future(written)
                 self.slot, self.applied_bytes, self.phase = slot, 0, 0.0
                 self.taken += 1
                 await self._compact(node, self.compact_point(slot, node.config.compact_keep_slots,

@@ -62,7 +62,7 @@ def test_scan_benchmark_smoke(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     doc = json.loads((tmp_path / "scan.json").read_text())
     assert [(r["keys"], r["prefix"]) for r in doc["rows"]] == [
-        (n, p) for n in (300, 2000) for p in ("narrow", "absent", "whole map")]
+        (n, p) for n in (300, 2000) for p in ("narrow", "absent", "whole map", "snapshot start")]
     assert all(r["index"]["p50_ms"] > 0 and r["every_key"]["p50_ms"] > 0 for r in doc["rows"])
     bad = subprocess.run([sys.executable, "benchmarks/scan.py", "--sizes", "0"],
                          cwd=REPO, capture_output=True, text=True, timeout=30)

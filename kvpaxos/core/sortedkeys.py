@@ -7,6 +7,10 @@ most a chunk's references; a chunk that grows past 2 * CHUNK splits in two, an
 empty one goes. A scan finds its first chunk by binary search and walks on from
 there. Only adding and removing keys touch it: rewriting a key's value does not.
 
+freeze() hands out the chunks as they are, for a snapshot's writer to walk on
+another thread while the map moves on: until thaw(), a frozen chunk that would
+change is copied first, so what the writer walks never changes.
+
 Without it, a scan sorted the keys it had filtered from the whole map on the
 event loop, 60-110 ms a request at a million keys, and a few at once held a
 leader's loop for longer than the election timeout.
@@ -26,6 +30,7 @@ class SortedKeys:
         self._chunks: list[list[str]] = [ordered[i:i + chunk] for i in range(0, len(ordered), chunk)]
         self._firsts: list[str] = [c[0] for c in self._chunks]
         self._len = len(ordered)
+        self._frozen: set[int] | None = None  # ids of the chunks handed out by freeze()
 
     def __len__(self) -> int:
         return self._len
@@ -33,6 +38,27 @@ class SortedKeys:
     def __iter__(self) -> Iterator[str]:
         for chunk in self._chunks:
             yield from chunk
+
+    def freeze(self) -> list[list[str]]:
+        """The chunks as they are now; they stay as they are until thaw()."""
+        assert self._frozen is None, "frozen twice"
+        self._frozen = {id(c) for c in self._chunks}
+        return list(self._chunks)
+
+    def thaw(self) -> None:
+        """The frozen chunks are no longer read (callable from any thread)."""
+        self._frozen = None
+
+    @property
+    def frozen(self) -> bool:
+        return self._frozen is not None
+
+    def _writable(self, i: int) -> list[str]:
+        chunk = self._chunks[i]
+        frozen = self._frozen
+        if frozen is not None and id(chunk) in frozen:
+            chunk = self._chunks[i] = chunk[:]  # a new list: its id is no frozen chunk's
+        return chunk
 
     def _find(self, key: str) -> int:
         """Index of the chunk where key is or would go (0 for a key before every chunk)."""
@@ -46,7 +72,7 @@ class SortedKeys:
             self._len = 1
             return
         i = self._find(key)
-        chunk = self._chunks[i]
+        chunk = self._writable(i)
         insort(chunk, key)
         self._firsts[i] = chunk[0]
         self._len += 1
@@ -64,6 +90,7 @@ class SortedKeys:
         j = bisect_left(chunk, key)
         if j == len(chunk) or chunk[j] != key:
             return
+        chunk = self._writable(i)
         del chunk[j]
         self._len -= 1
         if chunk:

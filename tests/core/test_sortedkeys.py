@@ -7,7 +7,7 @@ import random
 import pytest
 
 from kvpaxos.core.commands import DELETE, PUT, Batch, Command
-from kvpaxos.core.kvstate import KVState, export_rows, import_rows
+from kvpaxos.core.kvstate import Export, KVState, import_rows
 from kvpaxos.core.sortedkeys import SortedKeys
 
 ALPHABET = ["", "a", "b", "/", "é", "\U0001f600", "0", "9"]
@@ -52,8 +52,9 @@ def test_scan_agrees_with_a_pass_over_every_key(seed: int) -> None:
         cmd = Command(PUT, key, "v") if rng.random() < 0.6 else Command(DELETE, key)
         slot += 1
         state.apply(slot, Batch((cmd,)))
-    header, data, sessions = export_rows(state)  # a snapshot's state builds its index
-    restored = import_rows(header, ([k, v, ver] for k, (v, ver) in data.items()), sessions)
+    export = Export(state)  # a snapshot's state builds its index
+    restored = import_rows(export.header, (list(row) for row in export.rows()), export.sessions)
+    export.close()
     for s in (state, restored):
         for prefix in ["", "a", "a/", "é", "\U0001f600", "zz"]:
             keys = sorted(k for k in s.data if k.startswith(prefix))
@@ -62,3 +63,91 @@ def test_scan_agrees_with_a_pass_over_every_key(seed: int) -> None:
                 assert [k for k, _, _ in items] == keys[:limit], (seed, prefix, limit)
                 assert [(v, ver) for _, v, ver in items] == [s.data[k] for k in keys[:limit]]
                 assert more == (len(keys) > limit)
+
+
+# -- a snapshot's export while the state moves on ------------------------------------
+
+
+def _random_command(rng: random.Random, state: KVState) -> Command:
+    existing = list(state.data)
+    roll = rng.random()
+    if existing and roll < 0.35:
+        return Command(DELETE, rng.choice(existing))
+    if existing and roll < 0.7:
+        return Command(PUT, rng.choice(existing), f"v{rng.random():.6f}")  # a rewrite
+    return Command(PUT, random_key(rng) + str(rng.randint(0, 50)), "new")  # often a new key
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_an_export_reads_the_state_of_its_slot_while_slots_are_applied(seed: int) -> None:
+    """Rows read one at a time, with slots applied between them (new keys, rewrites,
+    deletes, chunk splits and emptied chunks), are the map as it was when the export began."""
+    rng = random.Random(seed)
+    state, slot = KVState(), 0
+    for _ in range(rng.randint(0, 120)):
+        slot += 1
+        state.apply(slot, Batch((_random_command(rng, state),)))
+    state.keys = SortedKeys(state.data, chunk=rng.choice([1, 2, 4]))
+    expected = sorted((k, v, ver) for k, (v, ver) in state.data.items())
+    export = Export(state)
+    assert export.header["slot"] == slot and export.header["keys"] == len(expected)
+    rows, reader = [], export.rows()
+    for row in reader:
+        rows.append(row)
+        for _ in range(rng.randint(0, 3)):
+            slot += 1
+            state.apply(slot, Batch((_random_command(rng, state),)))
+    export.close()
+    assert rows == expected, seed
+    assert state._before is None and not state.keys.frozen
+    # The index and the map still agree, and the next export sees the state of now.
+    assert list(state.keys) == sorted(state.data)
+    again = Export(state)
+    assert list(again.rows()) == sorted((k, v, ver) for k, (v, ver) in state.data.items())
+    again.close()
+
+
+def test_a_second_export_while_one_is_open_is_a_copy() -> None:
+    state = KVState()
+    for n, key in enumerate(["b", "a", "c"], 1):
+        state.apply(n, Batch((Command(PUT, key, key),)))
+    first = Export(state)
+    second = Export(state)
+    state.apply(4, Batch((Command(DELETE, "a"), Command(PUT, "d", "d"), Command(PUT, "b", "B"))))
+    assert [k for k, _, _ in second.rows()] == ["a", "b", "c"]
+    assert [(k, v) for k, v, _ in first.rows()] == [("a", "a"), ("b", "b"), ("c", "c")]
+    second.close()
+    assert state.keys.frozen  # the second did not end the first
+    first.close()
+    assert not state.keys.frozen and state._before is None
+
+
+def test_a_snapshot_written_on_another_thread_holds_its_slot(tmp_path) -> None:
+    """The node's case: the writer thread walks the export while the event loop's
+    thread applies slots as fast as it can; the file read back is the state at its slot."""
+    import threading
+
+    from kvpaxos import snapshot
+
+    rng = random.Random(7)
+    state, slot = KVState(), 0
+    for base in range(0, 20_000, 500):
+        slot += 1
+        state.apply(slot, Batch(tuple(Command(PUT, f"k/{n:06d}", "v0") for n in range(base, base + 500))))
+    expected = dict(state.data)
+    path = str(tmp_path / "snapshot.json")
+    export = Export(state)
+    writer = threading.Thread(target=snapshot.write_export, args=(path, export))
+    writer.start()
+    applied = 0
+    while writer.is_alive() or applied < 200:
+        slot += 1
+        n = rng.randrange(25_000)
+        cmd = Command(DELETE, f"k/{n:06d}") if n % 3 == 0 else Command(PUT, f"k/{n:06d}", f"v{slot}")
+        state.apply(slot, Batch((cmd,)))
+        applied += 1
+    writer.join()
+    assert applied > 200 and not state.keys.frozen
+    loaded = snapshot.read(path)
+    assert loaded.applied_slot == export.header["slot"] and loaded.data == expected
+    assert list(loaded.keys) == sorted(expected)
