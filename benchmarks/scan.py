@@ -8,8 +8,10 @@ order, as writes arrive) and times `KVState.scan` against a pass over every key
 that sorts what it filtered (the scan before the ordered key index), for a
 narrow prefix, a prefix no key has, and the whole map, each with limit 10. And
 what a snapshot takes from the loop before its writer thread starts (an Export:
-its header and session rows, the key index frozen) against the shallow copy of
-the map it made before.
+its header, the ids of the exactly-once records, the key index frozen) against
+what it did before: a shallow copy of the map and a row per exactly-once record.
+A tenth of the keys are written with a client id of their own, so the map holds
+one exactly-once record per ten keys.
 
     python benchmarks/scan.py                        # 10k, 100k and 1M keys
     python benchmarks/scan.py --sizes 1000,10000 --repeat 20
@@ -27,20 +29,23 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kvpaxos.core.commands import PUT, Batch, Command  # noqa: E402
-from kvpaxos.core.kvstate import Export, KVState  # noqa: E402
+from kvpaxos.core.kvstate import Export, KVState, session_row  # noqa: E402
 
 BATCH = 1000  # commands per applied slot while filling
 
 
 def fill(n: int, seed: int) -> tuple[KVState, float]:
-    """A map of n keys key/0000000.. put in random order; seconds per key added."""
+    """A map of n keys key/0000000.. put in random order, a tenth of them by clients of
+    their own (one exactly-once record each); seconds per key added."""
     order = list(range(n))
     random.Random(seed).shuffle(order)
     state, slot = KVState(), 0
     started = time.perf_counter()
     for i in range(0, n, BATCH):
         slot += 1
-        state.apply(slot, Batch(tuple(Command(PUT, f"key/{k:07d}", "v" * 16) for k in order[i:i + BATCH])))
+        state.apply(slot, Batch(tuple(Command(PUT, f"key/{k:07d}", "v" * 16,
+                                              client_id=f"client-{k}" if k % 10 == 0 else None,
+                                              seq=1 if k % 10 == 0 else 0) for k in order[i:i + BATCH])))
     return state, (time.perf_counter() - started) / max(1, n)
 
 
@@ -89,7 +94,10 @@ def main() -> None:
         def export() -> None:
             Export(state).close()
         start = timed(export, args.repeat)
-        copy = timed(lambda: dict(state.data), args.repeat)
+        def copy_then() -> None:
+            dict(state.data)
+            [session_row(cid, s) for cid, s in state.sessions.items()]
+        copy = timed(copy_then, args.repeat)
         ratio = copy["p50_ms"] / start["p50_ms"] if start["p50_ms"] else float("inf")
         rows.append({"keys": n, "prefix": "snapshot start", "index": start, "every_key": copy,
                      "ratio": round(ratio, 1), "put_us_per_key": round(per_key * 1e6, 2)})

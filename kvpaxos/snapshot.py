@@ -41,13 +41,15 @@ def write_export(path: str, export: Export) -> int:
     """Write a snapshot of an Export and close it; returns the file's size. Runs off the
     event loop, on any thread."""
     try:
-        return write_rows(path, export.header, export.rows(), export.sessions)
+        return write_rows(path, export.header, export.rows(), export.session_count, export.session_rows())
     finally:
         export.close()
 
 
-def write_rows(path: str, header: dict, rows: Iterable[tuple[str, str, int]], sessions: list[list]) -> int:
-    """Write a snapshot: its header, (key, value, version) rows, session rows; returns its size."""
+def write_rows(path: str, header: dict, rows: Iterable[tuple[str, str, int]], session_count: int,
+               sessions: Iterable[list]) -> int:
+    """Write a snapshot: its header, (key, value, version) rows, `session_count` session
+    rows; returns its size."""
     tmp = path + ".tmp"
     digest = hashlib.sha256()
     with open(tmp, "wb") as f:
@@ -62,9 +64,13 @@ def write_rows(path: str, header: dict, rows: Iterable[tuple[str, str, int]], se
                 put(b"".join(buf))
                 buf = []
         put(b"".join(buf))
-        put(_dumps({"sessions": len(sessions)}))
+        put(_dumps({"sessions": session_count}))
+        written = 0
         for row in sessions:
             put(_dumps(row))
+            written += 1
+        if written != session_count:
+            raise ValueError(f"{written} session rows, not the {session_count} announced")
         f.write(_dumps({"sha256": digest.hexdigest()}))
         f.flush()
         os.fsync(f.fileno())

@@ -41,6 +41,8 @@ class KVState:
         # While an Export is open: the value each key changed since had when it began
         # (None: it had none), recorded before the change (see Export).
         self._before: dict[str, tuple[str, int] | None] | None = None
+        # ... and the row each exactly-once record had before its first change or expiry.
+        self._sessions_before: dict[str, list] | None = None
         self.revision = 0
         self.applied_slot = 0
         self.cluster_ms = 0
@@ -74,6 +76,8 @@ class KVState:
         if cmd.client_id is None:
             return self._execute(cmd)
         session = self.sessions.get(cmd.client_id)
+        if session is not None and self._sessions_before is not None:
+            self._remember_session(cmd.client_id, session)
         if session is not None and cmd.seq < session.seq:
             return Result(False, "stale_sequence")
         if session is not None and cmd.seq == session.seq:
@@ -95,12 +99,19 @@ class KVState:
         self.sessions.move_to_end(cmd.client_id)
         return result
 
+    def _remember_session(self, client_id: str, session: Session) -> None:
+        before = self._sessions_before
+        if before is not None and client_id not in before:
+            before[client_id] = session_row(client_id, session)  # first (see Export)
+
     def _expire_sessions(self) -> None:
         horizon = self.cluster_ms - self.session_ttl_ms
         while self.sessions:
             client_id, session = next(iter(self.sessions.items()))
             if session.last_ms >= horizon:
                 break
+            if self._sessions_before is not None:
+                self._remember_session(client_id, session)
             del self.sessions[client_id]
 
     def _execute(self, cmd: Command) -> Result:
@@ -130,6 +141,10 @@ class KVState:
         return Result(True, version=self.revision)
 
 
+def session_row(client_id: str, s: Session) -> list:
+    return [client_id, s.seq, [result_to_wire(r) for r in s.results], s.last_ms]
+
+
 def result_to_wire(r: Result) -> list:
     return [r.ok, r.error, r.version]
 
@@ -146,17 +161,20 @@ _UNSET = object()
 
 class Export:
     """The state as of one applied slot, readable on another thread (a snapshot's
-    writer) while the event loop goes on applying slots: header, session rows, and
-    rows() for the keys, in key order. close() when done with it.
+    writer) while the event loop goes on applying slots: the header, rows() for the
+    keys in key order, session_rows() for the exactly-once records in their order
+    (which decides expiry: it must be kept). close() when done with it.
 
-    The map is not copied (a shallow copy of a million keys held the event loop for
-    30-120 ms). The key index freezes its chunks instead (SortedKeys.freeze), and
-    while the export is open the state records, before it changes a key for the
-    first time, the value the key had (KVState._before). rows() reads a key's value
-    from the map and THEN looks for a recorded one, which wins: the loop records
-    before it changes the map, and the GIL orders the two threads' steps, so a
-    value rows() read after the change always finds the record. While one export
-    is open, another is a plain copy (rare: a write cancelled at shutdown).
+    Nothing big is copied (a shallow copy of a million keys held the event loop for
+    30-120 ms, the rows of 100,000 exactly-once records 200-330 ms). The key index
+    freezes its chunks (SortedKeys.freeze) and the records' ids are listed; while
+    the export is open the state records, before it changes a key or an
+    exactly-once record for the first time (or expires one), what it was
+    (KVState._before, _sessions_before). A reader reads the live entry and THEN
+    looks for a recorded one, which wins: the loop records before it changes
+    anything, and the GIL orders the two threads' steps, so whatever the reader read
+    after a change, it finds the record. While one export is open, another is a
+    plain copy (rare: a write cancelled at shutdown).
     """
 
     def __init__(self, state: KVState) -> None:
@@ -164,18 +182,21 @@ class Export:
                        "cluster_ms": state.cluster_ms, "session_ttl_ms": state.session_ttl_ms}
         if state.membership is not None:
             self.header["membership"] = state.membership.to_json()
-        self.sessions = [[cid, s.seq, [result_to_wire(r) for r in s.results], s.last_ms]
-                         for cid, s in state.sessions.items()]
         self._state = state
         self._data: dict[str, tuple[str, int]] = state.data
-        if state._before is None and not state.keys.frozen:
-            self._before: dict = {}
+        self._sessions: dict[str, Session] = state.sessions
+        self._session_ids = list(state.sessions)
+        self.session_count = len(self._session_ids)
+        self._before: dict = {}
+        self._sessions_before: dict = {}
+        self._open = state._before is None and state._sessions_before is None and not state.keys.frozen
+        if self._open:
             self._chunks = state.keys.freeze()
-            state._before = self._before
-            self._open = True
+            state._before, state._sessions_before = self._before, self._sessions_before
         else:
-            self._data, self._before, self._open = dict(state.data), {}, False
+            self._data = dict(state.data)
             self._chunks = [sorted(self._data)]
+            self._sessions_before = {cid: session_row(cid, s) for cid, s in state.sessions.items()}
 
     def rows(self) -> Iterator[tuple[str, str, int]]:
         data, before = self._data, self._before
@@ -188,13 +209,27 @@ class Export:
                 assert value is not None, f"key {key!r} of the export has no value"
                 yield key, value[0], value[1]
 
+    def session_rows(self) -> Iterator[list]:
+        sessions, before = self._sessions, self._sessions_before
+        for cid in self._session_ids:
+            session = sessions.get(cid)
+            row = session_row(cid, session) if session is not None else None
+            old = before.get(cid, _UNSET)
+            if old is not _UNSET:
+                row = old
+            assert row is not None, f"exactly-once record {cid!r} of the export is missing"
+            yield row
+
     def close(self) -> None:
         """Stop recording (callable from the reader's thread)."""
         if self._open:
             self._open = False
-            if self._state._before is self._before:
-                self._state._before = None
-            self._state.keys.thaw()
+            state = self._state
+            if state._before is self._before:
+                state._before = None
+            if state._sessions_before is self._sessions_before:
+                state._sessions_before = None
+            state.keys.thaw()
 
 
 def import_rows(header: dict, keys: Iterable[list], sessions: Iterable[list]) -> KVState:

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from kvpaxos.core.commands import DELETE, PUT, Batch, Command
-from kvpaxos.core.kvstate import Export, KVState, import_rows
+from kvpaxos.core.kvstate import Export, KVState, import_rows, session_row
 from kvpaxos.core.sortedkeys import SortedKeys
 
 ALPHABET = ["", "a", "b", "/", "é", "\U0001f600", "0", "9"]
@@ -53,7 +53,7 @@ def test_scan_agrees_with_a_pass_over_every_key(seed: int) -> None:
         slot += 1
         state.apply(slot, Batch((cmd,)))
     export = Export(state)  # a snapshot's state builds its index
-    restored = import_rows(export.header, (list(row) for row in export.rows()), export.sessions)
+    restored = import_rows(export.header, (list(row) for row in export.rows()), list(export.session_rows()))
     export.close()
     for s in (state, restored):
         for prefix in ["", "a", "a/", "é", "\U0001f600", "zz"]:
@@ -72,10 +72,30 @@ def _random_command(rng: random.Random, state: KVState) -> Command:
     existing = list(state.data)
     roll = rng.random()
     if existing and roll < 0.35:
-        return Command(DELETE, rng.choice(existing))
-    if existing and roll < 0.7:
-        return Command(PUT, rng.choice(existing), f"v{rng.random():.6f}")  # a rewrite
-    return Command(PUT, random_key(rng) + str(rng.randint(0, 50)), "new")  # often a new key
+        cmd = Command(DELETE, rng.choice(existing))
+    elif existing and roll < 0.7:
+        cmd = Command(PUT, rng.choice(existing), f"v{rng.random():.6f}")  # a rewrite
+    else:
+        cmd = Command(PUT, random_key(rng) + str(rng.randint(0, 50)), "new")  # often a new key
+    if rng.random() < 0.5:  # an exactly-once client: new, next request, a repeat or a stale one
+        client = f"c{rng.randint(0, 12)}"
+        session = state.sessions.get(client)
+        seq = max(1, (session.seq if session else 1) + rng.choice([-1, 0, 1, 1]))
+        cmd = Command(cmd.op, cmd.key, cmd.value, client_id=client, seq=seq)
+    return cmd
+
+
+def _apply_random(rng: random.Random, state: KVState, slot: int) -> int:
+    """Apply one slot of 1-2 random commands, its clock 0-300 ms on: records of clients
+    idle for a second (the state's session_ttl_ms below) expire."""
+    slot += 1
+    ts = state.cluster_ms + rng.randint(0, 300)
+    state.apply(slot, Batch(tuple(_random_command(rng, state) for _ in range(rng.randint(1, 2))), ts))
+    return slot
+
+
+def _sessions_now(state: KVState) -> list[list]:
+    return [session_row(cid, s) for cid, s in state.sessions.items()]
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -83,27 +103,35 @@ def test_an_export_reads_the_state_of_its_slot_while_slots_are_applied(seed: int
     """Rows read one at a time, with slots applied between them (new keys, rewrites,
     deletes, chunk splits and emptied chunks), are the map as it was when the export began."""
     rng = random.Random(seed)
-    state, slot = KVState(), 0
+    state, slot = KVState(session_ttl_ms=1000), 0
     for _ in range(rng.randint(0, 120)):
-        slot += 1
-        state.apply(slot, Batch((_random_command(rng, state),)))
+        slot = _apply_random(rng, state, slot)
     state.keys = SortedKeys(state.data, chunk=rng.choice([1, 2, 4]))
     expected = sorted((k, v, ver) for k, (v, ver) in state.data.items())
+    expected_sessions = _sessions_now(state)
     export = Export(state)
     assert export.header["slot"] == slot and export.header["keys"] == len(expected)
+    assert export.session_count == len(expected_sessions)
     rows, reader = [], export.rows()
     for row in reader:
         rows.append(row)
         for _ in range(rng.randint(0, 3)):
-            slot += 1
-            state.apply(slot, Batch((_random_command(rng, state),)))
+            slot = _apply_random(rng, state, slot)
+    sessions = []
+    for row in export.session_rows():
+        sessions.append(row)
+        for _ in range(rng.randint(0, 3)):
+            slot = _apply_random(rng, state, slot)
     export.close()
     assert rows == expected, seed
+    assert sessions == expected_sessions, seed  # in their order, which decides expiry
+    assert state._sessions_before is None
     assert state._before is None and not state.keys.frozen
     # The index and the map still agree, and the next export sees the state of now.
     assert list(state.keys) == sorted(state.data)
     again = Export(state)
     assert list(again.rows()) == sorted((k, v, ver) for k, (v, ver) in state.data.items())
+    assert list(again.session_rows()) == _sessions_now(state)
     again.close()
 
 
@@ -130,11 +158,12 @@ def test_a_snapshot_written_on_another_thread_holds_its_slot(tmp_path) -> None:
     from kvpaxos import snapshot
 
     rng = random.Random(7)
-    state, slot = KVState(), 0
+    state, slot = KVState(session_ttl_ms=60_000), 0
     for base in range(0, 20_000, 500):
         slot += 1
-        state.apply(slot, Batch(tuple(Command(PUT, f"k/{n:06d}", "v0") for n in range(base, base + 500))))
-    expected = dict(state.data)
+        state.apply(slot, Batch(tuple(Command(PUT, f"k/{n:06d}", "v0", client_id=f"c{n}", seq=1)
+                                      for n in range(base, base + 500)), ts_ms=base))
+    expected, expected_sessions = dict(state.data), _sessions_now(state)
     path = str(tmp_path / "snapshot.json")
     export = Export(state)
     writer = threading.Thread(target=snapshot.write_export, args=(path, export))
@@ -144,10 +173,13 @@ def test_a_snapshot_written_on_another_thread_holds_its_slot(tmp_path) -> None:
         slot += 1
         n = rng.randrange(25_000)
         cmd = Command(DELETE, f"k/{n:06d}") if n % 3 == 0 else Command(PUT, f"k/{n:06d}", f"v{slot}")
-        state.apply(slot, Batch((cmd,)))
+        # The next request of an old client, and a clock that expires the oldest records.
+        cmd = Command(cmd.op, cmd.key, cmd.value, client_id=f"c{n}", seq=2)
+        state.apply(slot, Batch((cmd,), ts_ms=20_000 + 40 * applied))
         applied += 1
     writer.join()
     assert applied > 200 and not state.keys.frozen
     loaded = snapshot.read(path)
     assert loaded.applied_slot == export.header["slot"] and loaded.data == expected
+    assert _sessions_now(loaded) == expected_sessions
     assert list(loaded.keys) == sorted(expected)
