@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import re
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -105,21 +106,33 @@ def delete(ctx: click.Context, key: str, if_version: int | None, **target: Any) 
 
 @cli.command(name="list")
 @click.argument("prefix", default="")
-@click.option("--limit", type=click.IntRange(1, 10_000), default=1000, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 10_000), default=1000, show_default=True,
+              help="Keys per page.")
+@click.option("--after", metavar="KEY", help="Start after this key (the last one of the page before).")
+@click.option("--all", "every", is_flag=True, help="Every matching key, fetched a page at a time.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per key.")
 @target_options(envvar=None)
 @click.pass_context
-def list_keys(ctx: click.Context, prefix: str, limit: int, as_json: bool, **target: Any) -> None:
+def list_keys(ctx: click.Context, prefix: str, limit: int, after: str | None, every: bool, as_json: bool,
+              **target: Any) -> None:
     """List keys starting with PREFIX, with their values, in key order."""
+    def show(entries: list) -> None:
+        for e in entries:
+            if as_json:
+                click.echo(json.dumps({"key": e.key, "value": e.value, "version": e.version}))
+            else:
+                click.echo(f"{e.key}\t{e.value}")
+
     with connect(ctx, target) as kv:
-        entries, more = kv.list_page(prefix, limit)
-    for e in entries:
-        if as_json:
-            click.echo(json.dumps({"key": e.key, "value": e.value, "version": e.version}))
-        else:
-            click.echo(f"{e.key}\t{e.value}")
+        while True:
+            entries, more = kv.list_page(prefix, limit, after)
+            show(entries)
+            if not (every and more and entries):
+                break
+            after = entries[-1].key
     if more:
-        click.echo(f"(more keys match; showing the first {len(entries)}, see --limit)", err=True)
+        click.echo(f"(more keys match; showing {len(entries)}: --after {shlex.quote(entries[-1].key)} for the "
+                   "next page, --all for every key)", err=True)
 
 
 @cli.command()

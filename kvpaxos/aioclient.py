@@ -11,7 +11,7 @@ import json
 import ssl
 import time
 import uuid
-from typing import Any
+from typing import Any, AsyncIterator
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -83,13 +83,27 @@ class AsyncClient:
         body = {} if if_version is None else {"if_version": int(if_version)}
         await self._write("DELETE", kv_path(key), body)
 
-    async def list(self, prefix: str = "", limit: int = 1000) -> list[Entry]:
-        return (await self.list_page(prefix, limit))[0]
+    async def list(self, prefix: str = "", limit: int = 1000, after: str | None = None) -> list[Entry]:
+        return (await self.list_page(prefix, limit, after))[0]
 
-    async def list_page(self, prefix: str = "", limit: int = 1000) -> tuple[list[Entry], bool]:
-        """Entries in key order, and whether more matched than `limit`."""
-        doc = await self._call("GET", list_path(prefix, limit))
+    async def list_page(self, prefix: str = "", limit: int = 1000,
+                        after: str | None = None) -> tuple[list[Entry], bool]:
+        """Entries in key order (after `after`, if given), and whether more matched than
+        `limit`: the next page is list_page(prefix, limit, after=<the last key>)."""
+        doc = await self._call("GET", list_path(prefix, limit, after))
         return [entry_from(item) for item in doc.get("items", [])], bool(doc.get("more"))
+
+    async def iter_keys(self, prefix: str = "", page: int = 1000) -> AsyncIterator[Entry]:
+        """Every entry under prefix, in key order, fetched `page` at a time (each page a
+        linearizable read of its own, as Client.iter_keys)."""
+        after = None
+        while True:
+            entries, more = await self.list_page(prefix, page, after)
+            for entry in entries:
+                yield entry
+            if not more or not entries:
+                return
+            after = entries[-1].key
 
     async def status(self, endpoint: str | None = None) -> dict[str, Any]:
         """Status of one node: the given endpoint (no failover), else any node."""

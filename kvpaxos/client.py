@@ -26,7 +26,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 from urllib.parse import urlsplit
 
 from kvpaxos.client_support import (
@@ -217,13 +217,27 @@ class Client:
         body = {} if if_version is None else {"if_version": int(if_version)}
         self._write("DELETE", kv_path(key), body)
 
-    def list(self, prefix: str = "", limit: int = 1000) -> list[Entry]:
-        return self.list_page(prefix, limit)[0]
+    def list(self, prefix: str = "", limit: int = 1000, after: str | None = None) -> list[Entry]:
+        return self.list_page(prefix, limit, after)[0]
 
-    def list_page(self, prefix: str = "", limit: int = 1000) -> tuple[list[Entry], bool]:
-        """Entries in key order, and whether more matched than `limit`."""
-        doc = self._call("GET", list_path(prefix, limit))
+    def list_page(self, prefix: str = "", limit: int = 1000,
+                  after: str | None = None) -> tuple[list[Entry], bool]:
+        """Entries in key order (after `after`, if given), and whether more matched than
+        `limit`: the next page is list_page(prefix, limit, after=<the last key>)."""
+        doc = self._call("GET", list_path(prefix, limit, after))
         return [entry_from(item) for item in doc.get("items", [])], bool(doc.get("more"))
+
+    def iter_keys(self, prefix: str = "", page: int = 1000) -> Iterator[Entry]:
+        """Every entry under prefix, in key order, fetched `page` at a time. Each page is a
+        linearizable read of its own: a key written between two pages shows up if it
+        sorts after the page already read."""
+        after = None
+        while True:
+            entries, more = self.list_page(prefix, page, after)
+            yield from entries
+            if not more or not entries:
+                return
+            after = entries[-1].key
 
     def status(self, endpoint: str | None = None) -> dict[str, Any]:
         """Status of one node: the given endpoint (no failover), else any node."""

@@ -94,8 +94,11 @@ def kv_path(key: str) -> str:
     return "/v1/kv/" + quote(key, safe="")
 
 
-def list_path(prefix: str, limit: int) -> str:
-    return "/v1/kv?" + urlencode({"prefix": prefix, "limit": int(limit)})
+def list_path(prefix: str, limit: int, after: str | None = None) -> str:
+    query: dict[str, Any] = {"prefix": prefix, "limit": int(limit)}
+    if after is not None:
+        query["after"] = after
+    return "/v1/kv?" + urlencode(query)
 
 
 def members_path(stale: bool) -> str:

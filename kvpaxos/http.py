@@ -300,8 +300,9 @@ async def list_keys(request: web.Request) -> web.Response:
     raw_limit = request.query.get("limit", "1000")
     if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= LIST_LIMIT_MAX:
         raise BadRequest(f"limit must be an integer from 1 to {LIST_LIMIT_MAX}")
+    after = request.query.get("after")  # the last key of the page before (exclusive)
     node = await _consistent(request)
-    items, more = node.kv.scan(prefix, int(raw_limit))
+    items, more = node.kv.scan(prefix, int(raw_limit), after)
     return web.json_response({"items": [{"key": k, "value": v, "version": ver} for k, v, ver in items],
                               "more": more})
 

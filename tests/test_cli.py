@@ -174,7 +174,13 @@ def test_cas_delete_and_list(local: LocalCluster) -> None:
     assert bad.stderr.count("\n") == 1
     ok(local.kv("cas", "fruit/apple", "red", "crimson", "--server", "2"))
     assert ok(local.kv("list", "fruit/")) == "fruit/apple\tcrimson\nfruit/banana\tyellow\n"
-    assert ok(local.kv("list", "--limit", "1")).count("\n") == 1
+    first = local.kv("list", "--limit", "1")
+    assert ok(first) == "fruit/apple\tcrimson\n"
+    assert "--after fruit/apple for the next page" in first.stderr, first.stderr
+    assert ok(local.kv("list", "--limit", "1", "--after", "fruit/apple")) == "fruit/banana\tyellow\n"
+    every = local.kv("list", "--limit", "1", "--all")  # a page at a time, to the end
+    assert ok(every) == "fruit/apple\tcrimson\nfruit/banana\tyellow\nveg/leek\tgreen\n"
+    assert every.stderr == ""
     ok(local.kv("delete", "fruit/apple", "--server", "3"))
     assert local.kv("get", "fruit/apple", "--server", "1").returncode == 1
     assert ok(local.kv("list")) == "fruit/banana\tyellow\nveg/leek\tgreen\n"

@@ -62,11 +62,11 @@ class KVState:
     def get(self, key: str) -> tuple[str, int] | None:
         return self.data.get(key)
 
-    def scan(self, prefix: str, limit: int) -> tuple[list[tuple[str, str, int]], bool]:
-        """Up to `limit` keys that start with prefix, in key order, with their values and
-        versions; and whether there are more."""
+    def scan(self, prefix: str, limit: int, after: str | None = None) -> tuple[list[tuple[str, str, int]], bool]:
+        """Up to `limit` keys that start with prefix (and come after `after`, if given), in
+        key order, with their values and versions; and whether there are more."""
         data, items = self.data, []
-        for key in self.keys.with_prefix(prefix):
+        for key in self.keys.with_prefix(prefix, after):
             if len(items) == limit:
                 return items, True
             items.append((key, *data[key]))

@@ -99,13 +99,18 @@ class SortedKeys:
             del self._chunks[i]
             del self._firsts[i]
 
-    def with_prefix(self, prefix: str) -> Iterator[str]:
-        """The keys that start with prefix, in order. The index must not change while
-        the iterator is in use (a scan runs between two applied slots)."""
+    def with_prefix(self, prefix: str, after: str | None = None) -> Iterator[str]:
+        """The keys that start with prefix, in order; with `after`, only those after it.
+        The index must not change while the iterator is in use (a scan runs between two
+        applied slots)."""
         if not self._chunks:
             return
-        i = self._find(prefix)
-        j = bisect_left(self._chunks[i], prefix)
+        if after is not None and after >= prefix:
+            i = self._find(after)
+            j = bisect_right(self._chunks[i], after)
+        else:
+            i = self._find(prefix)
+            j = bisect_left(self._chunks[i], prefix)
         chunks = self._chunks
         while i < len(chunks):
             chunk = chunks[i]

@@ -63,6 +63,12 @@ def test_scan_agrees_with_a_pass_over_every_key(seed: int) -> None:
                 assert [k for k, _, _ in items] == keys[:limit], (seed, prefix, limit)
                 assert [(v, ver) for _, v, ver in items] == [s.data[k] for k in keys[:limit]]
                 assert more == (len(keys) > limit)
+                # Paging: after any key (one of them, or one between them, or outside the prefix).
+                for after in [*keys[::3], *(random_key(rng) for _ in range(3)), prefix, prefix + "\U0010ffff"]:
+                    want = [k for k in keys if k > after]
+                    items, more = s.scan(prefix, limit, after)
+                    assert [k for k, _, _ in items] == want[:limit], (seed, prefix, limit, after)
+                    assert more == (len(want) > limit)
 
 
 # -- a snapshot's export while the state moves on ------------------------------------

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import urllib.parse
 import uuid
 
 import pytest
@@ -135,6 +136,27 @@ def test_list_prefix_limit_in_key_order(api):
         assert exact.body["more"] is False
 
     assert api.list(2, fresh("nothing-here")).body == {"items": [], "more": False}
+
+
+def test_list_pages_on_after_the_last_key(api):
+    from kvpaxos import Client
+
+    prefix = fresh("pages") + "/"
+    batch = {"ops": [{"op": "put", "key": f"{prefix}{n:04d}", "value": str(n)} for n in range(250)]}
+    assert api.request(1, "POST", "/v1/batch", batch).status == 200
+    expected = [f"{prefix}{n:04d}" for n in range(250)]
+    seen, after = [], None
+    while True:  # pages of 100 through the raw API, each asking after the last key so far
+        query = {"prefix": prefix, "limit": "100", **({"after": after} if after else {})}
+        page = api.request(2, "GET", "/v1/kv?" + urllib.parse.urlencode(query)).body
+        seen += [item["key"] for item in page["items"]]
+        if not page["more"]:
+            break
+        after = seen[-1]
+    assert seen == expected
+    with Client([api.url(i) for i in NODES]) as kv:
+        assert [e.key for e in kv.iter_keys(prefix, page=64)] == expected
+        assert [e.key for e in kv.list(prefix, 3, after=expected[10])] == expected[11:14]
 
 
 def test_stale_reads(api):
