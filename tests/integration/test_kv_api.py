@@ -139,7 +139,9 @@ def test_list_prefix_limit_in_key_order(api):
 
 
 def test_list_pages_on_after_the_last_key(api):
-    from kvpaxos import Client
+    import asyncio
+
+    from kvpaxos import AsyncClient, Client
 
     prefix = fresh("pages") + "/"
     batch = {"ops": [{"op": "put", "key": f"{prefix}{n:04d}", "value": str(n)} for n in range(250)]}
@@ -157,6 +159,12 @@ def test_list_pages_on_after_the_last_key(api):
     with Client([api.url(i) for i in NODES]) as kv:
         assert [e.key for e in kv.iter_keys(prefix, page=64)] == expected
         assert [e.key for e in kv.list(prefix, 3, after=expected[10])] == expected[11:14]
+
+    async def walk() -> list[str]:
+        async with AsyncClient([api.url(i) for i in NODES]) as kv:
+            assert [e.key for e in await kv.list(prefix, 2, after=expected[-3])] == expected[-2:]
+            return [e.key async for e in kv.iter_keys(prefix, page=100)]
+    assert asyncio.run(walk()) == expected
 
 
 def test_stale_reads(api):
