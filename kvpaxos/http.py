@@ -37,6 +37,10 @@ log = logging.getLogger("kvpaxos.http")
 NODE = web.AppKey("node", Node)
 TRANSPORT = web.AppKey("transport", PeerTransport)
 LIST_LIMIT_MAX = 10_000
+# A page of a list ends before the entry that would take its keys and values past this
+# many characters (one entry at the least): at the limit's 10,000 values of up to 1 MiB,
+# one answer could have been 10 GiB, built in memory and encoded on the event loop.
+LIST_PAGE_CHARS = 4 * 1024 * 1024
 KEY_PATH = "/v1/kv/"
 SNAPSHOT_CHUNK_BYTES = 256 * 1024
 
@@ -302,7 +306,7 @@ async def list_keys(request: web.Request) -> web.Response:
         raise BadRequest(f"limit must be an integer from 1 to {LIST_LIMIT_MAX}")
     after = request.query.get("after")  # the last key of the page before (exclusive)
     node = await _consistent(request)
-    items, more = node.kv.scan(prefix, int(raw_limit), after)
+    items, more = node.kv.scan(prefix, int(raw_limit), after, LIST_PAGE_CHARS)
     return web.json_response({"items": [{"key": k, "value": v, "version": ver} for k, v, ver in items],
                               "more": more})
 

@@ -69,6 +69,17 @@ def test_scan_agrees_with_a_pass_over_every_key(seed: int) -> None:
                     items, more = s.scan(prefix, limit, after)
                     assert [k for k, _, _ in items] == want[:limit], (seed, prefix, limit, after)
                     assert more == (len(want) > limit)
+                # A budget of characters ends a page early, but never before its first entry.
+                for budget in (0, 5, 12, 40):
+                    items, more = s.scan(prefix, limit, None, budget)
+                    taken, chars = [], 0
+                    for k in keys[:limit]:
+                        chars += len(k) + len(s.data[k][0])
+                        if taken and chars > budget:
+                            break
+                        taken.append(k)
+                    assert [k for k, _, _ in items] == taken, (seed, prefix, limit, budget)
+                    assert more == (len(keys) > len(taken))
 
 
 # -- a snapshot's export while the state moves on ------------------------------------

@@ -138,6 +138,21 @@ def test_list_prefix_limit_in_key_order(api):
     assert api.list(2, fresh("nothing-here")).body == {"items": [], "more": False}
 
 
+def test_a_list_page_of_large_values_stops_near_four_mib(api):
+    """Without a bound, 10,000 values of 1 MiB would make one 10 GiB answer."""
+    from kvpaxos import Client
+
+    prefix = fresh("big") + "/"
+    for n in range(6):
+        assert api.put(1 + n % 3, f"{prefix}{n}", str(n) * 900_000, timeout=30).status == 200
+    page = api.list(2, prefix).body  # limit 1000 by default
+    assert [item["key"] for item in page["items"]] == [f"{prefix}{n}" for n in range(4)] and page["more"]
+    single = api.list(3, prefix + "5").body  # one entry always fits
+    assert len(single["items"]) == 1 and not single["more"]
+    with Client([api.url(i) for i in NODES], timeout_s=30) as kv:
+        assert [e.key for e in kv.iter_keys(prefix)] == [f"{prefix}{n}" for n in range(6)]
+
+
 def test_list_pages_on_after_the_last_key(api):
     import asyncio
 
