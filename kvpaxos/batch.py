@@ -6,6 +6,10 @@ sees some of them without the others. Each write's precondition is checked on
 its own when it is applied (a failed cas does not undo the others). Then the
 reads are served at a linearizable point after the writes. With client_id and
 seq the whole batch is exactly-once: a retry returns the first results.
+
+The values the gets return are bounded in all (GETS_ANSWER_CHARS): a get whose
+value would take them past it answers {"ok": false, "error": "answer_too_large"}
+instead (10,000 gets of a 1 MiB value made one 10 GiB answer otherwise).
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from kvpaxos.node import Node
 from kvpaxos.parse import field, key_of
 
 BATCH_OPS_MAX = 10_000
+GETS_ANSWER_CHARS = 16 * 1024 * 1024
 _WRITE_OPS = {"put": PUT, "cas": PUT, "delete": DELETE}
 
 
@@ -60,12 +65,15 @@ async def run_batch(node: Node, body: dict) -> dict:
     results = iter(await node.submit_group(tuple(writes)) if writes else [])
     if len(writes) < len(parsed):
         await node.linearizable_point()
-    out = []
+    out, chars = [], 0
     for kind, f in parsed:
         if kind != "get":
             out.append(_write_result(next(results)))
         elif (entry := node.kv.get(f["key"])) is None:
             out.append({"ok": False, "error": "not_found", "key": f["key"]})
+        elif chars + len(entry[0]) > GETS_ANSWER_CHARS:
+            out.append({"ok": False, "error": "answer_too_large", "key": f["key"]})
         else:
+            chars += len(entry[0])
             out.append({"ok": True, "key": f["key"], "value": entry[0], "version": entry[1]})
     return {"results": out}

@@ -41,6 +41,20 @@ def test_batch_results_in_order_and_writes_share_one_slot(cluster):
     assert cluster.get(1, "b/b").body["version"] == r[1]["version"]
 
 
+def test_the_gets_of_a_batch_answer_at_most_16_mib_of_values(cluster):
+    """Gets past the bound answer answer_too_large; the writes of the batch still apply."""
+    cluster.wait_for_leader()
+    assert cluster.put(1, "b/huge", "h" * 1_000_000, timeout=30).status == 200
+    ops = [{"op": "get", "key": "b/huge"}] * 20 + [{"op": "put", "key": "b/after-huge", "value": "x"},
+                                                  {"op": "get", "key": "b/after-huge"}]
+    status, body = post(cluster, 2, {"ops": ops}, timeout=60)
+    assert status == 200, body
+    r = body["results"]
+    assert [x["ok"] for x in r[:16]] == [True] * 16 and all(x["value"] == "h" * 1_000_000 for x in r[:16])
+    assert all(x == {"ok": False, "error": "answer_too_large", "key": "b/huge"} for x in r[16:20]), r[16:20]
+    assert r[20]["ok"] and r[21] == {"ok": True, "key": "b/after-huge", "value": "x", "version": r[20]["version"]}
+
+
 def test_batch_writes_become_visible_together(cluster):
     cluster.wait_for_leader()
     for round_ in range(20):
