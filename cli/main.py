@@ -20,7 +20,7 @@ import shlex
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import click
 
@@ -116,7 +116,7 @@ def delete(ctx: click.Context, key: str, if_version: int | None, **target: Any) 
 def list_keys(ctx: click.Context, prefix: str, limit: int, after: str | None, every: bool, as_json: bool,
               **target: Any) -> None:
     """List keys starting with PREFIX, with their values, in key order."""
-    def show(entries: list) -> None:
+    def show(entries: Iterable) -> None:
         for e in entries:
             if as_json:
                 click.echo(json.dumps({"key": e.key, "value": e.value, "version": e.version}))
@@ -124,12 +124,11 @@ def list_keys(ctx: click.Context, prefix: str, limit: int, after: str | None, ev
                 click.echo(f"{e.key}\t{e.value}")
 
     with connect(ctx, target) as kv:
-        while True:
-            entries, more = kv.list_page(prefix, limit, after)
-            show(entries)
-            if not (every and more and entries):
-                break
-            after = entries[-1].key
+        if every:
+            show(kv.iter_keys(prefix, limit, after))
+            return
+        entries, more = kv.list_page(prefix, limit, after)
+    show(entries)
     if more:
         click.echo(f"(more keys match; showing {len(entries)}: --after {shlex.quote(entries[-1].key)} for the "
                    "next page, --all for every key)", err=True)

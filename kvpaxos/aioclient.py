@@ -93,10 +93,10 @@ class AsyncClient:
         doc = await self._call("GET", list_path(prefix, limit, after))
         return [entry_from(item) for item in doc.get("items", [])], bool(doc.get("more"))
 
-    async def iter_keys(self, prefix: str = "", page: int = 1000) -> AsyncIterator[Entry]:
-        """Every entry under prefix, in key order, fetched `page` at a time (each page a
-        linearizable read of its own, as Client.iter_keys)."""
-        after = None
+    async def iter_keys(self, prefix: str = "", page: int = 1000,
+                        after: str | None = None) -> AsyncIterator[Entry]:
+        """Every entry under prefix (after `after`, if given), in key order, fetched `page`
+        at a time (each page a linearizable read of its own, as Client.iter_keys)."""
         while True:
             entries, more = await self.list_page(prefix, page, after)
             for entry in entries:

@@ -227,11 +227,10 @@ class Client:
         doc = self._call("GET", list_path(prefix, limit, after))
         return [entry_from(item) for item in doc.get("items", [])], bool(doc.get("more"))
 
-    def iter_keys(self, prefix: str = "", page: int = 1000) -> Iterator[Entry]:
-        """Every entry under prefix, in key order, fetched `page` at a time. Each page is a
-        linearizable read of its own: a key written between two pages shows up if it
-        sorts after the page already read."""
-        after = None
+    def iter_keys(self, prefix: str = "", page: int = 1000, after: str | None = None) -> Iterator[Entry]:
+        """Every entry under prefix (after `after`, if given), in key order, fetched `page`
+        at a time. Each page is a linearizable read of its own: a key written between two
+        pages shows up if it sorts after the page already read."""
         while True:
             entries, more = self.list_page(prefix, page, after)
             yield from entries
