@@ -163,6 +163,9 @@ def test_kv_bench_rounds_alternate_with_the_baseline(tmp_path):
     assert base["total_ops_s"] in [r["aiohttp_ops_s"] for r in level["rounds"]]
     (ratio,) = doc["ratios"]["kvpaxos_vs_aiohttp"]["per_level"]
     assert sorted(ratio["throughput_rounds"])[1] == ratio["throughput"]
+    bad = subprocess.run([sys.executable, "-m", "cli.main", "bench", "--modes", "rate", "--rounds", "3"],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--modes must include sweep and aiohttp" in bad.stderr, bad.stderr
 
 
 def test_failover_script_one_trial(tmp_path):

@@ -107,6 +107,9 @@ def bench(ctx: click.Context, nodes: int, concurrency: list[int], read_ratio: fl
     """
     if ctx.invoked_subcommand is not None:
         return
+    if rounds > 1 and not ("sweep" in modes and "aiohttp" in modes):
+        raise click.UsageError("--rounds alternates the sweep with the aiohttp baseline: "
+                               "--modes must include sweep and aiohttp")
     from kvpaxos.bench.suite import SuiteOptions, format_report, run_suite
 
     opts = SuiteOptions(
