@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import BinaryIO, Iterable
+from typing import BinaryIO
 
 from kvpaxos.core.codec import compact_json
 from kvpaxos.core.kvstate import Export, KVState, import_rows
@@ -41,36 +41,33 @@ def write_export(path: str, export: Export) -> int:
     """Write a snapshot of an Export and close it; returns the file's size. Runs off the
     event loop, on any thread."""
     try:
-        return write_rows(path, export.header, export.rows(), export.session_count, export.session_rows())
+        return _write(path, export)
     finally:
         export.close()
 
 
-def write_rows(path: str, header: dict, rows: Iterable[tuple[str, str, int]], session_count: int,
-               sessions: Iterable[list]) -> int:
-    """Write a snapshot: its header, (key, value, version) rows, `session_count` session
-    rows; returns its size."""
+def _write(path: str, export: Export) -> int:
     tmp = path + ".tmp"
     digest = hashlib.sha256()
     with open(tmp, "wb") as f:
         def put(chunk: bytes) -> None:
             digest.update(chunk)
             f.write(chunk)
-        put(_dumps({"kvpaxos_snapshot": FORMAT, **header}))
+        put(_dumps({"kvpaxos_snapshot": FORMAT, **export.header}))
         buf: list[bytes] = []
-        for k, v, ver in rows:
+        for k, v, ver in export.rows():
             buf.append(_dumps([k, v, ver]))
             if len(buf) >= 4096:
                 put(b"".join(buf))
                 buf = []
         put(b"".join(buf))
-        put(_dumps({"sessions": session_count}))
+        put(_dumps({"sessions": export.session_count}))
         written = 0
-        for row in sessions:
+        for row in export.session_rows():
             put(_dumps(row))
             written += 1
-        if written != session_count:
-            raise ValueError(f"{written} session rows, not the {session_count} announced")
+        if written != export.session_count:
+            raise ValueError(f"{written} session rows, not the {export.session_count} announced")
         f.write(_dumps({"sha256": digest.hexdigest()}))
         f.flush()
         os.fsync(f.fileno())

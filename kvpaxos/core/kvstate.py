@@ -164,6 +164,15 @@ def result_from_wire(x: list) -> Result:
 _UNSET = object()
 
 
+def _as_exported(live, before: dict, key: str):  # noqa: ANN001, ANN202 - a value or a record's row
+    """What an Export holds for key: the entry read live, unless a record of what it was
+    is found AFTER that read (see Export), which wins."""
+    old = before.get(key, _UNSET)
+    value = live if old is _UNSET else old
+    assert value is not None, f"{key!r} of the export has no entry"
+    return value
+
+
 class Export:
     """The state as of one applied slot, readable on another thread (a snapshot's
     writer) while the event loop goes on applying slots: the header, rows() for the
@@ -207,23 +216,14 @@ class Export:
         data, before = self._data, self._before
         for chunk in self._chunks:
             for key in chunk:
-                value = data.get(key)
-                old = before.get(key, _UNSET)
-                if old is not _UNSET:
-                    value = old
-                assert value is not None, f"key {key!r} of the export has no value"
+                value = _as_exported(data.get(key), before, key)
                 yield key, value[0], value[1]
 
     def session_rows(self) -> Iterator[list]:
         sessions, before = self._sessions, self._sessions_before
         for cid in self._session_ids:
             session = sessions.get(cid)
-            row = session_row(cid, session) if session is not None else None
-            old = before.get(cid, _UNSET)
-            if old is not _UNSET:
-                row = old
-            assert row is not None, f"exactly-once record {cid!r} of the export is missing"
-            yield row
+            yield _as_exported(session_row(cid, session) if session is not None else None, before, cid)
 
     def close(self) -> None:
         """Stop recording (callable from the reader's thread)."""
