@@ -346,6 +346,13 @@ class Number(click.ParamType):
                    "of a majority, have not made one within two timer periods of this (each "
                    "rounded up to whole milliseconds); saves a group commit per slot "
                    "(0: accept at once).")
+@click.option("--watch-history", type=Number(int, 1), default=100_000, show_default=True,
+              metavar="CHANGES",
+              help="Keep this many of the latest changes in memory for watches (kv watch, GET /v1/watch); "
+                   "a watch from an older revision answers 410 compacted.")
+@click.option("--watch-history-bytes", type=Number(int, 1, sizes=True), default="64MiB",
+              show_default=True, metavar="BYTES",
+              help="... and at most about this many characters of their keys and values.")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False),
               default="info", show_default=True)
 @click.option("--log-format", type=click.Choice(("text", "json")), default="text", show_default=True,
@@ -356,8 +363,8 @@ def serve(ctx: click.Context, node_id: int, cluster_spec: str | None, join_url: 
           address: str | None, data_dir: str | None,
           tick_ms: int, snapshot_every: int, snapshot_every_bytes: int, compact_keep: int,
           compact_keep_bytes: int, request_timeout: float, max_value_bytes: int, partial_in_flight: int,
-          self_vote_delay_ms: float, log_level: str, log_format: str = "text",
-          **security: Any) -> None:
+          self_vote_delay_ms: float, watch_history: int, watch_history_bytes: int, log_level: str,
+          log_format: str = "text", **security: Any) -> None:
     """Run one node in the foreground until interrupted."""
     from kvpaxos.config import ConfigError, NodeConfig, parse_cluster
 
@@ -384,7 +391,8 @@ def serve(ctx: click.Context, node_id: int, cluster_spec: str | None, join_url: 
                             compact_keep_slots=compact_keep, compact_keep_bytes=compact_keep_bytes,
                             request_timeout_s=request_timeout,
                             value_bytes_max=max_value_bytes, partial_in_flight=partial_in_flight,
-                            self_vote_delay_ms=self_vote_delay_ms)
+                            self_vote_delay_ms=self_vote_delay_ms, watch_history_changes=watch_history,
+                            watch_history_bytes=watch_history_bytes)
     except ConfigError as exc:
         raise CliError(str(exc), exit_code=2) from None
     config = _with_security(config, security)

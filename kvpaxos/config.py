@@ -70,6 +70,10 @@ class NodeConfig:
     snapshot_every_bytes: int = 64 * 1024 * 1024
     compact_keep_slots: int = 1_000
     compact_keep_bytes: int = 8 * 1024 * 1024  # ... and at most this many bytes of applied commands
+    # The latest changes kept for watches (kvpaxos/watch.py): at most this many, and this
+    # many characters of keys and values.
+    watch_history_changes: int = 100_000
+    watch_history_bytes: int = 64 * 1024 * 1024
     # Security (kvpaxos/security.py): peers prove they hold `secret`; clients send `token`;
     # with a certificate the node serves HTTPS and dials its peers over TLS.
     secret: bytes | None = field(default=None, repr=False)
@@ -85,7 +89,8 @@ class NodeConfig:
         if not 0 < self.value_bytes_max <= VALUE_BYTES_MAX:
             raise ConfigError(f"value size limit must be between 1 and {VALUE_BYTES_MAX} bytes")
         for name, low in (("tick_ms", 1), ("snapshot_every_slots", 1), ("snapshot_every_bytes", 1),
-                          ("compact_keep_slots", 0), ("compact_keep_bytes", 0), ("partial_in_flight", 0)):
+                          ("compact_keep_slots", 0), ("compact_keep_bytes", 0), ("partial_in_flight", 0),
+                          ("watch_history_changes", 1), ("watch_history_bytes", 1)):
             value = getattr(self, name)
             if type(value) is not int or value < low:
                 raise ConfigError(f"{name} must be an integer >= {low}, not {value!r}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 class KvError(Exception):
     status = 500
     code = "internal"
+    shown = ()  # the names of details that the JSON answer carries beside error and message
 
     def __init__(self, message: str = "", **details: object) -> None:
         super().__init__(message or self.code)

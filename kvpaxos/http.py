@@ -37,6 +37,8 @@ log = logging.getLogger("kvpaxos.http")
 NODE = web.AppKey("node", Node)
 TRANSPORT = web.AppKey("transport", PeerTransport)
 LIST_LIMIT_MAX = 10_000
+WATCH_TIMEOUT_S = 30.0  # how long a watch waits for a change by default ...
+WATCH_TIMEOUT_MAX_S = 300.0  # ... and at most
 # A page of a list ends before the entry that would take its keys and values past this
 # many characters (one entry at the least): at the limit's 10,000 values of up to 1 MiB,
 # one answer could have been 10 GiB, built in memory and encoded on the event loop.
@@ -54,8 +56,10 @@ def _json_str(text: str) -> bytes:
     return encode_basestring_ascii(text).encode()  # what json.dumps(text) gives, without its wrappers
 
 
-def error_body(code: str, message: str, status: int, headers: dict | None = None) -> web.Response:
-    return web.json_response({"error": code, "message": message}, status=status, headers=headers)
+def error_body(code: str, message: str, status: int, headers: dict | None = None,
+               details: dict | None = None) -> web.Response:
+    return web.json_response({"error": code, "message": message, **(details or {})}, status=status,
+                             headers=headers)
 
 
 def json_errors(handler: Handler, timed: Callable[[web.Request], WriteStats] | None = None) -> Handler:
@@ -118,7 +122,8 @@ def error_response(e: KvError | web.HTTPException) -> web.Response | None:
     no_route, method_not_allowed (with Allow), value_too_large or bad_request. None
     for what needs no change (redirects, errors already in JSON)."""
     if isinstance(e, KvError):
-        return error_body(e.code, e.message, e.status, {"Retry-After": "1"} if isinstance(e, NoQuorum) else None)
+        return error_body(e.code, e.message, e.status, {"Retry-After": "1"} if isinstance(e, NoQuorum) else None,
+                          {name: e.details[name] for name in e.shown})
     if isinstance(e, web.HTTPRequestEntityTooLarge):
         return error_body(ValueTooLarge.code, f"request body too large: {e.text}", 413)
     if e.status < 400 or e.content_type == "application/json":
@@ -301,14 +306,53 @@ async def delete_key(request: web.Request) -> web.Response:
 
 async def list_keys(request: web.Request) -> web.Response:
     prefix = request.query.get("prefix", "")
-    raw_limit = request.query.get("limit", "1000")
-    if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= LIST_LIMIT_MAX:
-        raise BadRequest(f"limit must be an integer from 1 to {LIST_LIMIT_MAX}")
+    limit = _int_query(request, "limit", 1000, 1, LIST_LIMIT_MAX)
     after = request.query.get("after")  # the last key of the page before (exclusive)
     node = await _consistent(request)
-    items, more = node.kv.scan(prefix, int(raw_limit), after, LIST_PAGE_CHARS)
+    items, more = node.kv.scan(prefix, limit, after, LIST_PAGE_CHARS)
     return web.json_response({"items": [{"key": k, "value": v, "version": ver} for k, v, ver in items],
                               "more": more})
+
+
+async def watch_keys(request: web.Request) -> web.Response:
+    """The changes to a key or the keys under a prefix from a revision on, waiting for
+    one (a long poll): kvpaxos/watch.py. Without `from`, from the first change after a
+    linearizable point (or, with consistency=stale, after this node's state now)."""
+    q = request.query
+    key, prefix = q.get("key"), q.get("prefix")
+    if (key is None) == (prefix is None):
+        raise BadRequest("give one of key (one key) and prefix (the keys that start with it; empty for all)")
+    if key is not None:
+        key = key_of(key)
+    limit = _int_query(request, "limit", 1000, 1, LIST_LIMIT_MAX)
+    start = _int_query(request, "from", None, 1, None)
+    raw_timeout = q.get("timeout", str(WATCH_TIMEOUT_S))
+    try:
+        timeout = float(raw_timeout)
+    except ValueError:
+        timeout = -1.0
+    if not 0 <= timeout <= WATCH_TIMEOUT_MAX_S:  # also false for nan
+        raise BadRequest(f"timeout must be a number of seconds from 0 to {WATCH_TIMEOUT_MAX_S:g}")
+    node = request.app[NODE]
+    if start is None:
+        node = await _consistent(request)
+        start = node.kv.revision + 1
+    elif q.get("consistency", "linearizable") not in ("linearizable", "stale"):
+        raise BadRequest("consistency must be 'linearizable' or 'stale'")
+    history = node.history
+    page = await history.poll(start, key, prefix, limit, timeout, LIST_PAGE_CHARS)
+    return web.json_response({"events": [c.to_wire() for c in page.changes], "next": page.next,
+                              "revision": history.revision})
+
+
+def _int_query(request: web.Request, name: str, default: int | None, low: int, high: int | None) -> int | None:
+    """The query's integer `name` (default when absent), or BadRequest."""
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < low or (high is not None and int(raw) > high):
+        raise BadRequest(f"{name} must be an integer from {low}" + (f" to {high}" if high is not None else " up"))
+    return int(raw)
 
 
 async def post_batch(request: web.Request) -> web.Response:
@@ -435,6 +479,11 @@ def answer_headers(request: web.Request, response: web.StreamResponse) -> None:
         cors_headers(request, response, origin)
 
 
+async def _end_watches(app: web.Application) -> None:
+    """A stopping node answers its waiting watches at once (with what they have)."""
+    app[NODE].history.close()
+
+
 def _security_middlewares(node: Node) -> list:
     """With a client token, every route that can show data needs it (security.is_open; 401)."""
     if node.config.token is None:
@@ -461,6 +510,7 @@ def init_app(node: Node, transport: PeerTransport) -> web.Application:
     r.add_put("/v1/kv/{key:[\\s\\S]*}", put_key)  # json_errors' work in its own frame, timed too
     r.add_delete("/v1/kv/{key:[\\s\\S]*}", json_errors(delete_key, timed=write_stats))
     r.add_get("/v1/kv", json_errors(list_keys))
+    r.add_get("/v1/watch", json_errors(watch_keys))
     r.add_post("/v1/batch", json_errors(post_batch))
     r.add_get("/v1/status", json_errors(status))
     r.add_get("/v1/snapshot", json_errors(get_snapshot))
@@ -469,6 +519,7 @@ def init_app(node: Node, transport: PeerTransport) -> web.Application:
     r.add_delete("/v1/members/{id}", json_errors(remove_member))
     r.add_get("/metrics", json_errors(get_metrics))
     r.add_get("/v1/peer", json_errors(transport.handle_inbound))
+    app.on_shutdown.append(_end_watches)
     setup_dashboard(app, node, transport, json_errors, answer_headers)  # GET /, /v1/events, /v1/dashboard
     r.add_route("*", "/{path:[\\s\\S]*}", json_errors(no_route))  # last: what no route above takes
     return app

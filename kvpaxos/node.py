@@ -53,6 +53,7 @@ from kvpaxos.logs import fields
 from kvpaxos.metrics import NodeMetrics
 from kvpaxos.security import peer_session, peer_url
 from kvpaxos.snapshotter import Snapshotter, phase_of
+from kvpaxos.watch import History
 from storage.base import Storage, Writes
 
 log = logging.getLogger("kvpaxos.node")
@@ -138,6 +139,8 @@ class Node:
         self.storage = storage
         self.snapshots = Snapshotter(config.data_dir, phase_of(self.id))
         self.kv = self.snapshots.load()
+        # The changes applied from here on, for watches (kvpaxos/watch.py).
+        self.history = History(self.kv.revision, config.watch_history_changes, config.watch_history_bytes)
         base = self.kv.applied_slot
         durable = storage.load()
         rebuild_round = storage.rebuilding()
@@ -480,6 +483,7 @@ class Node:
         if state.membership is None:
             state.membership = self.kv.membership  # a peer's snapshot from before membership changes
         self.kv = state
+        self.history.restart(state.revision)  # the changes inside the snapshot are not known
         self.replica.install_snapshot(state.applied_slot, state.membership)
         self._wake_applied()
         self._wake()
@@ -799,11 +803,17 @@ class Node:
     def _apply_slot(self, slot: int, batch: Batch) -> None:
         size = 0
         waiters = self._waiters
+        history = self.history
         for cmd, result in self.kv.apply(slot, batch):
             entry = waiters.pop(cmd.cmd_id, None)
             if entry is not None:
                 entry[0].resolve(entry[1], result)
             size += cmd.size_bytes()
+            if result.version > history.revision:
+                # A change takes the next revision; a repeat answered from the exactly-once
+                # record, a refused write and a membership command change nothing.
+                history.record(result.version, cmd.op, cmd.key, cmd.value)
+        history.wake()
         self.snapshots.applied(slot, size)
         for cmd_id in self._slot_waiters.pop(slot, ()):
             if cmd_id in waiters:
@@ -1056,6 +1066,7 @@ class Node:
             "deciding_problem": self.deciding_problem if self.deciding else None,
             "rebuilding": None if r.voting or self.deciding else r.rebuild_round,
             "snapshot": self.snapshots.describe(),
+            "watch": self.history.describe(),
         }
 
 

@@ -1,0 +1,235 @@
+"""Watching keys: the latest changes a node applied, and long polls on them.
+
+Every change the state machine makes (a put, or a delete of a key that existed)
+takes the next revision (kvpaxos/core/kvstate.py): revisions run 1, 2, 3, ...
+with no gaps, and every node gives the same change the same revision, because
+the log decides them. A put's revision is the key's new version.
+
+A node keeps the changes it applied last in a History, in memory, bounded by a
+number of changes and of characters (keys and values); older ones are dropped
+first. GET /v1/watch asks for the changes to one key, or to the keys under a
+prefix, from a revision on, and waits (a long poll) until there is one. The
+answer names the revision to ask from next, so a watcher that follows it sees
+every change exactly once and in order, whichever node it asks, as long as that
+node still holds the revision: one that does not answers `compacted` with the
+oldest revision it holds, and the watcher must read the keys again (a list)
+and watch from the revision after that read.
+
+A History starts at the revision the node's state began from (a snapshot
+loaded at start, or one installed from a peer to catch up, which starts it
+again there): a node does not know the changes inside a snapshot.
+
+Waking: each applied slot wakes the waiting polls that one of its changes
+matches (exact keys through a dict, prefixes one by one), on the event loop.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import deque
+from dataclasses import dataclass
+
+from kvpaxos.errors import KvError
+
+HISTORY_CHANGES = 100_000
+HISTORY_BYTES = 64 * 1024 * 1024
+CHANGE_OVERHEAD = 48  # characters counted per change besides its key and value
+
+
+class Compacted(KvError):
+    """The revision asked for is older than the oldest change this node holds."""
+
+    status, code = 410, "compacted"
+    shown = ("oldest", "revision")
+
+
+@dataclass(slots=True)
+class Change:
+    revision: int
+    op: str           # "put" or "delete"
+    key: str
+    value: str | None  # None for a delete
+
+    def to_wire(self) -> dict:
+        out: dict = {"revision": self.revision, "type": self.op, "key": self.key}
+        if self.value is not None:
+            out["value"] = self.value
+        return out
+
+
+@dataclass(slots=True)
+class Page:
+    changes: list[Change]
+    next: int  # the revision to ask from next
+
+
+class _Waiter:
+    __slots__ = ("key", "prefix", "future")
+
+    def __init__(self, key: str | None, prefix: str | None, future: asyncio.Future) -> None:
+        self.key, self.prefix, self.future = key, prefix, future
+
+
+class History:
+    def __init__(self, revision: int, max_changes: int = HISTORY_CHANGES,
+                 max_chars: int = HISTORY_BYTES) -> None:
+        if max_changes < 1 or max_chars < 1:
+            raise ValueError("a watch history holds at least one change")
+        self.max_changes, self.max_chars = max_changes, max_chars
+        self._changes: deque[Change] = deque()
+        self._chars = 0
+        self.revision = revision  # the last change recorded (the state's revision)
+        self.first = revision + 1  # the oldest revision this history can answer from
+        self._woken_through = revision
+        self._by_key: dict[str, list[_Waiter]] = {}
+        self._by_prefix: list[_Waiter] = []
+        self.closed = False
+
+    # -- fed by the node, on the event loop ------------------------------------
+
+    def record(self, revision: int, op: str, key: str, value: str | None) -> None:
+        """The change the state machine just made (revision: the state's new revision)."""
+        assert revision == self.revision + 1, f"change {revision} recorded after {self.revision}"
+        self.revision = revision
+        self._changes.append(Change(revision, op, key, value))
+        self._chars += _size(key, value)
+        changes = self._changes
+        while len(changes) > self.max_changes or (self._chars > self.max_chars and len(changes) > 1):
+            old = changes.popleft()
+            self._chars -= _size(old.key, old.value)
+            self.first = changes[0].revision
+
+    def restart(self, revision: int) -> None:
+        """The node's state was replaced by a snapshot at `revision`: nothing before it
+        and after the last change recorded is known. Polls from before it answer compacted."""
+        self._changes.clear()
+        self._chars = 0
+        self.revision = self._woken_through = revision
+        self.first = revision + 1
+        self._wake_all()
+
+    def wake(self) -> None:
+        """Wake the polls that a change recorded since the last call matches."""
+        if self._woken_through == self.revision:
+            return
+        start = self._woken_through + 1
+        self._woken_through = self.revision
+        if not self._by_key and not self._by_prefix:
+            return
+        for change in self._since(start):
+            waiters = self._by_key.pop(change.key, None)
+            if waiters:
+                for w in waiters:
+                    _set(w.future)
+            if self._by_prefix:
+                left = []
+                for w in self._by_prefix:
+                    if change.key.startswith(w.prefix):  # type: ignore[arg-type]
+                        _set(w.future)
+                    else:
+                        left.append(w)
+                self._by_prefix = left
+            if not self._by_key and not self._by_prefix:
+                return
+
+    def close(self) -> None:
+        """The node stops: every poll answers what it has now."""
+        self.closed = True
+        self._wake_all()
+
+    # -- read --------------------------------------------------------------------
+
+    def page(self, start: int, key: str | None, prefix: str | None, limit: int,
+             max_chars: int | None = None) -> Page:
+        """The changes from revision `start` on that match (key exactly, or keys that
+        start with prefix): at most `limit`, and with max_chars, ending before the
+        change that would take their keys and values past that (one at the least).
+        Raises Compacted when `start` is older than the oldest change held."""
+        if start < self.first:
+            raise Compacted(f"revision {start} is no longer held here: the oldest is {self.first}; "
+                            "read the keys again and watch from after that read",
+                            oldest=self.first, revision=self.revision)
+        found: list[Change] = []
+        chars = 0
+        for change in self._since(start):
+            if key is not None and change.key != key:
+                continue
+            if prefix is not None and not change.key.startswith(prefix):
+                continue
+            chars += _size(change.key, change.value)
+            if len(found) == limit or (max_chars is not None and chars > max_chars and found):
+                return Page(found, found[-1].revision + 1)
+            found.append(change)
+        return Page(found, max(start, self.revision + 1))
+
+    async def poll(self, start: int, key: str | None, prefix: str | None, limit: int,
+                   timeout_s: float, max_chars: int | None = None) -> Page:
+        """page(), but when it is empty wait up to timeout_s for a matching change."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            found = self.page(start, key, prefix, limit, max_chars)
+            left = deadline - loop.time()
+            if found.changes or left <= 0 or self.closed:
+                return found
+            start = found.next  # what was looked at need not be looked at again
+            waiter = _Waiter(key, prefix, loop.create_future())
+            self._add(waiter)
+            timer = loop.call_later(left, _set, waiter.future)
+            try:
+                await waiter.future
+            finally:
+                timer.cancel()
+                self._remove(waiter)
+
+    @property
+    def waiting(self) -> int:
+        return sum(len(ws) for ws in self._by_key.values()) + len(self._by_prefix)
+
+    def describe(self) -> dict:
+        return {"first": self.first, "revision": self.revision, "changes": len(self._changes),
+                "chars": self._chars, "waiting": self.waiting}
+
+    # -- internals -----------------------------------------------------------------
+
+    def _since(self, start: int):  # noqa: ANN202 - an iterator of Change
+        changes = self._changes
+        if not changes or start > self.revision:
+            return iter(())
+        offset = max(0, start - changes[0].revision)  # revisions have no gaps
+        if offset > len(changes) // 2:  # a deque indexes in O(distance from its nearer end)
+            return iter([changes[i] for i in range(offset - len(changes), 0)])
+        return itertools.islice(changes, offset, None)
+
+    def _add(self, w: _Waiter) -> None:
+        if w.key is not None:
+            self._by_key.setdefault(w.key, []).append(w)
+        else:
+            self._by_prefix.append(w)
+
+    def _remove(self, w: _Waiter) -> None:
+        if w.key is not None:
+            waiters = self._by_key.get(w.key)
+            if waiters is not None and w in waiters:
+                waiters.remove(w)
+                if not waiters:
+                    del self._by_key[w.key]
+        elif w in self._by_prefix:
+            self._by_prefix.remove(w)
+
+    def _wake_all(self) -> None:
+        for waiters in self._by_key.values():
+            for w in waiters:
+                _set(w.future)
+        for w in self._by_prefix:
+            _set(w.future)
+        self._by_key, self._by_prefix = {}, []
+
+
+def _size(key: str, value: str | None) -> int:
+    return len(key) + (len(value) if value is not None else 0) + CHANGE_OVERHEAD
+
+
+def _set(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
