@@ -1,0 +1,249 @@
+"""Watches (GET /v1/watch) on real `kv serve` processes: long polls, history, failover,
+a history too short for the revision asked, restarts, and a stopping node.
+
+Every wait has a deadline; a long poll's own timeout is always shorter than the
+HTTP request's.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+import time
+import urllib.parse
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from support.cluster import Cluster, request, wait_until
+
+
+class WatchCluster(Cluster):
+    """A cluster whose nodes take extra `kv serve` options."""
+
+    def __init__(self, tmp_path, serve_args: list[str], **kwargs) -> None:
+        super().__init__(tmp_path, **kwargs)
+        self.serve_args = serve_args
+
+    def command(self, i: int) -> list[str]:
+        return super().command(i) + self.serve_args
+
+
+@pytest.fixture
+def clusters(tmp_path):
+    made: list[Cluster] = []
+
+    def make(serve_args: list[str] = ()) -> Cluster:
+        c = WatchCluster(tmp_path / f"cluster{len(made)}", list(serve_args), n=3)
+        made.append(c)
+        c.start()
+        c.wait_for_leader()
+        return c
+
+    yield make
+    for c in made:
+        c.stop_all()
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    cluster = Cluster(tmp_path_factory.mktemp("watch"), n=3)
+    try:
+        cluster.start()
+        cluster.wait_for_leader()
+        yield cluster
+    finally:
+        cluster.stop_all()
+
+
+def watch(cluster: Cluster, node: int, http_timeout: float = 15.0, **query) -> object:
+    path = "/v1/watch?" + urllib.parse.urlencode(query)
+    return request(cluster.ports[node], "GET", path, timeout=http_timeout)
+
+
+def events_of(resp) -> list[tuple]:
+    assert resp.status == 200, resp
+    return [(e["revision"], e["type"], e["key"], e.get("value")) for e in resp.body["events"]]
+
+
+def fresh() -> str:
+    return f"w-{uuid.uuid4().hex[:10]}/"
+
+
+def test_a_waiting_watch_answers_a_change_made_through_another_node(shared):
+    prefix = fresh()
+    start = watch(shared, 1, prefix=prefix, timeout=0).body["next"]
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(watch, shared, 2, prefix=prefix, timeout=20, **{"from": start})
+        time.sleep(0.3)  # the poll is waiting (an early answer would have no event below)
+        put = shared.put(3, prefix + "x", "one")
+        assert put.status == 200, put
+        answer = pending.result(timeout=15)
+    assert events_of(answer) == [(put.body["version"], "put", prefix + "x", "one")]
+    assert answer.body["next"] == put.body["version"] + 1
+    assert answer.elapsed_s < 15  # woken by the change, not by its timeout
+
+
+def test_every_node_reports_the_same_changes_with_the_versions_writes_returned(shared):
+    prefix = fresh()
+    start = watch(shared, 1, prefix=prefix, timeout=0).body["next"]
+    want = []
+    for n in range(12):
+        key = prefix + f"k{n % 4}"
+        if n % 5 == 4:
+            resp = shared.delete(1 + n % 3, key)
+            assert resp.status == 200, resp
+            want.append((resp.body["version"], "delete", key, None))
+        else:
+            resp = shared.put(1 + n % 3, key, f"v{n}")
+            assert resp.status == 200, resp
+            want.append((resp.body["version"], "put", key, f"v{n}"))
+    assert [w[0] for w in want] == sorted(w[0] for w in want)
+    for node in shared.ids:
+        # A follower may not have applied the last slot yet: its long poll waits for it.
+        seen = []
+        at = start
+        deadline = time.monotonic() + 15
+        while len(seen) < len(want) and time.monotonic() < deadline:
+            resp = watch(shared, node, prefix=prefix, timeout=5, limit=5, consistency="stale", **{"from": at})
+            seen += events_of(resp)
+            at = resp.body["next"]
+        assert seen == want, node
+    # One key's watch sees that key's changes only.
+    one = watch(shared, 2, key=prefix + "k1", timeout=0, **{"from": start})
+    assert events_of(one) == [w for w in want if w[2] == prefix + "k1"]
+
+
+def test_a_watch_without_from_starts_after_every_acknowledged_write(shared):
+    prefix = fresh()
+    for node in shared.ids:
+        put = shared.put(1 + node % 3, prefix + "k", f"before-{node}")
+        assert put.status == 200, put
+        # Through any node at once: the write just acknowledged is not reported as new.
+        resp = watch(shared, node, prefix=prefix, timeout=0)
+        assert events_of(resp) == []
+        assert resp.body["next"] > put.body["version"], (resp, put)
+
+
+def test_bad_watch_requests_get_clear_errors(shared):
+    for query in ({}, {"key": "a", "prefix": "b"}, {"key": "a", "from": "0"}, {"key": "a", "from": "x"},
+                  {"key": "a", "timeout": "301"}, {"key": "a", "timeout": "nan"}, {"key": "a", "limit": "0"},
+                  {"key": "a", "limit": "10001"}, {"key": ""}, {"key": "a", "consistency": "eventual"},
+                  {"key": "a", "from": "1", "consistency": "eventual"}):
+        resp = watch(shared, 1, **query)
+        assert resp.status == 400, (query, resp)
+        assert resp.body["error"] in ("bad_request", "invalid_key") and resp.body["message"], (query, resp)
+    assert shared.status(1)["role"] in ("leader", "follower")  # the node is fine
+
+
+def test_a_watcher_following_next_sees_every_acknowledged_write_across_a_leader_kill(clusters):
+    cluster = clusters()
+    prefix = fresh()
+    start = watch(cluster, 1, prefix=prefix, timeout=0).body["next"]
+    seen: list[tuple] = []
+    stop = threading.Event()
+
+    def watcher() -> None:
+        at, node = start, 1
+        while not stop.is_set() or seen_behind():
+            try:
+                resp = watch(cluster, node, http_timeout=10, prefix=prefix, timeout=1, **{"from": at})
+            except OSError:
+                node = node % 3 + 1  # that node is down: ask the next one from the same revision
+                continue
+            if resp.status != 200:
+                node = node % 3 + 1
+                continue
+            seen.extend(events_of(resp))
+            at = resp.body["next"]
+
+    acked: dict[int, tuple] = {}
+
+    def seen_behind() -> bool:
+        return bool(acked) and (not seen or seen[-1][0] < max(acked))
+
+    def writer(w: int) -> None:
+        for n in range(40):
+            key, value = prefix + f"{w}-{n}", f"v{n}"
+            for _ in range(20):
+                node = 1 + (w + n) % 3
+                try:
+                    resp = cluster.put(node, key, value, timeout=5)
+                except OSError:
+                    continue
+                if resp.status == 200:
+                    acked[resp.body["version"]] = ("put", key, value)
+                    break
+
+    watching = threading.Thread(target=watcher, daemon=True)
+    watching.start()
+    with ThreadPoolExecutor(3) as pool:
+        writes = [pool.submit(writer, w) for w in range(3)]
+        time.sleep(0.5)
+        leader = cluster.wait_for_leader()
+        cluster.kill(leader)
+        for f in writes:
+            f.result(timeout=60)
+    stop.set()
+    watching.join(timeout=30)
+    assert not watching.is_alive()
+    revisions = [e[0] for e in seen]
+    assert revisions == sorted(set(revisions)), "each change once, in order"
+    by_revision = {e[0]: e[1:] for e in seen}
+    for version, change in acked.items():
+        assert by_revision.get(version) == change, (version, change)
+    assert len(acked) == 120
+
+
+def test_a_short_history_answers_compacted_and_a_list_then_watch_goes_on(clusters):
+    cluster = clusters(["--watch-history", "20"])
+    prefix = fresh()
+    for n in range(50):
+        assert cluster.put(1 + n % 3, prefix + f"k{n % 7}", f"v{n}").status == 200
+    wait_until(lambda: all(cluster.status(i)["watch"]["revision"] == 50 for i in cluster.ids), 10,
+               "every node to apply the writes")
+    for node in cluster.ids:
+        old = watch(cluster, node, prefix=prefix, timeout=0, **{"from": 1})
+        assert old.status == 410, old
+        assert old.body["error"] == "compacted" and old.body["oldest"] == 31 and old.body["revision"] == 50, old
+        held = watch(cluster, node, prefix=prefix, timeout=0, **{"from": 31})
+        assert [e[0] for e in events_of(held)] == list(range(31, 51))
+    # What a watcher does then: read the keys, watch from after that read.
+    listed = cluster.list(2, prefix)
+    assert listed.status == 200 and len(listed.body["items"]) == 7
+    after = max(item["version"] for item in listed.body["items"]) + 1
+    put = cluster.put(3, prefix + "new", "x")
+    resp = watch(cluster, 2, prefix=prefix, timeout=10, **{"from": after})
+    assert events_of(resp) == [(put.body["version"], "put", prefix + "new", "x")]
+
+
+def test_a_restarted_node_holds_the_changes_after_its_snapshot(clusters):
+    cluster = clusters(["--snapshot-every", "20", "--compact-keep", "5"])
+    prefix = fresh()
+    for n in range(80):
+        assert cluster.put(1 + n % 3, prefix + f"k{n % 9}", f"v{n}").status == 200
+    wait_until(lambda: cluster.status(2)["snapshot"]["slot"] > 0, 15, "node 2 to take a snapshot")
+    cluster.kill(2)
+    cluster.restart(2)
+    cluster.wait_caught_up(2)
+    st = cluster.status(2)["watch"]
+    assert 1 < st["first"] <= st["revision"] == cluster.status(1)["watch"]["revision"], st
+    resp = watch(cluster, 2, prefix=prefix, timeout=0, **{"from": 1})
+    assert resp.status == 410 and resp.body["oldest"] == st["first"], resp
+    # What it holds is what a node that never stopped reports for those revisions.
+    mine = watch(cluster, 2, prefix=prefix, timeout=0, **{"from": st["first"]})
+    theirs = watch(cluster, 1, prefix=prefix, timeout=0, **{"from": st["first"]})
+    assert events_of(mine) == events_of(theirs) and events_of(mine)
+
+
+def test_a_stopping_node_answers_its_waiting_watches_at_once(clusters):
+    cluster = clusters()
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(watch, cluster, 3, http_timeout=30, prefix="", timeout=60)
+        time.sleep(0.5)
+        proc = cluster.procs[3]
+        cluster.kill(3, signal.SIGTERM)  # waits for the process to end
+        resp = pending.result(timeout=25)
+    assert resp.status == 200 and resp.body["events"] == [], resp
+    assert resp.elapsed_s < 10, resp  # not the poll's minute
+    assert proc.returncode == 0
