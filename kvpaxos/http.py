@@ -310,8 +310,9 @@ async def list_keys(request: web.Request) -> web.Response:
     after = request.query.get("after")  # the last key of the page before (exclusive)
     node = await _consistent(request)
     items, more = node.kv.scan(prefix, limit, after, LIST_PAGE_CHARS)
+    # The revision read at: a watch from one past it misses no change made after this page.
     return web.json_response({"items": [{"key": k, "value": v, "version": ver} for k, v, ver in items],
-                              "more": more})
+                              "more": more, "revision": node.kv.revision})
 
 
 async def watch_keys(request: web.Request) -> web.Response:

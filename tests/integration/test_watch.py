@@ -209,11 +209,12 @@ def test_a_short_history_answers_compacted_and_a_list_then_watch_goes_on(cluster
         held = watch(cluster, node, prefix=prefix, timeout=0, **{"from": 31})
         assert [e[0] for e in events_of(held)] == list(range(31, 51))
     # What a watcher does then: read the keys, watch from after that read.
+    other = cluster.put(1, fresh() + "elsewhere", "y")  # the list's revision is the store's, not the prefix's
     listed = cluster.list(2, prefix)
     assert listed.status == 200 and len(listed.body["items"]) == 7
-    after = max(item["version"] for item in listed.body["items"]) + 1
+    assert listed.body["revision"] == other.body["version"] > max(i["version"] for i in listed.body["items"])
     put = cluster.put(3, prefix + "new", "x")
-    resp = watch(cluster, 2, prefix=prefix, timeout=10, **{"from": after})
+    resp = watch(cluster, 2, prefix=prefix, timeout=10, **{"from": listed.body["revision"] + 1})
     assert events_of(resp) == [(put.body["version"], "put", prefix + "new", "x")]
 
 
