@@ -194,6 +194,10 @@ def render(node: Any, transport: Any) -> str:
             x.counter(f"snapshots_{key}", f"Snapshots {key.replace('_', ' ')} (snapshotter).", value)
         else:
             x.gauge(f"snapshot_{key}", f"Snapshot {key.replace('_', ' ')} (snapshotter).", value)
+    watch = node.history.describe()
+    x.gauge("watch_waiting", "Watch requests (GET /v1/watch) waiting for a change.", watch["waiting"])
+    x.gauge("watch_history_changes", "Changes held for watches.", watch["changes"])
+    x.gauge("watch_history_first", "The oldest revision a watch can start from here.", watch["first"])
     return x.text()
 
 

@@ -43,6 +43,8 @@ def test_metrics_parse_and_move_with_writes(nodes: Nodes) -> None:
         "kvpaxos_peer_auth_failures_total": "counter", "kvpaxos_snapshots_taken_total": "counter",
         "kvpaxos_batch_size_commands": "histogram", "kvpaxos_commit_latency_seconds": "histogram",
         "kvpaxos_fsync_latency_seconds": "histogram", "kvpaxos_gc_full_pause_seconds": "histogram",
+        "kvpaxos_watch_waiting": "gauge", "kvpaxos_watch_history_changes": "gauge",
+        "kvpaxos_watch_history_first": "gauge",
     }
     for name, kind in expected_types.items():
         assert types.get(name) == kind, (name, types.get(name))
@@ -91,6 +93,12 @@ def test_metrics_parse_and_move_with_writes(nodes: Nodes) -> None:
             assert buckets and buckets[-1][0] == float("inf")
             assert all(a[1] <= b[1] for a, b in zip(buckets, buckets[1:])), buckets
             assert buckets[-1][1] == sample(scrape, hist + "_count")
+
+    # Every write is a change held for watches on every node that applied it.
+    assert sample(after[leader], "kvpaxos_watch_history_changes") - \
+        sample(before[leader], "kvpaxos_watch_history_changes") >= writes + 5
+    assert sample(after[leader], "kvpaxos_watch_history_first") == 1
+    assert sample(after[leader], "kvpaxos_watch_waiting") == 0
 
     # The followers' applied_slot gauges reach the leader's.
     target = sample(parse_metrics(nodes.metrics(current))[1], "kvpaxos_applied_slot")
