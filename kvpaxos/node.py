@@ -803,17 +803,13 @@ class Node:
     def _apply_slot(self, slot: int, batch: Batch) -> None:
         size = 0
         waiters = self._waiters
-        history = self.history
-        for cmd, result in self.kv.apply(slot, batch):
+        applied = self.kv.apply(slot, batch)
+        for cmd, result in applied:
             entry = waiters.pop(cmd.cmd_id, None)
             if entry is not None:
                 entry[0].resolve(entry[1], result)
             size += cmd.size_bytes()
-            if result.version > history.revision:
-                # A change takes the next revision; a repeat answered from the exactly-once
-                # record, a refused write and a membership command change nothing.
-                history.record(result.version, cmd.op, cmd.key, cmd.value)
-        history.wake()
+        self.history.record_applied(applied)
         self.snapshots.applied(slot, size)
         for cmd_id in self._slot_waiters.pop(slot, ()):
             if cmd_id in waiters:

@@ -87,6 +87,15 @@ class History:
 
     # -- fed by the node, on the event loop ------------------------------------
 
+    def record_applied(self, applied: list) -> None:
+        """Record the changes among a slot's applied (Command, Result) pairs and wake the
+        polls they match. A change carries the next revision; a repeat answered from the
+        exactly-once record, a refused write and a membership command carry none past it."""
+        for cmd, result in applied:
+            if result.version > self.revision:
+                self.record(result.version, cmd.op, cmd.key, cmd.value)
+        self.wake()
+
     def record(self, revision: int, op: str, key: str, value: str | None) -> None:
         """The change the state machine just made (revision: the state's new revision)."""
         assert revision == self.revision + 1, f"change {revision} recorded after {self.revision}"

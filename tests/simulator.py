@@ -11,7 +11,9 @@ in-memory durable store; a crash throws away everything else. After every step
 the simulator checks safety:
   (a) no slot is ever learned with two different values, across all nodes;
   (b) every node's applied sequence is a prefix of one global sequence;
-  (d) every node that applied slot s holds the same configuration after it.
+  (d) every node that applied slot s holds the same configuration after it;
+  (e) every node's watch history (kvpaxos/watch.py) records the same change under
+      each revision, without gaps, and ends at its state's revision.
 Clients keep submitting puts, deletes and compare-and-sets all through the
 fault phase, so faults hit a busy cluster, and issue read-index reads at random
 nodes: (c) a read point returned for a read must cover every slot any node had
@@ -33,6 +35,7 @@ from kvpaxos.core.commands import DELETE, PUT, Batch, Command
 from kvpaxos.core.kvstate import KVState
 from kvpaxos.core.membership import MEMBER_ADD, MEMBER_OPS, MEMBER_REMOVE, Membership
 from kvpaxos.core.replica import CoreConfig, Replica, Role
+from kvpaxos.watch import History
 
 
 class SimulationFailure(AssertionError):
@@ -76,6 +79,7 @@ class SimNode:
     disk: DiskState
     state: KVState
     membership: Membership
+    history: History  # the changes applied since boot or the last snapshot installed, as a node keeps
     unpersisted: list = field(default_factory=list)  # only with ack_before_persist
     # Chosen records not yet durable: as on a node, they ride with the next promise or
     # acceptance, or go on their own some time later; a crash loses them.
@@ -127,6 +131,7 @@ class Simulation:
         self.applied_max = 0  # the highest slot any node ever applied
         self.reads: dict[int, int] = {}  # read id -> applied_max when the read was issued
         self.reads_checked = 0
+        self.canon_changes: dict[int, tuple] = {}  # revision -> (op, key, value), as first recorded
         self.crashes = 0
         self.delivered = 0
 
@@ -142,7 +147,7 @@ class Simulation:
                     chosen={s: v for s, v in d.chosen.items() if s > base}, applied_through=base,
                     voting=d.rebuilding_round is None, rebuild_round=d.rebuilding_round or 0)
         self.applied[i] = base
-        return SimNode(r, d, state, membership)
+        return SimNode(r, d, state, membership, History(state.revision))
 
     def crash(self, i: int) -> None:
         self.nodes[i] = None
@@ -280,9 +285,11 @@ class Simulation:
                 self.fail(f"node {i} applied slot {slot} after {self.applied[i]}")
             self.applied[i] = slot
             self.applied_max = max(self.applied_max, slot)
-            for cmd, result in node.state.apply(slot, value):
+            applied = node.state.apply(slot, value)
+            for cmd, result in applied:
                 if result.error != "stale_sequence":
                     self.done.add((cmd.client_id or "", cmd.seq))
+            self._check_changes(i, node, applied)
         if ready.membership is not None:
             node.membership = ready.membership
             for new_id in ready.membership.latest.members:
@@ -309,6 +316,18 @@ class Simulation:
         self._maybe_snapshot(i, node)
         if ready.snapshot_from is not None:
             self._transfer_snapshot(ready.snapshot_from, i)
+
+    def _check_changes(self, i: int, node: SimNode, applied: list) -> None:
+        """(e): record the slot's changes as a node does, and compare them across nodes."""
+        before = node.history.revision
+        node.history.record_applied(applied)
+        if node.history.revision != node.state.revision:
+            self.fail(f"node {i}'s watch history ends at {node.history.revision}, its state at {node.state.revision}")
+        for change in node.history.page(before + 1, None, "", 10**9).changes:
+            got = (change.op, change.key, change.value)
+            known = self.canon_changes.setdefault(change.revision, got)
+            if known != got:
+                self.fail(f"node {i} recorded revision {change.revision} as {got}, another node as {known}")
 
     def _maybe_snapshot(self, i: int, node: SimNode) -> None:
         every = self.faults.snapshot_every
@@ -337,6 +356,7 @@ class Simulation:
         node.disk.snapshot = copy.deepcopy(snap)
         node.disk.snapshot_membership = node.membership = self.disks[src].snapshot_membership
         node.replica.install_snapshot(slot, node.membership)
+        node.history.restart(node.state.revision)
         self.applied[dst] = slot
         self.snapshots_installed += 1
 
