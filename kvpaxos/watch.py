@@ -76,7 +76,9 @@ class History:
         if max_changes < 1 or max_chars < 1:
             raise ValueError("a watch history holds at least one change")
         self.max_changes, self.max_chars = max_changes, max_chars
-        self._changes: deque[Change] = deque()
+        # (revision, op, key, value) tuples: plain tuples of strings and numbers drop out of
+        # the garbage collector's walks, where 100,000 objects would be walked again and again.
+        self._changes: deque[tuple[int, str, str, str | None]] = deque()
         self._chars = 0
         self.revision = revision  # the last change recorded (the state's revision)
         self.first = revision + 1  # the oldest revision this history can answer from
@@ -100,13 +102,13 @@ class History:
         """The change the state machine just made (revision: the state's new revision)."""
         assert revision == self.revision + 1, f"change {revision} recorded after {self.revision}"
         self.revision = revision
-        self._changes.append(Change(revision, op, key, value))
+        self._changes.append((revision, op, key, value))
         self._chars += _size(key, value)
         changes = self._changes
         while len(changes) > self.max_changes or (self._chars > self.max_chars and len(changes) > 1):
             old = changes.popleft()
-            self._chars -= _size(old.key, old.value)
-            self.first = changes[0].revision
+            self._chars -= _size(old[2], old[3])
+            self.first = changes[0][0]
 
     def restart(self, revision: int) -> None:
         """The node's state was replaced by a snapshot at `revision`: nothing before it
@@ -126,14 +128,15 @@ class History:
         if not self._by_key and not self._by_prefix:
             return
         for change in self._since(start):
-            waiters = self._by_key.pop(change.key, None)
+            key = change[2]
+            waiters = self._by_key.pop(key, None)
             if waiters:
                 for w in waiters:
                     _set(w.future)
             if self._by_prefix:
                 left = []
                 for w in self._by_prefix:
-                    if change.key.startswith(w.prefix):  # type: ignore[arg-type]
+                    if key.startswith(w.prefix):  # type: ignore[arg-type]
                         _set(w.future)
                     else:
                         left.append(w)
@@ -161,14 +164,14 @@ class History:
         found: list[Change] = []
         chars = 0
         for change in self._since(start):
-            if key is not None and change.key != key:
+            if key is not None and change[2] != key:
                 continue
-            if prefix is not None and not change.key.startswith(prefix):
+            if prefix is not None and not change[2].startswith(prefix):
                 continue
-            chars += _size(change.key, change.value)
+            chars += _size(change[2], change[3])
             if len(found) == limit or (max_chars is not None and chars > max_chars and found):
                 return Page(found, found[-1].revision + 1)
-            found.append(change)
+            found.append(Change(*change))
         return Page(found, max(start, self.revision + 1))
 
     async def poll(self, start: int, key: str | None, prefix: str | None, limit: int,
@@ -205,7 +208,7 @@ class History:
         changes = self._changes
         if not changes or start > self.revision:
             return iter(())
-        offset = max(0, start - changes[0].revision)  # revisions have no gaps
+        offset = max(0, start - changes[0][0])  # revisions have no gaps
         if offset > len(changes) // 2:  # a deque indexes in O(distance from its nearer end)
             return iter([changes[i] for i in range(offset - len(changes), 0)])
         return itertools.islice(changes, offset, None)
