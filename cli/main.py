@@ -1,6 +1,6 @@
 """`kv`: the command line of kvpaxos.
 
-Client commands (get, put, delete, cas, list, status) talk to a cluster found
+Client commands (get, put, delete, cas, list, watch, status) talk to a cluster found
 through --endpoints / KV_ENDPOINTS, else DIR/cluster.json written by
 `kv cluster up`, else 127.0.0.1:7001-7003. The target options work both before
 and after the command name (`kv --server 3 get k` and `kv get k --server 3`).
@@ -132,6 +132,54 @@ def list_keys(ctx: click.Context, prefix: str, limit: int, after: str | None, ev
     if more:
         click.echo(f"(more keys match; showing {len(entries)}: --after {shlex.quote(entries[-1].key)} for the "
                    "next page, --all for every key)", err=True)
+
+
+@cli.command()
+@click.argument("key", required=False)
+@click.option("--prefix", default=None, metavar="P",
+              help="Watch every key that starts with P instead of one KEY (--prefix '' for every key).")
+@click.option("--from", "from_revision", type=click.IntRange(min=1), default=None, metavar="REV",
+              help="Start with the changes at revision REV and after [default: the changes from now on].")
+@click.option("--count", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Stop after N changes [default: run until Ctrl-C].")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object per change (revision, type, key, value).")
+@target_options(envvar=None)
+@click.pass_context
+def watch(ctx: click.Context, key: str | None, prefix: str | None, from_revision: int | None,
+          count: int | None, as_json: bool, **target: Any) -> None:
+    """Print the changes to KEY, or to the keys under --prefix, as they happen.
+
+    One line per change, in revision order: REV, put, KEY, VALUE or REV, delete, KEY,
+    separated by tabs. It carries on through another node when one goes down.
+    """
+    if key is not None and prefix is not None:
+        raise CliError("give either KEY or --prefix, not both", exit_code=2)
+    if key is None and prefix is None:
+        raise CliError("give a KEY to watch, or --prefix P (--prefix '' for every key)", exit_code=2)
+    seen = 0
+    try:
+        with connect(ctx, target, key) as kv:
+            for event in kv.watch(key, prefix, from_revision):
+                if as_json:
+                    line = json.dumps({"revision": event.revision, "type": event.type, "key": event.key,
+                                       "value": event.value})
+                elif event.type == "put":
+                    line = f"{event.revision}\tput\t{event.key}\t{event.value}"
+                else:
+                    line = f"{event.revision}\tdelete\t{event.key}"
+                # Flushed per change: the output is often piped into another program.
+                click.echo(line)
+                sys.stdout.flush()
+                seen += 1
+                if count is not None and seen >= count:
+                    return
+    except KeyboardInterrupt:
+        return  # Ctrl-C is how a watch ends, as `kv cluster up` and `kv serve` end: quietly, status 0
+    except BrokenPipeError:
+        # The reader went away (`kv watch ... | head -1`): stop quietly, and keep Python's
+        # final flush of stdout from failing again at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 @cli.command()

@@ -11,7 +11,7 @@ import click
 from cli.common import DEFAULT_DATA_DIR, CliError, resolve_endpoints
 from cli.secure import client_security
 from kvpaxos.client import (
-    BadRequest, Client, KvError, NotFound, OutcomeUnknown, PreconditionFailed, Unauthorized,
+    BadRequest, Client, Compacted, KvError, NotFound, OutcomeUnknown, PreconditionFailed, Unauthorized,
     Unavailable,
 )
 
@@ -92,6 +92,10 @@ def describe_error(exc: KvError, key: str | None, urls: list[str]) -> str:
         return f"{where} unavailable{detail}{hint}"
     if isinstance(exc, BadRequest):
         return f"bad request for {about}{detail}"
+    if isinstance(exc, Compacted):
+        return (f"the changes asked for are no longer kept: the oldest revision the node holds is {exc.oldest} "
+                f"(the latest {exc.revision}); read the keys again (kv list), or watch --from {exc.oldest} "
+                "or later")
     if isinstance(exc, Unauthorized):
         return f"{about} refused: missing or wrong token (pass --token or set KV_TOKEN)"
     return f"{about} failed: {exc.code}{detail}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = ["Client", "AsyncClient", "KvError", "NotFound", "PreconditionFailed", "Unavailable",
-           "OutcomeUnknown", "BadRequest"]
+           "OutcomeUnknown", "BadRequest", "Compacted", "Event"]
 
 
 def __getattr__(name: str) -> Any:

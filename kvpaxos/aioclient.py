@@ -17,13 +17,13 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from kvpaxos.client import (
-    CONNECT_TIMEOUT_S, PROBE_TIMEOUT_S, WAIT_POLL_S, WAIT_VOTER_S, Conflict, Entry, KvError,
-    entry_from, give_up, raise_for_status, voter_yet,
+    CONNECT_TIMEOUT_S, PROBE_TIMEOUT_S, WAIT_POLL_S, WAIT_VOTER_S, Conflict, Entry, Event, KvError,
+    entry_from, give_up, raise_for_status, voter_yet, watch_page_from,
 )
 from kvpaxos.client_support import (
     LEADER_HEADER, RETRY_STATUSES, Attempts, Sessions, decode_body, kv_path, LeaderHint, list_path,
     member_body, member_path, members_path, merge_cluster_status, parse_endpoints, parse_retry_after,
-    put_body, retry_reason, unprobed_peers,
+    put_body, retry_reason, unprobed_peers, watch_call_timeout, watch_path,
 )
 
 # Raised when the TCP connect itself timed out (aiohttp >= 3.10); the request never left.
@@ -104,6 +104,36 @@ class AsyncClient:
             if not more or not entries:
                 return
             after = entries[-1].key
+
+    async def watch_page(self, key: str | None = None, prefix: str | None = None,
+                         from_revision: int | None = None, timeout_s: float = 30.0,
+                         limit: int = 1000) -> tuple[list[Event], int]:
+        """The changes from from_revision on, waiting up to timeout_s for one, and the
+        revision to watch from next (see Client.watch_page)."""
+        path = watch_path(key, prefix, from_revision, timeout_s, limit)
+        return watch_page_from(await self._call("GET", path,
+                                                timeout_s=watch_call_timeout(timeout_s, self.timeout_s)))
+
+    def watch(self, key: str | None = None, prefix: str | None = None, from_revision: int | None = None,
+              timeout_s: float = 30.0) -> AsyncIterator[Event]:
+        """Every change to key or under prefix, in revision order, each once, for ever, as
+        `async for event in kv.watch(...)` (see Client.watch)."""
+        watch_path(key, prefix, from_revision, timeout_s, 1)  # a bad call fails here, not at the first step
+        return self._follow(key, prefix, from_revision, timeout_s)
+
+    async def _follow(self, key: str | None, prefix: str | None, from_revision: int | None,
+                      timeout_s: float) -> AsyncIterator[Event]:
+        if from_revision is None:
+            # Pin the start with a poll that does not wait. A long poll without `from` that
+            # failed over to another node would start again at that node's "now" and skip
+            # the changes made while the first node held it.
+            events, from_revision = await self.watch_page(key, prefix, None, 0.0)
+            for event in events:
+                yield event
+        while True:
+            events, from_revision = await self.watch_page(key, prefix, from_revision, timeout_s)
+            for event in events:
+                yield event
 
     async def status(self, endpoint: str | None = None) -> dict[str, Any]:
         """Status of one node: the given endpoint (no failover), else any node."""

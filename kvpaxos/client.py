@@ -32,13 +32,13 @@ from urllib.parse import urlsplit
 from kvpaxos.client_support import (
     LEADER_HEADER, RETRY_STATUSES, Attempts, Sessions, decode_body, kv_path, LeaderHint, list_path,
     member_body, member_path, members_path, merge_cluster_status, normalize_endpoint, parse_endpoints,
-    parse_retry_after, put_body, retry_reason, unprobed_peers,
+    parse_retry_after, put_body, retry_reason, unprobed_peers, watch_call_timeout, watch_path,
 )
 
 __all__ = [
     "KvError", "NotFound", "PreconditionFailed", "Unavailable", "OutcomeUnknown",
-    "BadRequest", "Unauthorized", "Conflict", "Entry", "Client", "AsyncClient", "parse_endpoints",
-    "normalize_endpoint",
+    "BadRequest", "Unauthorized", "Conflict", "Compacted", "Entry", "Event", "Client", "AsyncClient",
+    "parse_endpoints", "normalize_endpoint",
 ]
 
 # A blackholed host must not eat the whole budget of a call; connecting on a
@@ -91,11 +91,33 @@ class Conflict(KvError):
     id_reused, already_member, address_in_use, last_voter, would_lose_quorum."""
 
 
+class Compacted(KvError):
+    """A watch asked for changes from a revision the node no longer holds (410). `oldest` is
+    the oldest revision it holds, `revision` its latest: read the keys again (a list) and
+    watch from the revision after that read."""
+
+    def __init__(self, code: str, message: str, status: int = 0, oldest: int = 0,
+                 revision: int = 0) -> None:
+        super().__init__(code, message, status)
+        self.oldest = oldest
+        self.revision = revision
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     key: str
     value: str
     version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One change a watch saw: a put (value is the new value; revision is the key's new
+    version) or a delete (value None)."""
+    revision: int
+    type: str  # "put" or "delete"
+    key: str
+    value: str | None
 
 
 def raise_for_status(status: int, doc: dict[str, Any]) -> dict[str, Any]:
@@ -114,6 +136,8 @@ def raise_for_status(status: int, doc: dict[str, Any]) -> dict[str, Any]:
         raise Unauthorized(code, message, status)
     if status in (400, 413):
         raise BadRequest(code, message, status)
+    if status == 410 and code == "compacted":
+        raise Compacted(code, message, status, _int_field(doc, "oldest"), _int_field(doc, "revision"))
     if status == 503:
         raise Unavailable(code, message, status)
     if status == 504:
@@ -126,6 +150,33 @@ def entry_from(doc: dict[str, Any]) -> Entry:
         return Entry(str(doc["key"]), doc["value"], int(doc["version"]))
     except (KeyError, TypeError, ValueError):
         raise KvError("bad_response", f"malformed entry in response: {doc!r:.200}") from None
+
+
+def _int_field(doc: dict[str, Any], name: str) -> int:
+    value = doc.get(name)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def event_from(doc: Any) -> Event:
+    try:
+        kind = doc["type"]
+        if kind not in ("put", "delete"):
+            raise ValueError(kind)
+        value = doc["value"] if kind == "put" else None
+        if kind == "put" and not isinstance(value, str):
+            raise TypeError(value)
+        return Event(int(doc["revision"]), kind, str(doc["key"]), value)
+    except (KeyError, TypeError, ValueError):
+        raise KvError("bad_response", f"malformed event in response: {doc!r:.200}") from None
+
+
+def watch_page_from(doc: dict[str, Any]) -> tuple[list[Event], int]:
+    """The events of a /v1/watch answer and the revision to watch from next."""
+    events = doc.get("events")
+    next_revision = doc.get("next")
+    if not isinstance(events, list) or not isinstance(next_revision, int) or isinstance(next_revision, bool):
+        raise KvError("bad_response", f"malformed watch response: {doc!r:.200}")
+    return [event_from(item) for item in events], next_revision
 
 
 def voter_yet(doc: dict[str, Any], node_id: int, deadline: float, waited_s: float) -> bool:
@@ -237,6 +288,40 @@ class Client:
             if not more or not entries:
                 return
             after = entries[-1].key
+
+    def watch_page(self, key: str | None = None, prefix: str | None = None,
+                   from_revision: int | None = None, timeout_s: float = 30.0,
+                   limit: int = 1000) -> tuple[list[Event], int]:
+        """The changes to `key`, or to the keys under `prefix` ("" for every key), from
+        revision `from_revision` on (without it, from just after a linearizable read),
+        waiting up to timeout_s for one; and the revision to pass as from_revision next.
+        No events: nothing changed meanwhile. Compacted if the node no longer holds
+        from_revision. Exactly one of key and prefix, else ValueError."""
+        path = watch_path(key, prefix, from_revision, timeout_s, limit)
+        return watch_page_from(self._call("GET", path, timeout_s=watch_call_timeout(timeout_s, self.timeout_s)))
+
+    def watch(self, key: str | None = None, prefix: str | None = None, from_revision: int | None = None,
+              timeout_s: float = 30.0) -> Iterator[Event]:
+        """Every change to `key` or under `prefix` from revision `from_revision` on (without
+        it, from a linearizable read made when the first event is asked for), in revision
+        order, each once, for ever: long polls of timeout_s, each from the `next` of the one
+        before, on whichever node answers (every node gives a change the same revision).
+        Raises Compacted when the history no longer holds the revision to go on from, and
+        Unavailable (as any read) when no node answers within a poll's budget."""
+        watch_path(key, prefix, from_revision, timeout_s, 1)  # a bad call fails here, not at the first next()
+        return self._follow(key, prefix, from_revision, timeout_s)
+
+    def _follow(self, key: str | None, prefix: str | None, from_revision: int | None,
+                timeout_s: float) -> Iterator[Event]:
+        if from_revision is None:
+            # Pin the start with a poll that does not wait. A long poll without `from` that
+            # failed over to another node would start again at that node's "now" and skip
+            # the changes made while the first node held it.
+            events, from_revision = self.watch_page(key, prefix, None, 0.0)
+            yield from events
+        while True:
+            events, from_revision = self.watch_page(key, prefix, from_revision, timeout_s)
+            yield from events
 
     def status(self, endpoint: str | None = None) -> dict[str, Any]:
         """Status of one node: the given endpoint (no failover), else any node."""

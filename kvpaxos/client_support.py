@@ -101,6 +101,27 @@ def list_path(prefix: str, limit: int, after: str | None = None) -> str:
     return "/v1/kv?" + urlencode(query)
 
 
+def watch_path(key: str | None, prefix: str | None, from_revision: int | None, timeout_s: float,
+               limit: int) -> str:
+    """GET /v1/watch for one key or the keys under prefix ("" for every key); exactly
+    one of the two, else ValueError."""
+    if (key is None) == (prefix is None):
+        raise ValueError("give exactly one of key and prefix")
+    query: dict[str, Any] = {"key": key} if key is not None else {"prefix": prefix}
+    if from_revision is not None:
+        query["from"] = int(from_revision)
+    query["timeout"] = float(timeout_s)
+    query["limit"] = int(limit)
+    return "/v1/watch?" + urlencode(query)
+
+
+def watch_call_timeout(poll_s: float, call_s: float) -> float:
+    """The budget of one watch call: the poll's wait on the node, which holds the request
+    that long when nothing changes, and the client's usual budget on top to reach a node
+    and fail over. The default budget alone would cut every quiet poll off as a timeout."""
+    return max(0.0, float(poll_s)) + call_s
+
+
 def members_path(stale: bool) -> str:
     return "/v1/members" + ("?consistency=stale" if stale else "")
 

@@ -9,19 +9,21 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import queue
 import random
 import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from support.cluster import port_range
+from support.cluster import Cluster, port_range, request
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("kvpaxos.server") is None,
                                 reason="the node server (kvpaxos.server) is not available")
@@ -238,3 +240,103 @@ def test_second_cluster_up_on_busy_ports_is_refused(local: LocalCluster) -> None
                             timeout=COMMAND_TIMEOUT_S)
     assert result.returncode == 1
     assert "already in use" in result.stderr and result.stderr.count("\n") == 1
+
+
+# -- kv watch ----------------------------------------------------------------------------
+
+
+def kv_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "cli.main", *args]
+
+
+def start_watch(*args: str) -> tuple[subprocess.Popen[str], "queue.Queue[str]"]:
+    """`kv ARGS...` in the background, and a queue of the lines it prints as they come.
+    SIGINT is set back to its default in the child, where a test runner may ignore it."""
+    proc = subprocess.Popen(kv_command(*args), cwd=REPO_ROOT, env=_env(), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    return proc, lines
+
+
+def watches_waiting(local: LocalCluster) -> int:
+    """How many watch polls the cluster's nodes hold now."""
+    total = 0
+    for port in range(local.base_port, local.base_port + 3):
+        resp = request(port, "GET", "/v1/status", timeout=5)
+        total += resp.body["watch"]["waiting"] if resp.status == 200 else 0
+    return total
+
+
+def test_watch_prints_each_change_as_it_happens(local: LocalCluster) -> None:
+    proc, lines = start_watch("--data-dir", str(local.dir), "watch", "--prefix", "w/", "--count", "2")
+    stopper, _ = start_watch("--data-dir", str(local.dir), "watch", "--prefix", "")  # until Ctrl-C
+    try:
+        wait_for(lambda: watches_waiting(local) >= 2, 30, "both watches to wait on a node")
+        version = int(re.search(r"version (\d+)", ok(local.kv("put", "w/a", "one two", "--server", "2")))[1])
+        ok(local.kv("put", "elsewhere", "x", "--server", "1"))  # not under w/
+        # Printed (and flushed into the pipe) at once, before the next change exists.
+        assert lines.get(timeout=20) == f"{version}\tput\tw/a\tone two\n"
+        ok(local.kv("delete", "w/a", "--server", "3"))
+        assert lines.get(timeout=20) == f"{version + 2}\tdelete\tw/a\n"
+        assert proc.wait(timeout=20) == 0  # --count 2: done
+        assert proc.stderr is not None and proc.stderr.read() == ""
+        ok(local.kv("put", "w/b", "after", "--server", "1"))
+        time.sleep(0.5)
+        assert lines.empty()
+
+        replay = ok(local.kv("watch", "w/a", "--from", str(version), "--count", "2", "--json"))
+        assert [json.loads(line) for line in replay.splitlines()] == [
+            {"revision": version, "type": "put", "key": "w/a", "value": "one two"},
+            {"revision": version + 2, "type": "delete", "key": "w/a", "value": None}]
+
+        assert stopper.poll() is None  # the watch without --count carries on ...
+        stopper.send_signal(signal.SIGINT)
+        assert stopper.wait(timeout=20) == 0  # ... until Ctrl-C, which ends it quietly
+        assert stopper.stderr is not None and stopper.stderr.read() == ""
+    finally:
+        for p in (proc, stopper):
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=10)
+
+
+def test_watch_needs_exactly_one_of_key_and_prefix() -> None:
+    for args in (["watch"], ["watch", "k", "--prefix", "k"], ["watch", "--from", "3"]):
+        # Nothing listens on port 9: a usage error must come before any request.
+        result = subprocess.run(kv_command("--endpoints", "127.0.0.1:9", *args), cwd=REPO_ROOT, env=_env(),
+                                capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
+        assert result.returncode == 2, (args, result)
+        assert result.stdout == "" and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result
+        assert "--prefix" in result.stderr, result
+
+
+def test_watch_from_a_revision_no_longer_kept_is_one_line_error(tmp_path: Path) -> None:
+    class SmallHistory(Cluster):
+        def command(self, i: int) -> list[str]:
+            return super().command(i) + ["--watch-history", "5"]
+
+    cluster = SmallHistory(tmp_path / "small", n=1)
+    try:
+        cluster.start()
+        cluster.wait_for_leader()
+        for n in range(8):
+            assert cluster.put(1, f"k{n}", str(n)).body["version"] == n + 1
+        endpoint = ["--endpoints", cluster.url(1), "watch", "--prefix", ""]
+        result = subprocess.run(kv_command(*endpoint, "--from", "2"), cwd=REPO_ROOT, env=_env(),
+                                capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
+        assert result.returncode == 1, result
+        assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result
+        assert "oldest revision the node holds is 4" in result.stderr, result
+        kept = subprocess.run(kv_command(*endpoint, "--from", "4", "--count", "5"), cwd=REPO_ROOT, env=_env(),
+                              capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
+        assert ok(kept) == "".join(f"{n + 1}\tput\tk{n}\t{n}\n" for n in range(3, 8))
+    finally:
+        cluster.stop_all()
