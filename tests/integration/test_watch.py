@@ -163,23 +163,26 @@ def test_a_watcher_following_next_sees_every_acknowledged_write_across_a_leader_
         return bool(acked) and (not seen or seen[-1][0] < max(acked))
 
     def writer(w: int) -> None:
+        deadline = time.monotonic() + 45
         for n in range(40):
             key, value = prefix + f"{w}-{n}", f"v{n}"
-            for _ in range(20):
-                node = 1 + (w + n) % 3
+            node = 1 + (w + n) % 3
+            while time.monotonic() < deadline:  # through the election: 503s, the dead node
                 try:
                     resp = cluster.put(node, key, value, timeout=5)
                 except OSError:
-                    continue
-                if resp.status == 200:
+                    resp = None
+                if resp is not None and resp.status == 200:
                     acked[resp.body["version"]] = ("put", key, value)
                     break
+                node = node % 3 + 1
+                time.sleep(0.05)
 
     watching = threading.Thread(target=watcher, daemon=True)
     watching.start()
     with ThreadPoolExecutor(3) as pool:
         writes = [pool.submit(writer, w) for w in range(3)]
-        time.sleep(0.5)
+        wait_until(lambda: len(acked) >= 30, 30, "a quarter of the writes")  # the rest go across the kill
         leader = cluster.wait_for_leader()
         cluster.kill(leader)
         for f in writes:
