@@ -341,7 +341,13 @@ async def watch_keys(request: web.Request) -> web.Response:
     elif q.get("consistency", "linearizable") not in ("linearizable", "stale"):
         raise BadRequest("consistency must be 'linearizable' or 'stale'")
     history = node.history
-    page = await history.poll(start, key, prefix, limit, timeout, LIST_PAGE_CHARS)
+    page = await history.poll(start, key, prefix, limit, timeout if node.replica.leader_id else 0,
+                              LIST_PAGE_CHARS)
+    if not page.changes and node.replica.leader_id is None and not history.closed:
+        # Cut off from the cluster (or between leaders), this node may not hear of new
+        # changes: a watcher waiting here would wait for nothing. It asks another node.
+        raise NoQuorum(f"this node knows no leader now, so it may not hear of changes: ask another node"
+                       f"{node.why_alone()}", retry_after_s=1)
     return web.json_response({"events": [c.to_wire() for c in page.changes], "next": page.next,
                               "revision": history.revision})
 

@@ -581,13 +581,13 @@ class Node:
                 entry = self._waiters.get(c.cmd_id)
                 if entry is not None and entry[0] is call:
                     del self._waiters[c.cmd_id]
-        note = self._why_alone()
+        note = self.why_alone()
         if maybe_taken:
             raise OutcomeUnknown("the command may or may not have been applied; "
                                  f"retry with the same client_id and seq to find out{note}")
         raise NoQuorum(f"no leader could be reached{note}", retry_after_s=1)
 
-    def _why_alone(self) -> str:
+    def why_alone(self) -> str:
         """What a request that found no leader should say about this node, if anything."""
         if self.removed:
             return " (this node was removed from the cluster: ask a member)"
@@ -637,7 +637,7 @@ class Node:
                                              "in time")
                 return
             await asyncio.sleep(self.config.tick_ms / 1000)
-        raise NoQuorum(f"no leader confirmed the read{self._why_alone()}", retry_after_s=1)
+        raise NoQuorum(f"no leader confirmed the read{self.why_alone()}", retry_after_s=1)
 
     def _read_index(self) -> asyncio.Future:
         """A future for a read index (or None), asked for once per event-loop turn for
@@ -907,6 +907,7 @@ class Node:
                                                         role=self.replica.role.value))
             else:
                 log.info("leader lost", extra=fields(ballot=str(self.replica.ballot)))
+                self.history.interrupt()  # its watchers ask a node that has one (kvpaxos/http.py)
 
     def _release_waiters(self) -> None:
         """Removed: answer every request waiting here now instead of at its timeout. A

@@ -86,6 +86,7 @@ class History:
         self._by_key: dict[str, list[_Waiter]] = {}
         self._by_prefix: list[_Waiter] = []
         self.closed = False
+        self._interrupts = 0
 
     # -- fed by the node, on the event loop ------------------------------------
 
@@ -149,6 +150,12 @@ class History:
         self.closed = True
         self._wake_all()
 
+    def interrupt(self) -> None:
+        """Every poll waiting now answers what it has (the node lost its leader: changes
+        may stop reaching it, and its watchers should ask another node)."""
+        self._interrupts += 1
+        self._wake_all()
+
     # -- read --------------------------------------------------------------------
 
     def page(self, start: int, key: str | None, prefix: str | None, limit: int,
@@ -176,13 +183,15 @@ class History:
 
     async def poll(self, start: int, key: str | None, prefix: str | None, limit: int,
                    timeout_s: float, max_chars: int | None = None) -> Page:
-        """page(), but when it is empty wait up to timeout_s for a matching change."""
+        """page(), but when it is empty wait up to timeout_s for a matching change, or
+        until interrupt() or close()."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
+        interrupts = self._interrupts
         while True:
             found = self.page(start, key, prefix, limit, max_chars)
             left = deadline - loop.time()
-            if found.changes or left <= 0 or self.closed:
+            if found.changes or left <= 0 or self.closed or self._interrupts != interrupts:
                 return found
             start = found.next  # what was looked at need not be looked at again
             waiter = _Waiter(key, prefix, loop.create_future())

@@ -148,3 +148,21 @@ def test_a_restart_answers_polls_from_before_it_compacted() -> None:
         assert page.changes == [] and page.next == 21
 
     asyncio.run(main())
+
+
+def test_an_interrupt_answers_the_polls_waiting_then_and_not_later_ones() -> None:
+    async def main() -> None:
+        history = History(0)
+        waiting = asyncio.ensure_future(history.poll(1, "a", None, 10, 5))
+        await asyncio.sleep(0)
+        history.interrupt()  # the node lost its leader
+        page = await asyncio.wait_for(waiting, 1)
+        assert page.changes == [] and page.next == 1
+        later = asyncio.ensure_future(history.poll(1, "a", None, 10, 5))
+        await asyncio.sleep(0.05)
+        assert not later.done()  # a poll begun after it waits as usual
+        history.record(1, PUT, "a", "x")
+        history.wake()
+        assert [c.revision for c in (await asyncio.wait_for(later, 1)).changes] == [1]
+
+    asyncio.run(main())

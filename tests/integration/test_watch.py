@@ -251,3 +251,25 @@ def test_a_stopping_node_answers_its_waiting_watches_at_once(clusters):
     assert resp.status == 200 and resp.body["events"] == [], resp
     assert resp.elapsed_s < 10, resp  # not the poll's minute
     assert proc.returncode == 0
+
+
+def test_a_node_cut_off_from_the_others_sends_its_watchers_elsewhere(clusters):
+    """A watch waiting on a node that loses its leader answers 503 no_quorum (not an empty
+    page after its whole timeout), and so does a new one while it has none: the watcher
+    asks another node, which hears of the changes this one cannot."""
+    cluster = clusters()
+    start = watch(cluster, 3, prefix="", timeout=0).body["next"]
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(watch, cluster, 3, http_timeout=40, prefix="", timeout=30, **{"from": start})
+        wait_until(lambda: cluster.status(3)["watch"]["waiting"] == 1, 10, "the watch to wait")
+        cluster.kill_many([1, 2])  # node 3 alone: no majority, so no leader
+        resp = pending.result(timeout=35)
+    assert resp.status == 503 and resp.body["error"] == "no_quorum", resp
+    assert resp.elapsed_s < 20, resp  # well before the poll's 30 s
+    again = watch(cluster, 3, prefix="", timeout=10, **{"from": start})
+    assert again.status == 503 and again.elapsed_s < 5, again  # at once, while it has no leader
+    cluster.start([1, 2])
+    cluster.wait_for_leader()
+    put = cluster.put(1, "after", "x")
+    resp = watch(cluster, 3, prefix="", timeout=10, **{"from": start})
+    assert events_of(resp) == [(put.body["version"], "put", "after", "x")]
