@@ -146,7 +146,8 @@ def test_token_guards_data_routes_not_status_or_metrics(make_nodes, tmp_path) ->
 
     for token in (None, "wrong-token"):
         for method, path in (("GET", "/v1/kv/a"), ("PUT", "/v1/kv/a"), ("GET", "/v1/kv"),
-                             ("DELETE", "/v1/kv/a"), ("GET", "/v1/snapshot"), ("GET", "/nope")):
+                             ("DELETE", "/v1/kv/a"), ("GET", "/v1/snapshot"), ("GET", "/v1/watch?prefix="),
+                             ("GET", "/nope")):
             reply = nodes.request(1, method, path, body={"value": "x"} if method == "PUT" else None,
                                   token=token)
             assert reply.status == 401, (method, path, reply)
@@ -166,8 +167,10 @@ def test_token_guards_data_routes_not_status_or_metrics(make_nodes, tmp_path) ->
     assert nodes.request(3, "GET", "/v1/snapshot").status == 200
 
     with Client(nodes.urls(), token=TOKEN, timeout_s=10) as kv:
-        kv.put("b", "2")
+        version = kv.put("b", "2")
         assert kv.get("b").value == "2"
+        events, _ = kv.watch_page(key="b", from_revision=version, timeout_s=0)
+        assert [(e.revision, e.value) for e in events] == [(version, "2")]
     with Client(nodes.urls(), timeout_s=5) as kv, pytest.raises(Unauthorized):
         kv.get("b")
 
