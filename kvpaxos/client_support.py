@@ -110,7 +110,7 @@ def watch_path(key: str | None, prefix: str | None, from_revision: int | None, t
     query: dict[str, Any] = {"key": key} if key is not None else {"prefix": prefix}
     if from_revision is not None:
         query["from"] = int(from_revision)
-    query["timeout"] = float(timeout_s)
+    query["timeout"] = f"{max(0.0, float(timeout_s)):.3f}"  # plain decimals: the node takes no 1e-05
     query["limit"] = int(limit)
     return "/v1/watch?" + urlencode(query)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import re
 import time
 import urllib.parse
 from email.utils import formatdate
@@ -39,6 +40,7 @@ TRANSPORT = web.AppKey("transport", PeerTransport)
 LIST_LIMIT_MAX = 10_000
 WATCH_TIMEOUT_S = 30.0  # how long a watch waits for a change by default ...
 WATCH_TIMEOUT_MAX_S = 300.0  # ... and at most
+_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?", re.ASCII)
 # A page of a list ends before the entry that would take its keys and values past this
 # many characters (one entry at the least): at the limit's 10,000 values of up to 1 MiB,
 # one answer could have been 10 GiB, built in memory and encoded on the event loop.
@@ -328,11 +330,9 @@ async def watch_keys(request: web.Request) -> web.Response:
     limit = _int_query(request, "limit", 1000, 1, LIST_LIMIT_MAX)
     start = _int_query(request, "from", None, 1, None)
     raw_timeout = q.get("timeout", str(WATCH_TIMEOUT_S))
-    try:
-        timeout = float(raw_timeout)
-    except ValueError:
-        timeout = -1.0
-    if not 0 <= timeout <= WATCH_TIMEOUT_MAX_S:  # also false for nan
+    # Plain decimals only: float() would also take " 5", "1e2", "nan" and other scripts' digits.
+    timeout = float(raw_timeout) if _DECIMAL.fullmatch(raw_timeout) else -1.0
+    if not 0 <= timeout <= WATCH_TIMEOUT_MAX_S:
         raise BadRequest(f"timeout must be a number of seconds from 0 to {WATCH_TIMEOUT_MAX_S:g}")
     node = request.app[NODE]
     if start is None:

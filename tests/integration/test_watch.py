@@ -127,7 +127,8 @@ def test_a_watch_without_from_starts_after_every_acknowledged_write(shared):
 
 def test_bad_watch_requests_get_clear_errors(shared):
     for query in ({}, {"key": "a", "prefix": "b"}, {"key": "a", "from": "0"}, {"key": "a", "from": "x"},
-                  {"key": "a", "timeout": "301"}, {"key": "a", "timeout": "nan"}, {"key": "a", "limit": "0"},
+                  {"key": "a", "timeout": "301"}, {"key": "a", "timeout": "nan"}, {"key": "a", "timeout": " 5"},
+                  {"key": "a", "timeout": "1e1"}, {"key": "a", "timeout": "\u0663"}, {"key": "a", "limit": "0"},
                   {"key": "a", "limit": "10001"}, {"key": ""}, {"key": "a", "consistency": "eventual"},
                   {"key": "a", "from": "1", "consistency": "eventual"}):
         resp = watch(shared, 1, **query)

@@ -291,8 +291,11 @@ def test_fuzz_key_paths_and_bodies(live):
     logs.check_clean()
 
 
-QUERY_ROUTES = [b"/v1/kv", b"/v1/dashboard", b"/v1/dashboard/find", b"/v1/snapshot", b"/v1/status", b"/metrics"]
-QUERY_NAMES = ["prefix", "limit", "consistency", "slots", "series_since", "client_id", "seq", "fresh", "x"]
+# A watch that finds no change waits for one up to its timeout: the first timeout wins.
+QUERY_ROUTES = [b"/v1/kv", b"/v1/dashboard", b"/v1/dashboard/find", b"/v1/snapshot", b"/v1/status", b"/metrics",
+                b"/v1/watch?timeout=0"]
+QUERY_NAMES = ["prefix", "limit", "consistency", "slots", "series_since", "client_id", "seq", "fresh", "x",
+               "key", "from", "timeout", "after"]
 query_values = st.one_of(
     st.text(any_char, max_size=8),
     st.integers(-10**20, 10**20).map(str),
@@ -317,8 +320,9 @@ def _fuzz_queries(live: Cluster, routes: list[bytes]) -> None:
     def one(route: bytes, query: bytes, node: int) -> None:
         if time.monotonic() > stop_at:
             return
-        resp = raw_http(live.ports[node], b"GET", route + b"?" + query)
-        check_answer(resp, f"GET {route + b'?' + query!r}")
+        target = route + (b"&" if b"?" in route else b"?") + query
+        resp = raw_http(live.ports[node], b"GET", target)
+        check_answer(resp, f"GET {target!r}")
 
     one()
     _alive(live)
