@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from kvpaxos.client import (
-    CONNECT_TIMEOUT_S, PROBE_TIMEOUT_S, WAIT_POLL_S, WAIT_VOTER_S, Conflict, Entry, Event, KvError,
-    entry_from, give_up, raise_for_status, voter_yet, watch_page_from,
+    CONNECT_TIMEOUT_S, PROBE_TIMEOUT_S, WAIT_POLL_S, WAIT_VOTER_S, Compacted, Conflict, Entry, Event, KvError,
+    after_compacted, entry_from, give_up, raise_for_status, voter_yet, watch_page_from,
 )
 from kvpaxos.client_support import (
     LEADER_HEADER, RETRY_STATUSES, Attempts, Sessions, decode_body, kv_path, LeaderHint, list_path,
@@ -111,8 +111,13 @@ class AsyncClient:
         """The changes from from_revision on, waiting up to timeout_s for one, and the
         revision to watch from next (see Client.watch_page)."""
         path = watch_path(key, prefix, from_revision, timeout_s, limit)
-        return watch_page_from(await self._call("GET", path,
-                                                timeout_s=watch_call_timeout(timeout_s, self.timeout_s)))
+        refused: list[Compacted] = []
+        while True:
+            try:
+                return watch_page_from(await self._call("GET", path,
+                                                        timeout_s=watch_call_timeout(timeout_s, self.timeout_s)))
+            except Compacted as exc:
+                self._preferred = after_compacted(refused, exc, self._preferred, len(self.endpoints))
 
     def watch(self, key: str | None = None, prefix: str | None = None, from_revision: int | None = None,
               timeout_s: float = 30.0) -> AsyncIterator[Event]:

@@ -179,6 +179,15 @@ def watch_page_from(doc: dict[str, Any]) -> tuple[list[Event], int]:
     return [event_from(item) for item in events], next_revision
 
 
+def after_compacted(refused: list[Compacted], exc: Compacted, answered: int, endpoints: int) -> int:
+    """A node answered compacted to a watch: the endpoint to ask next, or the refusal
+    that names the oldest revision any node held once every endpoint has refused."""
+    refused.append(exc)
+    if len(refused) >= endpoints:
+        raise min(refused, key=lambda e: e.oldest)
+    return (answered + 1) % endpoints
+
+
 def voter_yet(doc: dict[str, Any], node_id: int, deadline: float, waited_s: float) -> bool:
     """For add_member(wait=True): whether a /v1/members document shows node_id as a voter
     whose promotion is in effect; NotFound if it is no longer a member, OutcomeUnknown once
@@ -295,10 +304,18 @@ class Client:
         """The changes to `key`, or to the keys under `prefix` ("" for every key), from
         revision `from_revision` on (without it, from just after a linearizable read),
         waiting up to timeout_s for one; and the revision to pass as from_revision next.
-        No events: nothing changed meanwhile. Compacted if the node no longer holds
-        from_revision. Exactly one of key and prefix, else ValueError."""
+        No events: nothing changed meanwhile. Compacted if no node asked still holds
+        from_revision (each node keeps its own latest changes: one that restarted holds
+        fewer than the others, so the others are asked too). Exactly one of key and
+        prefix, else ValueError."""
         path = watch_path(key, prefix, from_revision, timeout_s, limit)
-        return watch_page_from(self._call("GET", path, timeout_s=watch_call_timeout(timeout_s, self.timeout_s)))
+        refused: list[Compacted] = []
+        while True:
+            try:
+                return watch_page_from(self._call("GET", path,
+                                                  timeout_s=watch_call_timeout(timeout_s, self.timeout_s)))
+            except Compacted as exc:
+                self._preferred = after_compacted(refused, exc, self._preferred, len(self.endpoints))
 
     def watch(self, key: str | None = None, prefix: str | None = None, from_revision: int | None = None,
               timeout_s: float = 30.0) -> Iterator[Event]:

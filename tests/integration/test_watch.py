@@ -6,6 +6,7 @@ HTTP request's.
 """
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
 import time
@@ -15,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from kvpaxos.aioclient import AsyncClient
+from kvpaxos.client import Client, Compacted
 from support.cluster import Cluster, request, wait_until
 
 
@@ -239,6 +242,35 @@ def test_a_restarted_node_holds_the_changes_after_its_snapshot(clusters):
     mine = watch(cluster, 2, prefix=prefix, timeout=0, **{"from": st["first"]})
     theirs = watch(cluster, 1, prefix=prefix, timeout=0, **{"from": st["first"]})
     assert events_of(mine) == events_of(theirs) and events_of(mine)
+
+
+def test_the_client_asks_the_other_nodes_before_it_says_compacted(clusters):
+    cluster = clusters(["--snapshot-every", "20", "--compact-keep", "5"])
+    prefix = fresh()
+    for n in range(60):
+        assert cluster.put(1 + n % 3, prefix + f"k{n % 9}", f"v{n}").status == 200
+    for i in (2, 3):
+        wait_until(lambda: cluster.status(i)["snapshot"]["slot"] > 0, 15, f"node {i} to take a snapshot")
+    cluster.restart(2)  # it holds only the changes after its snapshot now
+    cluster.wait_caught_up(2)
+    assert cluster.status(2)["watch"]["first"] > 1
+    urls = [cluster.url(2), cluster.url(3), cluster.url(1)]
+    with Client(urls, timeout_s=5) as kv:
+        events, _ = kv.watch_page(prefix=prefix, from_revision=1, timeout_s=0)
+        assert [e.revision for e in events][:3] == [1, 2, 3]  # from node 3, which never restarted
+
+    async def through_async() -> list[int]:
+        async with AsyncClient(urls, timeout_s=5) as kv:
+            return [e.revision for e in (await kv.watch_page(prefix=prefix, from_revision=1, timeout_s=0))[0]]
+    assert asyncio.run(through_async())[:3] == [1, 2, 3]
+    cluster.restart(3)
+    cluster.restart(1)
+    cluster.wait_for_leader()
+    oldest = min(cluster.status(i)["watch"]["first"] for i in cluster.ids)
+    assert oldest > 1
+    with Client(urls, timeout_s=5) as kv, pytest.raises(Compacted) as caught:
+        kv.watch_page(prefix=prefix, from_revision=1, timeout_s=0)
+    assert caught.value.oldest == oldest  # the most any node holds
 
 
 def test_a_stopping_node_answers_its_waiting_watches_at_once(clusters):

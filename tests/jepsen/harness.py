@@ -60,8 +60,9 @@ from support.history import (Recorder, Workload, errors, first_write_after, long
                              took_effect, version_anomalies)
 from support.linearizability import OK, READ, Op, check
 from support.netproxy import NetProxy
+from support.watcher import Watcher
 
-from .test_faults import _converged_scans, _diff_scans, _dump_history, _lost_writes
+from .test_faults import CONVERGE_WITHIN_S, _converged_scans, _diff_scans, _dump_history, _lost_writes
 
 ARTIFACTS = REPO_ROOT / "tests" / "artifacts" / "jepsen"
 PLANTED = REPO_ROOT / "tests" / "support" / "planted.py"
@@ -77,7 +78,7 @@ EXTRA_KINDS = ("kill_majority", "wipe_random")
 ALL_KINDS = PROCESS_KINDS + NETWORK_KINDS
 
 # What a finding means: a safety anomaly is a wrong answer; a liveness one is a missing answer.
-SAFETY = ("nonlinearizable", "lost_write", "divergence", "version")
+SAFETY = ("nonlinearizable", "lost_write", "divergence", "version", "watch")
 
 
 class FaultCluster(Cluster):
@@ -438,6 +439,7 @@ def run_plan(cluster: FaultCluster, plan: Plan, seed: int, write_artifacts: bool
     """Run `plan` against a started cluster; the report (never raises on anomalies)."""
     started = time.monotonic()
     cluster.wait_for_leader(timeout=30)
+    watcher = Watcher([cluster.url(i) for i in cluster.ids])
     rec = asyncio.run(_record(cluster, plan, seed))
     recorder: Recorder = rec["recorder"]
     nemesis: Nemesis = rec["nemesis"]
@@ -517,6 +519,14 @@ def run_plan(cluster: FaultCluster, plan: Plan, seed: int, write_artifacts: bool
             wrong = [f for f in finals if f.outcome == OK and content.get(f.key) != f.value]
             found("divergence", [f"final read {f.describe(t0)} disagrees with the converged store "
                                  f"({content.get(f.key)!r})" for f in wrong[:5]])
+    # A watcher that followed every change through the faults saw each once, in order.
+    revision = max((st["watch"]["revision"] for st in cluster.statuses().values()), default=0)
+    watcher.wait_for(revision, CONVERGE_WITHIN_S)
+    content = None
+    if scans and isinstance(scans[cluster.ids[0]], list):
+        content = {item["key"]: item["value"] for item in scans[cluster.ids[0]]}
+    found("watch", watcher.anomalies(ops, content, revision))
+    report["watcher"] = {**watcher.report(), "revision": revision}
     if cluster.net is not None:
         stats = cluster.net.stats()
         report["network"] = {k: sum(s[k] for s in stats.values()) for k in ("accepted", "refused", "cut")}

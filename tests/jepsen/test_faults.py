@@ -29,13 +29,12 @@ import json
 import os
 import random
 import signal
-import threading
 import time
 from collections import Counter
 from typing import Any
 
-from kvpaxos.client import Client, OutcomeUnknown, Unavailable
 from support.cluster import Cluster
+from support.watcher import Watcher
 from support.history import (Recorder, Workload, errors, first_write_after, longest_gap_without_write, summarize,
                              took_effect, version_anomalies)
 from support.linearizability import CAS, DELETE, OK, READ, UNKNOWN, WRITE, Op, check
@@ -211,69 +210,6 @@ def _converged_scans(cluster: Cluster, prefix: str) -> tuple[dict[int, Any], dic
     return {}, applied
 
 
-class Watcher:
-    """Every change in the cluster, from revision 1, followed in a thread of its own with
-    the Python client; a call that runs out of budget (a paused node, no leader) goes on
-    from the revision after the last one seen."""
-
-    def __init__(self, urls: list[str]) -> None:
-        self.urls = urls
-        self.events: list = []
-        self.retries = 0
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        at = 1
-        with Client(self.urls, timeout_s=3) as kv:
-            while not self.stop.is_set():
-                try:
-                    for event in kv.watch(prefix="", from_revision=at, timeout_s=1):
-                        self.events.append(event)
-                        at = event.revision + 1
-                        if self.stop.is_set():
-                            return
-                except (Unavailable, OutcomeUnknown):
-                    self.retries += 1
-
-    def wait_for(self, revision: int, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and (not self.events or self.events[-1].revision < revision):
-            time.sleep(0.1)
-        return bool(self.events) and self.events[-1].revision >= revision
-
-    def anomalies(self, ops: list, content: dict[str, Any] | None, revision: int) -> list[str]:
-        out = []
-        revisions = [e.revision for e in self.events]
-        if revisions != list(range(1, len(revisions) + 1)):
-            gaps = [(a, b) for a, b in zip(revisions, revisions[1:]) if b != a + 1][:5]
-            out.append(f"the watcher's revisions are not 1, 2, 3, ...: breaks at {gaps}")
-        if not revisions or revisions[-1] < revision:
-            out.append(f"the watcher saw up to revision {revisions[-1] if revisions else 0}, not {revision}")
-        by_revision = {e.revision: e for e in self.events}
-        for op in ops:
-            version = op.meta.get("version")
-            if op.outcome != OK or version is None or op.kind == READ or (op.kind in (CAS, DELETE) and not op.result):
-                continue
-            e = by_revision.get(version)
-            want = ("delete", op.key, None) if op.kind == DELETE else ("put", op.key, op.value)
-            if e is None or (e.type, e.key, e.value) != want:
-                out.append(f"acknowledged #{op.id} {op.kind} {op.key!r} at version {version}: the watcher saw {e}")
-                break
-        if content is not None:
-            replayed: dict[str, Any] = {}
-            for e in self.events:
-                if e.type == "put":
-                    replayed[e.key] = e.value
-                else:
-                    replayed.pop(e.key, None)
-            if replayed != content:
-                diff = sorted(k for k in set(replayed) | set(content) if replayed.get(k) != content.get(k))
-                out.append(f"the watched changes replayed differ from the converged store at {diff[:5]}")
-        return out
-
-
 def _lost_writes(ops: list, finals: list, t0: float = 0.0) -> list[str]:
     """Keys whose final value was written before some other acknowledged write started."""
     out = []
@@ -390,12 +326,11 @@ def test_linearizable_under_crashes_and_pauses(make_cluster):
     # The watcher saw every change, once, in order; replayed, they are the store.
     revision = max((st["watch"]["revision"] for st in cluster.statuses().values()), default=0)
     watcher.wait_for(revision, CONVERGE_WITHIN_S)
-    watcher.stop.set()
     content = None
     if scans and isinstance(scans[cluster.ids[0]], list):
         content = {item["key"]: item["value"] for item in scans[cluster.ids[0]]}
     anomalies += watcher.anomalies(ops, content, revision)
-    report["watcher"] = {"events": len(watcher.events), "retries": watcher.retries, "revision": revision}
+    report["watcher"] = {**watcher.report(), "revision": revision}
 
     report["anomalies"] = anomalies
     report["total_s"] = round(time.monotonic() - started, 1)
