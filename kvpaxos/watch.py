@@ -20,11 +20,13 @@ loaded at start, or one installed from a peer to catch up, which starts it
 again there): a node does not know the changes inside a snapshot.
 
 Waking: each applied slot wakes the waiting polls that one of its changes
-matches (exact keys through a dict, prefixes one by one), on the event loop.
+matches (exact keys through a dict; for prefixes, each watched prefix is looked
+up among the slot's changed keys, sorted), on the event loop.
 """
 from __future__ import annotations
 
 import asyncio
+import bisect
 import itertools
 from collections import deque
 from dataclasses import dataclass
@@ -83,8 +85,9 @@ class History:
         self.revision = revision  # the last change recorded (the state's revision)
         self.first = revision + 1  # the oldest revision this history can answer from
         self._woken_through = revision
+        # Waiting polls by the key, or by the prefix, they watch.
         self._by_key: dict[str, list[_Waiter]] = {}
-        self._by_prefix: list[_Waiter] = []
+        self._by_prefix: dict[str, list[_Waiter]] = {}
         self.closed = False
         self._interrupts = 0
 
@@ -128,22 +131,18 @@ class History:
         self._woken_through = self.revision
         if not self._by_key and not self._by_prefix:
             return
-        for change in self._since(start):
-            key = change[2]
-            waiters = self._by_key.pop(key, None)
-            if waiters:
-                for w in waiters:
-                    _set(w.future)
-            if self._by_prefix:
-                left = []
-                for w in self._by_prefix:
-                    if key.startswith(w.prefix):  # type: ignore[arg-type]
-                        _set(w.future)
-                    else:
-                        left.append(w)
-                self._by_prefix = left
-            if not self._by_key and not self._by_prefix:
-                return
+        keys = {change[2] for change in self._since(start)}
+        for key in keys & self._by_key.keys():
+            _set_all(self._by_key.pop(key))
+        if self._by_prefix:
+            # The keys with a given prefix are one run of the sorted keys, beginning at the
+            # first key not below the prefix: a slot of K changes and P watched prefixes
+            # cost O((K + P) log K), not K x P prefix tests.
+            ordered = sorted(keys)
+            for prefix in list(self._by_prefix):
+                i = bisect.bisect_left(ordered, prefix)
+                if i < len(ordered) and ordered[i].startswith(prefix):
+                    _set_all(self._by_prefix.pop(prefix))
 
     def close(self) -> None:
         """The node stops: every poll answers what it has now."""
@@ -205,7 +204,7 @@ class History:
 
     @property
     def waiting(self) -> int:
-        return sum(len(ws) for ws in self._by_key.values()) + len(self._by_prefix)
+        return sum(len(ws) for by in (self._by_key, self._by_prefix) for ws in by.values())
 
     def describe(self) -> dict:
         return {"first": self.first, "revision": self.revision, "changes": len(self._changes),
@@ -223,28 +222,22 @@ class History:
         return itertools.islice(changes, offset, None)
 
     def _add(self, w: _Waiter) -> None:
-        if w.key is not None:
-            self._by_key.setdefault(w.key, []).append(w)
-        else:
-            self._by_prefix.append(w)
+        by, name = (self._by_key, w.key) if w.key is not None else (self._by_prefix, w.prefix)
+        by.setdefault(name, []).append(w)  # type: ignore[arg-type]
 
     def _remove(self, w: _Waiter) -> None:
-        if w.key is not None:
-            waiters = self._by_key.get(w.key)
-            if waiters is not None and w in waiters:
-                waiters.remove(w)
-                if not waiters:
-                    del self._by_key[w.key]
-        elif w in self._by_prefix:
-            self._by_prefix.remove(w)
+        by, name = (self._by_key, w.key) if w.key is not None else (self._by_prefix, w.prefix)
+        waiters = by.get(name)  # type: ignore[arg-type]
+        if waiters is not None and w in waiters:
+            waiters.remove(w)
+            if not waiters:
+                del by[name]  # type: ignore[arg-type]
 
     def _wake_all(self) -> None:
-        for waiters in self._by_key.values():
-            for w in waiters:
-                _set(w.future)
-        for w in self._by_prefix:
-            _set(w.future)
-        self._by_key, self._by_prefix = {}, []
+        for by in (self._by_key, self._by_prefix):
+            for waiters in by.values():
+                _set_all(waiters)
+        self._by_key, self._by_prefix = {}, {}
 
 
 def _size(key: str, value: str | None) -> int:
@@ -254,3 +247,8 @@ def _size(key: str, value: str | None) -> int:
 def _set(future: asyncio.Future) -> None:
     if not future.done():
         future.set_result(None)
+
+
+def _set_all(waiters: list[_Waiter]) -> None:
+    for w in waiters:
+        _set(w.future)

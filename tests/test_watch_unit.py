@@ -166,3 +166,32 @@ def test_an_interrupt_answers_the_polls_waiting_then_and_not_later_ones() -> Non
         assert [c.revision for c in (await asyncio.wait_for(later, 1)).changes] == [1]
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_a_slot_wakes_exactly_the_polls_one_of_its_changes_matches(seed: int) -> None:
+    """Many keys and prefixes at once (the sorted lookup), against testing every pair."""
+    rng = random.Random(seed)
+    alphabet = "ab\u00e9\U0001f600"
+
+    def word(n: int) -> str:
+        return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, n)))
+
+    async def main() -> None:
+        history = History(0)
+        watched = [(None, word(3)) for _ in range(40)] + [(word(3) or "a", None) for _ in range(40)]
+        polls = [asyncio.ensure_future(history.poll(1, key, prefix, 10**6, 5)) for key, prefix in watched]
+        await asyncio.sleep(0)
+        keys = [word(4) or "b" for _ in range(rng.randint(1, 30))]
+        for revision, key in enumerate(keys, 1):
+            history.record(revision, PUT, key, "v")
+        history.wake()
+        await asyncio.sleep(0)
+        for (key, prefix), poll in zip(watched, polls):
+            should = any(k == key if key is not None else k.startswith(prefix) for k in keys)
+            assert poll.done() == should, (key, prefix, keys)
+        history.close()
+        await asyncio.gather(*polls)
+        assert history.waiting == 0
+
+    asyncio.run(main())
