@@ -36,6 +36,7 @@ from kvpaxos.errors import KvError
 HISTORY_CHANGES = 100_000
 HISTORY_BYTES = 64 * 1024 * 1024
 CHANGE_OVERHEAD = 48  # characters counted per change besides its key and value
+SCAN_MAX = 10_000  # changes one page looks at, at most (about a millisecond of the event loop)
 
 
 class Compacted(KvError):
@@ -158,10 +159,12 @@ class History:
     # -- read --------------------------------------------------------------------
 
     def page(self, start: int, key: str | None, prefix: str | None, limit: int,
-             max_chars: int | None = None) -> Page:
+             max_chars: int | None = None, max_scan: int = SCAN_MAX) -> Page:
         """The changes from revision `start` on that match (key exactly, or keys that
         start with prefix): at most `limit`, and with max_chars, ending before the
         change that would take their keys and values past that (one at the least).
+        It looks at max_scan changes at most (the event loop's time is bounded): a page
+        may then hold fewer, even none, and `next` says how far it looked.
         Raises Compacted when `start` is older than the oldest change held."""
         if start < self.first:
             raise Compacted(f"revision {start} is no longer held here: the oldest is {self.first}; "
@@ -169,7 +172,9 @@ class History:
                             oldest=self.first, revision=self.revision)
         found: list[Change] = []
         chars = 0
-        for change in self._since(start):
+        scanned = 0
+        for change in self._since(start, max_scan):
+            scanned += 1
             if key is not None and change[2] != key:
                 continue
             if prefix is not None and not change[2].startswith(prefix):
@@ -178,19 +183,22 @@ class History:
             if len(found) == limit or (max_chars is not None and chars > max_chars and found):
                 return Page(found, found[-1].revision + 1)
             found.append(Change(*change))
+        if scanned == max_scan and start + scanned <= self.revision:
+            return Page(found, start + scanned)  # more to look at: the caller asks again at once
         return Page(found, max(start, self.revision + 1))
 
     async def poll(self, start: int, key: str | None, prefix: str | None, limit: int,
-                   timeout_s: float, max_chars: int | None = None) -> Page:
-        """page(), but when it is empty wait up to timeout_s for a matching change, or
-        until interrupt() or close()."""
+                   timeout_s: float, max_chars: int | None = None, max_scan: int = SCAN_MAX) -> Page:
+        """page(), but when it is empty, having looked at every change held, wait up to
+        timeout_s for a matching change, or until interrupt() or close()."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         interrupts = self._interrupts
         while True:
-            found = self.page(start, key, prefix, limit, max_chars)
+            found = self.page(start, key, prefix, limit, max_chars, max_scan)
             left = deadline - loop.time()
-            if found.changes or left <= 0 or self.closed or self._interrupts != interrupts:
+            if (found.changes or found.next <= self.revision or left <= 0 or self.closed
+                    or self._interrupts != interrupts):
                 return found
             start = found.next  # what was looked at need not be looked at again
             waiter = _Waiter(key, prefix, loop.create_future())
@@ -212,14 +220,16 @@ class History:
 
     # -- internals -----------------------------------------------------------------
 
-    def _since(self, start: int):  # noqa: ANN202 - an iterator of Change
+    def _since(self, start: int, count: int | None = None):  # noqa: ANN202 - an iterator of tuples
+        """The changes held from revision `start` on (at most `count` of them)."""
         changes = self._changes
         if not changes or start > self.revision:
             return iter(())
         offset = max(0, start - changes[0][0])  # revisions have no gaps
+        end = len(changes) if count is None else min(len(changes), offset + count)
         if offset > len(changes) // 2:  # a deque indexes in O(distance from its nearer end)
-            return iter([changes[i] for i in range(offset - len(changes), 0)])
-        return itertools.islice(changes, offset, None)
+            return iter([changes[i] for i in range(offset - len(changes), end - len(changes))])
+        return itertools.islice(changes, offset, end)
 
     def _add(self, w: _Waiter) -> None:
         by, name = (self._by_key, w.key) if w.key is not None else (self._by_prefix, w.prefix)

@@ -74,9 +74,18 @@ def test_pages_match_the_model(seed: int) -> None:
             assert page.next == want[limit - 1][0] + 1
         else:
             assert page.next == max(start, kv.revision + 1)
-        # Following `next` from there sees the rest exactly once.
-        rest = history.page(page.next, key, prefix, 10**6)
-        assert got + [(c.revision, c.op, c.key, c.value) for c in rest.changes] == want
+        # Following `next` from there sees the rest exactly once, however few changes
+        # each page may look at.
+        scan = rng.choice([1, 3, 10**6])
+        at, rest = page.next, []
+        for _ in range(len(model) + 2):
+            more = history.page(at, key, prefix, 10**6, max_scan=scan)
+            rest += [(c.revision, c.op, c.key, c.value) for c in more.changes]
+            assert more.next > at or more.next == kv.revision + 1 or at > kv.revision
+            at = more.next
+            if at > kv.revision:
+                break
+        assert got + rest == want
 
 
 def test_a_page_ends_before_the_change_that_passes_max_chars() -> None:
@@ -193,5 +202,22 @@ def test_a_slot_wakes_exactly_the_polls_one_of_its_changes_matches(seed: int) ->
         history.close()
         await asyncio.gather(*polls)
         assert history.waiting == 0
+
+    asyncio.run(main())
+
+
+def test_a_poll_that_looked_at_its_share_answers_at_once_to_go_on() -> None:
+    async def main() -> None:
+        history = History(0)
+        for r in range(1, 26):
+            history.record(r, PUT, f"other{r}", "v")
+        history.record(26, PUT, "wanted", "v")
+        page = history.page(1, "wanted", None, 10, max_scan=10)
+        assert page.changes == [] and page.next == 11
+        # A poll does not wait on such a page: there is more to look at.
+        answer = await asyncio.wait_for(history.poll(1, "wanted", None, 10, 30, max_scan=10), 1)
+        assert answer.changes == [] and answer.next == 11
+        answer = await asyncio.wait_for(history.poll(21, "wanted", None, 10, 30, max_scan=10), 1)
+        assert [c.revision for c in answer.changes] == [26]
 
     asyncio.run(main())
