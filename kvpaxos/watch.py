@@ -227,8 +227,10 @@ class History:
             return iter(())
         offset = max(0, start - changes[0][0])  # revisions have no gaps
         end = len(changes) if count is None else min(len(changes), offset + count)
-        if offset > len(changes) // 2:  # a deque indexes in O(distance from its nearer end)
-            return iter([changes[i] for i in range(offset - len(changes), end - len(changes))])
+        if offset > len(changes) // 2:  # a deque walks from its nearer end: come from the right
+            tail = list(itertools.islice(reversed(changes), len(changes) - offset))
+            tail.reverse()
+            return iter(tail[:end - offset])
         return itertools.islice(changes, offset, end)
 
     def _add(self, w: _Waiter) -> None:
