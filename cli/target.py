@@ -93,7 +93,7 @@ def describe_error(exc: KvError, key: str | None, urls: list[str]) -> str:
     if isinstance(exc, BadRequest):
         return f"bad request for {about}{detail}"
     if isinstance(exc, Compacted):
-        return (f"the changes asked for are no longer kept: the oldest revision the node holds is {exc.oldest} "
+        return (f"the changes asked for are no longer kept: the oldest revision a node holds is {exc.oldest} "
                 f"(the latest {exc.revision}); read the keys again (kv list), or watch --from {exc.oldest} "
                 "or later")
     if isinstance(exc, Unauthorized):

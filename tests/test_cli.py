@@ -334,7 +334,7 @@ def test_watch_from_a_revision_no_longer_kept_is_one_line_error(tmp_path: Path) 
                                 capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
         assert result.returncode == 1, result
         assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result
-        assert "oldest revision the node holds is 4" in result.stderr, result
+        assert "oldest revision a node holds is 4" in result.stderr, result
         kept = subprocess.run(kv_command(*endpoint, "--from", "4", "--count", "5"), cwd=REPO_ROOT, env=_env(),
                               capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
         assert ok(kept) == "".join(f"{n + 1}\tput\tk{n}\t{n}\n" for n in range(3, 8))
