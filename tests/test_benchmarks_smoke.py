@@ -1,4 +1,4 @@
-"""The benchmarks outside `kv bench` (restart and catch-up, the cost of a wake-up, prefix scans,
+"""The benchmarks outside `kv bench` (restart and catch-up, the cost of a wake-up, prefix scans, watch latency,
 the floor, the leader's cost per write, A/B of two versions) run end to end and write their results."""
 from __future__ import annotations
 
@@ -250,3 +250,18 @@ def test_ab_benchmark_smoke(tmp_path):
                          cwd=REPO, capture_output=True, text=True, timeout=30)
     assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0
     assert "neither a kvpaxos directory nor a revision" in bad.stderr
+
+
+def test_watch_latency_benchmark_smoke(tmp_path):
+    result = subprocess.run([sys.executable, "benchmarks/watch_latency.py", "--rate", "50", "--duration", "0.5",
+                             "--watchers", "1,3", "--out-dir", str(tmp_path)],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    doc = json.loads((tmp_path / "watch_latency.json").read_text())
+    assert [level["watchers"] for level in doc["levels"]] == [0, 1, 3]
+    assert all(level["writes"] == 25 for level in doc["levels"])
+    assert "seen_after_answer_ms_leader" in doc["levels"][1]  # the first watcher is on the leader
+    assert doc["levels"][2]["seen_after_answer_ms_follower"]["count"] == 2 * 25
+    bad = subprocess.run([sys.executable, "benchmarks/watch_latency.py", "--watchers", "x"],
+                         cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "whole numbers" in bad.stderr
