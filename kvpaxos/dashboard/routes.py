@@ -33,7 +33,7 @@ STATUS_REFRESH_S = 1.0
 WRITE_METHODS = ("PUT", "DELETE")
 # GET routes the page reads on every member. With a client token it sends
 # `Authorization`, which makes the browser ask first (a CORS preflight).
-READ_PREFLIGHT_PATHS = ("/v1/status", "/v1/events", "/v1/dashboard", "/v1/dashboard/find")
+READ_PREFLIGHT_PATHS = ("/v1/status", "/v1/events", "/v1/dashboard", "/v1/dashboard/find", "/v1/watch")
 PREFLIGHT_MAX_AGE_S = "600"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -238,7 +238,7 @@ async def close_streams(app: web.Application) -> None:
 
 
 def _readable_cross_origin(path: str) -> bool:
-    return (path == "/v1/status" or path == "/v1/events" or path == "/v1/kv"
+    return (path == "/v1/status" or path == "/v1/events" or path == "/v1/kv" or path == "/v1/watch"
             or path.startswith(("/v1/kv/", "/v1/dashboard")))
 
 

@@ -206,6 +206,8 @@ def test_cors_reads_from_anywhere_writes_only_from_member_pages(shared):
     member_page = cluster.url(1)
     status, headers = call(2, "GET", "/v1/status", "http://unrelated.example")
     assert status == 200 and headers["access-control-allow-origin"] == "*"
+    status, headers = call(2, "GET", "/v1/watch?prefix=&timeout=0", "http://unrelated.example")
+    assert status == 200 and headers["access-control-allow-origin"] == "*"  # as a read of the keys
     status, headers = call(2, "OPTIONS", "/v1/kv/k", member_page,
                            extra={"Access-Control-Request-Method": "PUT"})
     assert status == 204
@@ -214,14 +216,14 @@ def test_cors_reads_from_anywhere_writes_only_from_member_pages(shared):
     assert "authorization" in headers["access-control-allow-headers"].lower()  # a page with a token
     # A page with a client token sends Authorization on its GETs too, so the browser asks first:
     # yes for member pages, no for other sites (except the open /v1/status).
-    for path in ("/v1/events", "/v1/dashboard", "/v1/dashboard/find", "/v1/status"):
+    for path in ("/v1/events", "/v1/dashboard", "/v1/dashboard/find", "/v1/status", "/v1/watch"):
         status, headers = call(2, "OPTIONS", path, member_page,
                                extra={"Access-Control-Request-Method": "GET",
                                       "Access-Control-Request-Headers": "authorization"})
         assert status == 204, path
         assert headers["access-control-allow-origin"] == member_page, path
         assert headers["access-control-allow-headers"].lower() == "authorization", path
-    for path in ("/v1/events", "/v1/dashboard", "/v1/dashboard/find"):
+    for path in ("/v1/events", "/v1/dashboard", "/v1/dashboard/find", "/v1/watch"):
         status, headers = call(2, "OPTIONS", path, "http://unrelated.example",
                                extra={"Access-Control-Request-Method": "GET"})
         assert status == 403 and "access-control-allow-origin" not in headers, path
