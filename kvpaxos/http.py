@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import re
 import time
@@ -40,6 +41,7 @@ TRANSPORT = web.AppKey("transport", PeerTransport)
 LIST_LIMIT_MAX = 10_000
 WATCH_TIMEOUT_S = 30.0  # how long a watch waits for a change by default ...
 WATCH_TIMEOUT_MAX_S = 300.0  # ... and at most
+WATCH_KEEPALIVE_S = 15.0  # a watch stream says it is alive this often when nothing changes
 _DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?", re.ASCII)
 # A page of a list ends before the entry that would take its keys and values past this
 # many characters (one entry at the least): at the limit's 10,000 values of up to 1 MiB,
@@ -62,6 +64,11 @@ def error_body(code: str, message: str, status: int, headers: dict | None = None
                details: dict | None = None) -> web.Response:
     return web.json_response({"error": code, "message": message, **(details or {})}, status=status,
                              headers=headers)
+
+
+def shown_details(e: KvError) -> dict:
+    """The details an error's JSON document carries beside its code and message."""
+    return {name: e.details[name] for name in e.shown}
 
 
 def json_errors(handler: Handler, timed: Callable[[web.Request], WriteStats] | None = None) -> Handler:
@@ -125,7 +132,7 @@ def error_response(e: KvError | web.HTTPException) -> web.Response | None:
     for what needs no change (redirects, errors already in JSON)."""
     if isinstance(e, KvError):
         return error_body(e.code, e.message, e.status, {"Retry-After": "1"} if isinstance(e, NoQuorum) else None,
-                          {name: e.details[name] for name in e.shown})
+                          shown_details(e))
     if isinstance(e, web.HTTPRequestEntityTooLarge):
         return error_body(ValueTooLarge.code, f"request body too large: {e.text}", 413)
     if e.status < 400 or e.content_type == "application/json":
@@ -334,6 +341,15 @@ async def watch_keys(request: web.Request) -> web.Response:
     timeout = float(raw_timeout) if _DECIMAL.fullmatch(raw_timeout) else -1.0
     if not 0 <= timeout <= WATCH_TIMEOUT_MAX_S:
         raise BadRequest(f"timeout must be a number of seconds from 0 to {WATCH_TIMEOUT_MAX_S:g}")
+    stream = q.get("stream", "false")
+    if stream not in ("true", "false"):
+        raise BadRequest("stream must be 'true' or 'false'")
+    stream = stream == "true" or request.headers.get("Accept", "").startswith("text/event-stream")
+    resume = request.headers.get("Last-Event-ID") if stream else None
+    if resume is not None:
+        if not (resume.isascii() and resume.isdigit()):
+            raise BadRequest("Last-Event-ID must be a revision this stream sent")
+        start = int(resume) + 1  # a reconnecting EventSource goes on after the last change it got
     node = request.app[NODE]
     if start is None:
         node = await _consistent(request)
@@ -341,15 +357,58 @@ async def watch_keys(request: web.Request) -> web.Response:
     elif q.get("consistency", "linearizable") not in ("linearizable", "stale"):
         raise BadRequest("consistency must be 'linearizable' or 'stale'")
     history = node.history
+    if stream:
+        history.check(start)
+        _need_leader(node)
+        return await _watch_stream(request, node, start, key, prefix, limit)
     page = await history.poll(start, key, prefix, limit, timeout if node.replica.leader_id else 0,
                               LIST_PAGE_CHARS)
-    if not page.changes and node.replica.leader_id is None and not history.closed:
-        # Cut off from the cluster (or between leaders), this node may not hear of new
-        # changes: a watcher waiting here would wait for nothing. It asks another node.
-        raise NoQuorum(f"this node knows no leader now, so it may not hear of changes: ask another node"
-                       f"{node.why_alone()}", retry_after_s=1)
+    if not page.changes and not history.closed:
+        _need_leader(node)
     return web.json_response({"events": [c.to_wire() for c in page.changes], "next": page.next,
                               "revision": history.revision})
+
+
+def _need_leader(node: Node) -> None:
+    """A node cut off from the cluster (or between leaders) may not hear of new changes: a
+    watcher waiting there would wait for nothing, so it is sent to another node."""
+    if node.replica.leader_id is None:
+        raise NoQuorum(f"this node knows no leader now, so it may not hear of changes: ask another node"
+                       f"{node.why_alone()}", retry_after_s=1)
+
+
+async def _watch_stream(request: web.Request, node: Node, start: int, key: str | None, prefix: str | None,
+                        limit: int) -> web.StreamResponse:
+    """The watch as server-sent events: one event a change (`id:` its revision, `data:` the
+    change as in the long poll's answer), a comment every WATCH_KEEPALIVE_S when nothing
+    changes, and a last `event: stop` (data: an error document) when the node can no
+    longer go on (it lost its leader, or no longer holds the revision). The stream does
+    not pay a request per wake-up, as long polls do."""
+    history = node.history
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
+                                       "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    answer_headers(request, resp)  # before the stream begins: json_errors cannot after
+    await resp.prepare(request)
+    try:
+        await resp.write(b"retry: 1000\n\n")
+        while not history.closed:
+            try:
+                page = await history.poll(start, key, prefix, limit, WATCH_KEEPALIVE_S, LIST_PAGE_CHARS)
+                if not page.changes and not history.closed:
+                    _need_leader(node)
+            except KvError as e:
+                stop = {"error": e.code, "message": e.message, **shown_details(e)}
+                await resp.write(f"event: stop\ndata: {json.dumps(stop)}\n\n".encode())
+                break
+            if page.changes:
+                await resp.write("".join(f"id: {c.revision}\ndata: {json.dumps(c.to_wire())}\n\n"
+                                         for c in page.changes).encode())
+            elif not history.closed:
+                await resp.write(b": nothing new\n\n")
+            start = page.next
+    except (ConnectionError, RuntimeError):
+        pass  # the reader went away (aiohttp raises ConnectionResetError or RuntimeError)
+    return resp
 
 
 def _int_query(request: web.Request, name: str, default: int | None, low: int, high: int | None) -> int | None:

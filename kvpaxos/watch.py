@@ -166,10 +166,7 @@ class History:
         It looks at max_scan changes at most (the event loop's time is bounded): a page
         may then hold fewer, even none, and `next` says how far it looked.
         Raises Compacted when `start` is older than the oldest change held."""
-        if start < self.first:
-            raise Compacted(f"revision {start} is no longer held here: the oldest is {self.first}; "
-                            "read the keys again and watch from after that read",
-                            oldest=self.first, revision=self.revision)
+        self.check(start)
         found: list[Change] = []
         chars = 0
         scanned = 0
@@ -186,6 +183,13 @@ class History:
         if scanned == max_scan and start + scanned <= self.revision:
             return Page(found, start + scanned)  # more to look at: the caller asks again at once
         return Page(found, max(start, self.revision + 1))
+
+    def check(self, start: int) -> None:
+        """Compacted if `start` is older than the oldest change held."""
+        if start < self.first:
+            raise Compacted(f"revision {start} is no longer held here: the oldest is {self.first}; "
+                            "read the keys again and watch from after that read",
+                            oldest=self.first, revision=self.revision)
 
     async def poll(self, start: int, key: str | None, prefix: str | None, limit: int,
                    timeout_s: float, max_chars: int | None = None, max_scan: int = SCAN_MAX) -> Page:

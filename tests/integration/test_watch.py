@@ -7,6 +7,7 @@ HTTP request's.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import threading
 import time
@@ -14,6 +15,7 @@ import urllib.parse
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+import aiohttp
 import pytest
 
 from kvpaxos.aioclient import AsyncClient
@@ -71,6 +73,32 @@ def events_of(resp) -> list[tuple]:
 
 def fresh() -> str:
     return f"w-{uuid.uuid4().hex[:10]}/"
+
+
+async def read_stream(url: str, count: int, headers: dict | None = None, timeout_s: float = 20.0,
+                      ready: asyncio.Event | None = None) -> list[tuple[str, str | None, str]]:
+    """Open a watch stream and read `count` events as (event name, id, data), or fewer if
+    the stream ends first; `ready` is set once the stream's first bytes arrived."""
+    events: list[tuple[str, str | None, str]] = []
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+            assert resp.status == 200, await resp.text()
+            assert resp.headers["Content-Type"].startswith("text/event-stream")
+            fields: dict[str, str] = {}
+            async for raw in resp.content:
+                if ready is not None:
+                    ready.set()
+                line = raw.decode("utf-8").rstrip("\n")
+                if line and not line.startswith(":"):
+                    name, _, value = line.partition(":")
+                    fields[name] = value.lstrip(" ")
+                    continue
+                if "data" in fields:
+                    events.append((fields.get("event", "message"), fields.get("id"), fields["data"]))
+                    if len(events) == count:
+                        break
+                fields = {}
+    return events
 
 
 def test_a_waiting_watch_answers_a_change_made_through_another_node(shared):
@@ -213,6 +241,8 @@ def test_a_short_history_answers_compacted_and_a_list_then_watch_goes_on(cluster
         old = watch(cluster, node, prefix=prefix, timeout=0, **{"from": 1})
         assert old.status == 410, old
         assert old.body["error"] == "compacted" and old.body["oldest"] == 31 and old.body["revision"] == 50, old
+        as_stream = watch(cluster, node, prefix=prefix, stream="true", **{"from": 1})
+        assert as_stream.status == 410 and as_stream.body["oldest"] == 31, as_stream  # before the stream begins
         held = watch(cluster, node, prefix=prefix, timeout=0, **{"from": 31})
         assert [e[0] for e in events_of(held)] == list(range(31, 51))
     # What a watcher does then: read the keys, watch from after that read.
@@ -306,3 +336,57 @@ def test_a_node_cut_off_from_the_others_sends_its_watchers_elsewhere(clusters):
     put = cluster.put(1, "after", "x")
     resp = watch(cluster, 3, prefix="", timeout=10, **{"from": start})
     assert events_of(resp) == [(put.body["version"], "put", "after", "x")]
+
+
+def test_a_watch_stream_sends_each_change_as_an_event_and_resumes_after_the_last_id(shared):
+    prefix = fresh()
+    start = watch(shared, 1, prefix=prefix, timeout=0).body["next"]
+    url = f"{shared.url(2)}/v1/watch?" + urllib.parse.urlencode({"prefix": prefix, "from": start, "stream": "true"})
+
+    async def main() -> tuple[list, list]:
+        ready = asyncio.Event()
+        reading = asyncio.ensure_future(read_stream(url, 3, ready=ready))
+        await asyncio.wait_for(ready.wait(), 10)
+        want = []
+        for node, (method, value) in zip((1, 3, 1), (("put", "a"), ("put", "b"), ("delete", None))):
+            resp = await asyncio.to_thread(shared.put if value else shared.delete, node, prefix + "k",
+                                           *([value] if value else []))
+            assert resp.status == 200, resp
+            want.append((resp.body["version"], method, value))
+        got = await asyncio.wait_for(reading, 20)
+        # Reconnecting with the last id it got (as an EventSource does) goes on after it.
+        again = await read_stream(url, 2, headers={"Last-Event-ID": got[0][1]})
+        return want, [got, again]
+
+    want, (got, again) = asyncio.run(main())
+    assert [(int(i), json.loads(d)["type"], json.loads(d).get("value")) for _, i, d in got] == want
+    assert all(name == "message" and json.loads(d)["revision"] == int(i) for name, i, d in got)
+    assert [int(i) for _, i, _ in again] == [want[1][0], want[2][0]]
+
+
+def test_a_watch_stream_stops_when_its_node_loses_its_leader_and_ends_when_it_stops(clusters):
+    cluster = clusters()
+    url = f"{cluster.url(3)}/v1/watch?prefix=&stream=true"
+
+    async def lose_leader() -> list:
+        ready = asyncio.Event()
+        reading = asyncio.ensure_future(read_stream(url, 1, ready=ready, timeout_s=30))
+        await asyncio.wait_for(ready.wait(), 10)
+        await asyncio.to_thread(cluster.kill_many, [1, 2])
+        return await asyncio.wait_for(reading, 25)
+
+    [(name, _, data)] = asyncio.run(lose_leader())
+    assert name == "stop" and json.loads(data)["error"] == "no_quorum", data
+    cluster.start([1, 2])
+    cluster.wait_for_leader()
+
+    async def node_stops() -> tuple[list, float]:
+        ready = asyncio.Event()
+        reading = asyncio.ensure_future(read_stream(url, 1, ready=ready, timeout_s=30))
+        await asyncio.wait_for(ready.wait(), 10)
+        began = time.monotonic()
+        await asyncio.to_thread(cluster.kill, 3, signal.SIGTERM)
+        return await asyncio.wait_for(reading, 25), time.monotonic() - began
+
+    events, took = asyncio.run(node_stops())
+    assert events == [] and took < 10  # the stream ended with the node, not at a timeout
