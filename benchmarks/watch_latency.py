@@ -1,7 +1,8 @@
 """How soon a watcher sees a write, and what watchers cost the nodes.
 
 Starts a fresh local cluster (3 nodes, data on disk), puts W watchers on it (long polls of
-GET /v1/watch on every key, spread over the nodes, each following `next`), and writes
+GET /v1/watch on every key, spread over the nodes, each following `next`; or, with the
+stream mode, one server-sent event stream each), and writes
 single PUTs to the leader at a fixed rate for a while. For every write it takes the time
 its PUT was sent and answered, and for every watcher the time the change reached it, and
 reports, over every (write, watcher) pair:
@@ -12,8 +13,8 @@ reports, over every (write, watcher) pair:
 - that every watcher saw every write, once, in order (the run fails otherwise);
 - the nodes' CPU per write, and the same rate again with no watcher, for comparison.
 
-    python benchmarks/watch_latency.py                       # 200 writes/s, 1 and 16 watchers
-    python benchmarks/watch_latency.py --rate 500 --watchers 1,64 --duration 10
+    python benchmarks/watch_latency.py                       # 200 writes/s, 1 and 16 watchers, both forms
+    python benchmarks/watch_latency.py --rate 500 --watchers 1,64 --duration 10 --modes stream
 
 Writes benchmarks/results/watch_latency.json (--out-dir to change).
 """
@@ -58,7 +59,39 @@ async def watcher(session: aiohttp.ClientSession, url: str, start: int, seen: di
         at = doc["next"]
 
 
-async def run_level(cluster: BenchCluster, leader: int, watchers: int, rate: float, duration_s: float) -> dict:
+async def stream_watcher(session: aiohttp.ClientSession, url: str, start: int, seen: dict[int, float],
+                         stop: asyncio.Event) -> None:
+    """The same as watcher(), through one server-sent event stream (GET /v1/watch?stream=true)."""
+    params = {"prefix": "", "from": str(start), "stream": "true"}
+    async with session.get(f"{url}/v1/watch", params=params) as r:
+        if r.status != 200:
+            raise RuntimeError(f"watch stream on {url} answered {r.status}: {await r.text()}")
+        reading = asyncio.ensure_future(r.content.readline())
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            while True:
+                await asyncio.wait((reading, stopping), return_when=asyncio.FIRST_COMPLETED)
+                if not reading.done():
+                    return
+                line = reading.result()
+                now = time.perf_counter()
+                if not line:
+                    raise RuntimeError(f"watch stream on {url} ended")
+                if line.startswith(b"data: "):
+                    revision = json.loads(line[6:])["revision"]
+                    if revision in seen:
+                        raise RuntimeError(f"revision {revision} seen twice on {url}")
+                    seen[revision] = now
+                elif line.startswith(b"event: stop"):
+                    raise RuntimeError(f"watch stream on {url} stopped")
+                reading = asyncio.ensure_future(r.content.readline())
+        finally:
+            for f in (reading, stopping):
+                f.cancel()
+
+
+async def run_level(cluster: BenchCluster, leader: int, watchers: int, rate: float, duration_s: float,
+                    stream: bool = False) -> dict:
     leader_url = cluster.nodes[leader].url
     urls = [leader_url] + [u for u in cluster.urls if u != leader_url]  # watcher 0 on the leader
     async with aiohttp.ClientSession() as session:
@@ -66,7 +99,8 @@ async def run_level(cluster: BenchCluster, leader: int, watchers: int, rate: flo
             start = (await r.json())["watch"]["revision"] + 1
         seen: list[dict[int, float]] = [{} for _ in range(watchers)]
         stop = asyncio.Event()
-        tasks = [asyncio.create_task(watcher(session, urls[i % len(urls)], start, seen[i], stop))
+        follow = stream_watcher if stream else watcher
+        tasks = [asyncio.create_task(follow(session, urls[i % len(urls)], start, seen[i], stop))
                  for i in range(watchers)]
         await asyncio.sleep(0.5)  # every watcher is waiting
         cpu0 = cluster.cpu_seconds()
@@ -102,7 +136,7 @@ async def run_level(cluster: BenchCluster, leader: int, watchers: int, rate: flo
         role = "leader" if urls[i % len(urls)] == leader_url else "follower"
         delays[role] += [(s[v] - answered[v]) * 1e3 for v in answered]
     cpu = sum((cpu1[i] or 0) - (cpu0[i] or 0) for i in cpu1)
-    out = {"watchers": watchers, "rate": rate, "writes": len(answered),
+    out = {"watchers": watchers, "stream": stream and watchers > 0, "rate": rate, "writes": len(answered),
            "write_ms": summarize([(answered[v] - sent_at[v]) * 1e3 for v in answered]),
            "node_cpu_us_per_write": round(1e6 * cpu / len(answered), 1)}
     for role, ms in delays.items():
@@ -116,6 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rate", type=float, default=200.0, help="writes per second")
     p.add_argument("--duration", type=float, default=5.0, help="seconds of writes per level")
     p.add_argument("--watchers", default="1,16", help="comma-separated watcher counts (0: none)")
+    p.add_argument("--modes", default="poll,stream",
+                   help="poll (long polls), stream (server-sent events) or both, comma-separated")
     p.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results")
     args = p.parse_args(argv)
     try:
@@ -124,17 +160,22 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--watchers takes whole numbers, as in 1,16")
     if args.rate <= 0 or args.duration <= 0 or any(n < 0 for n in levels):
         p.error("--rate and --duration must be above 0, and watcher counts at least 0")
+    modes = args.modes.split(",")
+    if not modes or not set(modes) <= {"poll", "stream"}:
+        p.error("--modes takes poll, stream or poll,stream")
+    runs = [(0, False)] + [(n, mode == "stream") for mode in modes for n in levels if n > 0]
     results = []
     with BenchCluster(3) as cluster:
         leader = cluster.leader()
-        for watchers in ([0] if 0 not in levels else []) + levels:
-            level = asyncio.run(run_level(cluster, leader, watchers, args.rate, args.duration))
+        for watchers, stream in runs:
+            level = asyncio.run(run_level(cluster, leader, watchers, args.rate, args.duration, stream))
             results.append(level)
             where = "; ".join(
                 f"seen on the {role} after the PUT's answer p50 {d['p50']:.2f} ms, p99 {d['p99']:.2f} ms, "
                 f"max {d['max']:.2f} ms" for role in ("leader", "follower")
                 if (d := level.get(f"seen_after_answer_ms_{role}"))) or "no watcher"
-            print(f"{watchers:3d} watchers, {level['writes']} writes at {args.rate:g}/s: PUT p50 "
+            kind = "streams" if stream else "polls"
+            print(f"{watchers:3d} {kind:7s}, {level['writes']} writes at {args.rate:g}/s: PUT p50 "
                   f"{level['write_ms']['p50']:.2f} ms; {where}; node CPU {level['node_cpu_us_per_write']:.0f} "
                   f"us/write", flush=True)
     args.out_dir.mkdir(parents=True, exist_ok=True)

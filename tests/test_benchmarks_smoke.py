@@ -258,10 +258,14 @@ def test_watch_latency_benchmark_smoke(tmp_path):
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     doc = json.loads((tmp_path / "watch_latency.json").read_text())
-    assert [level["watchers"] for level in doc["levels"]] == [0, 1, 3]
+    assert [(level["watchers"], level["stream"]) for level in doc["levels"]] == [
+        (0, False), (1, False), (3, False), (1, True), (3, True)]
     assert all(level["writes"] == 25 for level in doc["levels"])
-    assert "seen_after_answer_ms_leader" in doc["levels"][1]  # the first watcher is on the leader
-    assert doc["levels"][2]["seen_after_answer_ms_follower"]["count"] == 2 * 25
-    bad = subprocess.run([sys.executable, "benchmarks/watch_latency.py", "--watchers", "x"],
-                         cwd=REPO, capture_output=True, text=True, timeout=30)
-    assert bad.returncode == 2 and "whole numbers" in bad.stderr
+    for i in (1, 3):
+        assert "seen_after_answer_ms_leader" in doc["levels"][i]  # the first watcher is on the leader
+    for i in (2, 4):
+        assert doc["levels"][i]["seen_after_answer_ms_follower"]["count"] == 2 * 25
+    for args, says in ((["--watchers", "x"], "whole numbers"), (["--modes", "sse"], "--modes takes")):
+        bad = subprocess.run([sys.executable, "benchmarks/watch_latency.py", *args],
+                             cwd=REPO, capture_output=True, text=True, timeout=30)
+        assert bad.returncode == 2 and says in bad.stderr, bad.stderr
