@@ -241,6 +241,7 @@ class Client:
         self._preferred = 0  # calls start at the node that last answered ...
         self._leader = LeaderHint(self.endpoints)  # ... writes at the leader answers name
         self._conns: dict[int, http.client.HTTPConnection] = {}
+        self._closed = False
         self.token, self.ca_file = token, ca_file
         self._ssl = ssl.create_default_context(cafile=ca_file) if ca_file else None
 
@@ -255,9 +256,13 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        for conn in self._conns.values():
+        """Close the client's connections. It may be called from another thread than the one
+        using the client, to end a watch there: it ends (StopIteration) once its poll in
+        flight returns, instead of polling again."""
+        self._closed = True
+        conns, self._conns = self._conns, {}
+        for conn in list(conns.values()):
             conn.close()
-        self._conns.clear()
 
     # -- key-value operations --
 
@@ -336,8 +341,13 @@ class Client:
             # the changes made while the first node held it.
             events, from_revision = self.watch_page(key, prefix, None, 0.0)
             yield from events
-        while True:
-            events, from_revision = self.watch_page(key, prefix, from_revision, timeout_s)
+        while not self._closed:
+            try:
+                events, from_revision = self.watch_page(key, prefix, from_revision, timeout_s)
+            except KvError:
+                if self._closed:
+                    return  # closed from another thread while the poll waited
+                raise
             yield from events
 
     def status(self, endpoint: str | None = None) -> dict[str, Any]:
@@ -428,6 +438,8 @@ class Client:
         while (step := attempts.next()) is not None:
             index, delay = step
             time.sleep(delay)
+            if self._closed:
+                raise KvError("closed", "the client was closed")
             try:
                 status, retry_after, doc, leader = self._send(index, method, path, payload,
                                                               attempts.remaining())

@@ -390,3 +390,23 @@ def test_a_watch_stream_stops_when_its_node_loses_its_leader_and_ends_when_it_st
 
     events, took = asyncio.run(node_stops())
     assert events == [] and took < 10  # the stream ended with the node, not at a timeout
+
+
+def test_closing_a_client_from_another_thread_ends_its_watch(shared):
+    ended: list = []
+    with Client([shared.url(1), shared.url(2)], timeout_s=5) as kv:
+        before = sum(shared.status(i)["watch"]["waiting"] for i in (1, 2))
+
+        def follow() -> None:
+            try:
+                ended.append(list(kv.watch(prefix=fresh(), timeout_s=2)))
+            except BaseException as exc:  # noqa: BLE001 - the test thread looks at it
+                ended.append(exc)
+
+        thread = threading.Thread(target=follow, daemon=True)
+        thread.start()
+        wait_until(lambda: sum(shared.status(i)["watch"]["waiting"] for i in (1, 2)) > before, 10,
+                   "the watch to wait")
+        kv.close()
+        thread.join(timeout=15)
+    assert not thread.is_alive() and ended == [[]], ended  # it ended quietly, with no event
