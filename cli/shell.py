@@ -40,6 +40,8 @@ HELP = {
     "delete": ("delete KEY", "delete KEY (also: del, rm)"),
     "cas": ("cas KEY OLD NEW", "set KEY to NEW only if its value is OLD"),
     "list": ("list [PREFIX] [LIMIT]", "keys and values in key order (also: ls)"),
+    "watch": ("watch [PREFIX] [COUNT]", "print the next COUNT changes (10) to keys under PREFIX as they "
+              "are applied, with their revisions; Ctrl-C stops"),
     "status": ("status", "every node: role, leader, ballot, chosen and applied slot, up or down"),
     "members": ("members", "the configuration: voters, learners, the change in flight, the history"),
     "server": ("server [N|any]", "send everything through server N (no failover), or through any"),
@@ -209,6 +211,25 @@ class Shell:
             self.out("(no keys)" if not prefix else f"(no keys start with {prefix!r})")
         if more:
             self.out(f"(more keys match; showing the first {len(entries)})")
+
+    def do_watch(self, args: list[str]) -> None:
+        self._arity("watch", args, 0, 2)
+        prefix = args[0] if args else ""
+        if len(args) > 1 and not (args[1].isdigit() and 1 <= int(args[1]) <= 10_000):
+            raise ShellError("COUNT must be a number from 1 to 10000")
+        count = int(args[1]) if len(args) > 1 else 10
+        seen = 0
+        try:
+            for e in self.kv().watch(prefix=prefix):
+                value = "" if e.value is None else "\t" + json.dumps(e.value, ensure_ascii=False)
+                self.out(f"{e.revision}\t{e.type}\t{e.key}{value}")
+                seen += 1
+                if seen == count:
+                    return
+        except KvError as exc:
+            raise ShellError(self.describe(exc, None)) from None
+        except KeyboardInterrupt:
+            self.out(f"(stopped after {seen} change{'' if seen == 1 else 's'})")
 
     def do_status(self, args: list[str]) -> None:
         self._arity("status", args, 0, 0)

@@ -135,3 +135,31 @@ def test_interactive_prompt_with_history(cluster, tmp_path):
         os.close(fd)
     history = (tmp_path / ".kv_history").read_text()
     assert "put hello world" in history and "server any" in history
+
+
+def test_watch_prints_the_next_changes_as_they_are_applied(cluster):
+    cluster.wait_for_leader()
+    prefix = f"shell-watch-{time.monotonic_ns()}/"
+    waiting = sum(cluster.status(i)["watch"]["waiting"] for i in cluster.ids)
+    endpoints = ",".join(f"127.0.0.1:{cluster.ports[i]}" for i in cluster.ids)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("KV_ENDPOINTS", None)
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "shell", "--endpoints", endpoints],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=REPO_ROOT, env=env, text=True)
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(f"watch {prefix} 2\nwatch {prefix} x\nquit\n")
+        proc.stdin.flush()
+        deadline = time.monotonic() + 20
+        while sum(cluster.status(i)["watch"]["waiting"] for i in cluster.ids) <= waiting:
+            assert time.monotonic() < deadline, "the shell's watch never waited"
+            time.sleep(0.05)
+        put = cluster.put(2, prefix + "a", "one two")
+        deleted = cluster.delete(3, prefix + "a")
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert out.splitlines() == [f"{put.body['version']}\tput\t{prefix}a\t\"one two\"",
+                                f"{deleted.body['version']}\tdelete\t{prefix}a"], (out, err)
+    assert "error: COUNT must be a number from 1 to 10000" in err
