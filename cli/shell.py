@@ -228,7 +228,7 @@ class Shell:
                     return
         except KvError as exc:
             raise ShellError(self.describe(exc, None)) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # the client drops the connection of the poll cut off
             self.out(f"(stopped after {seen} change{'' if seen == 1 else 's'})")
 
     def do_status(self, args: list[str]) -> None:

@@ -126,6 +126,17 @@ def test_interactive_prompt_with_history(cluster, tmp_path):
         assert b"kvpaxos shell. Servers: 1 = " in seen
         os.write(fd, b"put hello world\n")
         read_until(b"OK (version")
+        # Ctrl-C ends a watch and leaves the shell working (the poll cut off is dropped).
+        waiting = cluster.status(2)["watch"]["waiting"]
+        os.write(fd, b"watch nothing-here/\n")
+        deadline = time.monotonic() + 20
+        while cluster.status(2)["watch"]["waiting"] <= waiting:
+            assert time.monotonic() < deadline, "the watch never waited"
+            time.sleep(0.05)
+        os.write(fd, b"\x03")
+        read_until(b"(stopped after 0 changes)")
+        os.write(fd, b"put hello again\nget hello\n")
+        read_until(b'"again" (version')
         os.write(fd, b"server any\n")
         read_until(b"kv[any]> ")
         os.write(fd, b"quit\n")
