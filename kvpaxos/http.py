@@ -42,6 +42,7 @@ LIST_LIMIT_MAX = 10_000
 WATCH_TIMEOUT_S = 30.0  # how long a watch waits for a change by default ...
 WATCH_TIMEOUT_MAX_S = 300.0  # ... and at most
 WATCH_KEEPALIVE_S = 15.0  # a watch stream says it is alive this often when nothing changes
+WATCH_LEADERLESS_S = 2.0  # a node without a leader this long sends its watchers elsewhere
 _DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?", re.ASCII)
 # A page of a list ends before the entry that would take its keys and values past this
 # many characters (one entry at the least): at the limit's 10,000 values of up to 1 MiB,
@@ -359,22 +360,28 @@ async def watch_keys(request: web.Request) -> web.Response:
     history = node.history
     if stream:
         history.check(start)
-        _need_leader(node)
+        await _need_leader(node)
         return await _watch_stream(request, node, start, key, prefix, limit)
     page = await history.poll(start, key, prefix, limit, timeout if node.replica.leader_id else 0,
                               LIST_PAGE_CHARS)
     if not page.changes and not history.closed:
-        _need_leader(node)
+        await _need_leader(node)
     return web.json_response({"events": [c.to_wire() for c in page.changes], "next": page.next,
                               "revision": history.revision})
 
 
-def _need_leader(node: Node) -> None:
-    """A node cut off from the cluster (or between leaders) may not hear of new changes: a
-    watcher waiting there would wait for nothing, so it is sent to another node."""
-    if node.replica.leader_id is None:
-        raise NoQuorum(f"this node knows no leader now, so it may not hear of changes: ask another node"
-                       f"{node.why_alone()}", retry_after_s=1)
+async def _need_leader(node: Node) -> None:
+    """A node cut off from the cluster may not hear of new changes: a watcher waiting there
+    would wait for nothing, so it is sent to another node. An election takes a few hundred
+    milliseconds, so a node that has a leader again within WATCH_LEADERLESS_S keeps its
+    watchers (a stream is not cut at every leader change)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WATCH_LEADERLESS_S
+    while node.replica.leader_id is None and not node.history.closed:
+        if loop.time() >= deadline:
+            raise NoQuorum(f"this node has known no leader for {WATCH_LEADERLESS_S:g} s, so it may not hear of "
+                           f"changes: ask another node{node.why_alone()}", retry_after_s=1)
+        await asyncio.sleep(node.config.tick_ms / 1000)
 
 
 async def _watch_stream(request: web.Request, node: Node, start: int, key: str | None, prefix: str | None,
@@ -382,8 +389,8 @@ async def _watch_stream(request: web.Request, node: Node, start: int, key: str |
     """The watch as server-sent events: one event a change (`id:` its revision, `data:` the
     change as in the long poll's answer), a comment every WATCH_KEEPALIVE_S when nothing
     changes, and a last `event: stop` (data: an error document) when the node can no
-    longer go on (it lost its leader, or no longer holds the revision). The stream does
-    not pay a request per wake-up, as long polls do."""
+    longer go on (no leader for WATCH_LEADERLESS_S, or it no longer holds the revision).
+    The stream does not pay a request per wake-up, as long polls do."""
     history = node.history
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
                                        "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -395,7 +402,7 @@ async def _watch_stream(request: web.Request, node: Node, start: int, key: str |
             try:
                 page = await history.poll(start, key, prefix, limit, WATCH_KEEPALIVE_S, LIST_PAGE_CHARS)
                 if not page.changes and not history.closed:
-                    _need_leader(node)
+                    await _need_leader(node)
             except KvError as e:
                 stop = {"error": e.code, "message": e.message, **shown_details(e)}
                 await resp.write(f"event: stop\ndata: {json.dumps(stop)}\n\n".encode())

@@ -907,7 +907,7 @@ class Node:
                                                         role=self.replica.role.value))
             else:
                 log.info("leader lost", extra=fields(ballot=str(self.replica.ballot)))
-                self.history.interrupt()  # its watchers ask a node that has one (kvpaxos/http.py)
+                self.history.interrupt()  # its watchers see whether one comes soon (kvpaxos/http.py)
 
     def _release_waiters(self) -> None:
         """Removed: answer every request waiting here now instead of at its timeout. A

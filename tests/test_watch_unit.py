@@ -221,3 +221,25 @@ def test_a_poll_that_looked_at_its_share_answers_at_once_to_go_on() -> None:
         assert [c.revision for c in answer.changes] == [26]
 
     asyncio.run(main())
+
+
+def test_a_node_between_leaders_keeps_its_watchers_for_a_grace(monkeypatch) -> None:
+    """kvpaxos/http.py's _need_leader: a leader found again within WATCH_LEADERLESS_S keeps
+    the watch (no 503 at every election); none by then sends it elsewhere."""
+    from types import SimpleNamespace
+
+    from kvpaxos import http
+    from kvpaxos.errors import NoQuorum
+
+    monkeypatch.setattr(http, "WATCH_LEADERLESS_S", 0.3)
+    node = SimpleNamespace(replica=SimpleNamespace(leader_id=None), history=History(0),
+                           config=SimpleNamespace(tick_ms=10), why_alone=lambda: "")
+
+    async def main() -> None:
+        asyncio.get_running_loop().call_later(0.1, setattr, node.replica, "leader_id", 2)
+        await asyncio.wait_for(http._need_leader(node), 1)  # elected in time: no error
+        node.replica.leader_id = None
+        with pytest.raises(NoQuorum):
+            await asyncio.wait_for(http._need_leader(node), 1)
+
+    asyncio.run(main())
