@@ -319,11 +319,7 @@ def test_watch_needs_exactly_one_of_key_and_prefix() -> None:
 
 
 def test_watch_from_a_revision_no_longer_kept_is_one_line_error(tmp_path: Path) -> None:
-    class SmallHistory(Cluster):
-        def command(self, i: int) -> list[str]:
-            return super().command(i) + ["--watch-history", "5"]
-
-    cluster = SmallHistory(tmp_path / "small", n=1)
+    cluster = Cluster(tmp_path / "small", n=1, serve_args=["--watch-history", "5"])
     try:
         cluster.start()
         cluster.wait_for_leader()

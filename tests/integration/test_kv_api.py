@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from support.cluster import Cluster, key_path, wait_until
+from support.cluster import Cluster, key_path, module_cluster, wait_until
 
 NODES = [1, 2, 3]
 VALUE_MAX = 1024 * 1024
@@ -16,13 +16,7 @@ VALUE_MAX = 1024 * 1024
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory):
-    cluster = Cluster(tmp_path_factory.mktemp("api"), n=3)
-    try:
-        cluster.start()
-        cluster.wait_for_leader()
-        yield cluster
-    finally:
-        cluster.stop_all()
+    yield from module_cluster(tmp_path_factory, "api")
 
 
 def fresh(prefix: str = "k") -> str:
@@ -414,13 +408,7 @@ def test_nodes_keep_serving_and_never_500(api):
 
 def test_server_option_lowers_the_value_limit(tmp_path):
     """`kv serve --max-value-bytes` lowers the 1 MiB limit; larger values get 413 and are not stored."""
-    from support.cluster import Cluster
-
-    class Limited(Cluster):
-        def command(self, i: int) -> list[str]:
-            return super().command(i) + ["--max-value-bytes", "100"]
-
-    cluster = Limited(tmp_path / "limited", n=1)
+    cluster = Cluster(tmp_path / "limited", n=1, serve_args=["--max-value-bytes", "100"])
     try:
         cluster.start()
         cluster.wait_for_leader()

@@ -32,11 +32,7 @@ class SnapCluster(Cluster):
     """The shared real-process cluster, with extra `kv serve` options for every node."""
 
     def __init__(self, tmp_path: Path, serve_args: list[str], n: int = 3, **kwargs) -> None:
-        super().__init__(tmp_path, n=n, **kwargs)
-        self.serve_args = list(serve_args)
-
-    def command(self, i: int) -> list[str]:
-        return super().command(i) + self.serve_args
+        super().__init__(tmp_path, n=n, serve_args=serve_args, **kwargs)
 
     def wipe(self, i: int) -> None:
         assert not self.is_alive(i)

@@ -20,45 +20,23 @@ import pytest
 
 from kvpaxos.aioclient import AsyncClient
 from kvpaxos.client import Client, Compacted
-from support.cluster import Cluster, request, wait_until
-
-
-class WatchCluster(Cluster):
-    """A cluster whose nodes take extra `kv serve` options."""
-
-    def __init__(self, tmp_path, serve_args: list[str], **kwargs) -> None:
-        super().__init__(tmp_path, **kwargs)
-        self.serve_args = serve_args
-
-    def command(self, i: int) -> list[str]:
-        return super().command(i) + self.serve_args
+from support.cluster import Cluster, module_cluster, request, wait_until
 
 
 @pytest.fixture
-def clusters(tmp_path):
-    made: list[Cluster] = []
-
+def clusters(make_cluster):
+    """make(serve_args): a started 3-node cluster with a leader, its nodes given those options."""
     def make(serve_args: list[str] = ()) -> Cluster:
-        c = WatchCluster(tmp_path / f"cluster{len(made)}", list(serve_args), n=3)
-        made.append(c)
-        c.start()
-        c.wait_for_leader()
-        return c
+        cluster = make_cluster(3, serve_args=serve_args)
+        cluster.wait_for_leader()
+        return cluster
 
-    yield make
-    for c in made:
-        c.stop_all()
+    return make
 
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
-    cluster = Cluster(tmp_path_factory.mktemp("watch"), n=3)
-    try:
-        cluster.start()
-        cluster.wait_for_leader()
-        yield cluster
-    finally:
-        cluster.stop_all()
+    yield from module_cluster(tmp_path_factory, "watch")
 
 
 def watch(cluster: Cluster, node: int, http_timeout: float = 15.0, **query) -> object:

@@ -17,7 +17,7 @@ import pytest
 
 from kvpaxos import AsyncClient, Client, Compacted
 from kvpaxos.client import Event
-from support.cluster import Cluster, wait_until
+from support.cluster import Cluster, module_cluster, wait_until
 
 NODES = [1, 2, 3]
 WAIT_S = 20.0  # how long any one expected event may take to show up
@@ -25,13 +25,7 @@ WAIT_S = 20.0  # how long any one expected event may take to show up
 
 @pytest.fixture(scope="module")
 def watched(tmp_path_factory):
-    cluster = Cluster(tmp_path_factory.mktemp("watch"), n=3)
-    try:
-        cluster.start()
-        cluster.wait_for_leader()
-        yield cluster
-    finally:
-        cluster.stop_all()
+    yield from module_cluster(tmp_path_factory, "watch")
 
 
 def fresh(prefix: str = "w") -> str:
@@ -252,15 +246,8 @@ def test_watch_fails_over_when_its_node_dies(cluster):
     assert drain(async_found, 3, WAIT_S * 2) == sync_events
 
 
-class SmallHistory(Cluster):
-    """Nodes that keep only the last 5 changes for watches."""
-
-    def command(self, i: int) -> list[str]:
-        return super().command(i) + ["--watch-history", "5"]
-
-
 def test_a_revision_no_longer_kept_raises_compacted(tmp_path):
-    cluster = SmallHistory(tmp_path / "small", n=1)
+    cluster = Cluster(tmp_path / "small", n=1, serve_args=["--watch-history", "5"])  # the last 5 changes
     try:
         cluster.start()
         cluster.wait_for_leader()

@@ -26,7 +26,7 @@ import urllib.parse
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
@@ -144,8 +144,9 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
 
 class Cluster:
     def __init__(self, tmp_path: str | os.PathLike, n: int = 3, tick_ms: int | None = None,
-                 request_timeout: float = 10.0) -> None:
+                 request_timeout: float = 10.0, serve_args: Sequence[str] = ()) -> None:
         self.dir = Path(tmp_path)
+        self.serve_args = list(serve_args)  # more `kv serve` options for every node
         self.dir.mkdir(parents=True, exist_ok=True)
         self.n = n
         self.ids = list(range(1, n + 1))
@@ -180,7 +181,7 @@ class Cluster:
                "--data-dir", str(self.data_dir(i)), "--log-level", "info"]
         if self.tick_ms is not None:
             cmd += ["--tick-ms", str(self.tick_ms)]
-        return cmd
+        return cmd + self.serve_args
 
     def spawn(self, i: int) -> subprocess.Popen:
         assert self.procs[i] is None or self.procs[i].poll() is not None, f"node {i} is running"
@@ -430,6 +431,18 @@ def _stop_quietly(ref: "weakref.ref[Cluster]") -> None:
             cluster.stop_all()
         except Exception:
             pass
+
+
+def module_cluster(tmp_path_factory: Any, name: str, n: int = 3) -> Iterator[Cluster]:
+    """Body of a module-scoped pytest fixture: a started cluster with a leader, stopped at
+    teardown (`yield from module_cluster(tmp_path_factory, "api")`)."""
+    cluster = Cluster(tmp_path_factory.mktemp(name), n=n)
+    try:
+        cluster.start()
+        cluster.wait_for_leader()
+        yield cluster
+    finally:
+        cluster.stop_all()
 
 
 def cluster_factory(tmp_path: Path, cls: type[Cluster] = Cluster) -> Iterator[Callable[..., Cluster]]:
