@@ -160,6 +160,14 @@ class Shell:
         if not low <= len(args) <= high:
             raise ShellError(f"usage: {HELP[name][0]}")
 
+    def _number(self, args: list[str], index: int, name: str, default: int) -> int:
+        """args[index] as a number from 1 to 10000, or `default` when it is not given."""
+        if len(args) <= index:
+            return default
+        if not (args[index].isdigit() and 1 <= int(args[index]) <= 10_000):
+            raise ShellError(f"{name} must be a number from 1 to 10000")
+        return int(args[index])
+
     def _call(self, key: str | None, fn: Callable[[Client], Any]) -> Any:
         try:
             return fn(self.kv())
@@ -201,9 +209,7 @@ class Shell:
     def do_list(self, args: list[str]) -> None:
         self._arity("list", args, 0, 2)
         prefix = args[0] if args else ""
-        if len(args) > 1 and not (args[1].isdigit() and 1 <= int(args[1]) <= 10_000):
-            raise ShellError("LIMIT must be a number from 1 to 10000")
-        limit = int(args[1]) if len(args) > 1 else 100
+        limit = self._number(args, 1, "LIMIT", 100)
         entries, more = self._call(None, lambda kv: kv.list_page(prefix, limit))
         for e in entries:
             self.out(f"{e.key}\t{json.dumps(e.value, ensure_ascii=False)}")
@@ -215,9 +221,7 @@ class Shell:
     def do_watch(self, args: list[str]) -> None:
         self._arity("watch", args, 0, 2)
         prefix = args[0] if args else ""
-        if len(args) > 1 and not (args[1].isdigit() and 1 <= int(args[1]) <= 10_000):
-            raise ShellError("COUNT must be a number from 1 to 10000")
-        count = int(args[1]) if len(args) > 1 else 10
+        count = self._number(args, 1, "COUNT", 10)
         seen = 0
         try:
             for e in self.kv().watch(prefix=prefix):
