@@ -8,7 +8,8 @@ the log decides them. A put's revision is the key's new version.
 A node keeps the changes it applied last in a History, in memory, bounded by a
 number of changes and of characters (keys and values); older ones are dropped
 first. GET /v1/watch asks for the changes to one key, or to the keys under a
-prefix, from a revision on, and waits (a long poll) until there is one. The
+prefix, from a revision on, and waits (a long poll) until there is one, or
+streams them as server-sent events (kvpaxos/http.py). The
 answer names the revision to ask from next, so a watcher that follows it sees
 every change exactly once and in order, whichever node it asks, as long as that
 node still holds the revision: one that does not answers `compacted` with the
@@ -131,6 +132,9 @@ class History:
         start = self._woken_through + 1
         self._woken_through = self.revision
         if not self._by_key and not self._by_prefix:
+            return
+        if start < self.first:  # some of the new changes are dropped already: let every poll look
+            self._wake_all()
             return
         keys = {change[2] for change in self._since(start)}
         for key in keys & self._by_key.keys():

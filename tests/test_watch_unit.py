@@ -243,3 +243,18 @@ def test_a_node_between_leaders_keeps_its_watchers_for_a_grace(monkeypatch) -> N
             await asyncio.wait_for(http._need_leader(node), 1)
 
     asyncio.run(main())
+
+
+def test_a_slot_larger_than_the_history_wakes_the_polls_it_may_have_matched() -> None:
+    async def main() -> None:
+        history = History(0, max_changes=3)
+        poll = asyncio.ensure_future(history.poll(1, "a", None, 10, 5))
+        await asyncio.sleep(0)
+        history.record(1, PUT, "a", "x")  # dropped before the wake-up below
+        for r in range(2, 6):
+            history.record(r, PUT, "b", "y")
+        history.wake()
+        with pytest.raises(Compacted):  # woken: it cannot have all it asked for any more
+            await asyncio.wait_for(poll, 1)
+
+    asyncio.run(main())
