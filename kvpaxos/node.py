@@ -492,7 +492,13 @@ class Node:
         interval = self.config.tick_ms / 1000
         while True:
             await asyncio.sleep(interval)
-            self.replica.tick(int(time.time() * 1000))
+            now_ms = int(time.time() * 1000)
+            self.replica.tick(now_ms)
+            deadline = self.kv.next_deadline()
+            if deadline is not None and deadline <= now_ms:
+                # A key's time to live has run out by this clock: if this node leads and no
+                # slot is on its way, an empty one carries the clock into the log.
+                self.replica.nudge_clock()
             self._sweep_waits()
             self._wake()
             self.flush_lazy()

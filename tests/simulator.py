@@ -13,13 +13,17 @@ the simulator checks safety:
   (b) every node's applied sequence is a prefix of one global sequence;
   (d) every node that applied slot s holds the same configuration after it;
   (e) every node's watch history (kvpaxos/watch.py) records the same change under
-      each revision, without gaps, and ends at its state's revision.
-Clients keep submitting puts, deletes and compare-and-sets all through the
+      each revision, without gaps, and ends at its state's revision;
+  (f) no node holds a key past the deadline its time to live gave it, by the
+      clock of the slots it applied.
+Clients keep submitting puts (some with a time to live), deletes and compare-and-sets all through the
 fault phase, so faults hit a busy cluster, and issue read-index reads at random
 nodes: (c) a read point returned for a read must cover every slot any node had
 applied (so any result a client could have seen) when the read was issued, and
 be chosen. After the faults stop and the network heals, liveness: every
-submitted command is chosen and applied exactly once, and all replicas converge.
+submitted command is chosen and applied exactly once, every key given a time to
+live expires (with no writes left to carry the clock, the leader's empty slots
+must), and all replicas converge, deadlines included.
 A broken assertion inside the core counts as a failure too.
 Any failure raises SimulationFailure naming the seed that replays it.
 """
@@ -54,6 +58,7 @@ class Faults:
     compact_keep: int = 2    # slots kept in the log below a snapshot
     ack_before_persist: bool = False  # planted bug: replies leave before the write is durable
     member_rate: float = 0.0  # chance per step of asking for a membership change
+    ttl_rate: float = 0.2  # the share of plain puts that give their key a time to live
 
     @classmethod
     def from_seed(cls, rng: random.Random) -> "Faults":
@@ -108,6 +113,7 @@ class Simulation:
         self.seed = seed
         self.rng = random.Random(seed)
         self.lazy_rng = random.Random(seed + 1_000_003)  # its own stream: other draws stay as they were
+        self.ttl_rng = random.Random(seed + 2_000_003)  # likewise, for the puts given a time to live
         self.faults = faults or Faults.from_seed(self.rng)
         self.config = config or seed_config(seed)
         self.members = list(range(1, n_nodes + 1))  # every node ever started and not removed
@@ -192,6 +198,11 @@ class Simulation:
             for i, node in self.nodes.items():
                 if node is not None:
                     node.replica.tick(self.time)
+                    # The runtime's rule (Node._tick_forever): a key's deadline passed by
+                    # the leader's clock, and no slot on its way to carry the clock there.
+                    deadline = node.state.next_deadline()
+                    if deadline is not None and deadline <= self.time:
+                        node.replica.nudge_clock()
         if self.config.defer_self_vote:  # the runtime's timer for the leader's own votes
             for node in self.nodes.values():
                 if node is not None and rng.random() < 0.3:
@@ -318,7 +329,13 @@ class Simulation:
             self._transfer_snapshot(ready.snapshot_from, i)
 
     def _check_changes(self, i: int, node: SimNode, applied: list) -> None:
-        """(e): record the slot's changes as a node does, and compare them across nodes."""
+        """(e): record the slot's changes as a node does, and compare them across nodes.
+        (f): no key outlives its deadline by the slot's clock, and each has a value."""
+        state = node.state
+        for key, deadline in state.expiry.items():
+            if deadline <= state.cluster_ms or key not in state.data:
+                self.fail(f"node {i} holds {key!r} past its deadline {deadline} at clock {state.cluster_ms}"
+                          f" (slot {state.applied_slot})")
         before = node.history.revision
         node.history.record_applied(applied)
         if node.history.revision != node.state.revision:
@@ -404,7 +421,11 @@ class Simulation:
         key, value = f"k{rng.randrange(3)}", f"{c.name}-{c.seq}"
         kind = rng.random()
         if kind < 0.5:
-            return Command(PUT, key, value, client_id=c.name, seq=c.seq)
+            # Some keys expire (the clock is the step count); drawn from a stream of their
+            # own, so that the other draws of a seed stay what they were.
+            ttl = (1 + self.ttl_rng.randrange(_TTL_STEPS_MAX) if self.ttl_rng.random() < self.faults.ttl_rate
+                   else None)
+            return Command(PUT, key, value, client_id=c.name, seq=c.seq, ttl_ms=ttl)
         if kind < 0.65:
             return Command(DELETE, key, client_id=c.name, seq=c.seq)
         if kind < 0.8:  # compare-and-set on a value this client may have written before
@@ -512,7 +533,9 @@ class Simulation:
                 break
         else:
             pending = [(c.name, c.seq) for c in self.clients if c.seq <= c.total]
-            self.fail(f"no convergence after healing: pending={pending} applied={self.applied}")
+            expiring = {i: len(n.state.expiry) for i, n in self.nodes.items() if n is not None and n.state.expiry}
+            self.fail(f"no convergence after healing: pending={pending} applied={self.applied}"
+                      + (f" keys still to expire={expiring}" if expiring else ""))
         self._check_exactly_once()
 
     def _converged(self) -> bool:
@@ -522,6 +545,8 @@ class Simulation:
                 self._remove_node(i)  # removed while it could reach no member: its operator stops it
         if any(c.seq <= c.total for c in self.clients):
             return False
+        if any(n is not None and n.state.next_deadline() is not None for n in self.nodes.values()):
+            return False  # (f) every key given a time to live expires, with no writes to carry the clock
         if any(self.disks[p].rebuilding_round is not None for p in self.members):
             return False
         top = max(self.applied.values())
@@ -546,11 +571,12 @@ class Simulation:
         for i in self.members:
             if self.disks[i].rebuilding_round is not None:
                 self.fail(f"node {i} never became a voter again after its wipe")
-        states = {i: n.state.data for i, n in self.nodes.items() if n is not None}
-        if len({repr(sorted(s.items())) for s in states.values()}) != 1:
+        states = {i: (n.state.data, n.state.expiry) for i, n in self.nodes.items() if n is not None}
+        if len({repr((sorted(d.items()), sorted(e.items()))) for d, e in states.values()}) != 1:
             self.fail("replicas ended with different key-value content")
 
 
+_TTL_STEPS_MAX = 400  # the longest time to live a client gives a key
 _THINK_STEPS_MAX = 12  # a client pauses up to this many steps between commands
 _READ_RATE = 0.05  # chance per step that some node is asked for a read point
 
@@ -571,7 +597,7 @@ class _CountingKV(KVState):
         self.executed: dict[tuple[str, int], int] = {}
 
     def _execute(self, cmd: Command):  # type: ignore[override]
-        if cmd.op in MEMBER_OPS:
+        if cmd.op in MEMBER_OPS or cmd.client_id is None:  # a membership change, or a key's expiry
             return super()._execute(cmd)
         key = (cmd.client_id or "", cmd.seq)
         self.executed[key] = self.executed.get(key, 0) + 1

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from kvpaxos.core import messages as m
 from kvpaxos.core.ballot import Ballot
-from kvpaxos.core.commands import OPS, PUT, Batch, Command
+from kvpaxos.core.commands import OPS, PUT, TTL_MS_MAX, Batch, Command
 from kvpaxos.core.membership import MEMBER_OPS
 
 
@@ -55,7 +55,10 @@ def ballot_from_wire(x: Any) -> Ballot:
 
 
 def command_to_wire(c: Command) -> list:
-    return [c.op, c.key, c.value, c.if_value, c.if_version, c.client_id, c.seq, c.cmd_id, c.part]
+    wire = [c.op, c.key, c.value, c.if_value, c.if_version, c.client_id, c.seq, c.cmd_id, c.part]
+    if c.ttl_ms is not None:
+        wire.append(c.ttl_ms)  # a tenth field only where there is one: logs from before read the same
+    return wire
 
 
 def command_from_wire(x: Any) -> Command:
@@ -71,17 +74,22 @@ def command_from_wire(x: Any) -> Command:
 
 
 def _checked_command_from_wire(x: Any) -> Command:
-    if not isinstance(x, list) or len(x) != 9:
+    if not isinstance(x, list) or len(x) not in (9, 10):
         raise WireError("bad command")
-    op, key, value, if_value, if_version, client_id, seq, cmd_id, part = x
+    op, key, value, if_value, if_version, client_id, seq, cmd_id, part = x[:9]
     if (op not in OPS and op not in MEMBER_OPS) or type(key) is not str or type(cmd_id) is not str:
         raise WireError("bad command")
     if op == PUT and type(value) is not str:
         raise WireError("a put needs a string value")  # the state machine asserts it
     if if_version is not None:
         _int(if_version)
+    ttl_ms = None
+    if len(x) == 10:
+        ttl_ms = _int(x[9], 1)
+        if op != PUT or ttl_ms > TTL_MS_MAX:
+            raise WireError("a time to live is for a put, of at most a year")
     return Command(op, key, _opt_str(value), _opt_str(if_value), if_version,
-                   _opt_str(client_id), _int(seq), cmd_id, _int(part))
+                   _opt_str(client_id), _int(seq), cmd_id, _int(part), ttl_ms)
 
 
 def batch_to_wire(b: Batch) -> dict:

@@ -2,7 +2,7 @@
 
 A slot's value is a Batch: the commands the leader packed into it (possibly none,
 which is a no-op) and the leader's clock reading, which the state machine uses
-as cluster time for expiring exactly-once records.
+as cluster time for expiring exactly-once records and keys put with a time to live.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ OPS = (PUT, DELETE)
 
 KEY_BYTES_MAX = 1024
 VALUE_BYTES_MAX = 1024 * 1024
+TTL_MS_MAX = 366 * 24 * 3600 * 1000  # a key's time to live: at most a year (and a day)
 
 
 # Command and Result are never changed once made, and hash by value, but are not
@@ -26,7 +27,9 @@ class Command:
     cmd_id identifies this submission so the node that waits for it can match
     its result; (client_id, seq) make retries of one request apply once; part
     numbers the writes of one multi-operation request (they share client_id and
-    seq, and are always placed in one slot, in order).
+    seq, and are always placed in one slot, in order). A put with ttl_ms makes a key
+    that the state machine deletes once the cluster clock has passed ttl_ms after
+    the put was applied (kvpaxos/core/kvstate.py); a put without it, none that expires.
     """
 
     op: str
@@ -38,6 +41,7 @@ class Command:
     seq: int = 0
     cmd_id: str = ""
     part: int = 0
+    ttl_ms: int | None = None
 
     def size_bytes(self) -> int:
         return len(self.key) + (len(self.value) if self.value is not None else 0) + 64

@@ -13,9 +13,19 @@ number; the table keeps the result of each part of the client's last request. A 
 record expires when the cluster clock passes its last use by session_ttl_ms
 (10 minutes by default): all replicas expire it at the same slot because the
 clock is part of the log.
+
+Keys with a time to live: a put with ttl_ms gives its key a deadline, the cluster
+clock at that slot plus ttl_ms (another put replaces it; a put without ttl_ms, or
+a delete, removes it). A slot whose clock reaches a key's deadline deletes the
+key before its own commands, as a change of its own (the next revision, a delete
+that watches see). Every replica does so at the same slot, for the same reason.
+The leader proposes an empty slot when a deadline has passed by its clock and
+no other slot is on its way (Replica.nudge_clock), so keys expire when no one
+writes too.
 """
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Iterable, Iterator
@@ -48,6 +58,10 @@ class KVState:
         self.cluster_ms = 0
         self.session_ttl_ms = session_ttl_ms
         self.sessions: OrderedDict[str, Session] = OrderedDict()
+        # key -> its deadline (cluster ms), for the keys put with a time to live; and the
+        # deadlines in a heap, where an entry whose key no longer has it is passed over.
+        self.expiry: dict[str, int] = {}
+        self._deadlines: list[tuple[int, str]] = []
         # The cluster configuration as of applied_slot: the runtime keeps it here (the
         # replica computes it) so that a snapshot holds it with the data.
         self.membership: Membership | None = None
@@ -57,7 +71,47 @@ class KVState:
         self.applied_slot = slot
         self.cluster_ms = max(self.cluster_ms, batch.ts_ms)
         self._expire_sessions()
+        if self._deadlines and self._deadlines[0][0] <= self.cluster_ms:
+            expired = self._expire_keys()  # first: the slot's commands see the keys gone
+            return expired + [(cmd, self._apply_once(cmd)) for cmd in batch.commands]
         return [(cmd, self._apply_once(cmd)) for cmd in batch.commands]
+
+    def next_deadline(self) -> int | None:
+        """The earliest deadline of a key with a time to live (cluster ms), or None."""
+        heap, expiry = self._deadlines, self.expiry
+        while heap and expiry.get(heap[0][1]) != heap[0][0]:
+            heapq.heappop(heap)  # its key was put again, deleted or expired since
+        return heap[0][0] if heap else None
+
+    def ttl_left_ms(self, key: str, now_ms: int) -> int | None:
+        """How long until key expires by a clock reading now_ms (0: due), or None if it
+        has no time to live."""
+        deadline = self.expiry.get(key)
+        return None if deadline is None else max(0, deadline - now_ms)
+
+    def _expire_keys(self) -> list[tuple[Command, Result]]:
+        """Delete the keys whose deadline the clock has reached, in deadline order (then
+        key order): each a change of its own, reported as a delete without a client."""
+        heap, expiry, out = self._deadlines, self.expiry, []
+        while heap and heap[0][0] <= self.cluster_ms:
+            deadline, key = heapq.heappop(heap)
+            if expiry.get(key) == deadline:
+                cmd = Command(DELETE, key)
+                out.append((cmd, self._execute(cmd)))
+        return out
+
+    def _set_expiry(self, key: str, ttl_ms: int | None) -> None:
+        expiry = self.expiry
+        if ttl_ms is None:
+            del expiry[key]
+            return
+        deadline = expiry[key] = self.cluster_ms + ttl_ms
+        heap = self._deadlines
+        if len(heap) > 2 * len(expiry) + 64:  # keys put again and again: rebuild, O(1) a put amortised
+            heap[:] = [(d, k) for k, d in expiry.items()]
+            heapq.heapify(heap)
+        else:
+            heapq.heappush(heap, (deadline, key))
 
     def get(self, key: str) -> tuple[str, int] | None:
         return self.data.get(key)
@@ -139,10 +193,14 @@ class KVState:
             self.data[cmd.key] = (cmd.value, self.revision)
             if current is None:
                 self.keys.add(cmd.key)
+            if cmd.ttl_ms is not None or (self.expiry and cmd.key in self.expiry):
+                self._set_expiry(cmd.key, cmd.ttl_ms)
             return Result(True, version=self.revision)
         self.revision += 1
         del self.data[cmd.key]
         self.keys.discard(cmd.key)
+        if self.expiry:
+            self.expiry.pop(cmd.key, None)
         return Result(True, version=self.revision)
 
 
@@ -196,6 +254,10 @@ class Export:
                        "cluster_ms": state.cluster_ms, "session_ttl_ms": state.session_ttl_ms}
         if state.membership is not None:
             self.header["membership"] = state.membership.to_json()
+        if state.expiry:
+            # Copied whole (a C-speed dict copy; the keys with a time to live are few
+            # beside the map): what the deadlines were at this slot.
+            self.header["expiry"] = dict(state.expiry)
         self._state = state
         self._data: dict[str, tuple[str, int]] = state.data
         self._sessions: dict[str, Session] = state.sessions
@@ -252,6 +314,15 @@ def import_rows(header: dict, keys: Iterable[list], sessions: Iterable[list]) ->
             raise ValueError(f"bad key record {row!r}")
         state.data[k] = (v, ver)
     state.keys = SortedKeys(state.data)
+    expiry = header.get("expiry") or {}
+    if not isinstance(expiry, dict):
+        raise ValueError("bad expiry record")
+    for k, deadline in expiry.items():
+        if k not in state.data or type(deadline) is not int:
+            raise ValueError(f"bad expiry record for {k!r}")
+    state.expiry = dict(expiry)
+    state._deadlines = [(d, k) for k, d in expiry.items()]
+    heapq.heapify(state._deadlines)
     for row in sessions:
         cid, seq, results, last_ms = row
         if type(cid) is not str or type(seq) is not int or type(last_ms) is not int:

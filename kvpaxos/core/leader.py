@@ -143,6 +143,7 @@ class LeaderState:
             return None
         commands: list[Command] = []
         size = 0
+        took = False
         while self.pending:
             group, group_size = self.pending[0]
             if commands and (size + group_size > bytes_max or len(commands) + len(group) > count_max):
@@ -150,9 +151,11 @@ class LeaderState:
             self.pending.popleft()
             commands.extend(group)
             size += group_size
+            took = True
         self.pending_count -= len(commands)
         self.pending_bytes -= size
-        return Batch(tuple(commands), ts_ms) if commands else NOOP
+        # An empty group (Replica.nudge_clock) is a slot for the clock reading alone.
+        return Batch(tuple(commands), ts_ms) if took else NOOP
 
     # -- reads and liveness ---------------------------------------------------
 

@@ -245,6 +245,17 @@ class Replica:
         self.lead.add_pending(cmd if isinstance(cmd, tuple) else (cmd,))
         return True
 
+    def nudge_clock(self) -> bool:
+        """Leader only: queue an empty slot, which carries the leader's clock reading into
+        the log (keys with a time to live expire by that clock: kvpaxos/core/kvstate.py),
+        unless a slot is already on its way or commands wait (they carry it too).
+        Whether one was queued."""
+        lead = self.lead
+        if self.role is not Role.LEADER or lead is None or lead.pending or lead.proposals:
+            return False
+        lead.add_pending(())
+        return True
+
     def read_index(self, read_id: int) -> None:
         """Ask for a linearizable read point; answered in Ready.reads as (read_id, slot or None)."""
         if self.role is Role.LEADER:

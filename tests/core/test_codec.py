@@ -14,7 +14,7 @@ from kvpaxos.core import codec
 from kvpaxos.core import messages as m
 from kvpaxos.core.ballot import ZERO, Ballot
 from kvpaxos.core.codec import WireError
-from kvpaxos.core.commands import DELETE, PUT, Batch, Command
+from kvpaxos.core.commands import DELETE, PUT, TTL_MS_MAX, Batch, Command
 
 MESSAGE_TYPES = sorted(codec._TYPES.values(), key=lambda cls: cls.__name__)
 
@@ -33,8 +33,9 @@ SCALARS: dict[str, st.SearchStrategy] = {
 
 
 def _command_strategy() -> st.SearchStrategy:
-    rest = {f.name: SCALARS[f.type] for f in fields(Command) if f.name not in ("op", "value")}
-    return st.builds(Command, op=st.just(PUT), value=texts, **rest) | st.builds(
+    rest = {f.name: SCALARS[f.type] for f in fields(Command) if f.name not in ("op", "value", "ttl_ms")}
+    ttls = st.none() | st.integers(min_value=1, max_value=TTL_MS_MAX)  # a put's only
+    return st.builds(Command, op=st.just(PUT), value=texts, ttl_ms=ttls, **rest) | st.builds(
         Command, op=st.just(DELETE), value=st.none(), **rest)
 
 

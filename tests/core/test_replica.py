@@ -1097,3 +1097,25 @@ def test_a_compacted_promise_does_not_vouch_for_values_accepted_under_an_old_com
     assert 5 not in r.learner.chosen
     r.step(3, m.CatchUpReply((m.ChosenEntry(5, W),)))
     assert r.learner.chosen[5] == W
+
+
+# -- the clock's empty slot (keys with a time to live) -------------------------------
+
+
+def test_nudge_clock_sends_one_empty_slot_with_the_leaders_clock_and_only_when_idle() -> None:
+    net = Net()
+    ballot = net.elect(1)
+    net.deliver()
+    leader = net.nodes[1]
+    assert not leader.lead.proposals
+    assert not net.nodes[2].nudge_clock()  # a follower proposes nothing
+    leader.tick(7_000)
+    assert leader.nudge_clock() and not leader.nudge_clock()  # one queued, not two
+    net.flush(1)
+    accepts = [msg for _, _, msg in net.queued(is_type(m.Accept))]
+    assert len(accepts) == 2 and all(a.value == Batch((), 7_000) and a.ballot == ballot for a in accepts)
+    assert not leader.nudge_clock()  # that slot is on its way: it carries the clock
+    leader.propose(put("k", "v"))
+    net.deliver()
+    assert leader.learner.chosen_through == accepts[0].slot + 1
+    assert leader.nudge_clock()  # chosen, nothing waiting: another may go
