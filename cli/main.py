@@ -25,7 +25,7 @@ from typing import Any, Iterable
 import click
 
 from kvpaxos.client import KvError
-from kvpaxos.core.commands import VALUE_BYTES_MAX
+from kvpaxos.core.commands import TTL_MS_MAX, VALUE_BYTES_MAX
 
 from cli.cluster import cluster
 from cli.common import DEFAULT_DATA_DIR, CliError, resolve_endpoints
@@ -57,7 +57,10 @@ def get(ctx: click.Context, key: str, as_json: bool, stale: bool, **target: Any)
     with connect(ctx, target, key) as kv:
         entry = kv.get(key, stale=stale)
     if as_json:
-        click.echo(json.dumps({"key": entry.key, "value": entry.value, "version": entry.version}))
+        doc = {"key": entry.key, "value": entry.value, "version": entry.version}
+        if entry.ttl is not None:
+            doc["ttl"] = entry.ttl
+        click.echo(json.dumps(doc))
     else:
         click.echo(entry.value)
 
@@ -68,13 +71,15 @@ def get(ctx: click.Context, key: str, as_json: bool, stale: bool, **target: Any)
 @click.option("--if-value", default=None, help="Only if the current value is this.")
 @click.option("--if-version", type=click.IntRange(min=0), default=None,
               help="Only if the current version is this.")
+@click.option("--ttl", type=click.FloatRange(min=0, min_open=True, max=TTL_MS_MAX / 1000), default=None,
+              metavar="SECONDS", help="Delete the key this many seconds later, unless it is put again.")
 @target_options(envvar=None)
 @click.pass_context
 def put(ctx: click.Context, key: str, value: str, if_value: str | None,
-        if_version: int | None, **target: Any) -> None:
+        if_version: int | None, ttl: float | None, **target: Any) -> None:
     """Set KEY to VALUE."""
     with connect(ctx, target, key) as kv:
-        version = kv.put(key, value, if_value=if_value, if_version=if_version)
+        version = kv.put(key, value, if_value=if_value, if_version=if_version, ttl=ttl)
     click.echo(f"OK (version {version})")
 
 

@@ -72,8 +72,8 @@ class AsyncClient:
         return entry_from(await self._call("GET", path))
 
     async def put(self, key: str, value: str, if_value: str | None = None,
-                  if_version: int | None = None) -> int:
-        doc = await self._write("PUT", kv_path(key), put_body(value, if_value, if_version))
+                  if_version: int | None = None, ttl: float | None = None) -> int:
+        doc = await self._write("PUT", kv_path(key), put_body(value, if_value, if_version, ttl))
         return int(doc.get("version", 0))
 
     async def cas(self, key: str, old: str, new: str) -> int:

@@ -18,7 +18,7 @@ from typing import Any
 from kvpaxos.core.commands import DELETE, PUT, Command, Result
 from kvpaxos.errors import BadRequest, ValueTooLarge
 from kvpaxos.node import Node
-from kvpaxos.parse import field, key_of
+from kvpaxos.parse import field, key_of, ttl_field
 
 BATCH_OPS_MAX = 10_000
 GETS_ANSWER_CHARS = 16 * 1024 * 1024
@@ -32,7 +32,8 @@ def _parse_op(i: int, op: Any, value_max: int) -> tuple[str, dict]:
     key = key_of(field(op, "key", str, optional=False, where=where))
     fields = {"key": key, "value": field(op, "value", str, op["op"] not in ("put", "cas"), where),
               "if_value": field(op, "if_value", str, op["op"] != "cas", where),
-              "if_version": field(op, "if_version", int, True, where)}
+              "if_version": field(op, "if_version", int, True, where),
+              "ttl_ms": ttl_field(op, op["op"] in ("put", "cas"), where)}
     for name in ("value", "if_value"):
         v = fields[name]
         if v is not None and len(v.encode("utf-8")) > value_max:
@@ -61,7 +62,7 @@ async def run_batch(node: Node, body: dict) -> dict:
         if kind != "get":
             writes.append(Command(_WRITE_OPS[kind], f["key"], f["value"] if kind != "delete" else None,
                                   f["if_value"], f["if_version"], client_id, seq or 0,
-                                  node.new_cmd_id(), len(writes)))
+                                  node.new_cmd_id(), len(writes), f["ttl_ms"]))
     results = iter(await node.submit_group(tuple(writes)) if writes else [])
     if len(writes) < len(parsed):
         await node.linearizable_point()

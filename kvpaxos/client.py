@@ -108,6 +108,7 @@ class Entry:
     key: str
     value: str
     version: int
+    ttl: float | None = None  # seconds until the key expires (by the node's clock), if it was put with a ttl
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +148,8 @@ def raise_for_status(status: int, doc: dict[str, Any]) -> dict[str, Any]:
 
 def entry_from(doc: dict[str, Any]) -> Entry:
     try:
-        return Entry(str(doc["key"]), doc["value"], int(doc["version"]))
+        ttl = doc.get("ttl")
+        return Entry(str(doc["key"]), doc["value"], int(doc["version"]), None if ttl is None else float(ttl))
     except (KeyError, TypeError, ValueError):
         raise KvError("bad_response", f"malformed entry in response: {doc!r:.200}") from None
 
@@ -271,8 +273,10 @@ class Client:
         return entry_from(self._call("GET", path))
 
     def put(self, key: str, value: str, if_value: str | None = None,
-            if_version: int | None = None) -> int:
-        doc = self._write("PUT", kv_path(key), put_body(value, if_value, if_version))
+            if_version: int | None = None, ttl: float | None = None) -> int:
+        """Set key to value (if the condition holds); with ttl, the key expires ttl
+        seconds later (by the cluster's clock) unless put again."""
+        doc = self._write("PUT", kv_path(key), put_body(value, if_value, if_version, ttl))
         return int(doc.get("version", 0))
 
     def cas(self, key: str, old: str, new: str) -> int:

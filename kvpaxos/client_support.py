@@ -142,12 +142,15 @@ def _member_id(node_id: int) -> int:
     return node_id
 
 
-def put_body(value: str, if_value: str | None, if_version: int | None) -> dict[str, Any]:
+def put_body(value: str, if_value: str | None, if_version: int | None,
+             ttl: float | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {"value": value}
     if if_value is not None:
         body["if_value"] = if_value
     if if_version is not None:
         body["if_version"] = int(if_version)
+    if ttl is not None:
+        body["ttl"] = ttl
     return body
 
 

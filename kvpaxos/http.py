@@ -29,7 +29,7 @@ from kvpaxos.dashboard.stats import WriteStats
 from kvpaxos.batch import run_batch
 from kvpaxos.config import parse_address
 from kvpaxos.node import Node
-from kvpaxos.parse import field, json_body, key_of
+from kvpaxos.parse import field, json_body, key_of, ttl_field
 from kvpaxos.transport import PeerTransport
 from kvpaxos import metrics, security
 from kvpaxos.client_support import LEADER_HEADER
@@ -171,7 +171,7 @@ def _key(request: web.Request) -> str:
 def _command(node: Node, op: str, key: str, body: dict) -> Command:
     value, client_id, seq = body.get("value"), body.get("client_id"), body.get("seq")
     if (op == PUT and type(value) is str and value.isascii() and len(value) <= node.config.value_bytes_max
-            and body.get("if_value") is None and body.get("if_version") is None
+            and body.get("if_value") is None and body.get("if_version") is None and body.get("ttl") is None
             and ((type(client_id) is str and client_id and client_id.isascii() and type(seq) is int and seq >= 1)
                  or (client_id is None and seq is None))):
         # A plain put, what nearly every write is: ASCII text is valid UTF-8 of its own
@@ -194,7 +194,8 @@ def _checked_command(node: Node, op: str, key: str, body: dict) -> Command:
     if (client_id is None) != (seq is None) or (client_id is not None and (not client_id or seq < 1)):
         raise BadRequest("client_id (non-empty) and seq (>= 1) come together")
     return Command(op, key, value if op == PUT else None, field(body, "if_value", str),
-                   field(body, "if_version", int), client_id, seq or 0, node.new_cmd_id())
+                   field(body, "if_version", int), client_id, seq or 0, node.new_cmd_id(),
+                   ttl_ms=ttl_field(body, op == PUT))
 
 
 def _check(result: Result, key: str) -> Result:
@@ -223,7 +224,11 @@ async def get_key(request: web.Request) -> web.Response:
     entry = node.kv.get(key)
     if entry is None:
         raise NotFound(f"key {key!r} not found")
-    return web.json_response({"key": key, "value": entry[0], "version": entry[1]})
+    answer = {"key": key, "value": entry[0], "version": entry[1]}
+    left = node.kv.ttl_left_ms(key, int(time.time() * 1000))
+    if left is not None:
+        answer["ttl"] = left / 1000  # seconds left by this node's clock (0: due, going with the next slot)
+    return web.json_response(answer)
 
 
 class PutAnswer(web.StreamResponse):

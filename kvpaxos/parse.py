@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from kvpaxos.core.codec import load_json
-from kvpaxos.core.commands import KEY_BYTES_MAX
+from kvpaxos.core.commands import KEY_BYTES_MAX, TTL_MS_MAX
 from kvpaxos.errors import BadRequest, InvalidJson, InvalidKey
 
 
@@ -66,6 +66,20 @@ def field(body: dict, name: str, kind: type, optional: bool = True, where: str =
         except UnicodeEncodeError:
             raise BadRequest(f"field {_label(name, where)} must be valid UTF-8") from None
     return value
+
+
+def ttl_field(body: dict, is_put: bool, where: str = "") -> int | None:
+    """A put's "ttl": seconds until the key expires (a number above 0, at most a year),
+    in whole milliseconds (at least 1); None when there is none."""
+    ttl = body.get("ttl")
+    if ttl is None:
+        return None
+    label = _label("ttl", where)
+    if not is_put:
+        raise BadRequest(f"field {label} is for a put only")
+    if type(ttl) not in (int, float) or not 0 < ttl <= TTL_MS_MAX / 1000:
+        raise BadRequest(f"field {label} must be a number of seconds above 0 and at most {TTL_MS_MAX // 1000}")
+    return max(1, round(ttl * 1000))
 
 
 def _label(name: str, where: str) -> str:

@@ -159,6 +159,19 @@ def test_put_and_get_through_every_server(local: LocalCluster) -> None:
     assert doc["key"] == "hello" and doc["value"] == "world" and doc["version"] >= 1
 
 
+def test_put_with_a_ttl_shows_it_and_the_key_expires(local: LocalCluster) -> None:
+    assert "version" in ok(local.kv("put", "lease", "held", "--ttl", "1.5", "--server", "2"))
+    doc = json.loads(ok(local.kv("get", "lease", "--json", "--server", "3")))
+    assert doc["value"] == "held" and 0 < doc["ttl"] <= 1.5
+    deadline = time.monotonic() + 15
+    while local.kv("get", "lease", "--server", "1").returncode != 1:
+        assert time.monotonic() < deadline, "the key never expired"
+        time.sleep(0.3)
+    for bad in ("0", "-2", "soon", "1e12"):
+        result = local.kv("put", "lease", "x", "--ttl", bad)
+        assert result.returncode == 2 and "--ttl" in result.stderr, result
+
+
 def test_missing_key_exits_1_with_one_line(local: LocalCluster) -> None:
     result = local.kv("get", "no-such-key", "--server", "1")
     assert result.returncode == 1

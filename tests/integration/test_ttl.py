@@ -1,0 +1,143 @@
+"""Keys with a time to live on real `kv serve` processes: a put's "ttl" deletes the key
+on every node once it runs out, with no other writes to carry the clock; puts
+refresh or clear it; batches take it too; deadlines survive a whole-cluster crash
+and restart from snapshots, and a new leader expires what the old one left; bad
+input is a 400 in JSON.
+
+Every wait has a deadline.
+"""
+from __future__ import annotations
+
+import signal
+import time
+import urllib.parse
+import uuid
+
+import pytest
+
+from kvpaxos.client import Client
+from support.cluster import Cluster, module_cluster, wait_until
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    yield from module_cluster(tmp_path_factory, "ttl")
+
+
+def fresh() -> str:
+    return f"ttl-{uuid.uuid4().hex[:10]}"
+
+
+def gone_everywhere(cluster: Cluster, key: str, ids: list[int] | None = None, timeout: float = 10.0) -> None:
+    """Wait until every node (linearizable and stale reads) says key is not found."""
+    def gone() -> bool:
+        return all(cluster.get(i, key, stale=stale).status == 404
+                   for i in (ids or cluster.alive()) for stale in (False, True))
+    wait_until(gone, timeout, f"{key!r} to expire on every node")
+
+
+def test_a_key_expires_on_every_node_with_no_other_writes(shared: Cluster) -> None:
+    key = fresh()
+    put = shared.put(2, key, "soon", ttl=1.0)
+    assert put.status == 200, put
+    got = shared.get(3, key)
+    assert got.status == 200 and got.body["value"] == "soon" and 0 < got.body["ttl"] <= 1.0, got
+    started = time.monotonic()
+    gone_everywhere(shared, key)
+    assert time.monotonic() - started >= 0.5  # not at once: it lived about its second
+    # The expiry is a change of its own, which a watch sees as a delete.
+    resp = shared.request(1, "GET", "/v1/watch?" + urllib.parse.urlencode(
+        {"key": key, "from": put.body["version"], "timeout": "5"}), timeout=10)
+    assert resp.status == 200, resp
+    events = [(e["type"], e["revision"]) for e in resp.body["events"]]
+    assert len(events) == 2 and events[0] == ("put", put.body["version"]), resp.body
+    assert events[1][0] == "delete" and events[1][1] > put.body["version"], resp.body
+
+
+def test_a_put_refreshes_or_clears_the_time_to_live(shared: Cluster) -> None:
+    refreshed, cleared, other = fresh(), fresh(), fresh()
+    for key in (refreshed, cleared):
+        assert shared.put(1, key, "v", ttl=1.0).status == 200
+    assert shared.put(2, refreshed, "v2", ttl=60).status == 200
+    assert shared.put(3, cleared, "forever").status == 200
+    assert shared.put(1, other, "x", ttl=0.5).status == 200
+    gone_everywhere(shared, other)  # past the first deadline of the two others
+    time.sleep(0.7)
+    got = shared.get(1, refreshed)
+    assert got.status == 200 and got.body["value"] == "v2" and 55 < got.body["ttl"] <= 60, got
+    got = shared.get(2, cleared)
+    assert got.status == 200 and got.body["value"] == "forever" and "ttl" not in got.body, got
+
+
+def test_a_batch_put_takes_a_ttl(shared: Cluster) -> None:
+    short, kept = fresh(), fresh()
+    resp = shared.request(2, "POST", "/v1/batch", {"ops": [
+        {"op": "put", "key": short, "value": "a", "ttl": 0.5},
+        {"op": "put", "key": kept, "value": "b"}]})
+    assert resp.status == 200 and all(r["ok"] for r in resp.body["results"]), resp
+    gone_everywhere(shared, short)
+    assert shared.get(3, kept).status == 200
+
+
+@pytest.mark.parametrize("body", [
+    {"value": "v", "ttl": 0}, {"value": "v", "ttl": -1}, {"value": "v", "ttl": "5"},
+    {"value": "v", "ttl": True}, {"value": "v", "ttl": 1e12}, {"value": "v", "ttl": [1]},
+])
+def test_a_bad_ttl_is_a_400_in_json(shared: Cluster, body: dict) -> None:
+    key = fresh()
+    resp = shared.request(1, "PUT", f"/v1/kv/{key}", body)
+    assert resp.status == 400 and resp.body["error"] == "bad_request" and "ttl" in resp.body["message"], resp
+    assert shared.get(1, key).status == 404  # nothing written
+
+
+def test_a_ttl_on_a_delete_or_a_batch_delete_is_refused(shared: Cluster) -> None:
+    key = fresh()
+    assert shared.put(1, key, "v").status == 200
+    resp = shared.request(1, "DELETE", f"/v1/kv/{key}", {"ttl": 5})
+    assert resp.status == 400 and resp.body["error"] == "bad_request", resp
+    resp = shared.request(1, "POST", "/v1/batch", {"ops": [{"op": "delete", "key": key, "ttl": 5}]})
+    assert resp.status == 400 and "ops[0].ttl" in resp.body["message"], resp
+    assert shared.get(1, key).status == 200
+
+
+def test_the_python_client_puts_with_a_ttl(shared: Cluster) -> None:
+    key = fresh()
+    with Client([shared.url(i) for i in shared.ids]) as kv:
+        kv.put(key, "v", ttl=30)
+        entry = kv.get(key)
+        assert entry.value == "v" and entry.ttl is not None and 25 < entry.ttl <= 30
+        kv.put(key, "w")
+        assert kv.get(key).ttl is None
+
+
+def test_deadlines_survive_a_crash_of_every_node_and_restart_from_snapshots(make_cluster) -> None:
+    cluster = make_cluster(3, serve_args=["--snapshot-every", "5", "--compact-keep", "2"])
+    leader = cluster.wait_for_leader()
+    key, keeper = fresh(), fresh()
+    assert cluster.put(leader, key, "v", ttl=6).status == 200
+    assert cluster.put(leader, keeper, "v").status == 200
+    for i in range(30):  # past a snapshot and a compaction on every node
+        assert cluster.put(leader, f"{key}-fill-{i}", "x").status == 200
+    wait_until(lambda: all(s["snapshot"]["slot"] >= 10 for s in cluster.statuses().values()), 15,
+               "a snapshot on every node")
+    put_at = time.monotonic()
+    cluster.kill_many(list(cluster.ids), signal.SIGKILL)
+    cluster.start()
+    cluster.wait_for_leader(timeout=20)
+    got = cluster.get(1, key)
+    if time.monotonic() - put_at < 5:  # the restart was quick enough to see it still there
+        assert got.status == 200 and 0 < got.body["ttl"] <= 6, got
+    gone_everywhere(cluster, key, timeout=15)
+    assert cluster.get(2, keeper).status == 200
+
+
+def test_a_new_leader_expires_what_the_old_one_left(make_cluster) -> None:
+    cluster = make_cluster(3)
+    leader = cluster.wait_for_leader()
+    key = fresh()
+    assert cluster.put(leader, key, "v", ttl=1.5).status == 200
+    cluster.wait_caught_up(next(i for i in cluster.ids if i != leader))
+    cluster.kill(leader, signal.SIGKILL)
+    others = [i for i in cluster.ids if i != leader]
+    cluster.wait_for_leader(ids=others, timeout=20)
+    gone_everywhere(cluster, key, ids=others, timeout=15)
