@@ -28,6 +28,7 @@ from cli.common import DEFAULT_DATA_DIR, resolve_endpoints
 from kvpaxos.client import (
     BadRequest, Client, KvError, NotFound, OutcomeUnknown, PreconditionFailed, Unavailable,
 )
+from kvpaxos.core.commands import TTL_MS_MAX
 
 HISTORY_FILE = "~/.kv_history"
 HISTORY_LENGTH = 1000
@@ -35,7 +36,7 @@ DEFAULT_TIMEOUT_S = 10.0
 CONNECT_PROBE_S = 0.5
 
 HELP = {
-    "put": ("put KEY VALUE", "set KEY to VALUE; prints the new version"),
+    "put": ("put KEY VALUE [TTL]", "set KEY to VALUE (deleted TTL seconds later, if given); prints the new version"),
     "get": ("get KEY", "print KEY's value and version (a linearizable read)"),
     "delete": ("delete KEY", "delete KEY (also: del, rm)"),
     "cas": ("cas KEY OLD NEW", "set KEY to NEW only if its value is OLD"),
@@ -187,14 +188,23 @@ class Shell:
         self.out(f"Now talking to {self.target()}. Quote values with spaces: put k \"a b\".")
 
     def do_put(self, args: list[str]) -> None:
-        self._arity("put", args, 2, 2)
-        version = self._call(args[0], lambda kv: kv.put(args[0], args[1]))
+        self._arity("put", args, 2, 3)
+        ttl = None
+        if len(args) == 3:
+            try:
+                ttl = float(args[2])
+            except ValueError:
+                ttl = -1.0
+            if not 0 < ttl <= TTL_MS_MAX / 1000:
+                raise ShellError(f"TTL must be a number of seconds above 0 and at most {TTL_MS_MAX // 1000}")
+        version = self._call(args[0], lambda kv: kv.put(args[0], args[1], ttl=ttl))
         self.out(f"OK (version {version})")
 
     def do_get(self, args: list[str]) -> None:
         self._arity("get", args, 1, 1)
         entry = self._call(args[0], lambda kv: kv.get(args[0]))
-        self.out(f"{json.dumps(entry.value, ensure_ascii=False)} (version {entry.version})")
+        expires = "" if entry.ttl is None else f", expires in {entry.ttl:.1f} s"
+        self.out(f"{json.dumps(entry.value, ensure_ascii=False)} (version {entry.version}{expires})")
 
     def do_delete(self, args: list[str]) -> None:
         self._arity("delete", args, 1, 1)

@@ -194,6 +194,9 @@ def render(node: Any, transport: Any) -> str:
             x.counter(f"snapshots_{key}", f"Snapshots {key.replace('_', ' ')} (snapshotter).", value)
         else:
             x.gauge(f"snapshot_{key}", f"Snapshot {key.replace('_', ' ')} (snapshotter).", value)
+    x.gauge("keys_with_ttl", "Keys put with a time to live, not yet expired.", len(node.kv.expiry))
+    x.counter("keys_expired", "Keys deleted here because their time to live ran out.",
+              c.get("keys_expired", 0))
     watch = node.history.describe()
     x.gauge("watch_waiting", "Watch requests (GET /v1/watch) waiting for a change.", watch["waiting"])
     x.gauge("watch_history_changes", "Changes held for watches.", watch["changes"])

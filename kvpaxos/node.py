@@ -810,6 +810,8 @@ class Node:
         size = 0
         waiters = self._waiters
         applied = self.kv.apply(slot, batch)
+        if len(applied) != len(batch.commands):  # keys whose time to live ran out at this slot
+            self.counters["keys_expired"] += len(applied) - len(batch.commands)
         for cmd, result in applied:
             entry = waiters.pop(cmd.cmd_id, None)
             if entry is not None:
@@ -1070,6 +1072,10 @@ class Node:
             "rebuilding": None if r.voting or self.deciding else r.rebuild_round,
             "snapshot": self.snapshots.describe(),
             "watch": self.history.describe(),
+            # Keys with a time to live: how many, the next deadline (cluster clock, Unix
+            # ms) and how many expired here since this process started.
+            "ttl": {"keys": len(self.kv.expiry), "next_deadline_ms": self.kv.next_deadline(),
+                    "expired": self.counters["keys_expired"]},
         }
 
 

@@ -45,6 +45,7 @@ def test_metrics_parse_and_move_with_writes(nodes: Nodes) -> None:
         "kvpaxos_fsync_latency_seconds": "histogram", "kvpaxos_gc_full_pause_seconds": "histogram",
         "kvpaxos_watch_waiting": "gauge", "kvpaxos_watch_history_changes": "gauge",
         "kvpaxos_watch_history_first": "gauge",
+        "kvpaxos_keys_with_ttl": "gauge", "kvpaxos_keys_expired_total": "counter",
     }
     for name, kind in expected_types.items():
         assert types.get(name) == kind, (name, types.get(name))

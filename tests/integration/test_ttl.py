@@ -52,6 +52,12 @@ def test_a_key_expires_on_every_node_with_no_other_writes(shared: Cluster) -> No
     events = [(e["type"], e["revision"]) for e in resp.body["events"]]
     assert len(events) == 2 and events[0] == ("put", put.body["version"]), resp.body
     assert events[1][0] == "delete" and events[1][1] > put.body["version"], resp.body
+    # Every node counts it, in its status and its metrics.
+    for i in shared.ids:
+        assert shared.status(i)["ttl"]["expired"] >= 1
+        metrics = shared.request(i, "GET", "/metrics").text
+        expired = [line for line in metrics.splitlines() if line.startswith("kvpaxos_keys_expired_total ")]
+        assert expired and float(expired[0].split()[1]) >= 1, metrics[-600:]
 
 
 def test_a_put_refreshes_or_clears_the_time_to_live(shared: Cluster) -> None:
