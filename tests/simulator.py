@@ -330,7 +330,8 @@ class Simulation:
 
     def _check_changes(self, i: int, node: SimNode, applied: list) -> None:
         """(e): record the slot's changes as a node does, and compare them across nodes.
-        (f): no key outlives its deadline by the slot's clock, and each has a value."""
+        (f): no key outlives its deadline by the slot's clock, and each has a value (a
+        slot expires at most EXPIRE_PER_SLOT keys, which the simulation's three never reach)."""
         state = node.state
         for key, deadline in state.expiry.items():
             if deadline <= state.cluster_ms or key not in state.data:

@@ -10,7 +10,7 @@ import pytest
 
 from kvpaxos import snapshot
 from kvpaxos.core.commands import DELETE, PUT, Batch, Command, Result
-from kvpaxos.core.kvstate import Export, KVState, import_rows
+from kvpaxos.core.kvstate import EXPIRE_PER_SLOT, Export, KVState, import_rows
 
 
 def apply(state: KVState, ts_ms: int, *cmds: Command) -> list[tuple[Command, Result]]:
@@ -49,6 +49,16 @@ def test_expiry_comes_before_the_slots_own_commands() -> None:
     assert [(c.op, c.key, r.version) for c, r in out] == [(DELETE, "c", 4), (DELETE, "a", 5), (DELETE, "b", 6),
                                                            (PUT, "a", 7)]
     assert s.get("a") == ("new", 7) and s.expiry == {}
+
+
+def test_a_slot_expires_at_most_its_share_and_the_next_slots_the_rest() -> None:
+    s = KVState()
+    many = EXPIRE_PER_SLOT + 10
+    apply(s, 0, *(put(f"k{i:05}", ttl_ms=5) for i in range(many)))
+    first = apply(s, 5)
+    assert len(first) == EXPIRE_PER_SLOT and [c.key for c, _ in first] == [f"k{i:05}" for i in range(len(first))]
+    assert len(s.data) == 10 and s.next_deadline() == 5  # still due: the leader nudges again
+    assert len(apply(s, 5)) == 10 and s.data == {} and s.next_deadline() is None
 
 
 def test_a_put_replaces_the_deadline_and_one_without_a_ttl_keeps_the_key() -> None:
