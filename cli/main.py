@@ -85,6 +85,24 @@ def put(ctx: click.Context, key: str, value: str, if_value: str | None,
 
 @cli.command()
 @click.argument("key")
+@click.option("--ttl", type=click.FloatRange(min=0, min_open=True, max=TTL_MS_MAX / 1000), required=True,
+              metavar="SECONDS", help="The key's new time to live.")
+@click.option("--if-value", default=None, help="Only if the current value is this.")
+@click.option("--if-version", type=click.IntRange(min=0), default=None,
+              help="Only if the current version is this.")
+@target_options(envvar=None)
+@click.pass_context
+def refresh(ctx: click.Context, key: str, ttl: float, if_value: str | None, if_version: int | None,
+            **target: Any) -> None:
+    """Delete KEY TTL seconds from now unless put or refreshed again; its value and
+    version stay (watches see no change)."""
+    with connect(ctx, target, key) as kv:
+        version = kv.refresh(key, ttl, if_value=if_value, if_version=if_version)
+    click.echo(f"OK (version {version}, expires in {ttl:g} s)")
+
+
+@cli.command()
+@click.argument("key")
 @click.argument("old")
 @click.argument("new")
 @target_options(envvar=None)

@@ -2,7 +2,7 @@
 
 Pick a server by number (`server 2`) and every command goes through that one
 node, so you can watch any node accept any request; `server any` goes back to
-all of them with failover. Commands: put, get, delete, cas, list, status,
+all of them with failover. Commands: put, refresh, get, delete, cas, list, status,
 members, server, servers, help, quit. Arguments follow shell quoting (`put k "a b"`).
 
 With a terminal, the prompt has line editing and history (readline, kept in
@@ -37,6 +37,7 @@ CONNECT_PROBE_S = 0.5
 
 HELP = {
     "put": ("put KEY VALUE [TTL]", "set KEY to VALUE (deleted TTL seconds later, if given); prints the new version"),
+    "refresh": ("refresh KEY TTL", "delete KEY TTL seconds from now unless put or refreshed again; its value stays"),
     "get": ("get KEY", "print KEY's value and version (a linearizable read)"),
     "delete": ("delete KEY", "delete KEY (also: del, rm)"),
     "cas": ("cas KEY OLD NEW", "set KEY to NEW only if its value is OLD"),
@@ -189,16 +190,25 @@ class Shell:
 
     def do_put(self, args: list[str]) -> None:
         self._arity("put", args, 2, 3)
-        ttl = None
-        if len(args) == 3:
-            try:
-                ttl = float(args[2])
-            except ValueError:
-                ttl = -1.0
-            if not 0 < ttl <= TTL_MS_MAX / 1000:
-                raise ShellError(f"TTL must be a number of seconds above 0 and at most {TTL_MS_MAX // 1000}")
+        ttl = self._ttl(args[2]) if len(args) == 3 else None
         version = self._call(args[0], lambda kv: kv.put(args[0], args[1], ttl=ttl))
         self.out(f"OK (version {version})")
+
+    def do_refresh(self, args: list[str]) -> None:
+        self._arity("refresh", args, 2, 2)
+        ttl = self._ttl(args[1])
+        version = self._call(args[0], lambda kv: kv.refresh(args[0], ttl))
+        self.out(f"OK (version {version}, expires in {ttl:g} s)")
+
+    @staticmethod
+    def _ttl(text: str) -> float:
+        try:
+            ttl = float(text)
+        except ValueError:
+            ttl = -1.0
+        if not 0 < ttl <= TTL_MS_MAX / 1000:
+            raise ShellError(f"TTL must be a number of seconds above 0 and at most {TTL_MS_MAX // 1000}")
+        return ttl
 
     def do_get(self, args: list[str]) -> None:
         self._arity("get", args, 1, 1)

@@ -23,7 +23,7 @@ from kvpaxos.client import (
 from kvpaxos.client_support import (
     LEADER_HEADER, RETRY_STATUSES, Attempts, Sessions, decode_body, kv_path, LeaderHint, list_path,
     member_body, member_path, members_path, merge_cluster_status, parse_endpoints, parse_retry_after,
-    put_body, retry_reason, unprobed_peers, watch_call_timeout, watch_path,
+    put_body, refresh_body, retry_reason, unprobed_peers, watch_call_timeout, watch_path,
 )
 
 # Raised when the TCP connect itself timed out (aiohttp >= 3.10); the request never left.
@@ -74,6 +74,11 @@ class AsyncClient:
     async def put(self, key: str, value: str, if_value: str | None = None,
                   if_version: int | None = None, ttl: float | None = None) -> int:
         doc = await self._write("PUT", kv_path(key), put_body(value, if_value, if_version, ttl))
+        return int(doc.get("version", 0))
+
+    async def refresh(self, key: str, ttl: float, if_value: str | None = None,
+                      if_version: int | None = None) -> int:
+        doc = await self._write("PUT", kv_path(key), refresh_body(ttl, if_value, if_version))
         return int(doc.get("version", 0))
 
     async def cas(self, key: str, old: str, new: str) -> int:

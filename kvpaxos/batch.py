@@ -1,6 +1,6 @@
 """POST /v1/batch: many operations in one request.
 
-Semantics: every write in the batch (put, cas, delete) goes into ONE log slot,
+Semantics: every write in the batch (put, cas, delete, refresh) goes into ONE log slot,
 in the order given, so the writes become visible together: no read anywhere
 sees some of them without the others. Each write's precondition is checked on
 its own when it is applied (a failed cas does not undo the others). Then the
@@ -15,25 +15,27 @@ from __future__ import annotations
 
 from typing import Any
 
-from kvpaxos.core.commands import DELETE, PUT, Command, Result
+from kvpaxos.core.commands import DELETE, PUT, REFRESH, Command, Result
 from kvpaxos.errors import BadRequest, ValueTooLarge
 from kvpaxos.node import Node
 from kvpaxos.parse import field, key_of, ttl_field
 
 BATCH_OPS_MAX = 10_000
 GETS_ANSWER_CHARS = 16 * 1024 * 1024
-_WRITE_OPS = {"put": PUT, "cas": PUT, "delete": DELETE}
+_WRITE_OPS = {"put": PUT, "cas": PUT, "delete": DELETE, "refresh": REFRESH}
 
 
 def _parse_op(i: int, op: Any, value_max: int) -> tuple[str, dict]:
-    if not isinstance(op, dict) or op.get("op") not in ("put", "cas", "delete", "get"):
-        raise BadRequest(f"ops[{i}] must be an object with op put, cas, delete or get")
+    if not isinstance(op, dict) or op.get("op") not in ("put", "cas", "delete", "get", "refresh"):
+        raise BadRequest(f"ops[{i}] must be an object with op put, cas, delete, refresh or get")
     where = f"ops[{i}]"
+    if op["op"] == "refresh" and ("value" in op or op.get("ttl") is None):
+        raise BadRequest(f"{where}: a refresh takes a 'ttl' and no 'value': it keeps the key's value")
     key = key_of(field(op, "key", str, optional=False, where=where))
     fields = {"key": key, "value": field(op, "value", str, op["op"] not in ("put", "cas"), where),
               "if_value": field(op, "if_value", str, op["op"] != "cas", where),
               "if_version": field(op, "if_version", int, True, where),
-              "ttl_ms": ttl_field(op, op["op"] in ("put", "cas"), where)}
+              "ttl_ms": ttl_field(op, op["op"] in ("put", "cas", "refresh"), where)}
     for name in ("value", "if_value"):
         v = fields[name]
         if v is not None and len(v.encode("utf-8")) > value_max:
@@ -60,7 +62,7 @@ async def run_batch(node: Node, body: dict) -> dict:
     writes: list[Command] = []
     for kind, f in parsed:
         if kind != "get":
-            writes.append(Command(_WRITE_OPS[kind], f["key"], f["value"] if kind != "delete" else None,
+            writes.append(Command(_WRITE_OPS[kind], f["key"], f["value"] if kind in ("put", "cas") else None,
                                   f["if_value"], f["if_version"], client_id, seq or 0,
                                   node.new_cmd_id(), len(writes), f["ttl_ms"]))
     results = iter(await node.submit_group(tuple(writes)) if writes else [])

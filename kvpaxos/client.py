@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 from kvpaxos.client_support import (
     LEADER_HEADER, RETRY_STATUSES, Attempts, Sessions, decode_body, kv_path, LeaderHint, list_path,
     member_body, member_path, members_path, merge_cluster_status, normalize_endpoint, parse_endpoints,
-    parse_retry_after, put_body, retry_reason, unprobed_peers, watch_call_timeout, watch_path,
+    parse_retry_after, put_body, refresh_body, retry_reason, unprobed_peers, watch_call_timeout, watch_path,
 )
 
 __all__ = [
@@ -277,6 +277,14 @@ class Client:
         """Set key to value (if the condition holds); with ttl, the key expires ttl
         seconds later (by the cluster's clock) unless put again."""
         doc = self._write("PUT", kv_path(key), put_body(value, if_value, if_version, ttl))
+        return int(doc.get("version", 0))
+
+    def refresh(self, key: str, ttl: float, if_value: str | None = None,
+                if_version: int | None = None) -> int:
+        """Give key a new time to live (ttl seconds from now, by the cluster's clock),
+        keeping its value and version: no change for watches. NotFound if it does not
+        exist. Returns its version."""
+        doc = self._write("PUT", kv_path(key), refresh_body(ttl, if_value, if_version))
         return int(doc.get("version", 0))
 
     def cas(self, key: str, old: str, new: str) -> int:

@@ -154,6 +154,13 @@ def put_body(value: str, if_value: str | None, if_version: int | None,
     return body
 
 
+def refresh_body(ttl: float, if_value: str | None, if_version: int | None) -> dict[str, Any]:
+    body = put_body("", if_value, if_version, ttl)
+    del body["value"]
+    body["refresh"] = True
+    return body
+
+
 def parse_retry_after(value: str | None) -> float | None:
     try:
         return max(0.0, float(value)) if value else None

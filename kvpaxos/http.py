@@ -20,7 +20,7 @@ from typing import Awaitable, Callable
 
 from aiohttp import HttpVersion11, web
 
-from kvpaxos.core.commands import DELETE, PUT, Command, Result
+from kvpaxos.core.commands import DELETE, PUT, REFRESH, Command, Result
 from kvpaxos.core.membership import MEMBER_ADD, MEMBER_REMOVE
 from kvpaxos.errors import (BadRequest, InvalidKey, KvError, NoQuorum, NotFound,
                             PreconditionFailed, ValueTooLarge)
@@ -172,6 +172,7 @@ def _command(node: Node, op: str, key: str, body: dict) -> Command:
     value, client_id, seq = body.get("value"), body.get("client_id"), body.get("seq")
     if (op == PUT and type(value) is str and value.isascii() and len(value) <= node.config.value_bytes_max
             and body.get("if_value") is None and body.get("if_version") is None and body.get("ttl") is None
+            and "refresh" not in body
             and ((type(client_id) is str and client_id and client_id.isascii() and type(seq) is int and seq >= 1)
                  or (client_id is None and seq is None))):
         # A plain put, what nearly every write is: ASCII text is valid UTF-8 of its own
@@ -181,6 +182,15 @@ def _command(node: Node, op: str, key: str, body: dict) -> Command:
 
 
 def _checked_command(node: Node, op: str, key: str, body: dict) -> Command:
+    refresh = body.get("refresh")
+    if refresh is not None and type(refresh) is not bool:
+        raise BadRequest("field 'refresh' must be true or false")
+    if refresh:
+        if op != PUT:
+            raise BadRequest("field 'refresh' is for a put only")
+        if "value" in body or body.get("ttl") is None:
+            raise BadRequest("a refresh takes a 'ttl' and no 'value': it keeps the key's value")
+        op = REFRESH
     value = field(body, "value", str, optional=op != PUT)
     limit = node.config.value_bytes_max
     for name in ("value", "if_value"):
@@ -195,7 +205,7 @@ def _checked_command(node: Node, op: str, key: str, body: dict) -> Command:
         raise BadRequest("client_id (non-empty) and seq (>= 1) come together")
     return Command(op, key, value if op == PUT else None, field(body, "if_value", str),
                    field(body, "if_version", int), client_id, seq or 0, node.new_cmd_id(),
-                   ttl_ms=ttl_field(body, op == PUT))
+                   ttl_ms=ttl_field(body, op != DELETE))
 
 
 def _check(result: Result, key: str) -> Result:

@@ -16,7 +16,7 @@ the simulator checks safety:
       each revision, without gaps, and ends at its state's revision;
   (f) no node holds a key past the deadline its time to live gave it, by the
       clock of the slots it applied.
-Clients keep submitting puts (some with a time to live), deletes and compare-and-sets all through the
+Clients keep submitting puts (some with a time to live), refreshes, deletes and compare-and-sets all through the
 fault phase, so faults hit a busy cluster, and issue read-index reads at random
 nodes: (c) a read point returned for a read must cover every slot any node had
 applied (so any result a client could have seen) when the read was issued, and
@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 
 from kvpaxos.core import messages as m
 from kvpaxos.core.ballot import ZERO, Ballot
-from kvpaxos.core.commands import DELETE, PUT, Batch, Command
+from kvpaxos.core.commands import DELETE, PUT, REFRESH, Batch, Command
 from kvpaxos.core.kvstate import KVState
 from kvpaxos.core.membership import MEMBER_ADD, MEMBER_OPS, MEMBER_REMOVE, Membership
 from kvpaxos.core.replica import CoreConfig, Replica, Role
@@ -424,9 +424,11 @@ class Simulation:
         if kind < 0.5:
             # Some keys expire (the clock is the step count); drawn from a stream of their
             # own, so that the other draws of a seed stay what they were.
-            ttl = (1 + self.ttl_rng.randrange(_TTL_STEPS_MAX) if self.ttl_rng.random() < self.faults.ttl_rate
-                   else None)
-            return Command(PUT, key, value, client_id=c.name, seq=c.seq, ttl_ms=ttl)
+            roll, ttl = self.ttl_rng.random(), 1 + self.ttl_rng.randrange(_TTL_STEPS_MAX)
+            if roll < self.faults.ttl_rate / 4:  # a new deadline for the key, whatever it holds
+                return Command(REFRESH, key, client_id=c.name, seq=c.seq, ttl_ms=ttl)
+            return Command(PUT, key, value, client_id=c.name, seq=c.seq,
+                           ttl_ms=ttl if roll < self.faults.ttl_rate else None)
         if kind < 0.65:
             return Command(DELETE, key, client_id=c.name, seq=c.seq)
         if kind < 0.8:  # compare-and-set on a value this client may have written before

@@ -163,6 +163,8 @@ def test_put_with_a_ttl_shows_it_and_the_key_expires(local: LocalCluster) -> Non
     assert "version" in ok(local.kv("put", "lease", "held", "--ttl", "1.5", "--server", "2"))
     doc = json.loads(ok(local.kv("get", "lease", "--json", "--server", "3")))
     assert doc["value"] == "held" and 0 < doc["ttl"] <= 1.5
+    assert "expires in 1.5 s" in ok(local.kv("refresh", "lease", "--ttl", "1.5", "--if-value", "held"))
+    assert local.kv("refresh", "no-such-key", "--ttl", "5").returncode == 1
     deadline = time.monotonic() + 15
     while local.kv("get", "lease", "--server", "1").returncode != 1:
         assert time.monotonic() < deadline, "the key never expired"

@@ -61,18 +61,18 @@ def test_pick_a_server_and_use_every_command(cluster):
     assert cluster.get(leader, "two words").body["value"] == "hello world"
 
 
-def test_put_with_a_ttl_and_get_shows_when_it_expires(cluster):
+def test_put_with_a_ttl_refresh_and_get_shows_when_it_expires(cluster):
     cluster.wait_for_leader()
     result = kv_shell(cluster, "put lease held 30\nget lease\nput lease x 0\nput lease x soon\nput plain v\n"
-                               "get plain\n")
+                               "get plain\nrefresh lease 60\n")
     out, err = result.stdout, result.stderr
     assert result.returncode == 1, (out, err)  # the two bad TTLs
-    assert out.count("OK (version") == 2
+    assert out.count("OK (version") == 3 and "expires in 60 s)" in out
     assert '"held" (version' in out and (", expires in 29." in out or ", expires in 30.0 s)" in out), out
     assert err.count("error: TTL must be a number of seconds above 0") == 2, err
     plain = next(line for line in out.splitlines() if line.startswith('"v"'))
     assert "expires" not in plain
-    assert 0 < cluster.get(1, "lease").body["ttl"] <= 30
+    assert 55 < cluster.get(1, "lease").body["ttl"] <= 60 and cluster.get(1, "lease").body["value"] == "held"
 
 
 def test_a_down_server_is_reported_clearly_and_another_can_be_picked(cluster):

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from kvpaxos.core import messages as m
 from kvpaxos.core.ballot import Ballot
-from kvpaxos.core.commands import OPS, PUT, TTL_MS_MAX, Batch, Command
+from kvpaxos.core.commands import OPS, PUT, REFRESH, TTL_MS_MAX, Batch, Command
 from kvpaxos.core.membership import MEMBER_OPS
 
 
@@ -86,8 +86,10 @@ def _checked_command_from_wire(x: Any) -> Command:
     ttl_ms = None
     if len(x) == 10:
         ttl_ms = _int(x[9], 1)
-        if op != PUT or ttl_ms > TTL_MS_MAX:
-            raise WireError("a time to live is for a put, of at most a year")
+        if op not in (PUT, REFRESH) or ttl_ms > TTL_MS_MAX:
+            raise WireError("a time to live is for a put or a refresh, of at most a year")
+    if op == REFRESH and (ttl_ms is None or value is not None):
+        raise WireError("a refresh has a time to live and no value")
     return Command(op, key, _opt_str(value), _opt_str(if_value), if_version,
                    _opt_str(client_id), _int(seq), cmd_id, _int(part), ttl_ms)
 

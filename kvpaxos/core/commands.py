@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 PUT = "put"
 DELETE = "delete"
-OPS = (PUT, DELETE)
+REFRESH = "refresh"  # a new time to live for a key, its value and version kept (no change)
+OPS = (PUT, DELETE, REFRESH)
 
 KEY_BYTES_MAX = 1024
 VALUE_BYTES_MAX = 1024 * 1024
@@ -30,6 +31,8 @@ class Command:
     seq, and are always placed in one slot, in order). A put with ttl_ms makes a key
     that the state machine deletes once the cluster clock has passed ttl_ms after
     the put was applied (kvpaxos/core/kvstate.py); a put without it, none that expires.
+    A refresh (ttl_ms required, no value) gives an existing key a new deadline and
+    changes nothing else: no revision, nothing for watches.
     """
 
     op: str

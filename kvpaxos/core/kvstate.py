@@ -15,8 +15,8 @@ record expires when the cluster clock passes its last use by session_ttl_ms
 clock is part of the log.
 
 Keys with a time to live: a put with ttl_ms gives its key a deadline, the cluster
-clock at that slot plus ttl_ms (another put replaces it; a put without ttl_ms, or
-a delete, removes it). A slot whose clock reaches a key's deadline deletes the
+clock at that slot plus ttl_ms (another put or a refresh replaces it; a put
+without ttl_ms, or a delete, removes it). A slot whose clock reaches a key's deadline deletes the
 key before its own commands, as a change of its own (the next revision, a delete
 that watches see). Every replica does so at the same slot, for the same reason.
 The leader proposes an empty slot when a deadline has passed by its clock and
@@ -30,7 +30,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-from kvpaxos.core.commands import DELETE, PUT, Batch, Command, Result
+from kvpaxos.core.commands import DELETE, PUT, REFRESH, Batch, Command, Result
 from kvpaxos.core.membership import Membership
 from kvpaxos.core.sortedkeys import SortedKeys
 
@@ -184,6 +184,12 @@ class KVState:
         if cmd.if_value is not None and (current is None or current[0] != cmd.if_value):
             return Result(False, "precondition_failed", version=version)
         if cmd.op != PUT and cmd.op != DELETE:
+            if cmd.op == REFRESH:
+                if current is None:
+                    return Result(False, "not_found")
+                assert cmd.ttl_ms is not None, "a refresh without a time to live"
+                self._set_expiry(cmd.key, cmd.ttl_ms)  # nothing else changes: no revision
+                return Result(True, version=version)
             return Result(True)  # a membership command: kvpaxos/core/membership.py decides it
         if current is None and cmd.op == DELETE:
             return Result(False, "not_found")

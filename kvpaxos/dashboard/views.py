@@ -37,6 +37,9 @@ def describe_command(cmd: Any) -> dict[str, Any]:
     if_version = getattr(cmd, "if_version", None)
     if if_version is not None:
         out["if_version"] = if_version
+    ttl_ms = getattr(cmd, "ttl_ms", None)
+    if ttl_ms is not None:
+        out["ttl_ms"] = ttl_ms
     client_id = getattr(cmd, "client_id", None)
     if client_id:
         out["client"] = clip(client_id, 64)

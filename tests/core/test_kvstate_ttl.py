@@ -9,7 +9,7 @@ import random
 import pytest
 
 from kvpaxos import snapshot
-from kvpaxos.core.commands import DELETE, PUT, Batch, Command, Result
+from kvpaxos.core.commands import DELETE, PUT, REFRESH, Batch, Command, Result
 from kvpaxos.core.kvstate import EXPIRE_PER_SLOT, Export, KVState, import_rows
 
 
@@ -166,3 +166,49 @@ def test_the_wire_gives_a_ttl_a_tenth_field_only_where_there_is_one() -> None:
             codec.command_from_wire([*codec.command_to_wire(plain), bad])
     with pytest.raises(codec.WireError):  # a delete has no time to live
         codec.command_from_wire([*codec.command_to_wire(Command(DELETE, "a")), 250])
+
+
+# -- refresh: a new deadline, nothing else --------------------------------------------
+
+
+def refresh(key: str, ttl_ms: int, **kw) -> Command:
+    return Command(REFRESH, key, ttl_ms=ttl_ms, **kw)
+
+
+def test_a_refresh_gives_a_new_deadline_and_changes_nothing_else() -> None:
+    s = KVState()
+    apply(s, 0, put("a", "v", ttl_ms=10), put("b", "w"))
+    [(_, r)] = apply(s, 8, refresh("a", 100))
+    assert r == Result(True, version=1) and s.revision == 2  # no revision: nothing for watches
+    assert s.get("a") == ("v", 1) and s.expiry == {"a": 108}
+    assert apply(s, 50) == []
+    [(_, r)] = apply(s, 60, refresh("b", 5))  # a key put for good can be given one too
+    assert r.ok and s.expiry == {"a": 108, "b": 65}
+    out = apply(s, 108)
+    assert [(c.key, res.version) for c, res in out] == [("b", 3), ("a", 4)]
+
+
+def test_a_refresh_of_a_missing_key_is_not_found_and_makes_nothing() -> None:
+    s = KVState()
+    [(_, r)] = apply(s, 0, refresh("ghost", 10))
+    assert r == Result(False, "not_found") and s.data == {} and s.expiry == {}
+
+
+def test_a_refresh_checks_its_preconditions() -> None:
+    s = KVState()
+    apply(s, 0, put("lock", "me", ttl_ms=10))
+    [(_, r)] = apply(s, 1, refresh("lock", 100, if_value="someone else"))
+    assert not r.ok and r.error == "precondition_failed" and s.expiry == {"lock": 10}
+    [(_, r)] = apply(s, 2, refresh("lock", 100, if_value="me", if_version=1))
+    assert r.ok and s.expiry == {"lock": 102}
+
+
+def test_the_wire_checks_a_refresh() -> None:
+    from kvpaxos.core import codec
+
+    r = refresh("a", 250, client_id="c", seq=3)
+    assert codec.command_from_wire(codec.command_to_wire(r)) == r
+    with pytest.raises(codec.WireError):  # without a time to live
+        codec.command_from_wire(["refresh", "a", None, None, None, None, 0, "", 0])
+    with pytest.raises(codec.WireError):  # with a value
+        codec.command_from_wire(["refresh", "a", "v", None, None, None, 0, "", 0, 250])

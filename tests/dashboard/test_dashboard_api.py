@@ -261,3 +261,18 @@ def test_open_event_stream_does_not_hold_up_shutdown(cluster):
                     pass
 
     asyncio.run(hold_stream())
+
+
+def test_the_log_view_shows_a_commands_time_to_live(shared):
+    cluster = shared
+    assert cluster.put(2, "ttl-shown", "x", ttl=30, client_id="ttl-writer", seq=1).status == 200
+    assert cluster.request(2, "PUT", "/v1/kv/ttl-shown", {"refresh": True, "ttl": 40, "client_id": "ttl-writer",
+                                                          "seq": 2}).status == 200
+    cmds = {}
+    for seq in (1, 2):
+        slot = cluster.request(2, "GET", f"/v1/dashboard/find?client_id=ttl-writer&seq={seq}").body["slot"]
+        view = cluster.request(2, "GET", "/v1/dashboard").body
+        (entry,) = [s for s in view["log"]["slots"] if s["slot"] == slot]
+        cmds[seq] = next(c for c in entry["batch"]["cmds"] if c["key"] == "ttl-shown")
+    assert cmds[1]["op"] == "put" and cmds[1]["ttl_ms"] == 30_000
+    assert cmds[2]["op"] == "refresh" and cmds[2]["ttl_ms"] == 40_000 and "value" not in cmds[2]

@@ -147,3 +147,38 @@ def test_a_new_leader_expires_what_the_old_one_left(make_cluster) -> None:
     others = [i for i in cluster.ids if i != leader]
     cluster.wait_for_leader(ids=others, timeout=20)
     gone_everywhere(cluster, key, ids=others, timeout=15)
+
+
+def test_a_refresh_keeps_the_value_and_version_and_watches_see_nothing(shared: Cluster) -> None:
+    key = fresh()
+    put = shared.put(1, key, "held", ttl=1.0)
+    assert put.status == 200, put
+    version = put.body["version"]
+    resp = shared.request(2, "PUT", f"/v1/kv/{key}", {"refresh": True, "ttl": 60})
+    assert resp.status == 200 and resp.body == {"key": key, "version": version}, resp
+    time.sleep(1.3)  # past the first deadline
+    got = shared.get(3, key)
+    assert got.status == 200 and got.body["value"] == "held" and got.body["version"] == version, got
+    assert 55 < got.body["ttl"] <= 60, got
+    watched = shared.request(1, "GET", "/v1/watch?" + urllib.parse.urlencode(
+        {"key": key, "from": version + 1, "timeout": "0.5"}), timeout=10)
+    assert watched.status == 200 and watched.body["events"] == [], watched
+    # Through a batch too, and the Python client, with a precondition.
+    resp = shared.request(3, "POST", "/v1/batch", {"ops": [{"op": "refresh", "key": key, "ttl": 0.5}]})
+    assert resp.status == 200 and resp.body["results"] == [{"ok": True, "version": version}], resp
+    with Client([shared.url(i) for i in shared.ids]) as kv:
+        assert kv.refresh(key, 0.5, if_value="held") == version
+    gone_everywhere(shared, key)
+
+
+@pytest.mark.parametrize("body, status, code", [
+    ({"refresh": True, "ttl": 5}, 404, "not_found"),  # no such key
+    ({"refresh": True, "ttl": 5, "value": "v"}, 400, "bad_request"),
+    ({"refresh": True}, 400, "bad_request"),
+    ({"refresh": "yes", "ttl": 5}, 400, "bad_request"),
+])
+def test_a_refresh_of_a_missing_key_or_with_a_bad_body_is_refused(shared: Cluster, body, status, code) -> None:
+    key = fresh()
+    resp = shared.request(2, "PUT", f"/v1/kv/{key}", body)
+    assert resp.status == status and resp.body["error"] == code, resp
+    assert shared.get(2, key).status == 404

@@ -983,18 +983,22 @@
         (c.value != null ? `<span class="v"> @${esc(c.value)}</span>` : "");
     }
     if (c.op === "del") return `<span class="op del">del</span> ${k}`;
+    const ttl = c.ttl_ms != null ? `<span class="v"> ttl ${c.ttl_ms / 1000}s</span>` : "";
+    if (c.op === "refresh") return `<span class="op put">refresh</span> ${k}${ttl}`;
     if (c.if_value != null || c.if_version != null) {
       const cond = c.if_value != null ? esc(c.if_value) : `v${c.if_version}`;
-      return `<span class="op cas">cas</span> ${k} <span class="v">${cond}→${esc(c.value ?? "")}</span>`;
+      return `<span class="op cas">cas</span> ${k} <span class="v">${cond}→${esc(c.value ?? "")}</span>${ttl}`;
     }
-    return `<span class="op put">put</span> ${k}<span class="v">=${esc(c.value ?? "")}</span>`;
+    return `<span class="op put">put</span> ${k}<span class="v">=${esc(c.value ?? "")}</span>${ttl}`;
   }
 
   function cmdText(c) {
     if (MEMBER_VERBS[c.op]) return `${MEMBER_VERBS[c.op]} node ${c.key}` + (c.value != null ? ` at ${c.value}` : "") + " (configuration change)";
     if (c.op === "del") return `del ${c.key}`;
-    if (c.if_value != null || c.if_version != null) return `cas ${c.key}: ${c.if_value ?? "v" + c.if_version} → ${c.value}`;
-    return `put ${c.key} = ${c.value}`;
+    const ttl = c.ttl_ms != null ? ` (ttl ${c.ttl_ms / 1000} s)` : "";
+    if (c.op === "refresh") return `refresh ${c.key}${ttl}`;
+    if (c.if_value != null || c.if_version != null) return `cas ${c.key}: ${c.if_value ?? "v" + c.if_version} → ${c.value}${ttl}`;
+    return `put ${c.key} = ${c.value}${ttl}`;
   }
 
   function slotTitle(s) {
