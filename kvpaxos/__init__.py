@@ -10,13 +10,16 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = ["Client", "AsyncClient", "KvError", "NotFound", "PreconditionFailed", "Unavailable",
-           "OutcomeUnknown", "BadRequest", "Compacted", "Event"]
+           "OutcomeUnknown", "BadRequest", "Compacted", "Event", "LockTimeout"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "AsyncClient":
         from kvpaxos.aioclient import AsyncClient
         return AsyncClient
+    if name == "LockTimeout":
+        from kvpaxos.lock import LockTimeout
+        return LockTimeout
     if name in __all__:
         from kvpaxos import client
         return getattr(client, name)

@@ -81,6 +81,12 @@ class AsyncClient:
         doc = await self._write("PUT", kv_path(key), refresh_body(ttl, if_value, if_version))
         return int(doc.get("version", 0))
 
+    def lock(self, key: str, ttl_s: float = 10.0, timeout_s: float | None = None,
+             owner: str | None = None) -> Any:
+        """Client.lock's twin: `async with kv.lock("locks/x") as lock:` (kvpaxos/lock.py)."""
+        from kvpaxos.lock import AsyncLock
+        return AsyncLock(self, key, ttl_s, timeout_s, owner)
+
     async def cas(self, key: str, old: str, new: str) -> int:
         return await self.put(key, new, if_value=old)
 

@@ -290,6 +290,15 @@ class Client:
     def cas(self, key: str, old: str, new: str) -> int:
         return self.put(key, new, if_value=old)
 
+    def lock(self, key: str, ttl_s: float = 10.0, timeout_s: float | None = None,
+             owner: str | None = None) -> Any:
+        """A lock held through `key` (kvpaxos/lock.py): `with kv.lock("locks/x") as lock:`
+        waits until it is this client's (LockTimeout after timeout_s), keeps it while the
+        block runs (refreshing the key from a thread), and releases it; `lock.token` is a
+        fencing token, `lock.held` False once it was lost."""
+        from kvpaxos.lock import Lock
+        return Lock(self, key, ttl_s, timeout_s, owner)
+
     def delete(self, key: str, if_version: int | None = None) -> None:
         body = {} if if_version is None else {"if_version": int(if_version)}
         self._write("DELETE", kv_path(key), body)

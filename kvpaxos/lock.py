@@ -1,0 +1,236 @@
+"""Locks held through a key with a time to live: `Client.lock` and `AsyncClient.lock`.
+
+    with kv.lock("locks/report", ttl=10) as lock:
+        do_the_work(fencing_token=lock.token)
+
+Acquiring puts the key, with this holder's own name as its value, only if it
+does not exist (`if_version` 0) and with the ttl; while someone else holds it,
+the acquirer waits on a watch of the key for its delete (a release or an
+expiry), then tries again. Holding refreshes the key every ttl/3 only if its
+value is still this holder's name (a refresh keeps the version). Releasing
+deletes it only at the version it was acquired at. A holder that stops
+refreshing (its process died, paused, or lost the cluster for a ttl) loses the
+lock when the key expires, and the next acquirer gets it.
+
+`token` is the key's version when the lock was acquired: versions are the
+store's revisions, so every new holder's token is larger than every earlier
+one's. Pass it to what the lock protects, which can then refuse a holder whose
+token is older than one it has seen (a fencing token): a paused holder may not
+know yet that it lost the lock. `held` turns False once a refresh finds the key
+gone or someone else's, or no refresh has succeeded for a whole ttl.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from kvpaxos.client import Compacted, KvError, NotFound, OutcomeUnknown, PreconditionFailed
+
+if TYPE_CHECKING:
+    from kvpaxos.aioclient import AsyncClient
+    from kvpaxos.client import Client
+
+TTL_S = 10.0
+
+
+class LockTimeout(KvError):
+    """The lock was not acquired within the timeout given."""
+
+    def __init__(self, key: str, timeout_s: float) -> None:
+        super().__init__("lock_timeout", f"lock {key!r} not acquired within {timeout_s:g} s")
+
+
+def _check(key: str, ttl_s: float) -> None:
+    if not isinstance(key, str) or not key:
+        raise ValueError("a lock needs a key")
+    if not 0.3 <= ttl_s <= 3600:
+        raise ValueError("a lock's ttl must be from 0.3 to 3600 seconds")
+
+
+def _wait_for(deadline: float | None, ttl_s: float) -> float:
+    """How long the next wait for the holder's key to change may last (0: time is up)."""
+    if deadline is None:
+        return ttl_s + 1
+    return max(0.0, min(ttl_s + 1, deadline - time.monotonic()))
+
+
+class Lock:
+    """A lock through `client` (see the module's docstring). Not acquired until
+    acquire() or `with`; it refreshes its key from a thread with a Client of its own."""
+
+    def __init__(self, client: Client, key: str, ttl_s: float = TTL_S, timeout_s: float | None = None,
+                 owner: str | None = None) -> None:
+        _check(key, ttl_s)
+        self.client, self.key, self.ttl_s, self.timeout_s = client, key, float(ttl_s), timeout_s
+        self.owner = owner or f"{client.client_id}/{uuid.uuid4().hex[:12]}"
+        self.token: int | None = None
+        self._held = False
+        self._stop = threading.Event()
+        self._keeper: threading.Thread | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._held
+
+    def acquire(self, timeout_s: float | None = None) -> int:
+        """Wait until the lock is ours, for ever or up to timeout_s (default: the one
+        given to the lock), then LockTimeout; its token. Errors of the client (no node
+        answers, say) come through."""
+        if self._held:
+            raise RuntimeError(f"lock {self.key!r} is held already")
+        kv, key = self.client, self.key
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            try:
+                self.token = kv.put(key, self.owner, if_version=0, ttl=self.ttl_s)
+                break
+            except (PreconditionFailed, OutcomeUnknown):
+                pass  # someone holds it, or our own put may have made it: look
+            try:
+                entry = kv.get(key)
+            except NotFound:
+                continue  # released meanwhile: try again
+            if entry.value == self.owner:
+                self.token = entry.version  # our put went through after all
+                break
+            wait = _wait_for(deadline, self.ttl_s)
+            if wait == 0:
+                raise LockTimeout(key, timeout_s or 0.0)
+            try:
+                kv.watch_page(key=key, from_revision=entry.version + 1, timeout_s=wait)  # its delete, or the wait
+            except Compacted:
+                pass  # the nodes' history moved on: look again
+        self._held = True
+        self._stop.clear()
+        self._keeper = threading.Thread(target=self._keep, name=f"kvpaxos-lock-{key}", daemon=True)
+        self._keeper.start()
+        return self.token
+
+    def _keep(self) -> None:
+        kv = self.client
+        # Each try bounded by a third of the ttl: a cluster out of reach must not hold a
+        # refresh past the moment the lock may have expired.
+        budget = max(0.2, min(kv.timeout_s, self.ttl_s / 3))
+        with type(kv)(kv.endpoints, budget, token=kv.token, ca_file=kv.ca_file) as keeper:
+            last_ok = time.monotonic()
+            while not self._stop.wait(self.ttl_s / 3):
+                try:
+                    keeper.refresh(self.key, self.ttl_s, if_value=self.owner)
+                    last_ok = time.monotonic()
+                except (NotFound, PreconditionFailed):
+                    self._held = False  # expired, and maybe someone else's now
+                    return
+                except KvError:
+                    if time.monotonic() - last_ok >= self.ttl_s:
+                        self._held = False  # it may have expired meanwhile
+                        return
+
+    def release(self) -> None:
+        """Stop refreshing and delete the key if it is still ours (nothing if it was lost)."""
+        self._stop.set()
+        if self._keeper is not None:
+            self._keeper.join()
+            self._keeper = None
+        if self._held:
+            self._held = False
+            try:
+                self.client.delete(self.key, if_version=self.token)
+            except (NotFound, PreconditionFailed):
+                pass  # lost meanwhile: someone else's now, or no one's
+
+    def __enter__(self) -> Lock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class AsyncLock:
+    """Lock's asyncio twin: `async with kv.lock(key) as lock:`; it refreshes its key
+    from a task on the same AsyncClient."""
+
+    def __init__(self, client: AsyncClient, key: str, ttl_s: float = TTL_S, timeout_s: float | None = None,
+                 owner: str | None = None) -> None:
+        _check(key, ttl_s)
+        self.client, self.key, self.ttl_s, self.timeout_s = client, key, float(ttl_s), timeout_s
+        self.owner = owner or f"{client.client_id}/{uuid.uuid4().hex[:12]}"
+        self.token: int | None = None
+        self._held = False
+        self._keeper: asyncio.Task[Any] | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._held
+
+    async def acquire(self, timeout_s: float | None = None) -> int:
+        if self._held:
+            raise RuntimeError(f"lock {self.key!r} is held already")
+        kv, key = self.client, self.key
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            try:
+                self.token = await kv.put(key, self.owner, if_version=0, ttl=self.ttl_s)
+                break
+            except (PreconditionFailed, OutcomeUnknown):
+                pass
+            try:
+                entry = await kv.get(key)
+            except NotFound:
+                continue
+            if entry.value == self.owner:
+                self.token = entry.version
+                break
+            wait = _wait_for(deadline, self.ttl_s)
+            if wait == 0:
+                raise LockTimeout(key, timeout_s or 0.0)
+            try:
+                await kv.watch_page(key=key, from_revision=entry.version + 1, timeout_s=wait)
+            except Compacted:
+                pass
+        self._held = True
+        self._keeper = asyncio.create_task(self._keep())
+        return self.token
+
+    async def _keep(self) -> None:
+        last_ok = time.monotonic()
+        while True:
+            await asyncio.sleep(self.ttl_s / 3)
+            try:
+                await asyncio.wait_for(self.client.refresh(self.key, self.ttl_s, if_value=self.owner),
+                                       max(0.2, self.ttl_s / 3))
+                last_ok = time.monotonic()
+            except (NotFound, PreconditionFailed):
+                self._held = False
+                return
+            except (KvError, asyncio.TimeoutError):
+                if time.monotonic() - last_ok >= self.ttl_s:
+                    self._held = False
+                    return
+
+    async def release(self) -> None:
+        if self._keeper is not None:
+            self._keeper.cancel()
+            try:
+                await self._keeper
+            except asyncio.CancelledError:
+                pass
+            self._keeper = None
+        if self._held:
+            self._held = False
+            try:
+                await self.client.delete(self.key, if_version=self.token)
+            except (NotFound, PreconditionFailed):
+                pass
+
+    async def __aenter__(self) -> AsyncLock:
+        await self.acquire()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.release()
