@@ -29,6 +29,7 @@ from kvpaxos.core.commands import TTL_MS_MAX, VALUE_BYTES_MAX
 
 from cli.cluster import cluster
 from cli.common import DEFAULT_DATA_DIR, CliError, resolve_endpoints
+from cli.lock import lock
 from cli.members import format_changes, member
 from cli.secure import client_security, serve_security_options
 from cli.shell import shell
@@ -556,6 +557,7 @@ def snapshot_info(file: str) -> None:
 
 
 cli.add_command(cluster)
+cli.add_command(lock)
 cli.add_command(member)
 cli.add_command(shell)
 cli.add_command(bench)

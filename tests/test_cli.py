@@ -174,6 +174,35 @@ def test_put_with_a_ttl_shows_it_and_the_key_expires(local: LocalCluster) -> Non
         assert result.returncode == 2 and "--ttl" in result.stderr, result
 
 
+def test_lock_runs_a_command_holding_the_lock(local: LocalCluster) -> None:
+    show = "import os; print(os.environ['KV_LOCK_KEY'], os.environ['KV_LOCK_TOKEN'])"
+    result = local.kv("lock", "locks/job", "--ttl", "5", "--", sys.executable, "-c", show)
+    key, token = ok(result).split()
+    assert key == "locks/job" and int(token) >= 1 and f"locked locks/job (token {token})" in result.stderr
+    assert local.kv("get", "locks/job").returncode == 1  # released
+    failing = local.kv("lock", "locks/job", "--", sys.executable, "-c", "import sys; sys.exit(3)")
+    assert failing.returncode == 3  # the command's status
+    missing = local.kv("lock", "locks/job", "--", "no-such-program-here")
+    assert missing.returncode == 1 and "cannot run 'no-such-program-here'" in missing.stderr
+    assert local.kv("get", "locks/job").returncode == 1  # released after that too
+
+
+def test_lock_waits_for_the_holder_and_stops_a_command_whose_lock_is_lost(local: LocalCluster) -> None:
+    cmd = [sys.executable, "-m", "cli.main", "--data-dir", str(local.dir), "lock", "locks/db", "--ttl", "1",
+           "--", sys.executable, "-c", "import time; time.sleep(60)"]
+    holder = subprocess.Popen(cmd, cwd=REPO_ROOT, env=_env(), stderr=subprocess.PIPE, text=True)
+    try:
+        assert "locked locks/db" in holder.stderr.readline()
+        busy = local.kv("lock", "locks/db", "--wait", "0.5", "--", "true")
+        assert busy.returncode == 1 and busy.stderr == "error: lock 'locks/db' not acquired within 0.5 s\n"
+        ok(local.kv("delete", "locks/db"))  # taken away: the holder stops its command
+        assert holder.wait(timeout=30) == 1
+        assert "error: lost the lock 'locks/db'; the command was stopped" in holder.stderr.read()
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+
+
 def test_missing_key_exits_1_with_one_line(local: LocalCluster) -> None:
     result = local.kv("get", "no-such-key", "--server", "1")
     assert result.returncode == 1
