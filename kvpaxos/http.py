@@ -335,9 +335,15 @@ async def list_keys(request: web.Request) -> web.Response:
     after = request.query.get("after")  # the last key of the page before (exclusive)
     node = await _consistent(request)
     items, more = node.kv.scan(prefix, limit, after, LIST_PAGE_CHARS)
+    entries = [{"key": k, "value": v, "version": ver} for k, v, ver in items]
+    if node.kv.expiry:  # the seconds left of the keys that expire, as a GET shows them
+        now_ms = int(time.time() * 1000)
+        for entry in entries:
+            left = node.kv.ttl_left_ms(entry["key"], now_ms)
+            if left is not None:
+                entry["ttl"] = left / 1000
     # The revision read at: a watch from one past it misses no change made after this page.
-    return web.json_response({"items": [{"key": k, "value": v, "version": ver} for k, v, ver in items],
-                              "more": more, "revision": node.kv.revision})
+    return web.json_response({"items": entries, "more": more, "revision": node.kv.revision})
 
 
 async def watch_keys(request: web.Request) -> web.Response:

@@ -73,6 +73,9 @@ def test_a_put_refreshes_or_clears_the_time_to_live(shared: Cluster) -> None:
     assert got.status == 200 and got.body["value"] == "v2" and 55 < got.body["ttl"] <= 60, got
     got = shared.get(2, cleared)
     assert got.status == 200 and got.body["value"] == "forever" and "ttl" not in got.body, got
+    # A list shows the same.
+    items = {i["key"]: i for i in shared.list(3, "ttl-").body["items"]}
+    assert 55 < items[refreshed]["ttl"] <= 60 and "ttl" not in items[cleared], items
 
 
 def test_a_batch_put_takes_a_ttl(shared: Cluster) -> None:
@@ -112,8 +115,9 @@ def test_the_python_client_puts_with_a_ttl(shared: Cluster) -> None:
         kv.put(key, "v", ttl=30)
         entry = kv.get(key)
         assert entry.value == "v" and entry.ttl is not None and 25 < entry.ttl <= 30
+        assert [e.ttl is not None and 25 < e.ttl <= 30 for e in kv.list(key)] == [True]
         kv.put(key, "w")
-        assert kv.get(key).ttl is None
+        assert kv.get(key).ttl is None and kv.list(key)[0].ttl is None
 
 
 def test_deadlines_survive_a_crash_of_every_node_and_restart_from_snapshots(make_cluster) -> None:
