@@ -141,6 +141,13 @@ json_values = st.recursive(
     max_leaves=12)
 
 
+# A time to live long enough that no key this suite writes expires while it runs (the
+# model holds every acknowledged write), or one the node must refuse.
+ttls = st.one_of(st.sampled_from([3600, 86400.5, 31_536_000, 0, -1, 31_622_400.5, 1e12, True, "60", None]),
+                 st.floats(allow_nan=True, allow_infinity=True), st.integers(-10, 10**10))
+refreshes = st.sampled_from([True, True, False, None, "true", 1, 0])
+
+
 @st.composite
 def bodies(draw) -> bytes | None:
     """A body for a PUT or DELETE. A client_id that is a string gets a unique suffix, so no
@@ -159,12 +166,23 @@ def bodies(draw) -> bytes | None:
         return json.dumps(draw(json_values)).encode()
     obj: dict[str, Any] = {"value": draw(st.text(any_char, max_size=16))}
     if kind == "typed":
-        for name in draw(st.sets(st.sampled_from(["value", "if_value", "if_version", "client_id", "seq", "extra"]))):
+        for name in draw(st.sets(st.sampled_from(["value", "if_value", "if_version", "client_id", "seq", "extra",
+                                                  "ttl", "refresh"]))):
             obj[name] = draw(json_values)
+        if draw(st.booleans()):
+            obj["ttl"] = draw(ttls)
+        if draw(st.integers(0, 4)) == 0:
+            obj["refresh"] = draw(refreshes)
+            if draw(st.booleans()):
+                del obj["value"]
     elif draw(st.booleans()):  # else a plain put
         for name in draw(st.sets(st.sampled_from(["if_value", "if_version", "client_id", "seq"]))):
             obj[name] = {"if_value": draw(st.text(max_size=5)), "if_version": draw(st.integers(-3, 3)),
                          "client_id": draw(st.text(max_size=5)), "seq": draw(st.integers(-3, 3))}[name]
+    elif draw(st.booleans()):  # a put with a valid time to live, or a refresh
+        obj["ttl"] = draw(st.sampled_from([3600, 86400.5]))
+        if draw(st.booleans()):
+            obj = {"refresh": True, "ttl": obj["ttl"]}
     if isinstance(obj.get("client_id"), str):
         obj["client_id"] += f"-{draw(st.uuids())}"
     text = json.dumps(obj, ensure_ascii=draw(st.booleans()))
@@ -268,7 +286,9 @@ def test_fuzz_key_paths_and_bodies(live):
             stored = resp.json["key"]
             if predictable:
                 assert stored == key, f"{what}: stored under {stored!r}, not {key!r}"
-            if method == b"PUT":
+            if method == b"PUT" and isinstance(obj, dict) and obj.get("refresh") is True:
+                assert "value" not in obj and before is not None, f"{what}: refreshed {resp}"  # value kept
+            elif method == b"PUT":
                 assert isinstance(obj, dict) and isinstance(obj.get("value"), str), f"{what}: accepted {resp}"
                 store.data[stored] = obj["value"]
             elif method == b"DELETE":
@@ -346,9 +366,10 @@ def test_fuzz_batches(live):
     store = Store(live)
     unique = iter(range(10**9))
     stop_at = time.monotonic() + FUZZ_BUDGET_S / 2
-    op = st.fixed_dictionaries({"op": st.sampled_from(["put", "cas", "delete", "get", "nope", 5])},
+    op = st.fixed_dictionaries({"op": st.sampled_from(["put", "cas", "delete", "get", "refresh", "nope", 5])},
                                optional={"key": json_values | st.text(any_char, max_size=6),
-                                         "value": json_values, "if_value": json_values, "if_version": json_values})
+                                         "value": json_values, "if_value": json_values, "if_version": json_values,
+                                         "ttl": ttls})
     batch = st.one_of(
         st.fixed_dictionaries({"ops": st.lists(op, max_size=4)},
                               optional={"client_id": json_values, "seq": json_values}),
