@@ -12,8 +12,11 @@ A run (run_plan):
   4. checks: every key read from every node (linearizable reads, part of the
      history), the whole history linearizable per key, no acknowledged write
      lost, versions consistent with values, all nodes' content identical once
-     they applied the same slot, and the probe's write accepted soon after
-     healing.
+     they applied the same slot, the probe's write accepted soon after
+     healing, a watcher's replay of every change equal to that content, and
+     every key put with a time to live (a writer beside the workload puts keys
+     under ttl/ with ttls of 0.3-1.5 s all through the run) gone from every
+     node soon after its deadline.
 
 The report (seed, ops by kind and outcome, faults by kind and their log,
 anomalies, the longest time without an acknowledged write, throughput
@@ -55,6 +58,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from support.cluster import REPO_ROOT, Cluster
 from support.history import (Recorder, Workload, errors, first_write_after, longest_gap_without_write, summarize,
                              took_effect, version_anomalies)
@@ -67,6 +72,11 @@ from .test_faults import CONVERGE_WITHIN_S, _converged_scans, _diff_scans, _dump
 ARTIFACTS = REPO_ROOT / "tests" / "artifacts" / "jepsen"
 PLANTED = REPO_ROOT / "tests" / "support" / "planted.py"
 HEALED_WRITE_WITHIN_S = 10.0  # a write must be accepted this soon after healing
+# Keys with a time to live, put all through a run beside the checked workload: every one
+# acknowledged must be gone from every node this soon after the last deadline.
+TTL_PREFIX = "ttl/"
+TTL_CHOICES_S = (0.3, 0.8, 1.5)
+TTL_EXPIRED_WITHIN_S = 15.0
 CHECK_MAX_STEPS = 2_000_000  # per key
 FINAL_READS_BUDGET_S = 120.0
 FINAL_READS_FAILING_MAX = 12
@@ -387,10 +397,50 @@ def _phase_rates(ops: list[Op], phases: dict[str, tuple[float, float]]) -> dict[
     return out
 
 
+async def _ttl_writer(urls: list[str], rng: random.Random, stop: asyncio.Event,
+                      acked: list[tuple[float, str]]) -> None:
+    """Put keys under TTL_PREFIX with short times to live through the run (not part of the
+    checked history), to random nodes; each acknowledged put as (its deadline, key)."""
+    n = 0
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+        while not stop.is_set():
+            n += 1
+            key, ttl = f"{TTL_PREFIX}{n % 20}", rng.choice(TTL_CHOICES_S)
+            try:
+                async with session.put(f"{rng.choice(urls)}/v1/kv/{key}", json={"value": str(n), "ttl": ttl}) as r:
+                    if r.status == 200:
+                        acked.append((time.monotonic() + ttl, key))
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+                pass  # a node down or cut off: the next put goes elsewhere
+            await asyncio.sleep(0.1)
+
+
+def _ttl_left(cluster: FaultCluster, acked: list[tuple[float, str]]) -> list[str]:
+    """Keys with a time to live still on some node well after the last deadline."""
+    if not acked:
+        return ["no put with a time to live was acknowledged in the whole run"]
+    until = max(d for d, _ in acked) + TTL_EXPIRED_WITHIN_S
+    left: list[str] = []
+    while True:
+        left = []
+        for i in cluster.ids:
+            resp = cluster.list(i, prefix=TTL_PREFIX, stale=True)
+            items = resp.body.get("items") if resp.status == 200 else None
+            if items is None:
+                left.append(f"node {i} did not list its keys: {resp}")
+            left += [f"node {i} still holds {item['key']!r} (ttl {item.get('ttl')})" for item in items or []]
+        if not left or time.monotonic() > until:
+            return left
+        time.sleep(0.3)
+
+
 async def _record(cluster: FaultCluster, plan: Plan, seed: int) -> dict[str, Any]:
     rng = random.Random(seed)
     recorder = Recorder([cluster.url(i) for i in cluster.ids], plan.workload, seed=seed, run_id=f"s{seed}")
     task = asyncio.create_task(recorder.run(24 * 3600))  # stopped below
+    ttl_stop, ttl_acked = asyncio.Event(), []
+    ttl_task = asyncio.create_task(_ttl_writer([cluster.url(i) for i in cluster.ids], random.Random(seed + 7),
+                                               ttl_stop, ttl_acked))
     await asyncio.sleep(0)
     t0 = recorder.t0
     nemesis = Nemesis(cluster, rng, t0, plan.quiet_s, plan.hold_s)
@@ -408,11 +458,14 @@ async def _record(cluster: FaultCluster, plan: Plan, seed: int) -> dict[str, Any
         await asyncio.sleep(max(0.0, healed_at + plan.after_s - time.monotonic()))
     finally:
         recorder.stop()
+        ttl_stop.set()
         await task
+        await ttl_task
     run_end = time.monotonic()
     finals, abandoned = await _read_everywhere(recorder, recorder.keys_used + ["heal-probe"])
     return {"recorder": recorder, "nemesis": nemesis, "finals": finals, "t0": t0, "abandoned": abandoned,
-            "faults_from": faults_from, "healed_at": healed_at, "run_end": run_end, **probe}
+            "faults_from": faults_from, "healed_at": healed_at, "run_end": run_end, "ttl_acked": ttl_acked,
+            **probe}
 
 
 async def _read_everywhere(recorder: Recorder, keys: list[str]) -> tuple[list[Op], str | None]:
@@ -527,6 +580,9 @@ def run_plan(cluster: FaultCluster, plan: Plan, seed: int, write_artifacts: bool
         content = {item["key"]: item["value"] for item in scans[cluster.ids[0]]}
     found("watch", watcher.anomalies(ops, content, revision))
     report["watcher"] = {**watcher.report(), "revision": revision}
+    # Every key put with a time to live through the faults expires, on every node.
+    report["ttl_puts_acknowledged"] = len(rec["ttl_acked"])
+    found("ttl_not_expired", _ttl_left(cluster, rec["ttl_acked"])[:10])
     if cluster.net is not None:
         stats = cluster.net.stats()
         report["network"] = {k: sum(s[k] for s in stats.values()) for k in ("accepted", "refused", "cut")}

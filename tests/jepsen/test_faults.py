@@ -202,7 +202,9 @@ def _converged_scans(cluster: Cluster, prefix: str) -> tuple[dict[int, Any], dic
             scans = {}
             for i in cluster.ids:
                 resp = cluster.list(i, prefix=prefix, limit=10_000, stale=True)
-                scans[i] = resp.body.get("items") if resp.status == 200 else resp
+                # Without the seconds a key that expires has left: each node reads its own clock.
+                scans[i] = ([{k: v for k, v in item.items() if k != "ttl"} for item in resp.body["items"]]
+                            if resp.status == 200 else resp)
             after = {i: s["applied"] for i, s in cluster.statuses().items()}
             if after == applied:
                 return scans, applied
