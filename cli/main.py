@@ -143,7 +143,10 @@ def list_keys(ctx: click.Context, prefix: str, limit: int, after: str | None, ev
     def show(entries: Iterable) -> None:
         for e in entries:
             if as_json:
-                click.echo(json.dumps({"key": e.key, "value": e.value, "version": e.version}))
+                doc = {"key": e.key, "value": e.value, "version": e.version}
+                if e.ttl is not None:
+                    doc["ttl"] = e.ttl
+                click.echo(json.dumps(doc))
             else:
                 click.echo(f"{e.key}\t{e.value}")
 

@@ -164,6 +164,8 @@ def test_put_with_a_ttl_shows_it_and_the_key_expires(local: LocalCluster) -> Non
     doc = json.loads(ok(local.kv("get", "lease", "--json", "--server", "3")))
     assert doc["value"] == "held" and 0 < doc["ttl"] <= 1.5
     assert "expires in 1.5 s" in ok(local.kv("refresh", "lease", "--ttl", "1.5", "--if-value", "held"))
+    listed = json.loads(ok(local.kv("list", "lease", "--json")))
+    assert listed["key"] == "lease" and 0 < listed["ttl"] <= 1.5
     assert local.kv("refresh", "no-such-key", "--ttl", "5").returncode == 1
     deadline = time.monotonic() + 15
     while local.kv("get", "lease", "--server", "1").returncode != 1:

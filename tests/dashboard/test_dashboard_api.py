@@ -17,6 +17,7 @@ import pytest
 from kvpaxos.dashboard.routes import member_origin
 from kvpaxos.dashboard.stats import LATENCY_BINS, WriteStats, bin_upper_ms, latency_bin
 from kvpaxos.dashboard.views import clip
+from support.cluster import wait_until
 
 
 # -- pure parts --------------------------------------------------------------------
@@ -276,3 +277,13 @@ def test_the_log_view_shows_a_commands_time_to_live(shared):
         cmds[seq] = next(c for c in entry["batch"]["cmds"] if c["key"] == "ttl-shown")
     assert cmds[1]["op"] == "put" and cmds[1]["ttl_ms"] == 30_000
     assert cmds[2]["op"] == "refresh" and cmds[2]["ttl_ms"] == 40_000 and "value" not in cmds[2]
+
+
+def test_the_log_view_shows_the_clocks_empty_slot_that_expires_a_key(shared):
+    cluster = shared
+    leader = cluster.wait_for_leader()
+    assert cluster.put(leader, "ttl-clock", "x", ttl=0.3).status == 200
+    wait_until(lambda: cluster.get(leader, "ttl-clock").status == 404, 10, "the key to expire")
+    view = cluster.request(leader, "GET", "/v1/dashboard?slots=20").body
+    clock = [s for s in view["log"]["slots"] if s["batch"] and s["batch"]["n"] == 0 and s["batch"]["ts_ms"] > 0]
+    assert clock, view["log"]["slots"]  # the page labels such a slot "clock", a no-op (ts 0) "no-op"
