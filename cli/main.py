@@ -1,6 +1,6 @@
 """`kv`: the command line of kvpaxos.
 
-Client commands (get, put, delete, cas, list, watch, status) talk to a cluster found
+Client commands (get, put, refresh, delete, cas, list, watch, lock, status) talk to a cluster found
 through --endpoints / KV_ENDPOINTS, else DIR/cluster.json written by
 `kv cluster up`, else 127.0.0.1:7001-7003. The target options work both before
 and after the command name (`kv --server 3 get k` and `kv get k --server 3`).
@@ -39,6 +39,7 @@ from kvpaxos.bench.command import bench
 # `kv snapshot save` waits for a node to write a fresh snapshot and then streams it.
 SNAPSHOT_TIMEOUT_S = 120.0
 LOG_LEVELS = ("debug", "info", "warning", "error")
+TTL_SECONDS = click.FloatRange(min=0, min_open=True, max=TTL_MS_MAX / 1000)  # what a node takes as a "ttl"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -57,13 +58,15 @@ def get(ctx: click.Context, key: str, as_json: bool, stale: bool, **target: Any)
     """Print the value of KEY."""
     with connect(ctx, target, key) as kv:
         entry = kv.get(key, stale=stale)
-    if as_json:
-        doc = {"key": entry.key, "value": entry.value, "version": entry.version}
-        if entry.ttl is not None:
-            doc["ttl"] = entry.ttl
-        click.echo(json.dumps(doc))
-    else:
-        click.echo(entry.value)
+    click.echo(entry_json(entry) if as_json else entry.value)
+
+
+def entry_json(entry: Any) -> str:
+    """An entry as `kv get --json` and `kv list --json` print it (ttl: for a key that expires)."""
+    doc = {"key": entry.key, "value": entry.value, "version": entry.version}
+    if entry.ttl is not None:
+        doc["ttl"] = entry.ttl
+    return json.dumps(doc)
 
 
 @cli.command()
@@ -72,8 +75,8 @@ def get(ctx: click.Context, key: str, as_json: bool, stale: bool, **target: Any)
 @click.option("--if-value", default=None, help="Only if the current value is this.")
 @click.option("--if-version", type=click.IntRange(min=0), default=None,
               help="Only if the current version is this.")
-@click.option("--ttl", type=click.FloatRange(min=0, min_open=True, max=TTL_MS_MAX / 1000), default=None,
-              metavar="SECONDS", help="Delete the key this many seconds later, unless it is put again.")
+@click.option("--ttl", type=TTL_SECONDS, default=None, metavar="SECONDS",
+              help="Delete the key this many seconds later, unless it is put or refreshed again.")
 @target_options(envvar=None)
 @click.pass_context
 def put(ctx: click.Context, key: str, value: str, if_value: str | None,
@@ -86,8 +89,7 @@ def put(ctx: click.Context, key: str, value: str, if_value: str | None,
 
 @cli.command()
 @click.argument("key")
-@click.option("--ttl", type=click.FloatRange(min=0, min_open=True, max=TTL_MS_MAX / 1000), required=True,
-              metavar="SECONDS", help="The key's new time to live.")
+@click.option("--ttl", type=TTL_SECONDS, required=True, metavar="SECONDS", help="The key's new time to live.")
 @click.option("--if-value", default=None, help="Only if the current value is this.")
 @click.option("--if-version", type=click.IntRange(min=0), default=None,
               help="Only if the current version is this.")
@@ -142,13 +144,7 @@ def list_keys(ctx: click.Context, prefix: str, limit: int, after: str | None, ev
     """List keys starting with PREFIX, with their values, in key order."""
     def show(entries: Iterable) -> None:
         for e in entries:
-            if as_json:
-                doc = {"key": e.key, "value": e.value, "version": e.version}
-                if e.ttl is not None:
-                    doc["ttl"] = e.ttl
-                click.echo(json.dumps(doc))
-            else:
-                click.echo(f"{e.key}\t{e.value}")
+            click.echo(entry_json(e) if as_json else f"{e.key}\t{e.value}")
 
     with connect(ctx, target) as kv:
         if every:

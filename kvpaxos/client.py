@@ -275,7 +275,7 @@ class Client:
     def put(self, key: str, value: str, if_value: str | None = None,
             if_version: int | None = None, ttl: float | None = None) -> int:
         """Set key to value (if the condition holds); with ttl, the key expires ttl
-        seconds later (by the cluster's clock) unless put again."""
+        seconds later (by the cluster's clock) unless put or refreshed again."""
         doc = self._write("PUT", kv_path(key), put_body(value, if_value, if_version, ttl))
         return int(doc.get("version", 0))
 

@@ -68,15 +68,16 @@ def field(body: dict, name: str, kind: type, optional: bool = True, where: str =
     return value
 
 
-def ttl_field(body: dict, is_put: bool, where: str = "") -> int | None:
-    """A put's "ttl": seconds until the key expires (a number above 0, at most a year),
-    in whole milliseconds (at least 1); None when there is none."""
+def ttl_field(body: dict, allowed: bool, where: str = "") -> int | None:
+    """A put's or a refresh's "ttl": seconds until the key expires (a number above 0, at
+    most a year), in whole milliseconds (at least 1); None when there is none. `allowed`:
+    whether the operation takes one (a delete does not)."""
     ttl = body.get("ttl")
     if ttl is None:
         return None
     label = _label("ttl", where)
-    if not is_put:
-        raise BadRequest(f"field {label} is for a put only")
+    if not allowed:
+        raise BadRequest(f"field {label} is for a put or a refresh only")
     if type(ttl) not in (int, float) or not 0 < ttl <= TTL_MS_MAX / 1000:
         raise BadRequest(f"field {label} must be a number of seconds above 0 and at most {TTL_MS_MAX // 1000}")
     return max(1, round(ttl * 1000))
