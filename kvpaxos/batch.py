@@ -13,6 +13,7 @@ instead (10,000 gets of a 1 MiB value made one 10 GiB answer otherwise).
 """
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from kvpaxos.core.commands import DELETE, PUT, REFRESH, Command, Result
@@ -78,5 +79,9 @@ async def run_batch(node: Node, body: dict) -> dict:
             out.append({"ok": False, "error": "answer_too_large", "key": f["key"]})
         else:
             chars += len(entry[0])
-            out.append({"ok": True, "key": f["key"], "value": entry[0], "version": entry[1]})
+            got = {"ok": True, "key": f["key"], "value": entry[0], "version": entry[1]}
+            left = node.kv.ttl_left_ms(f["key"], int(time.time() * 1000))
+            if left is not None:
+                got["ttl"] = left / 1000  # as a GET shows it
+            out.append(got)
     return {"results": out}

@@ -79,11 +79,15 @@ def test_a_put_refreshes_or_clears_the_time_to_live(shared: Cluster) -> None:
 
 
 def test_a_batch_put_takes_a_ttl(shared: Cluster) -> None:
-    short, kept = fresh(), fresh()
+    short, longer, kept = fresh(), fresh(), fresh()
     resp = shared.request(2, "POST", "/v1/batch", {"ops": [
         {"op": "put", "key": short, "value": "a", "ttl": 0.5},
+        {"op": "put", "key": longer, "value": "c", "ttl": 60},
         {"op": "put", "key": kept, "value": "b"}]})
     assert resp.status == 200 and all(r["ok"] for r in resp.body["results"]), resp
+    resp = shared.request(1, "POST", "/v1/batch", {"ops": [{"op": "get", "key": longer}, {"op": "get", "key": kept}]})
+    assert resp.status == 200 and 55 < resp.body["results"][0]["ttl"] <= 60, resp  # a batch's get shows it too
+    assert "ttl" not in resp.body["results"][1], resp
     gone_everywhere(shared, short)
     assert shared.get(3, kept).status == 200
 
