@@ -74,8 +74,8 @@ def test_holders_never_overlap_and_tokens_grow(shared: Cluster) -> None:
 
 def test_a_holder_keeps_the_lock_past_its_ttl_by_refreshing(shared: Cluster) -> None:
     key = fresh()
-    with Client(endpoints(shared)) as kv, kv.lock(key, ttl_s=0.6) as lock:
-        time.sleep(2.0)  # three ttls
+    with Client(endpoints(shared)) as kv, kv.lock(key, ttl_s=1.2) as lock:
+        time.sleep(3.0)  # two and a half ttls
         assert lock.held
         got = shared.get(2, key)
         assert got.status == 200 and got.body["version"] == lock.token and got.body["value"] == lock.owner
@@ -154,8 +154,8 @@ def test_the_asyncio_lock_excludes_a_thread_holder_and_releases(shared: Cluster)
 
     async def run() -> tuple[int, int]:
         async with AsyncClient(endpoints(shared)) as kv:
-            async with kv.lock(key, ttl_s=0.6) as first:
-                await asyncio.sleep(1.5)  # kept by refreshes
+            async with kv.lock(key, ttl_s=1.2) as first:
+                await asyncio.sleep(3.0)  # kept by refreshes
                 assert first.held
                 with Client(endpoints(shared)) as other:
                     with pytest.raises(LockTimeout):
