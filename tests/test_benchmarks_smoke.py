@@ -269,3 +269,16 @@ def test_watch_latency_benchmark_smoke(tmp_path):
         bad = subprocess.run([sys.executable, "benchmarks/watch_latency.py", *args],
                              cwd=REPO, capture_output=True, text=True, timeout=30)
         assert bad.returncode == 2 and says in bad.stderr, bad.stderr
+
+
+def test_ttl_expiry_benchmark_smoke(tmp_path):
+    result = subprocess.run([sys.executable, "benchmarks/ttl_expiry.py", "--keys", "1500", "--ttl", "3",
+                             "--rate", "50", "--out-dir", str(tmp_path)],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    doc = json.loads((tmp_path / "ttl_expiry.json").read_text())
+    assert doc["keys"] == 1500 and len(doc["keys_left_on_nodes_after"]) == 3
+    assert doc["write_ms_before"]["count"] > 0 and doc["gone_after_first_deadline_ms"] >= 0
+    bad = subprocess.run([sys.executable, "benchmarks/ttl_expiry.py", "--keys", "0"],
+                         cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "--keys must be at least 1" in bad.stderr, bad.stderr
