@@ -492,13 +492,8 @@ class Node:
         interval = self.config.tick_ms / 1000
         while True:
             await asyncio.sleep(interval)
-            now_ms = int(time.time() * 1000)
-            self.replica.tick(now_ms)
-            deadline = self.kv.next_deadline()
-            if deadline is not None and deadline <= now_ms:
-                # A key's time to live has run out by this clock: if this node leads and no
-                # slot is on its way, an empty one carries the clock into the log.
-                self.replica.nudge_clock()
+            self.replica.tick(int(time.time() * 1000))
+            self._nudge_if_due()
             self._sweep_waits()
             self._wake()
             self.flush_lazy()
@@ -799,6 +794,17 @@ class Node:
         for slot, batch in ready.apply:
             self._apply_slot(slot, batch)
         self._wake_applied()
+        if self.kv.expiry:
+            self._nudge_if_due()
+
+    def _nudge_if_due(self) -> None:
+        """A key's time to live has run out by this node's clock: if it leads and no slot is
+        on its way, an empty one carries the clock into the log. Asked each tick, and after
+        each slot applied, so that many keys due at once go slot after slot (a slot deletes
+        at most EXPIRE_PER_SLOT), not a slot a tick."""
+        deadline = self.kv.next_deadline()
+        if deadline is not None and deadline <= time.time() * 1000 and self.replica.nudge_clock():
+            self._wake()
 
     def _wake_applied(self) -> None:
         while self._apply_waiters and self._apply_waiters[0][0] <= self.kv.applied_slot:

@@ -198,8 +198,9 @@ class Simulation:
             for i, node in self.nodes.items():
                 if node is not None:
                     node.replica.tick(self.time)
-                    # The runtime's rule (Node._tick_forever): a key's deadline passed by
-                    # the leader's clock, and no slot on its way to carry the clock there.
+                    # The runtime's rule (Node._nudge_if_due, each tick; the node also asks after
+                    # each slot it applies): a key's deadline passed by the leader's clock, and
+                    # no slot on its way to carry the clock there.
                     deadline = node.state.next_deadline()
                     if deadline is not None and deadline <= self.time:
                         node.replica.nudge_clock()

@@ -35,7 +35,7 @@ from kvpaxos.core.membership import Membership
 from kvpaxos.core.sortedkeys import SortedKeys
 
 SESSION_TTL_MS = 10 * 60 * 1000
-EXPIRE_PER_SLOT = 1000  # keys a slot deletes for their time to live, at most
+EXPIRE_PER_SLOT = 250  # keys a slot deletes for their time to live, at most
 
 
 @dataclass
@@ -92,8 +92,9 @@ class KVState:
 
     def _expire_keys(self) -> list[tuple[Command, Result]]:
         """Delete the keys whose deadline the clock has reached, in deadline order (then
-        key order), at most EXPIRE_PER_SLOT of them (the rest go with the next slots:
-        a million keys given one deadline must not hold the event loop for seconds):
+        key order), at most EXPIRE_PER_SLOT of them (the rest go with the next slots,
+        which the leader proposes one after another while keys are due: many keys given
+        one deadline must not hold every node's event loop in one slot):
         each a change of its own, reported as a delete without a client."""
         heap, expiry, out = self._deadlines, self.expiry, []
         while heap and heap[0][0] <= self.cluster_ms and len(out) < EXPIRE_PER_SLOT:

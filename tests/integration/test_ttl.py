@@ -16,6 +16,7 @@ import uuid
 import pytest
 
 from kvpaxos.client import Client
+from kvpaxos.core.kvstate import EXPIRE_PER_SLOT
 from support.cluster import Cluster, module_cluster, wait_until
 
 
@@ -190,3 +191,17 @@ def test_a_refresh_of_a_missing_key_or_with_a_bad_body_is_refused(shared: Cluste
     resp = shared.request(2, "PUT", f"/v1/kv/{key}", body)
     assert resp.status == status and resp.body["error"] == code, resp
     assert shared.get(2, key).status == 404
+
+
+def test_more_keys_than_a_slot_deletes_expire_with_no_other_writes(shared: Cluster) -> None:
+    prefix = fresh() + "/"
+    count = 2 * EXPIRE_PER_SLOT + 100  # three slots' worth at the least
+    resp = shared.request(1, "POST", "/v1/batch", {"ops": [
+        {"op": "put", "key": f"{prefix}{i:04}", "value": "x", "ttl": 1.0} for i in range(count)]})
+    assert resp.status == 200 and all(r["ok"] for r in resp.body["results"]), resp
+    before = shared.status(1)["ttl"]["expired"]
+
+    def gone() -> bool:
+        return all(shared.list(i, prefix, stale=True).body["items"] == [] for i in shared.ids)
+    wait_until(gone, 15, f"{count} keys to expire on every node")
+    assert shared.status(1)["ttl"]["expired"] - before >= count
