@@ -555,6 +555,11 @@ def run_plan(cluster: FaultCluster, plan: Plan, seed: int, write_artifacts: bool
     found("nonlinearizable", [r.describe(t0) for r in result.violations])
     found("checker_undecided", [f"checker ran out of steps on {r.key!r}" for r in result.undecided])
 
+    # Every key put with a time to live through the faults expires, on every node. Checked
+    # first: until the last has expired the store keeps changing (each expiry is a change),
+    # and the scans and the watcher's replay below must see one and the same store.
+    report["ttl_puts_acknowledged"] = len(rec["ttl_acked"])
+    found("ttl_not_expired", _ttl_left(cluster, rec["ttl_acked"])[:10])
     scans, applied = _converged_scans(cluster, "")
     report["applied"] = applied
     report["snapshots"] = {i: {k: v for k, v in st.get("snapshot", {}).items() if k in ("slot", "taken", "installed")}
@@ -580,9 +585,6 @@ def run_plan(cluster: FaultCluster, plan: Plan, seed: int, write_artifacts: bool
         content = {item["key"]: item["value"] for item in scans[cluster.ids[0]]}
     found("watch", watcher.anomalies(ops, content, revision))
     report["watcher"] = {**watcher.report(), "revision": revision}
-    # Every key put with a time to live through the faults expires, on every node.
-    report["ttl_puts_acknowledged"] = len(rec["ttl_acked"])
-    found("ttl_not_expired", _ttl_left(cluster, rec["ttl_acked"])[:10])
     if cluster.net is not None:
         stats = cluster.net.stats()
         report["network"] = {k: sum(s[k] for s in stats.values()) for k in ("accepted", "refused", "cut")}
