@@ -202,7 +202,7 @@ class Simulation:
                     # each slot it applies): a key's deadline passed by the leader's clock, and
                     # no slot on its way to carry the clock there.
                     deadline = node.state.next_deadline()
-                    if deadline is not None and deadline <= self.time:
+                    if deadline is not None and deadline <= node.replica.clock_ms:
                         node.replica.nudge_clock()
         if self.config.defer_self_vote:  # the runtime's timer for the leader's own votes
             for node in self.nodes.values():
