@@ -46,6 +46,7 @@ class AsyncClient:
         self._preferred = 0  # calls start at the node that last answered ...
         self._leader = LeaderHint(self.endpoints)  # ... writes at the leader answers name
         self._http: aiohttp.ClientSession | None = None
+        self._closes = 0  # close() calls so far: a call or a watch begun before one ends with it
         self.token = token
         self._ssl = ssl.create_default_context(cafile=ca_file) if ca_file else None
 
@@ -61,6 +62,9 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
+        """Close the client's connections. Calls and watches in flight in other tasks end
+        (a call raises KvError "closed", a watch stops); the client may be used again."""
+        self._closes += 1
         if self._http is not None:
             await self._http.close()
             self._http = None
@@ -139,6 +143,7 @@ class AsyncClient:
 
     async def _follow(self, key: str | None, prefix: str | None, from_revision: int | None,
                       timeout_s: float) -> AsyncIterator[Event]:
+        closes = self._closes
         if from_revision is None:
             # Pin the start with a poll that does not wait. A long poll without `from` that
             # failed over to another node would start again at that node's "now" and skip
@@ -146,8 +151,13 @@ class AsyncClient:
             events, from_revision = await self.watch_page(key, prefix, None, 0.0)
             for event in events:
                 yield event
-        while True:
-            events, from_revision = await self.watch_page(key, prefix, from_revision, timeout_s)
+        while self._closes == closes:
+            try:
+                events, from_revision = await self.watch_page(key, prefix, from_revision, timeout_s)
+            except KvError:
+                if self._closes != closes:
+                    return  # closed from another task while the poll waited
+                raise
             for event in events:
                 yield event
 
@@ -243,9 +253,12 @@ class AsyncClient:
         attempts = Attempts(len(endpoints), start, timeout_s or self.timeout_s, write,
                             max_tries=max_tries)
         payload = None if body is None else json.dumps(body).encode("utf-8")
+        closes = self._closes
         while (step := attempts.next()) is not None:
             index, delay = step
             await asyncio.sleep(delay)
+            if self._closes != closes:
+                raise KvError("closed", "the client was closed")
             url = endpoints[index]
             try:
                 status, retry_after, doc, leader = await self._send(url + path, method, payload,

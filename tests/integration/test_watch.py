@@ -370,6 +370,29 @@ def test_a_watch_stream_stops_when_its_node_loses_its_leader_and_ends_when_it_st
     assert events == [] and took < 10  # the stream ended with the node, not at a timeout
 
 
+def test_closing_an_async_client_from_another_task_ends_its_watch(shared):
+    async def run() -> tuple[list, float]:
+        async with AsyncClient([shared.url(1), shared.url(2)], timeout_s=5) as kv:
+            before = sum(shared.status(i)["watch"]["waiting"] for i in (1, 2))
+
+            async def follow() -> list:
+                return [event async for event in kv.watch(prefix=fresh(), timeout_s=60)]
+
+            watching = asyncio.create_task(follow())
+            while sum(shared.status(i)["watch"]["waiting"] for i in (1, 2)) <= before:
+                assert not watching.done(), watching
+                await asyncio.sleep(0.05)
+            began = time.monotonic()
+            await kv.close()
+            events = await asyncio.wait_for(watching, 30)
+            took = time.monotonic() - began
+            await kv.put(fresh() + "after", "v")  # a client closed once can be used again
+            return events, took
+
+    events, took = asyncio.run(run())
+    assert events == [] and took < 20  # it ended quietly with the close, not at its 60 s poll
+
+
 def test_closing_a_client_from_another_thread_ends_its_watch(shared):
     ended: list = []
     with Client([shared.url(1), shared.url(2)], timeout_s=5) as kv:
