@@ -57,23 +57,30 @@ def _wait_for(deadline: float | None, ttl_s: float) -> float:
     return max(0.0, min(ttl_s + 1, deadline - time.monotonic()))
 
 
-class Lock:
-    """A lock through `client` (see the module's docstring). Not acquired until
-    acquire() or `with`; it refreshes its key from a thread with a Client of its own."""
+class _Held:
+    """What Lock and AsyncLock share: the key, the holder's name, the token, held."""
 
-    def __init__(self, client: Client, key: str, ttl_s: float = TTL_S, timeout_s: float | None = None,
-                 owner: str | None = None) -> None:
+    def __init__(self, client: Any, key: str, ttl_s: float, timeout_s: float | None, owner: str | None) -> None:
         _check(key, ttl_s)
         self.client, self.key, self.ttl_s, self.timeout_s = client, key, float(ttl_s), timeout_s
         self.owner = owner or f"{client.client_id}/{uuid.uuid4().hex[:12]}"
         self.token: int | None = None
         self._held = False
-        self._stop = threading.Event()
-        self._keeper: threading.Thread | None = None
 
     @property
     def held(self) -> bool:
         return self._held
+
+
+class Lock(_Held):
+    """A lock through `client` (see the module's docstring). Not acquired until
+    acquire() or `with`; it refreshes its key from a thread with a Client of its own."""
+
+    def __init__(self, client: Client, key: str, ttl_s: float = TTL_S, timeout_s: float | None = None,
+                 owner: str | None = None) -> None:
+        super().__init__(client, key, ttl_s, timeout_s, owner)
+        self._stop = threading.Event()
+        self._keeper: threading.Thread | None = None
 
     def acquire(self, timeout_s: float | None = None) -> int:
         """Wait until the lock is ours, for ever or up to timeout_s (default: the one
@@ -150,22 +157,14 @@ class Lock:
         self.release()
 
 
-class AsyncLock:
+class AsyncLock(_Held):
     """Lock's asyncio twin: `async with kv.lock(key) as lock:`; it refreshes its key
     from a task on the same AsyncClient."""
 
     def __init__(self, client: AsyncClient, key: str, ttl_s: float = TTL_S, timeout_s: float | None = None,
                  owner: str | None = None) -> None:
-        _check(key, ttl_s)
-        self.client, self.key, self.ttl_s, self.timeout_s = client, key, float(ttl_s), timeout_s
-        self.owner = owner or f"{client.client_id}/{uuid.uuid4().hex[:12]}"
-        self.token: int | None = None
-        self._held = False
+        super().__init__(client, key, ttl_s, timeout_s, owner)
         self._keeper: asyncio.Task[Any] | None = None
-
-    @property
-    def held(self) -> bool:
-        return self._held
 
     async def acquire(self, timeout_s: float | None = None) -> int:
         if self._held:
