@@ -50,13 +50,6 @@ def _check(key: str, ttl_s: float) -> None:
         raise ValueError("a lock's ttl must be from 0.3 to 3600 seconds")
 
 
-def _wait_for(deadline: float | None, ttl_s: float) -> float:
-    """How long the next wait for the holder's key to change may last (0: time is up)."""
-    if deadline is None:
-        return ttl_s + 1
-    return max(0.0, min(ttl_s + 1, deadline - time.monotonic()))
-
-
 class _Held:
     """What Lock and AsyncLock share: the key, the holder's name, the token, held."""
 
@@ -70,6 +63,30 @@ class _Held:
     @property
     def held(self) -> bool:
         return self._held
+
+    def _begin(self, timeout_s: float | None) -> tuple[float | None, float | None]:
+        """For acquire(): refuses a lock held already; the timeout to keep (the lock's
+        own by default) and its deadline on the monotonic clock (None: for ever)."""
+        if self._held:
+            raise RuntimeError(f"lock {self.key!r} is held already")
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        return timeout_s, None if timeout_s is None else time.monotonic() + timeout_s
+
+    def _wait(self, timeout_s: float | None, deadline: float | None) -> float:
+        """How long to watch the holder's key for its delete before trying again (at most
+        a ttl and a second); LockTimeout once the deadline has passed."""
+        wait = self.ttl_s + 1 if deadline is None else min(self.ttl_s + 1, deadline - time.monotonic())
+        if wait <= 0:
+            raise LockTimeout(self.key, timeout_s or 0.0)
+        return wait
+
+    def _refresh_failed(self, exc: BaseException, last_ok: float) -> bool:
+        """After a refresh that failed with exc: whether the lock is lost (then held is
+        False). It is when the key is gone or someone else's, or when no refresh has
+        succeeded for a whole ttl (it may have expired meanwhile)."""
+        if isinstance(exc, (NotFound, PreconditionFailed)) or time.monotonic() - last_ok >= self.ttl_s:
+            self._held = False
+        return not self._held
 
 
 class Lock(_Held):
@@ -86,11 +103,8 @@ class Lock(_Held):
         """Wait until the lock is ours, for ever or up to timeout_s (default: the one
         given to the lock), then LockTimeout; its token. Errors of the client (no node
         answers, say) come through."""
-        if self._held:
-            raise RuntimeError(f"lock {self.key!r} is held already")
+        timeout_s, deadline = self._begin(timeout_s)
         kv, key = self.client, self.key
-        timeout_s = self.timeout_s if timeout_s is None else timeout_s
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             try:
                 self.token = kv.put(key, self.owner, if_version=0, ttl=self.ttl_s)
@@ -104,9 +118,7 @@ class Lock(_Held):
             if entry.value == self.owner:
                 self.token = entry.version  # our put went through after all
                 break
-            wait = _wait_for(deadline, self.ttl_s)
-            if wait == 0:
-                raise LockTimeout(key, timeout_s or 0.0)
+            wait = self._wait(timeout_s, deadline)
             try:
                 kv.watch_page(key=key, from_revision=entry.version + 1, timeout_s=wait)  # its delete, or the wait
             except Compacted:
@@ -128,12 +140,8 @@ class Lock(_Held):
                 try:
                     keeper.refresh(self.key, self.ttl_s, if_value=self.owner)
                     last_ok = time.monotonic()
-                except (NotFound, PreconditionFailed):
-                    self._held = False  # expired, and maybe someone else's now
-                    return
-                except KvError:
-                    if time.monotonic() - last_ok >= self.ttl_s:
-                        self._held = False  # it may have expired meanwhile
+                except KvError as exc:
+                    if self._refresh_failed(exc, last_ok):
                         return
 
     def release(self) -> None:
@@ -167,11 +175,8 @@ class AsyncLock(_Held):
         self._keeper: asyncio.Task[Any] | None = None
 
     async def acquire(self, timeout_s: float | None = None) -> int:
-        if self._held:
-            raise RuntimeError(f"lock {self.key!r} is held already")
+        timeout_s, deadline = self._begin(timeout_s)
         kv, key = self.client, self.key
-        timeout_s = self.timeout_s if timeout_s is None else timeout_s
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             try:
                 self.token = await kv.put(key, self.owner, if_version=0, ttl=self.ttl_s)
@@ -185,9 +190,7 @@ class AsyncLock(_Held):
             if entry.value == self.owner:
                 self.token = entry.version
                 break
-            wait = _wait_for(deadline, self.ttl_s)
-            if wait == 0:
-                raise LockTimeout(key, timeout_s or 0.0)
+            wait = self._wait(timeout_s, deadline)
             try:
                 await kv.watch_page(key=key, from_revision=entry.version + 1, timeout_s=wait)
             except Compacted:
@@ -204,12 +207,8 @@ class AsyncLock(_Held):
                 await asyncio.wait_for(self.client.refresh(self.key, self.ttl_s, if_value=self.owner),
                                        max(0.2, self.ttl_s / 3))
                 last_ok = time.monotonic()
-            except (NotFound, PreconditionFailed):
-                self._held = False
-                return
-            except (KvError, asyncio.TimeoutError):
-                if time.monotonic() - last_ok >= self.ttl_s:
-                    self._held = False
+            except (KvError, asyncio.TimeoutError) as exc:
+                if self._refresh_failed(exc, last_ok):
                     return
 
     async def release(self) -> None:
