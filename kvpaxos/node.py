@@ -798,14 +798,10 @@ class Node:
             self._nudge_if_due()
 
     def _nudge_if_due(self) -> None:
-        """A key's time to live has run out by the clock the replica stamps its slots with
-        (read each tick): if this node leads and no slot is on its way, an empty one carries
-        that clock into the log. Asked each tick, and after each slot applied, so that many
-        keys due at once go slot after slot (a slot deletes at most EXPIRE_PER_SLOT), not a
-        slot a tick. Not by the wall clock now: a slot stamped with the tick's reading would
-        not reach a deadline passed since, and the next would be proposed at once again."""
-        deadline = self.kv.next_deadline()
-        if deadline is not None and deadline <= self.replica.clock_ms and self.replica.nudge_clock():
+        """Replica.nudge_clock with the earliest deadline: asked each tick, and after each
+        slot applied, so that many keys due at once go slot after slot (a slot deletes at
+        most EXPIRE_PER_SLOT), not a slot a tick."""
+        if self.replica.nudge_clock(self.kv.next_deadline()):
             self._wake()
 
     def _wake_applied(self) -> None:

@@ -198,12 +198,9 @@ class Simulation:
             for i, node in self.nodes.items():
                 if node is not None:
                     node.replica.tick(self.time)
-                    # The runtime's rule (Node._nudge_if_due, each tick; the node also asks after
-                    # each slot it applies): a key's deadline passed by the leader's clock, and
-                    # no slot on its way to carry the clock there.
-                    deadline = node.state.next_deadline()
-                    if deadline is not None and deadline <= node.replica.clock_ms:
-                        node.replica.nudge_clock()
+                    # As the runtime asks each tick (Node._nudge_if_due; it also asks after
+                    # each slot it applies).
+                    node.replica.nudge_clock(node.state.next_deadline())
         if self.config.defer_self_vote:  # the runtime's timer for the leader's own votes
             for node in self.nodes.values():
                 if node is not None and rng.random() < 0.3:

@@ -245,13 +245,17 @@ class Replica:
         self.lead.add_pending(cmd if isinstance(cmd, tuple) else (cmd,))
         return True
 
-    def nudge_clock(self) -> bool:
-        """Leader only: queue an empty slot, which carries the leader's clock reading into
-        the log (keys with a time to live expire by that clock: kvpaxos/core/kvstate.py),
-        unless a slot is already on its way or commands wait (they carry it too).
+    def nudge_clock(self, deadline: int | None) -> bool:
+        """Leader only: when `deadline` (the earliest of a key with a time to live, in the
+        applied state; None: there is none) is past by the clock this replica stamps its
+        slots with, queue an empty slot, which carries that clock into the log (keys expire
+        by it: kvpaxos/core/kvstate.py); not while a slot is already on its way or commands
+        wait (they carry it too). By the stamping clock, not the wall clock now: a slot
+        stamped with the last tick's reading would not reach a deadline passed since.
         Whether one was queued."""
         lead = self.lead
-        if self.role is not Role.LEADER or lead is None or lead.pending or lead.proposals:
+        if (deadline is None or deadline > self.clock_ms or self.role is not Role.LEADER or lead is None
+                or lead.pending or lead.proposals):
             return False
         lead.add_pending(())
         return True

@@ -1108,14 +1108,15 @@ def test_nudge_clock_sends_one_empty_slot_with_the_leaders_clock_and_only_when_i
     net.deliver()
     leader = net.nodes[1]
     assert not leader.lead.proposals
-    assert not net.nodes[2].nudge_clock()  # a follower proposes nothing
+    assert not net.nodes[2].nudge_clock(0)  # a follower proposes nothing
     leader.tick(7_000)
-    assert leader.nudge_clock() and not leader.nudge_clock()  # one queued, not two
+    assert not leader.nudge_clock(None) and not leader.nudge_clock(7_001)  # nothing due by its clock
+    assert leader.nudge_clock(7_000) and not leader.nudge_clock(7_000)  # one queued, not two
     net.flush(1)
     accepts = [msg for _, _, msg in net.queued(is_type(m.Accept))]
     assert len(accepts) == 2 and all(a.value == Batch((), 7_000) and a.ballot == ballot for a in accepts)
-    assert not leader.nudge_clock()  # that slot is on its way: it carries the clock
+    assert not leader.nudge_clock(7_000)  # that slot is on its way: it carries the clock
     leader.propose(put("k", "v"))
     net.deliver()
     assert leader.learner.chosen_through == accepts[0].slot + 1
-    assert leader.nudge_clock()  # chosen, nothing waiting: another may go
+    assert leader.nudge_clock(7_000)  # chosen, nothing waiting: another may go
