@@ -472,8 +472,25 @@ def _crashes(cluster: Cluster) -> list[str]:
         except OSError:
             continue
         if "Traceback" in text or re.search(r"level=(critical|error)", text):
-            out.append(f"node {i} logged an error or a traceback:\n{cluster.log_tail(i, 40)}")
+            out.append(f"node {i} logged an error or a traceback:\n{_error_lines(text)}\n"
+                       f"--- the end of its log:\n{cluster.log_tail(i, 40)}")
     return out
+
+
+def _error_lines(text: str, limit: int = 40) -> str:
+    """The lines of a log that say what went wrong: each error or critical line and each
+    traceback (its lines up to the exception's), at most `limit` of them."""
+    lines = text.splitlines()
+    picked: list[str] = []
+    for n, line in enumerate(lines):
+        if re.search(r"level=(critical|error)", line):
+            picked.append(line)
+        elif line.startswith("Traceback"):
+            end = n + 1
+            while end < len(lines) and lines[end].startswith((" ", "\t")):
+                end += 1
+            picked += lines[n:end + 1]
+    return "\n".join(picked[:limit])
 
 
 def others(cluster: Cluster, *exclude: int) -> list[int]:
