@@ -50,6 +50,7 @@ _DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?", re.ASCII)
 LIST_PAGE_CHARS = 4 * 1024 * 1024
 KEY_PATH = "/v1/kv/"
 SNAPSHOT_CHUNK_BYTES = 256 * 1024
+CLIENT_GONE = 499  # the status of an answer to a client that hung up (logged, never sent)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -119,12 +120,26 @@ def answer_error(request: web.Request, e: KvError | web.HTTPException) -> web.Re
 def internal_error(request: web.Request, e: Exception) -> web.Response:
     """A handler's unexpected exception (a bug): logged with its traceback and answered
     as JSON (internal_error, 500), named like every other answer, where aiohttp would
-    send a text/plain 500. Raised again when there is no answer to give: the client
-    is gone (a connection error), or a stream had already sent some of its bytes."""
-    if isinstance(e, ConnectionError) or request.writer.output_size > 0:
+    send a text/plain 500. Raised again when a stream had already sent some of its bytes
+    (aiohttp logs it and closes the connection: the answer is cut).
+
+    A connection error on a connection that is closing is no bug: the client hung up
+    (while its body was read, or a stream was written). That is logged at debug level,
+    and answered with a 499 that never leaves: aiohttp's attempt to send it ends quietly,
+    where an exception would be logged as an error with its traceback."""
+    if isinstance(e, ConnectionError) and client_gone(request):
+        log.debug("the client hung up during %s %s: %s", request.method, request.path, e)
+        return web.Response(status=CLIENT_GONE)
+    if request.writer.output_size > 0:
         raise e
     log.error("internal error answering %s %s", request.method, request.path, exc_info=e)
     return error_body("internal_error", f"internal error ({type(e).__name__}); see the node's log", 500)
+
+
+def client_gone(request: web.BaseRequest) -> bool:
+    """Whether the request's connection is closed or closing (nothing more can be sent)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 def error_response(e: KvError | web.HTTPException) -> web.Response | None:
