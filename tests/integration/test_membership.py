@@ -31,7 +31,6 @@ import itertools
 import json
 import os
 import random
-import re
 import shutil
 import signal
 import threading
@@ -467,30 +466,11 @@ def _refused_by_node(ops: list[Op]) -> dict[Any, int]:
 def _crashes(cluster: Cluster) -> list[str]:
     out = []
     for i in cluster.ids:
-        try:
-            text = cluster.log_path(i).read_text(errors="replace")
-        except OSError:
-            continue
-        if "Traceback" in text or re.search(r"level=(critical|error)", text):
-            out.append(f"node {i} logged an error or a traceback:\n{_error_lines(text)}\n"
-                       f"--- the end of its log:\n{cluster.log_tail(i, 40)}")
+        errors = cluster.logged_errors(i)
+        if errors:
+            out.append(f"node {i} logged an error or a traceback:\n" + "\n".join(errors)
+                       + f"\n--- the end of its log:\n{cluster.log_tail(i, 40)}")
     return out
-
-
-def _error_lines(text: str, limit: int = 40) -> str:
-    """The lines of a log that say what went wrong: each error or critical line and each
-    traceback (its lines up to the exception's), at most `limit` of them."""
-    lines = text.splitlines()
-    picked: list[str] = []
-    for n, line in enumerate(lines):
-        if re.search(r"level=(critical|error)", line):
-            picked.append(line)
-        elif line.startswith("Traceback"):
-            end = n + 1
-            while end < len(lines) and lines[end].startswith((" ", "\t")):
-                end += 1
-            picked += lines[n:end + 1]
-    return "\n".join(picked[:limit])
 
 
 def others(cluster: Cluster, *exclude: int) -> list[int]:

@@ -16,7 +16,8 @@ A run (run_plan):
      healing, a watcher's replay of every change equal to that content, and
      every key put with a time to live (a writer beside the workload puts keys
      under ttl/ with ttls of 0.3-1.5 s all through the run) gone from every
-     node soon after its deadline.
+     node soon after its deadline, and no node's log holding a line at error
+     level or a traceback (a fault is no bug: a peer or a client gone).
 
 The report (seed, ops by kind and outcome, faults by kind and their log,
 anomalies, the longest time without an acknowledged write, throughput
@@ -539,6 +540,9 @@ def run_plan(cluster: FaultCluster, plan: Plan, seed: int, write_artifacts: bool
     found("unexpected_responses", [f"unexpected responses: {dict(recorder.unexpected)}"]
           if recorder.unexpected else [])
     found("node_failed", nemesis.errors)
+    # A node's log says nothing at error level: faults are no bugs (a peer or client gone).
+    found("logged_error", [f"node {i} logged: {line[:3000]}"
+                           for i in cluster.ids for line in cluster.logged_errors(i, 5)])
 
     # Safety: linearizable, nothing acknowledged lost, versions name values, same content.
     found("lost_write", _lost_writes(ops, finals, t0))

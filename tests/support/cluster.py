@@ -16,6 +16,7 @@ import http.client
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -402,6 +403,25 @@ class Cluster:
         return wait_until(caught_up, timeout, f"node {i} to catch up")
 
     # -- logs -----------------------------------------------------------------------
+
+    def logged_errors(self, i: int, limit: int = 40) -> list[str]:
+        """The lines of node i's log that say something went wrong: each line logged at
+        error or critical level, and each bare traceback (its lines up to the exception's);
+        at most `limit` of them."""
+        try:
+            lines = self.log_path(i).read_text(errors="replace").splitlines()
+        except OSError:
+            return []
+        picked: list[str] = []
+        for n, line in enumerate(lines):
+            if re.search(r"level=(critical|error)", line):
+                picked.append(line)
+            elif line.startswith("Traceback"):
+                end = n + 1
+                while end < len(lines) and lines[end].startswith((" ", "\t")):
+                    end += 1
+                picked += lines[n:end + 1]
+        return picked[:limit]
 
     def log_tail(self, i: int, lines: int = 30) -> str:
         try:
