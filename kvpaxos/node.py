@@ -718,6 +718,8 @@ class Node:
 
     def _pump(self) -> None:
         self._pump_scheduled = False
+        if self.replica.role is Role.LEADER:
+            self.replica.observe_clock(int(time.time() * 1000))  # the reading of the slots it forms now
         ready = self.replica.take_ready()
         due = self.replica.has_due_self_votes()
         if self._self_vote_timer is None and due:

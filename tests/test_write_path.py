@@ -6,11 +6,14 @@
 - A leader's Commit that no client waits for rides in the next frame to its peer
   instead of a frame of its own (PeerLink.send_lazy).
 - A plain put skips the field-by-field checks, and must come out as they would.
+- A slot carries the leader's clock as it was when the slot was formed, not at its
+  last tick: a key's deadline is never before its put was asked plus its ttl.
 """
 from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 
 from aiohttp import web
 
@@ -293,3 +296,30 @@ def test_the_plain_put_shortcut_agrees_with_the_full_checks() -> None:
         body = {name: v for name, v in zip(names, values) if v is not _ABSENT}
         for op in (PUT, DELETE):
             assert outcome(http._command, op, body) == outcome(http._checked_command, op, body), (op, body)
+
+
+def test_a_slot_carries_the_clock_of_its_forming_not_of_the_last_tick(tmp_path) -> None:
+    """Ticks a second apart: a put with a ttl asked between two of them gets a deadline of
+    at least the moment it was asked plus the ttl (by the last tick's reading it would be
+    up to a second earlier, and a lock's holder would think it held a lock already gone)."""
+    async def main() -> list[tuple[int, int]]:
+        config = NodeConfig(1, {1: ("127.0.0.1", free_ports(1)[0])}, str(tmp_path), election_ticks=2,
+                            tick_ms=1000)
+        node = Node(config, SqliteStorage(str(tmp_path), 1), fresh=True)
+        await node.start()
+        seen = []
+        try:
+            async with asyncio.timeout(20):
+                while node.replica.role is not Role.LEADER:
+                    await asyncio.sleep(0.02)
+                for n in range(4):
+                    await asyncio.sleep(0.3)
+                    asked_ms = int(time.time() * 1000)
+                    await node.submit(Command(PUT, f"k{n}", "v", cmd_id=f"t.{n}", ttl_ms=5_000))
+                    seen.append((asked_ms, node.kv.expiry[f"k{n}"] - 5_000))
+        finally:
+            await node.stop()
+        return seen
+
+    for asked_ms, stamped_ms in asyncio.run(main()):
+        assert stamped_ms >= asked_ms, (asked_ms, stamped_ms)

@@ -245,6 +245,15 @@ class Replica:
         self.lead.add_pending(cmd if isinstance(cmd, tuple) else (cmd,))
         return True
 
+    def observe_clock(self, now_ms: int) -> None:
+        """The wall clock now, in ms: slots formed from now on carry at least this reading.
+        tick() takes one too; a leader's node gives it again before slots are formed, so
+        that a slot's reading is never a tick older than the commands it carries (a key's
+        deadline, its clock reading plus the ttl, is then never before the client asked
+        plus the ttl)."""
+        if now_ms > self.clock_ms:
+            self.clock_ms = now_ms
+
     def nudge_clock(self, deadline: int | None) -> bool:
         """Leader only: when `deadline` (the earliest of a key with a time to live, in the
         applied state; None: there is none) is past by the clock this replica stamps its
