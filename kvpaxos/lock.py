@@ -16,8 +16,15 @@ lock when the key expires, and the next acquirer gets it.
 store's revisions, so every new holder's token is larger than every earlier
 one's. Pass it to what the lock protects, which can then refuse a holder whose
 token is older than one it has seen (a fencing token): a paused holder may not
-know yet that it lost the lock. `held` turns False once a refresh finds the key
-gone or someone else's, or no refresh has succeeded for a whole ttl.
+know yet that it lost the lock.
+
+`held` is True only while the lock is certainly this holder's: until a ttl after
+the last put or refresh that succeeded was *sent* (the key's deadline is the
+clock reading of its slot plus the ttl, and the leader reads its clock after the
+request left), and until a refresh finds the key gone or someone else's. A
+refresh goes a third of a ttl after the last good one was sent, and acquire()
+refreshes at once when its put came back later than that (a slow cluster, an
+election), so the lock it returns is held with two thirds of a ttl to spare.
 """
 from __future__ import annotations
 
@@ -59,10 +66,25 @@ class _Held:
         self.owner = owner or f"{client.client_id}/{uuid.uuid4().hex[:12]}"
         self.token: int | None = None
         self._held = False
+        self._sure_until = 0.0  # monotonic: a ttl after the last put or refresh that succeeded was sent
 
     @property
     def held(self) -> bool:
-        return self._held
+        return self._held and time.monotonic() < self._sure_until
+
+    def _granted(self, sent: float) -> None:
+        """A put or refresh sent at `sent` (monotonic) succeeded: the key lives a ttl from then at least."""
+        self._sure_until = max(self._sure_until, sent + self.ttl_s)
+        self._held = True
+
+    def _late(self, sent: float) -> bool:
+        """Whether the answer to a put or refresh sent at `sent` came back too late to
+        leave two thirds of a ttl of certainty: refresh again at once."""
+        return time.monotonic() - sent >= self.ttl_s / 3
+
+    def _refresh_in(self) -> float:
+        """Seconds until the next refresh is due: a third of a ttl after the last good one was sent."""
+        return max(0.0, self._sure_until - self.ttl_s * 2 / 3 - time.monotonic())
 
     def _begin(self, timeout_s: float | None) -> tuple[float | None, float | None]:
         """For acquire(): refuses a lock held already; the timeout to keep (the lock's
@@ -80,11 +102,11 @@ class _Held:
             raise LockTimeout(self.key, timeout_s or 0.0)
         return wait
 
-    def _refresh_failed(self, exc: BaseException, last_ok: float) -> bool:
+    def _refresh_failed(self, exc: BaseException) -> bool:
         """After a refresh that failed with exc: whether the lock is lost (then held is
-        False). It is when the key is gone or someone else's, or when no refresh has
-        succeeded for a whole ttl (it may have expired meanwhile)."""
-        if isinstance(exc, (NotFound, PreconditionFailed)) or time.monotonic() - last_ok >= self.ttl_s:
+        False for good). It is when the key is gone or someone else's, or when no refresh
+        has succeeded for a whole ttl (it may have expired meanwhile)."""
+        if isinstance(exc, (NotFound, PreconditionFailed)) or time.monotonic() >= self._sure_until:
             self._held = False
         return not self._held
 
@@ -104,30 +126,45 @@ class Lock(_Held):
         given to the lock), then LockTimeout; its token. Errors of the client (no node
         answers, say) come through."""
         timeout_s, deadline = self._begin(timeout_s)
+        sent = self._take(timeout_s, deadline)
+        while self._late(sent):  # the key may be near its end already: refresh it now
+            self._wait(timeout_s, deadline)
+            sent = time.monotonic()
+            try:
+                self.client.refresh(self.key, self.ttl_s, if_value=self.owner)
+            except (NotFound, PreconditionFailed):
+                sent = self._take(timeout_s, deadline)  # it expired meanwhile: take it again
+        self._granted(sent)
+        self._stop.clear()
+        self._keeper = threading.Thread(target=self._keep, name=f"kvpaxos-lock-{self.key}", daemon=True)
+        self._keeper.start()
+        return self.token
+
+    def _take(self, timeout_s: float | None, deadline: float | None) -> float:
+        """Put the key once it is free; when the put that made it was sent (monotonic)."""
         kv, key = self.client, self.key
+        unknown: float | None = None  # when the first put whose outcome is unknown was sent
         while True:
+            sent = time.monotonic()
             try:
                 self.token = kv.put(key, self.owner, if_version=0, ttl=self.ttl_s)
-                break
-            except (PreconditionFailed, OutcomeUnknown):
-                pass  # someone holds it, or our own put may have made it: look
+                return sent
+            except PreconditionFailed:
+                pass  # someone holds it: look
+            except OutcomeUnknown:
+                unknown = sent if unknown is None else unknown  # it may have made it: look
             try:
                 entry = kv.get(key)
             except NotFound:
                 continue  # released meanwhile: try again
             if entry.value == self.owner:
-                self.token = entry.version  # our put went through after all
-                break
+                self.token = entry.version  # a put of ours went through after all
+                return sent if unknown is None else unknown
             wait = self._wait(timeout_s, deadline)
             try:
                 kv.watch_page(key=key, from_revision=entry.version + 1, timeout_s=wait)  # its delete, or the wait
             except Compacted:
                 pass  # the nodes' history moved on: look again
-        self._held = True
-        self._stop.clear()
-        self._keeper = threading.Thread(target=self._keep, name=f"kvpaxos-lock-{key}", daemon=True)
-        self._keeper.start()
-        return self.token
 
     def _keep(self) -> None:
         kv = self.client
@@ -135,14 +172,15 @@ class Lock(_Held):
         # refresh past the moment the lock may have expired.
         budget = max(0.2, min(kv.timeout_s, self.ttl_s / 3))
         with type(kv)(kv.endpoints, budget, token=kv.token, ca_file=kv.ca_file) as keeper:
-            last_ok = time.monotonic()
-            while not self._stop.wait(self.ttl_s / 3):
+            while not self._stop.wait(self._refresh_in()):
+                sent = time.monotonic()
                 try:
                     keeper.refresh(self.key, self.ttl_s, if_value=self.owner)
-                    last_ok = time.monotonic()
+                    self._granted(sent)
                 except KvError as exc:
-                    if self._refresh_failed(exc, last_ok):
+                    if self._refresh_failed(exc):
                         return
+                    self._stop.wait(min(self.ttl_s / 3, max(0.0, self._sure_until - time.monotonic())))
 
     def release(self) -> None:
         """Stop refreshing and delete the key if it is still ours (nothing if it was lost)."""
@@ -176,40 +214,55 @@ class AsyncLock(_Held):
 
     async def acquire(self, timeout_s: float | None = None) -> int:
         timeout_s, deadline = self._begin(timeout_s)
+        sent = await self._take(timeout_s, deadline)
+        while self._late(sent):
+            self._wait(timeout_s, deadline)
+            sent = time.monotonic()
+            try:
+                await self.client.refresh(self.key, self.ttl_s, if_value=self.owner)
+            except (NotFound, PreconditionFailed):
+                sent = await self._take(timeout_s, deadline)
+        self._granted(sent)
+        self._keeper = asyncio.create_task(self._keep())
+        return self.token
+
+    async def _take(self, timeout_s: float | None, deadline: float | None) -> float:
         kv, key = self.client, self.key
+        unknown: float | None = None
         while True:
+            sent = time.monotonic()
             try:
                 self.token = await kv.put(key, self.owner, if_version=0, ttl=self.ttl_s)
-                break
-            except (PreconditionFailed, OutcomeUnknown):
+                return sent
+            except PreconditionFailed:
                 pass
+            except OutcomeUnknown:
+                unknown = sent if unknown is None else unknown
             try:
                 entry = await kv.get(key)
             except NotFound:
                 continue
             if entry.value == self.owner:
                 self.token = entry.version
-                break
+                return sent if unknown is None else unknown
             wait = self._wait(timeout_s, deadline)
             try:
                 await kv.watch_page(key=key, from_revision=entry.version + 1, timeout_s=wait)
             except Compacted:
                 pass
-        self._held = True
-        self._keeper = asyncio.create_task(self._keep())
-        return self.token
 
     async def _keep(self) -> None:
-        last_ok = time.monotonic()
         while True:
-            await asyncio.sleep(self.ttl_s / 3)
+            await asyncio.sleep(self._refresh_in())
+            sent = time.monotonic()
             try:
                 await asyncio.wait_for(self.client.refresh(self.key, self.ttl_s, if_value=self.owner),
                                        max(0.2, self.ttl_s / 3))
-                last_ok = time.monotonic()
+                self._granted(sent)
             except (KvError, asyncio.TimeoutError) as exc:
-                if self._refresh_failed(exc, last_ok):
+                if self._refresh_failed(exc):
                     return
+                await asyncio.sleep(min(self.ttl_s / 3, max(0.0, self._sure_until - time.monotonic())))
 
     async def release(self) -> None:
         if self._keeper is not None:

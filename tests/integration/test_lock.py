@@ -1,7 +1,8 @@
 """Locks through keys with a time to live (kvpaxos/lock.py) on real `kv serve`
 processes: mutual exclusion with growing fencing tokens, a holder kept past its ttl
 by refreshes, a holder killed (the lock expires to the next), a lock taken away
-(held turns False), a paused holder whose release must leave the new holder's
+(held turns False), a holder cut off from the cluster (held turns False a ttl after
+its last refresh was sent), a paused holder whose release must leave the new holder's
 key, a timeout, and the asyncio twin.
 
 Every wait has a deadline.
@@ -117,6 +118,53 @@ def test_a_paused_holders_release_leaves_the_next_holders_key(shared: Cluster) -
             paused.release()  # at the version it acquired: not the new holder's key
             got = shared.get(1, key)
             assert got.status == 200 and got.body["value"] == second.owner, got
+
+
+def test_held_ends_a_ttl_after_the_last_refresh_sent_while_the_cluster_is_out_of_reach(shared: Cluster) -> None:
+    """With every node frozen, refreshes fail. `held` must be False a ttl after the last
+    refresh that succeeded was sent, the earliest the key may expire, without waiting
+    for a failed refresh to say so."""
+    key = fresh()
+    ttl = 1.5
+    with Client(endpoints(shared), timeout_s=5) as kv:
+        lock = kv.lock(key, ttl_s=ttl)
+        lock.acquire()
+        time.sleep(0.7)  # a refresh or two
+        assert lock.held
+        frozen_at = time.monotonic()
+        for proc in shared.procs.values():
+            os.killpg(proc.pid, signal.SIGSTOP)  # its own process group (start_new_session)
+        try:
+            time.sleep(max(0.0, frozen_at + ttl - time.monotonic()))
+            assert not lock.held
+        finally:
+            for proc in shared.procs.values():
+                os.killpg(proc.pid, signal.SIGCONT)
+        lock.release()
+    shared.wait_for_leader()
+
+
+def test_an_acquire_answered_late_refreshes_before_it_returns(shared: Cluster) -> None:
+    """The cluster is frozen while the put that takes the lock is on its way, so its answer
+    comes back later than the lock could be sure of: acquire() refreshes the key before it
+    returns, and returns a lock that is held."""
+    key = fresh()
+    with Client(endpoints(shared), timeout_s=10) as kv:
+        lock = kv.lock(key, ttl_s=0.6)
+        for proc in shared.procs.values():
+            os.killpg(proc.pid, signal.SIGSTOP)
+        try:
+            taker = threading.Thread(target=lock.acquire)
+            taker.start()
+            time.sleep(1.0)
+        finally:
+            for proc in shared.procs.values():
+                os.killpg(proc.pid, signal.SIGCONT)
+        taker.join(timeout=30)
+        assert not taker.is_alive() and lock.token is not None
+        assert lock.held
+        lock.release()
+    shared.wait_for_leader()
 
 
 HOLDER = """
