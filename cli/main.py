@@ -1,6 +1,6 @@
 """`kv`: the command line of kvpaxos.
 
-Client commands (get, put, refresh, delete, cas, list, watch, lock, status) talk to a cluster found
+Client commands (get, put, refresh, delete, cas, txn, list, watch, lock, status) talk to a cluster found
 through --endpoints / KV_ENDPOINTS, else DIR/cluster.json written by
 `kv cluster up`, else 127.0.0.1:7001-7003. The target options work both before
 and after the command name (`kv --server 3 get k` and `kv get k --server 3`).
@@ -30,6 +30,7 @@ from kvpaxos.core.commands import TTL_MS_MAX, VALUE_BYTES_MAX
 from cli.cluster import cluster
 from cli.common import DEFAULT_DATA_DIR, CliError, resolve_endpoints
 from cli.lock import lock
+from cli.txn import txn
 from cli.members import format_changes, member
 from cli.secure import client_security, serve_security_options
 from cli.shell import shell
@@ -557,6 +558,7 @@ def snapshot_info(file: str) -> None:
 
 cli.add_command(cluster)
 cli.add_command(lock)
+cli.add_command(txn)
 cli.add_command(member)
 cli.add_command(shell)
 cli.add_command(bench)

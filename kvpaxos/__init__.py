@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = ["Client", "AsyncClient", "KvError", "NotFound", "PreconditionFailed", "Unavailable",
-           "OutcomeUnknown", "BadRequest", "Compacted", "Event", "LockTimeout"]
+           "OutcomeUnknown", "BadRequest", "Compacted", "Event", "TxnResult", "LockTimeout"]
 
 
 def __getattr__(name: str) -> Any:

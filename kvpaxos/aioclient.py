@@ -18,12 +18,12 @@ import aiohttp
 
 from kvpaxos.client import (
     CONNECT_TIMEOUT_S, PROBE_TIMEOUT_S, WAIT_POLL_S, WAIT_VOTER_S, Compacted, Conflict, Entry, Event, KvError,
-    after_compacted, entry_from, give_up, raise_for_status, voter_yet, watch_page_from,
+    TxnResult, after_compacted, entry_from, give_up, raise_for_status, txn_result_from, voter_yet, watch_page_from,
 )
 from kvpaxos.client_support import (
     LEADER_HEADER, RETRY_STATUSES, Attempts, Sessions, decode_body, kv_path, LeaderHint, list_path,
     member_body, member_path, members_path, merge_cluster_status, parse_endpoints, parse_retry_after,
-    put_body, refresh_body, retry_reason, unprobed_peers, watch_call_timeout, watch_path,
+    put_body, refresh_body, retry_reason, txn_body, unprobed_peers, watch_call_timeout, watch_path,
 )
 
 # Raised when the TCP connect itself timed out (aiohttp >= 3.10); the request never left.
@@ -84,6 +84,10 @@ class AsyncClient:
                       if_version: int | None = None) -> int:
         doc = await self._write("PUT", kv_path(key), refresh_body(ttl, if_value, if_version))
         return int(doc.get("version", 0))
+
+    async def txn(self, compare: Any = (), then: Any = (), otherwise: Any = ()) -> TxnResult:
+        """Client.txn's twin: compare keys, then one list of writes or the other, atomically."""
+        return txn_result_from(await self._write("POST", "/v1/txn", txn_body(compare, then, otherwise)))
 
     def lock(self, key: str, ttl_s: float = 10.0, timeout_s: float | None = None,
              owner: str | None = None) -> Any:

@@ -1,4 +1,4 @@
-"""POST /v1/batch: many operations in one request.
+"""POST /v1/batch and POST /v1/txn: many operations in one request.
 
 Semantics: every write in the batch (put, cas, delete, refresh) goes into ONE log slot,
 in the order given, so the writes become visible together: no read anywhere
@@ -10,16 +10,23 @@ seq the whole batch is exactly-once: a retry returns the first results.
 The values the gets return are bounded in all (GETS_ANSWER_CHARS): a get whose
 value would take them past it answers {"ok": false, "error": "answer_too_large"}
 instead (10,000 gets of a 1 MiB value made one 10 GiB answer otherwise).
+
+A transaction (POST /v1/txn) is all or nothing: comparisons of keys (a version,
+0 for absent; a value; whether the key exists), then the writes of `then` if
+every comparison holds, else those of `else`, applied in one step of one slot
+(kvpaxos/core/txn.py). The answer says which branch ran, the compared keys'
+versions and the store's revision as of that step, and each write's result.
 """
 from __future__ import annotations
 
 import time
 from typing import Any
 
-from kvpaxos.core.commands import DELETE, PUT, REFRESH, Command, Result
+from kvpaxos.core import txn as txns
+from kvpaxos.core.commands import DELETE, PUT, REFRESH, TXN, VALUE_BYTES_MAX, Command, Result
 from kvpaxos.errors import BadRequest, ValueTooLarge
 from kvpaxos.node import Node
-from kvpaxos.parse import field, key_of, ttl_field
+from kvpaxos.parse import field, identity, key_of, ttl_field
 
 BATCH_OPS_MAX = 10_000
 GETS_ANSWER_CHARS = 16 * 1024 * 1024
@@ -55,16 +62,13 @@ async def run_batch(node: Node, body: dict) -> dict:
     ops = body.get("ops")
     if not isinstance(ops, list) or not 1 <= len(ops) <= BATCH_OPS_MAX:
         raise BadRequest(f"ops must be a list of 1 to {BATCH_OPS_MAX} operations")
-    client_id = field(body, "client_id", str)
-    seq = field(body, "seq", int)
-    if (client_id is None) != (seq is None) or (client_id is not None and (not client_id or seq < 1)):
-        raise BadRequest("client_id (non-empty) and seq (>= 1) come together")
+    client_id, seq = identity(body)
     parsed = [_parse_op(i, op, node.config.value_bytes_max) for i, op in enumerate(ops)]
     writes: list[Command] = []
     for kind, f in parsed:
         if kind != "get":
             writes.append(Command(_WRITE_OPS[kind], f["key"], f["value"] if kind in ("put", "cas") else None,
-                                  f["if_value"], f["if_version"], client_id, seq or 0,
+                                  f["if_value"], f["if_version"], client_id, seq,
                                   node.new_cmd_id(), len(writes), f["ttl_ms"]))
     results = iter(await node.submit_group(tuple(writes)) if writes else [])
     if len(writes) < len(parsed):
@@ -85,3 +89,63 @@ async def run_batch(node: Node, body: dict) -> dict:
                 got["ttl"] = left / 1000  # as a GET shows it
             out.append(got)
     return {"results": out}
+
+
+_TXN_FIELDS = {"if", "then", "else", "client_id", "seq"}
+
+
+def _comparison(i: int, c: Any) -> tuple[str, str, Any]:
+    where = f"if[{i}]"
+    kinds = [k for k in txns.KINDS if k in c] if isinstance(c, dict) else []
+    if len(kinds) != 1 or set(c) != {"key", kinds[0]}:
+        raise BadRequest(f"{where} must be an object with a key and one of version, value or exists")
+    kind = kinds[0]
+    arg = field(c, kind, {txns.VERSION: int, txns.VALUE: str, txns.EXISTS: bool}[kind], False, where)
+    return key_of(field(c, "key", str, optional=False, where=where)), kind, arg
+
+
+def _txn_write(branch: str, i: int, w: Any, value_max: int) -> Command:
+    where = f"{branch}[{i}]"
+    if not isinstance(w, dict) or w.get("op") not in ("put", "delete"):
+        raise BadRequest(f"{where} must be an object with op put or delete")
+    put = w["op"] == "put"
+    if set(w) - ({"op", "key", "value", "ttl"} if put else {"op", "key"}):
+        raise BadRequest(f"{where}: a {w['op']} takes " + ("a key, a value and a ttl" if put else "a key only"))
+    key = key_of(field(w, "key", str, optional=False, where=where))
+    value = field(w, "value", str, not put, where)
+    if value is not None and len(value.encode("utf-8")) > value_max:
+        raise ValueTooLarge(f"{where}.value exceeds {value_max} bytes")
+    return Command(PUT if put else DELETE, key, value, ttl_ms=ttl_field(w, put, where))
+
+
+def _listed(body: dict, name: str, most: int) -> list:
+    items = body.get(name, [])
+    if not isinstance(items, list) or len(items) > most:
+        raise BadRequest(f"{name} must be a list of at most {most} items")
+    return items
+
+
+async def run_txn(node: Node, body: dict) -> dict:
+    if set(body) - _TXN_FIELDS:
+        raise BadRequest("a transaction takes if, then, else, client_id and seq; not "
+                         + ", ".join(sorted(set(body) - _TXN_FIELDS)))
+    value_max = node.config.value_bytes_max
+    conditions = [_comparison(i, c) for i, c in enumerate(_listed(body, "if", txns.CONDITIONS_MAX))]
+    then = [_txn_write("then", i, w, value_max) for i, w in enumerate(_listed(body, "then", txns.WRITES_MAX))]
+    otherwise = [_txn_write("else", i, w, value_max) for i, w in enumerate(_listed(body, "else", txns.WRITES_MAX))]
+    keys = [c[0] for c in conditions] + [w.key for w in then + otherwise]
+    if not keys:
+        raise BadRequest("a transaction needs at least one comparison or write")
+    client_id, seq = identity(body)
+    value = txns.encode(conditions, then, otherwise)
+    if len(value.encode("utf-8")) > VALUE_BYTES_MAX:
+        raise ValueTooLarge(f"a transaction holds at most {VALUE_BYTES_MAX} bytes of keys and values in all")
+    result = await node.submit(Command(TXN, keys[0], value, client_id=client_id, seq=seq, cmd_id=node.new_cmd_id()))
+    if result.detail is None:
+        raise BadRequest(f"transaction rejected: {result.error}")  # a stale client_id/seq
+    compared, results = result.detail
+    branch = then if result.ok else otherwise
+    return {"succeeded": result.ok, "revision": result.version,
+            "compared": [{"key": c[0], "version": v} for c, v in zip(conditions, compared)],
+            "results": [{"op": w.op, "key": w.key, "ok": ok, **({"version": version} if ok else {"error": error})}
+                        for w, (ok, error, version) in zip(branch, results)]}

@@ -32,12 +32,12 @@ from urllib.parse import urlsplit
 from kvpaxos.client_support import (
     LEADER_HEADER, RETRY_STATUSES, Attempts, Sessions, decode_body, kv_path, LeaderHint, list_path,
     member_body, member_path, members_path, merge_cluster_status, normalize_endpoint, parse_endpoints,
-    parse_retry_after, put_body, refresh_body, retry_reason, unprobed_peers, watch_call_timeout, watch_path,
+    parse_retry_after, put_body, refresh_body, retry_reason, txn_body, unprobed_peers, watch_call_timeout, watch_path,
 )
 
 __all__ = [
     "KvError", "NotFound", "PreconditionFailed", "Unavailable", "OutcomeUnknown",
-    "BadRequest", "Unauthorized", "Conflict", "Compacted", "Entry", "Event", "Client", "AsyncClient",
+    "BadRequest", "Unauthorized", "Conflict", "Compacted", "Entry", "Event", "TxnResult", "Client", "AsyncClient",
     "parse_endpoints", "normalize_endpoint",
 ]
 
@@ -119,6 +119,23 @@ class Event:
     type: str  # "put" or "delete"
     key: str
     value: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TxnResult:
+    """What a transaction did: whether every comparison held (then `then` ran, else
+    `otherwise`), the store's revision as of that step, the version each compared key
+    had then (0: absent), and one result per write that ran: {"op", "key", "ok", and
+    "version" or "error"} (a delete of a missing key: ok False, error not_found)."""
+    succeeded: bool
+    revision: int
+    versions: dict[str, int]
+    results: list[dict[str, Any]]
+
+
+def txn_result_from(doc: dict[str, Any]) -> TxnResult:
+    return TxnResult(bool(doc.get("succeeded")), int(doc.get("revision", 0)),
+                     {c["key"]: int(c["version"]) for c in doc.get("compared", [])}, list(doc.get("results", [])))
 
 
 def raise_for_status(status: int, doc: dict[str, Any]) -> dict[str, Any]:
@@ -289,6 +306,15 @@ class Client:
 
     def cas(self, key: str, old: str, new: str) -> int:
         return self.put(key, new, if_value=old)
+
+    def txn(self, compare: Any = (), then: Any = (), otherwise: Any = ()) -> TxnResult:
+        """Compare keys, then apply the writes of `then` if every comparison holds, else
+        those of `otherwise`, atomically (POST /v1/txn):
+
+            kv.txn(compare=[{"key": "a", "version": 3}, {"key": "b", "exists": False}],
+                   then=[{"op": "put", "key": "b", "value": "x"}, {"op": "delete", "key": "a"}])
+        """
+        return txn_result_from(self._write("POST", "/v1/txn", txn_body(compare, then, otherwise)))
 
     def lock(self, key: str, ttl_s: float = 10.0, timeout_s: float | None = None,
              owner: str | None = None) -> Any:

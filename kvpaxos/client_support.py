@@ -161,6 +161,12 @@ def refresh_body(ttl: float, if_value: str | None, if_version: int | None) -> di
     return body
 
 
+def txn_body(compare: Any, then: Any, otherwise: Any) -> dict[str, Any]:
+    """POST /v1/txn's body: comparisons ({"key", and "version", "value" or "exists"}) and
+    the two lists of writes ({"op": "put", "key", "value"[, "ttl"]} or {"op": "delete", "key"})."""
+    return {"if": [dict(c) for c in compare], "then": [dict(w) for w in then], "else": [dict(w) for w in otherwise]}
+
+
 def parse_retry_after(value: str | None) -> float | None:
     try:
         return max(0.0, float(value)) if value else None

@@ -26,10 +26,10 @@ from kvpaxos.errors import (BadRequest, InvalidKey, KvError, NoQuorum, NotFound,
                             PreconditionFailed, ValueTooLarge)
 from kvpaxos.dashboard import cors_headers, setup_dashboard, write_stats
 from kvpaxos.dashboard.stats import WriteStats
-from kvpaxos.batch import run_batch
+from kvpaxos.batch import run_batch, run_txn
 from kvpaxos.config import parse_address
 from kvpaxos.node import Node
-from kvpaxos.parse import field, json_body, key_of, ttl_field
+from kvpaxos.parse import field, identity, json_body, key_of, ttl_field
 from kvpaxos.transport import PeerTransport
 from kvpaxos import metrics, security
 from kvpaxos.client_support import LEADER_HEADER
@@ -214,12 +214,9 @@ def _checked_command(node: Node, op: str, key: str, body: dict) -> Command:
         if isinstance(v, str) and len(v) * 4 > limit and (
                 len(v) > limit or len(v.encode("utf-8", "surrogatepass")) > limit):
             raise ValueTooLarge(f"{name} exceeds {limit} bytes")
-    client_id = field(body, "client_id", str)
-    seq = field(body, "seq", int)
-    if (client_id is None) != (seq is None) or (client_id is not None and (not client_id or seq < 1)):
-        raise BadRequest("client_id (non-empty) and seq (>= 1) come together")
+    client_id, seq = identity(body)
     return Command(op, key, value if op == PUT else None, field(body, "if_value", str),
-                   field(body, "if_version", int), client_id, seq or 0, node.new_cmd_id(),
+                   field(body, "if_version", int), client_id, seq, node.new_cmd_id(),
                    ttl_ms=ttl_field(body, op != DELETE))
 
 
@@ -470,6 +467,12 @@ async def post_batch(request: web.Request) -> web.Response:
     return web.json_response(await run_batch(request.app[NODE], body))
 
 
+async def post_txn(request: web.Request) -> web.Response:
+    """Compare keys, then apply one list of writes or the other, atomically; kvpaxos/batch.py."""
+    body = await json_body(request, required=True)
+    return web.json_response(await run_txn(request.app[NODE], body))
+
+
 async def status(request: web.Request) -> web.Response:
     node, transport = request.app[NODE], request.app[TRANSPORT]
     body = node.status()
@@ -621,6 +624,7 @@ def init_app(node: Node, transport: PeerTransport) -> web.Application:
     r.add_get("/v1/kv", json_errors(list_keys))
     r.add_get("/v1/watch", json_errors(watch_keys))
     r.add_post("/v1/batch", json_errors(post_batch))
+    r.add_post("/v1/txn", json_errors(post_txn, timed=write_stats))
     r.add_get("/v1/status", json_errors(status))
     r.add_get("/v1/snapshot", json_errors(get_snapshot))
     r.add_get("/v1/members", json_errors(get_members))

@@ -816,8 +816,8 @@ class Node:
         size = 0
         waiters = self._waiters
         applied = self.kv.apply(slot, batch)
-        if len(applied) != len(batch.commands):  # keys whose time to live ran out at this slot
-            self.counters["keys_expired"] += len(applied) - len(batch.commands)
+        if self.kv.last_expired:  # keys whose time to live ran out at this slot
+            self.counters["keys_expired"] += self.kv.last_expired
         for cmd, result in applied:
             entry = waiters.pop(cmd.cmd_id, None)
             if entry is not None:

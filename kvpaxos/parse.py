@@ -68,6 +68,15 @@ def field(body: dict, name: str, kind: type, optional: bool = True, where: str =
     return value
 
 
+def identity(body: dict) -> tuple[str | None, int]:
+    """A request's optional exactly-once identity: client_id and seq, which come together."""
+    client_id = field(body, "client_id", str)
+    seq = field(body, "seq", int)
+    if (client_id is None) != (seq is None) or (client_id is not None and (not client_id or seq < 1)):
+        raise BadRequest("client_id (non-empty) and seq (>= 1) come together")
+    return client_id, seq or 0
+
+
 def ttl_field(body: dict, allowed: bool, where: str = "") -> int | None:
     """A put's or a refresh's "ttl": seconds until the key expires (a number above 0, at
     most a year), in whole milliseconds (at least 1); None when there is none. `allowed`:

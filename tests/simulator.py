@@ -35,7 +35,8 @@ from dataclasses import dataclass, field, replace
 
 from kvpaxos.core import messages as m
 from kvpaxos.core.ballot import ZERO, Ballot
-from kvpaxos.core.commands import DELETE, PUT, REFRESH, Batch, Command
+from kvpaxos.core import txn as txns
+from kvpaxos.core.commands import DELETE, PUT, REFRESH, TXN, Batch, Command
 from kvpaxos.core.kvstate import KVState
 from kvpaxos.core.membership import MEMBER_ADD, MEMBER_OPS, MEMBER_REMOVE, Membership
 from kvpaxos.core.replica import CoreConfig, Replica, Role
@@ -59,6 +60,7 @@ class Faults:
     ack_before_persist: bool = False  # planted bug: replies leave before the write is durable
     member_rate: float = 0.0  # chance per step of asking for a membership change
     ttl_rate: float = 0.2  # the share of plain puts that give their key a time to live
+    txn_rate: float = 0.1  # the share of commands made transactions (kvpaxos/core/txn.py)
 
     @classmethod
     def from_seed(cls, rng: random.Random) -> "Faults":
@@ -114,6 +116,7 @@ class Simulation:
         self.rng = random.Random(seed)
         self.lazy_rng = random.Random(seed + 1_000_003)  # its own stream: other draws stay as they were
         self.ttl_rng = random.Random(seed + 2_000_003)  # likewise, for the puts given a time to live
+        self.txn_rng = random.Random(seed + 3_000_017)  # and for the commands made transactions
         self.faults = faults or Faults.from_seed(self.rng)
         self.config = config or seed_config(seed)
         self.members = list(range(1, n_nodes + 1))  # every node ever started and not removed
@@ -416,6 +419,23 @@ class Simulation:
             self.nodes[rng.choice(live)].replica.read_index(read_id)  # type: ignore[union-attr]
 
     def _new_command(self, c: "_Client") -> Command:
+        cmd = self._plain_command(c)
+        rng = self.txn_rng  # its own stream: the other draws of a seed stay what they were
+        if rng.random() >= self.faults.txn_rate:
+            return cmd
+        keys = [f"k{i}" for i in range(3)]
+        conditions = [(k, txns.VERSION, rng.randrange(6)) if rng.random() < 0.4 else
+                      (k, txns.EXISTS, rng.random() < 0.5) if rng.random() < 0.5 else
+                      (k, txns.VALUE, f"{c.name}-{c.seq - 1}") for k in rng.sample(keys, rng.randrange(3))]
+
+        def writes(branch: str) -> list[Command]:
+            return [Command(PUT, k, f"{c.name}-{c.seq}-{branch}", ttl_ms=1 + rng.randrange(_TTL_STEPS_MAX)
+                            if rng.random() < self.faults.ttl_rate else None) if rng.random() < 0.7 else
+                    Command(DELETE, k) for k in rng.sample(keys, rng.randrange(3))]
+        return Command(TXN, keys[0], txns.encode(conditions, writes("then"), writes("else")),
+                       client_id=c.name, seq=c.seq)
+
+    def _plain_command(self, c: "_Client") -> Command:
         rng = self.rng
         key, value = f"k{rng.randrange(3)}", f"{c.name}-{c.seq}"
         kind = rng.random()

@@ -206,6 +206,32 @@ def test_lock_waits_for_the_holder_and_stops_a_command_whose_lock_is_lost(local:
         holder.wait(timeout=10)
 
 
+def test_txn_reads_json_and_exits_1_when_the_comparisons_fail(local: LocalCluster, tmp_path: Path) -> None:
+    ok(local.kv("put", "acct/a", "10"))
+    spec = tmp_path / "move.json"
+    spec.write_text(json.dumps({"if": [{"key": "acct/a", "value": "10"}, {"key": "acct/b", "exists": False}],
+                                "then": [{"op": "put", "key": "acct/a", "value": "0"},
+                                         {"op": "put", "key": "acct/b", "value": "10"}]}))
+    done = json.loads(ok(local.kv("txn", str(spec))))
+    assert done["succeeded"] is True and done["versions"] == {"acct/a": 1, "acct/b": 0}
+    assert [r["ok"] for r in done["results"]] == [True, True]
+    assert ok(local.kv("get", "acct/b")) == "10\n"
+    again = local.kv("txn", str(spec))  # acct/a is 0 now: nothing runs
+    assert again.returncode == 1 and json.loads(again.stdout)["succeeded"] is False
+    assert again.stderr == 'error: the comparisons did not hold: the "else" writes ran\n'
+    cmd = [sys.executable, "-m", "cli.main", "--data-dir", str(local.dir), "txn"]
+    piped = subprocess.run(cmd, input='{"then": [{"op": "delete", "key": "acct/b"}]}', cwd=REPO_ROOT, env=_env(),
+                           capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
+    assert json.loads(ok(piped))["results"][0]["ok"] is True
+    for text, message in (("{", "is not valid JSON"), ('{"when": 1}', 'with "if", "then" and "else"')):
+        bad = subprocess.run(cmd, input=text, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True,
+                             timeout=COMMAND_TIMEOUT_S)
+        assert bad.returncode == 2 and message in bad.stderr and bad.stderr.count("\n") == 1, bad.stderr
+    refused = subprocess.run(cmd, input='{"if": [{"key": "a"}]}', cwd=REPO_ROOT, env=_env(), capture_output=True,
+                             text=True, timeout=COMMAND_TIMEOUT_S)
+    assert refused.returncode == 1 and refused.stderr.startswith("error: ") and refused.stderr.count("\n") == 1
+
+
 def test_missing_key_exits_1_with_one_line(local: LocalCluster) -> None:
     result = local.kv("get", "no-such-key", "--server", "1")
     assert result.returncode == 1

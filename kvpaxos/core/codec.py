@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from kvpaxos.core import messages as m
 from kvpaxos.core.ballot import Ballot
-from kvpaxos.core.commands import OPS, PUT, REFRESH, TTL_MS_MAX, Batch, Command
+from kvpaxos.core.commands import OPS, PUT, REFRESH, TTL_MS_MAX, TXN, Batch, Command
 from kvpaxos.core.membership import MEMBER_OPS
 
 
@@ -90,6 +90,8 @@ def _checked_command_from_wire(x: Any) -> Command:
             raise WireError("a time to live is for a put or a refresh, of at most a year")
     if op == REFRESH and (ttl_ms is None or value is not None):
         raise WireError("a refresh has a time to live and no value")
+    if op == TXN and (type(value) is not str or if_value is not None or if_version is not None):
+        raise WireError("a transaction holds its comparisons and writes in its value, and no precondition")
     return Command(op, key, _opt_str(value), _opt_str(if_value), if_version,
                    _opt_str(client_id), _int(seq), cmd_id, _int(part), ttl_ms)
 

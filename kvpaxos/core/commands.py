@@ -11,7 +11,8 @@ from dataclasses import dataclass
 PUT = "put"
 DELETE = "delete"
 REFRESH = "refresh"  # a new time to live for a key, its value and version kept (no change)
-OPS = (PUT, DELETE, REFRESH)
+TXN = "txn"  # comparisons, then one list of writes or another, atomically (kvpaxos/core/txn.py)
+OPS = (PUT, DELETE, REFRESH, TXN)
 
 KEY_BYTES_MAX = 1024
 VALUE_BYTES_MAX = 1024 * 1024
@@ -32,7 +33,9 @@ class Command:
     that the state machine deletes once the cluster clock has passed ttl_ms after
     the put was applied (kvpaxos/core/kvstate.py); a put without it, none that expires.
     A refresh (ttl_ms required, no value) gives an existing key a new deadline and
-    changes nothing else: no revision, nothing for watches.
+    changes nothing else: no revision, nothing for watches. A txn holds its
+    comparisons and writes in `value` (kvpaxos/core/txn.py); its key names the
+    first key it touches, for display.
     """
 
     op: str
@@ -71,3 +74,5 @@ class Result:
     error: str | None = None
     version: int = 0
     value: str | None = None
+    # A transaction's: the compared keys' versions, and (ok, error, version) per write applied.
+    detail: tuple | None = None

@@ -30,7 +30,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-from kvpaxos.core.commands import DELETE, PUT, REFRESH, Batch, Command, Result
+from kvpaxos.core import txn as txns
+from kvpaxos.core.commands import DELETE, PUT, REFRESH, TXN, Batch, Command, Result
 from kvpaxos.core.membership import Membership
 from kvpaxos.core.sortedkeys import SortedKeys
 
@@ -66,16 +67,33 @@ class KVState:
         # The cluster configuration as of applied_slot: the runtime keeps it here (the
         # replica computes it) so that a snapshot holds it with the data.
         self.membership: Membership | None = None
+        self.last_expired = 0  # keys the last slot applied deleted for their time to live
+        # The changes each transaction of the slot being applied made, by id(its command).
+        self._txn_changes: dict[int, list[tuple[Command, Result]]] = {}
 
     def apply(self, slot: int, batch: Batch) -> list[tuple[Command, Result]]:
         assert slot == self.applied_slot + 1, f"slot {slot} applied out of order after {self.applied_slot}"
         self.applied_slot = slot
         self.cluster_ms = max(self.cluster_ms, batch.ts_ms)
         self._expire_sessions()
+        expired: list[tuple[Command, Result]] = []
         if self._deadlines and self._deadlines[0][0] <= self.cluster_ms:
             expired = self._expire_keys()  # first: the slot's commands see the keys gone
-            return expired + [(cmd, self._apply_once(cmd)) for cmd in batch.commands]
-        return [(cmd, self._apply_once(cmd)) for cmd in batch.commands]
+        self.last_expired = len(expired)
+        applied = [(cmd, self._apply_once(cmd)) for cmd in batch.commands]
+        if self._txn_changes:
+            applied = self._with_txn_changes(applied)
+        return expired + applied if expired else applied
+
+    def _with_txn_changes(self, applied: list[tuple[Command, Result]]) -> list[tuple[Command, Result]]:
+        """Each transaction's changes, each reported as its own put or delete (without a
+        client), just before the transaction's result: the changes in revision order."""
+        out = []
+        for pair in applied:
+            out += self._txn_changes.pop(id(pair[0]), ())
+            out.append(pair)
+        self._txn_changes.clear()
+        return out
 
     def next_deadline(self) -> int | None:
         """The earliest deadline of a key with a time to live (cluster ms), or None."""
@@ -185,6 +203,8 @@ class KVState:
         if cmd.if_value is not None and (current is None or current[0] != cmd.if_value):
             return Result(False, "precondition_failed", version=version)
         if cmd.op != PUT and cmd.op != DELETE:
+            if cmd.op == TXN:
+                return self._transact(cmd)
             if cmd.op == REFRESH:
                 if current is None:
                     return Result(False, "not_found")
@@ -213,20 +233,40 @@ class KVState:
             self.expiry.pop(cmd.key, None)
         return Result(True, version=self.revision)
 
+    def _transact(self, cmd: Command) -> Result:
+        """Compare, then apply one branch of writes, in this one step (kvpaxos/core/txn.py)."""
+        txn = txns.decode(cmd.value)
+        if txn is None:
+            return Result(False, "bad_txn")
+        ok, compared = txn.holds(self.data)
+        changes, results = [], []
+        for write in txn.then if ok else txn.otherwise:
+            result = self._execute(write)
+            results.append((result.ok, result.error, result.version))
+            if result.ok:
+                changes.append((write, result))
+        if changes:
+            self._txn_changes[id(cmd)] = changes
+        return Result(ok, None if ok else "compare_failed", self.revision, detail=(compared, tuple(results)))
+
 
 def session_row(client_id: str, s: Session) -> list:
     return [client_id, s.seq, [result_to_wire(r) for r in s.results], s.last_ms]
 
 
 def result_to_wire(r: Result) -> list:
+    if r.detail is not None:
+        return [r.ok, r.error, r.version, txns.detail_to_wire(r.detail)]
     return [r.ok, r.error, r.version]
 
 
 def result_from_wire(x: list) -> Result:
-    ok, error, version = x
+    if not isinstance(x, list) or len(x) not in (3, 4):
+        raise ValueError(f"bad result record {x!r}")
+    ok, error, version = x[:3]
     if type(ok) is not bool or (error is not None and type(error) is not str) or type(version) is not int:
         raise ValueError(f"bad result record {x!r}")
-    return Result(ok, error, version)
+    return Result(ok, error, version, detail=txns.detail_from_wire(x[3]) if len(x) == 4 else None)
 
 
 _UNSET = object()

@@ -361,6 +361,15 @@ def test_fuzz_dashboard_query_strings(live):
     _fuzz_queries(live, [r for r in QUERY_ROUTES if r.startswith(b"/v1/dashboard")])
 
 
+def _post_fuzzed(port: int, path: bytes, body: Any, unique: Any) -> tuple[Any, Raw]:
+    """POST a fuzzed body (its client_id made unique: never a retry) and check the answer's rules."""
+    if isinstance(body, dict) and isinstance(body.get("client_id"), str):
+        body = {**body, "client_id": f"{body['client_id']}-{next(unique)}"}
+    resp = raw_http(port, b"POST", path, json.dumps(body).encode("utf-8", "surrogatepass"))
+    check_answer(resp, f"POST {path.decode()} {body!r:.300}")
+    return body, resp
+
+
 def test_fuzz_batches(live):
     logs = Logs(live)
     store = Store(live)
@@ -380,10 +389,7 @@ def test_fuzz_batches(live):
     def one(body: Any, node: int) -> None:
         if time.monotonic() > stop_at:
             return
-        if isinstance(body, dict) and isinstance(body.get("client_id"), str):
-            body = {**body, "client_id": f"{body['client_id']}-{next(unique)}"}  # never a retry
-        resp = raw_http(live.ports[node], b"POST", b"/v1/batch", json.dumps(body).encode("utf-8", "surrogatepass"))
-        check_answer(resp, f"POST /v1/batch {body!r:.300}")
+        body, resp = _post_fuzzed(live.ports[node], b"/v1/batch", body, unique)
         if resp.status == 200:
             # Accepted: apply what it says it did to the model.
             for o, r in zip(body["ops"], resp.json["results"]):
@@ -395,6 +401,66 @@ def test_fuzz_batches(live):
     one()
     _alive(live)
     assert store.everything() == store.data, "the store holds keys or values that were never acknowledged"
+    logs.check_clean()
+
+
+def test_fuzz_transactions(live):
+    """POST /v1/txn with odd comparisons and writes: a 4xx with a JSON error, or a 200
+    whose branch's writes are exactly what the store then holds."""
+    logs = Logs(live)
+    store = Store(live)
+    unique = iter(range(10**9))
+    stop_at = time.monotonic() + FUZZ_BUDGET_S / 2
+    good_key = st.sampled_from(["tx/a", "tx/b", "tx/c"])
+    some_key = good_key | json_values | st.text(any_char, max_size=6)
+    good_comparison = st.one_of(
+        st.fixed_dictionaries({"key": good_key, "version": st.integers(0, 3)}),
+        st.fixed_dictionaries({"key": good_key, "value": st.sampled_from(["1", "2"])}),
+        st.fixed_dictionaries({"key": good_key, "exists": st.booleans()}))
+    comparison = st.one_of(
+        good_comparison, good_comparison, good_comparison,
+        st.fixed_dictionaries({"key": some_key, "version": st.integers(-1, 5) | json_values}),
+        st.fixed_dictionaries({"key": some_key, "exists": st.booleans() | json_values}),
+        st.dictionaries(st.sampled_from(["key", "version", "value", "exists", "x"]), json_values, max_size=3))
+    good_write = st.one_of(st.fixed_dictionaries({"op": st.just("put"), "key": good_key,
+                                                  "value": st.sampled_from(["1", "2"])}),
+                           st.fixed_dictionaries({"op": st.just("delete"), "key": good_key}))
+    write = st.one_of(
+        good_write, good_write, good_write,
+        st.fixed_dictionaries({"op": st.sampled_from(["put", "delete", "cas", None, 5])},
+                              optional={"key": some_key, "value": st.sampled_from(["1", "2"]) | json_values,
+                                        "ttl": st.sampled_from([3600, 0, -1, "60", True, 1e12])}))
+    body = st.one_of(
+        st.fixed_dictionaries({}, optional={"if": st.lists(comparison, max_size=3),
+                                            "then": st.lists(write, max_size=3), "else": st.lists(write, max_size=3)}),
+        st.fixed_dictionaries({}, optional={"if": st.lists(comparison, max_size=3) | json_values,
+                                            "then": st.lists(write, max_size=3) | json_values,
+                                            "else": st.lists(write, max_size=3), "client_id": json_values,
+                                            "seq": json_values, "other": json_values}),
+        json_values)
+
+    @FUZZ_SETTINGS
+    @given(body=body, node=st.sampled_from(live.ids))
+    def one(body: Any, node: int) -> None:
+        if time.monotonic() > stop_at:
+            return
+        body, resp = _post_fuzzed(live.ports[node], b"/v1/txn", body, unique)
+        if resp.status == 200:
+            accepted.append(resp.json["succeeded"])
+            writes = body.get("then" if resp.json["succeeded"] else "else", [])
+            assert len(writes) == len(resp.json["results"]), resp
+            for w, r in zip(writes, resp.json["results"]):
+                assert (r["op"], r["key"]) == (w["op"], w["key"]), (w, r)
+                if r["ok"] and w["op"] == "put":
+                    store.data[w["key"]] = w["value"]
+                elif r["ok"]:
+                    store.data.pop(w["key"])
+
+    accepted: list[bool] = []
+    one()
+    _alive(live)
+    assert store.everything() == store.data, "the store holds keys or values that were never acknowledged"
+    assert True in accepted and False in accepted, accepted  # both branches ran
     logs.check_clean()
 
 

@@ -1,0 +1,125 @@
+"""Transactions: compare keys, then apply one list of writes or the other, atomically.
+
+A transaction is ONE command (op `txn`) whose value holds, as compact JSON:
+
+    {"if":   [[key, "version", n] | [key, "value", text] | [key, "exists", bool], ...],
+     "then": [["put", key, value, ttl_ms or null] | ["delete", key, null, null], ...],
+     "else": [...]}
+
+The state machine applies it in one step of one slot: every comparison is made
+against the state as the slot reaches the command; if all hold, the `then` writes
+are applied in order, else the `else` writes. No other command sees a state
+between them, on any replica, because each replica does the same at the same
+point of the log. Each write is a change of its own (the next revision), so
+watches see them one by one, with consecutive revisions.
+
+The result (Result.detail) holds the versions the compared keys had (0: absent)
+and, per write applied, (ok, error, version): a delete of a missing key is
+(False, "not_found", 0) and changes nothing; the others cannot fail.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from kvpaxos.core.commands import DELETE, KEY_BYTES_MAX, PUT, TTL_MS_MAX, Command
+
+VERSION, VALUE, EXISTS = "version", "value", "exists"
+KINDS = (VERSION, VALUE, EXISTS)
+CONDITIONS_MAX = 64  # comparisons in one transaction
+WRITES_MAX = 128  # writes in each branch
+
+
+@dataclass(frozen=True, slots=True)
+class Txn:
+    conditions: tuple[tuple[str, str, Any], ...]
+    then: tuple[Command, ...]
+    otherwise: tuple[Command, ...]
+
+    def holds(self, data: dict[str, tuple[str, int]]) -> tuple[bool, tuple[int, ...]]:
+        """Whether every comparison holds against data; the compared keys' versions."""
+        ok, versions = True, []
+        for key, kind, arg in self.conditions:
+            current = data.get(key)
+            version = current[1] if current is not None else 0
+            versions.append(version)
+            if kind == VERSION:
+                ok = ok and version == arg
+            elif kind == VALUE:
+                ok = ok and current is not None and current[0] == arg
+            else:
+                ok = ok and (current is not None) == arg
+        return ok, tuple(versions)
+
+
+def encode(conditions: list[tuple[str, str, Any]], then: list[Command], otherwise: list[Command]) -> str:
+    """The command value for a transaction (its writes as put/delete Commands)."""
+    def writes(cmds: list[Command]) -> list[list]:
+        return [[c.op, c.key, c.value, c.ttl_ms] for c in cmds]
+    return json.dumps({"if": [list(c) for c in conditions], "then": writes(then), "else": writes(otherwise)},
+                      separators=(",", ":"), ensure_ascii=False)
+
+
+def decode(text: str | None) -> Txn | None:
+    """The transaction a command value holds, or None if it is malformed (checked in
+    full: the state machine must never fail on what the log holds)."""
+    try:
+        doc = json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or set(doc) != {"if", "then", "else"}:
+        return None
+    conditions, branches = doc["if"], (doc["then"], doc["else"])
+    if not isinstance(conditions, list) or len(conditions) > CONDITIONS_MAX:
+        return None
+    parsed: list[tuple[str, str, Any]] = []
+    for c in conditions:
+        if not (isinstance(c, list) and len(c) == 3 and _key(c[0]) and c[1] in KINDS):
+            return None
+        arg = c[2]
+        if not ((c[1] == VERSION and type(arg) is int and arg >= 0) or (c[1] == VALUE and type(arg) is str)
+                or (c[1] == EXISTS and type(arg) is bool)):
+            return None
+        parsed.append((c[0], c[1], arg))
+    out: list[tuple[Command, ...]] = []
+    for branch in branches:
+        if not isinstance(branch, list) or len(branch) > WRITES_MAX:
+            return None
+        cmds = []
+        for w in branch:
+            if not (isinstance(w, list) and len(w) == 4 and w[0] in (PUT, DELETE) and _key(w[1])):
+                return None
+            op, key, value, ttl_ms = w
+            if op == PUT and (type(value) is not str or not (ttl_ms is None or (type(ttl_ms) is int
+                                                                               and 0 < ttl_ms <= TTL_MS_MAX))):
+                return None
+            if op == DELETE and (value is not None or ttl_ms is not None):
+                return None
+            cmds.append(Command(op, key, value, ttl_ms=ttl_ms))
+        out.append(tuple(cmds))
+    return Txn(tuple(parsed), out[0], out[1])
+
+
+def _key(key: Any) -> bool:
+    return type(key) is str and 0 < len(key.encode("utf-8", "surrogatepass")) <= KEY_BYTES_MAX
+
+
+def detail_to_wire(detail: tuple) -> list:
+    compared, results = detail
+    return [list(compared), [list(r) for r in results]]
+
+
+def detail_from_wire(x: Any) -> tuple:
+    """A transaction's result detail from an exactly-once record; ValueError if malformed."""
+    if not (isinstance(x, list) and len(x) == 2 and isinstance(x[0], list) and isinstance(x[1], list)):
+        raise ValueError(f"bad transaction result {x!r}")
+    if not all(type(v) is int and v >= 0 for v in x[0]):
+        raise ValueError(f"bad transaction result {x!r}")
+    results = []
+    for r in x[1]:
+        if not (isinstance(r, list) and len(r) == 3 and type(r[0]) is bool and (r[1] is None or type(r[1]) is str)
+                and type(r[2]) is int):
+            raise ValueError(f"bad transaction result {x!r}")
+        results.append(tuple(r))
+    return tuple(x[0]), tuple(results)

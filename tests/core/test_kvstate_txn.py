@@ -1,0 +1,155 @@
+"""Transactions in the state machine: comparisons, then one branch of writes, in one
+step; each write a change of its own; the result kept for exactly-once retries and in
+snapshots; and the wire's checks (kvpaxos/core/txn.py)."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from kvpaxos import snapshot
+from kvpaxos.core import codec, txn as txns
+from kvpaxos.core.commands import DELETE, PUT, TXN, Batch, Command, Result
+from kvpaxos.core.kvstate import Export, KVState, import_rows
+from kvpaxos.core.codec import WireError
+
+
+def apply(state: KVState, *cmds: Command, ts_ms: int = 0) -> list[tuple[Command, Result]]:
+    return state.apply(state.applied_slot + 1, Batch(cmds, ts_ms))
+
+
+def put(key: str, value: str = "v", ttl_ms: int | None = None) -> Command:
+    return Command(PUT, key, value, ttl_ms=ttl_ms)
+
+
+def txn(conditions=(), then=(), otherwise=(), **kw) -> Command:  # noqa: ANN001 - lists of tuples / Commands
+    return Command(TXN, "t", txns.encode(list(conditions), list(then), list(otherwise)), **kw)
+
+
+def test_all_comparisons_holding_apply_then_each_write_a_change_of_its_own() -> None:
+    s = KVState()
+    apply(s, put("a", "1"), put("b", "2"))
+    t = txn([("a", "version", 1), ("b", "value", "2"), ("c", "exists", False)],
+            [put("a", "x"), Command(DELETE, "b"), put("c", "new", ttl_ms=500), Command(DELETE, "zz")],
+            [put("a", "else")])
+    out = apply(s, t, put("d"), ts_ms=100)
+    assert [(c.op, c.key, c.value, r.version) for c, r in out] == [
+        (PUT, "a", "x", 3), (DELETE, "b", None, 4), (PUT, "c", "new", 5),  # the changes, in order ...
+        (TXN, "t", t.value, 5), (PUT, "d", "v", 6)]  # ... then the transaction's own result
+    result = out[3][1]
+    assert result.ok and result.error is None and result.version == 5
+    assert result.detail == ((1, 2, 0), ((True, None, 3), (True, None, 4), (True, None, 5), (False, "not_found", 0)))
+    assert s.get("a") == ("x", 3) and s.get("b") is None and s.expiry == {"c": 600}
+
+
+def test_a_comparison_failing_applies_the_other_branch() -> None:
+    s = KVState()
+    apply(s, put("a", "1"))
+    out = apply(s, txn([("a", "version", 7), ("a", "exists", True)], [put("a", "then")], [put("b", "else")]))
+    (change, changed), (_, result) = out
+    assert (change.key, change.value, changed.version) == ("b", "else", 2)
+    assert not result.ok and result.error == "compare_failed" and result.detail == ((1, 1), ((True, None, 2),))
+    assert s.get("a") == ("1", 1)
+    out = apply(s, txn([("a", "value", "nope")], [put("a", "then")]))  # no else: nothing changes
+    assert [(c.op, r.ok, r.version, r.detail) for c, r in out] == [(TXN, False, 2, ((1,), ()))]
+    out = apply(s, txn([("gone", "value", "x")]))  # a value comparison of a missing key fails
+    assert not out[0][1].ok
+
+
+def test_a_transaction_without_comparisons_always_applies_then() -> None:
+    s = KVState()
+    [_, _, (_, result)] = apply(s, txn((), [put("a"), put("b")]))
+    assert result.ok and result.version == 2 and s.revision == 2
+
+
+def test_a_retried_transaction_answers_from_the_exactly_once_record() -> None:
+    s = KVState()
+    t = txn([("a", "exists", False)], [put("a", "1")], [put("a", "2")], client_id="c", seq=1, cmd_id="x")
+    first = apply(s, t)[-1][1]
+    again = apply(s, t)  # the same request retried: nothing applied again, the same answer
+    assert again == [(t, first)] and s.get("a") == ("1", 1) and s.revision == 1
+
+
+def test_a_malformed_transaction_changes_nothing() -> None:
+    s = KVState()
+    apply(s, put("a"))
+    for value in ("{", "[]", '{"if": [], "then": []}', '{"if": [["a", "size", 1]], "then": [], "else": []}',
+                  '{"if": [], "then": [["put", "a", 5, null]], "else": []}',
+                  '{"if": [], "then": [["delete", "a", "v", null]], "else": []}',
+                  '{"if": [["a", "version", -1]], "then": [], "else": []}',
+                  '{"if": [], "then": [["put", "", "v", null]], "else": []}'):
+        [(_, result)] = apply(s, Command(TXN, "t", value))
+        assert result == Result(False, "bad_txn"), value
+    assert s.revision == 1
+
+
+def test_transactions_match_a_brute_force_model() -> None:
+    rng = random.Random(11)
+    s, model, revision = KVState(), {}, 0  # model: key -> (value, version)
+    keys = [f"k{i}" for i in range(6)]
+    for step in range(2_000):
+        conditions = []
+        for key in rng.sample(keys, rng.randrange(3)):
+            kind = rng.choice(txns.KINDS)
+            current = model.get(key)
+            arg = {"version": rng.choice([0, current[1] if current else 0, rng.randrange(1, 50)]),
+                   "value": rng.choice(["x", current[0] if current else "y"]),
+                   "exists": rng.random() < 0.5}[kind]
+            conditions.append((key, kind, arg))
+
+        def writes() -> list[Command]:
+            return [put(k, f"{step}") if rng.random() < 0.7 else Command(DELETE, k)
+                    for k in rng.sample(keys, rng.randrange(4))]
+        then, otherwise = writes(), writes()
+        out = apply(s, txn(conditions, then, otherwise))
+        holds = all((model.get(k, (None, 0))[1] == a) if kind == "version" else
+                    (k in model and model[k][0] == a) if kind == "value" else ((k in model) == a)
+                    for k, kind, a in conditions)
+        expected = []
+        for w in then if holds else otherwise:
+            if w.op == PUT:
+                revision += 1
+                model[w.key] = (w.value, revision)
+                expected.append((PUT, w.key, revision))
+            elif w.key in model:
+                revision += 1
+                del model[w.key]
+                expected.append((DELETE, w.key, revision))
+        assert [(c.op, c.key, r.version) for c, r in out[:-1]] == expected
+        assert out[-1][1].ok == holds and s.revision == revision
+        assert s.data == model
+
+
+def test_the_exactly_once_record_of_a_transaction_survives_a_snapshot(tmp_path) -> None:
+    s = KVState()
+    t = txn([("a", "exists", False)], [put("a", "1"), Command(DELETE, "b")], client_id="c", seq=4, cmd_id="x")
+    first = apply(s, t, ts_ms=10)[-1][1]
+    path = str(tmp_path / "snap")
+    snapshot.write(path, s)
+    back = snapshot.read(path)
+    assert back.sessions["c"].results == [first]
+    assert apply(back, t) == [(t, first)]
+    export = Export(s)  # and through an export taken while the loop goes on
+    apply(s, txn((), [put("a", "2")], client_id="c", seq=5))
+    rows, sessions = list(export.rows()), list(export.session_rows())
+    export.close()
+    assert import_rows(export.header, rows, sessions).sessions["c"].results == [first]
+
+
+@pytest.mark.parametrize("record", [[True, None, 3, [[1], [[True, None]]]], [True, None, 3, [[-1], []]],
+                                    [True, None, 3, "detail"], [True, None, 3, [[1], [[1, None, 3]]]]])
+def test_a_snapshot_with_a_bad_transaction_record_is_refused(record) -> None:
+    header = {"slot": 1, "revision": 3, "cluster_ms": 0}
+    with pytest.raises(ValueError):
+        import_rows(header, [], [["c", 1, [record], 0]])
+
+
+def test_the_wire_carries_a_transaction_and_checks_it() -> None:
+    t = txn([("a", "version", 0)], [put("a", "1", ttl_ms=5)], client_id="c", seq=1, cmd_id="x")
+    assert codec.command_from_wire(codec.command_to_wire(t)) == t
+    for bad in (["txn", "t", None, None, None, None, 0, "x", 0],  # no value
+                ["txn", "t", "{}", "v", None, None, 0, "x", 0],  # a precondition
+                ["txn", "t", "{}", None, 3, None, 0, "x", 0],
+                ["txn", "t", "{}", None, None, None, 0, "x", 0, 500]):  # a ttl of its own
+        with pytest.raises(WireError):
+            codec.command_from_wire(bad)
