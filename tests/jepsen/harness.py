@@ -16,8 +16,11 @@ A run (run_plan):
      healing, a watcher's replay of every change equal to that content, and
      every key put with a time to live (a writer beside the workload puts keys
      under ttl/ with ttls of 0.3-1.5 s all through the run) gone from every
-     node soon after its deadline, and no node's log holding a line at error
-     level or a traceback (a fault is no bug: a peer or a client gone).
+     node soon after its deadline, every node's accounts adding up to what was
+     opened (a writer beside the workload moves amounts between five accounts
+     under bank/ with transactions all through the run), and no node's log
+     holding a line at error level or a traceback (a fault is no bug: a peer or
+     a client gone).
 
 The report (seed, ops by kind and outcome, faults by kind and their log,
 anomalies, the longest time without an acknowledged write, throughput
@@ -76,6 +79,10 @@ HEALED_WRITE_WITHIN_S = 10.0  # a write must be accepted this soon after healing
 # Keys with a time to live, put all through a run beside the checked workload: every one
 # acknowledged must be gone from every node this soon after the last deadline.
 TTL_PREFIX = "ttl/"
+# Accounts that transactions move amounts between all through a run: their total never changes.
+BANK_PREFIX = "bank/"
+BANK_ACCOUNTS = 5
+BANK_START = 100
 TTL_CHOICES_S = (0.3, 0.8, 1.5)
 TTL_EXPIRED_WITHIN_S = 15.0
 CHECK_MAX_STEPS = 2_000_000  # per key
@@ -89,7 +96,7 @@ EXTRA_KINDS = ("kill_majority", "wipe_random")
 ALL_KINDS = PROCESS_KINDS + NETWORK_KINDS
 
 # What a finding means: a safety anomaly is a wrong answer; a liveness one is a missing answer.
-SAFETY = ("nonlinearizable", "lost_write", "divergence", "version", "watch")
+SAFETY = ("nonlinearizable", "lost_write", "divergence", "version", "watch", "bank_total")
 
 
 class FaultCluster(Cluster):
@@ -416,6 +423,58 @@ async def _ttl_writer(urls: list[str], rng: random.Random, stop: asyncio.Event,
             await asyncio.sleep(0.1)
 
 
+async def _bank(urls: list[str], rng: random.Random, stop: asyncio.Event, bank: dict[str, Any]) -> None:
+    """Open BANK_ACCOUNTS accounts of BANK_START each (one transaction, exactly once), then
+    move amounts between two of them through random nodes until stopped (not part of the
+    checked history): read both balances, then a transaction that moves the amount only
+    if neither version moved meanwhile. bank["opened"] once open; bank["moved"] counts the
+    transfers acknowledged."""
+    accounts = [f"{BANK_PREFIX}{i}" for i in range(BANK_ACCOUNTS)]
+    opening = {"if": [{"key": a, "exists": False} for a in accounts],
+               "then": [{"op": "put", "key": a, "value": str(BANK_START)} for a in accounts],
+               "client_id": f"bank-{rng.random()}", "seq": 1}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+        while not stop.is_set():
+            url = rng.choice(urls)
+            try:
+                if not bank["opened"]:
+                    async with session.post(f"{url}/v1/txn", json=opening) as r:
+                        bank["opened"] = r.status == 200  # the same answer to every retry: it ran once
+                    continue
+                src, dst = rng.sample(accounts, 2)
+                held = []
+                for account in (src, dst):
+                    async with session.get(f"{url}/v1/kv/{account}") as r:
+                        doc = await r.json() if r.status == 200 else None
+                    if doc is None:
+                        break
+                    held.append((int(doc["value"]), doc["version"]))
+                if len(held) == 2:
+                    amount = rng.randrange(1, 20)
+                    body = {"if": [{"key": src, "version": held[0][1]}, {"key": dst, "version": held[1][1]}],
+                            "then": [{"op": "put", "key": src, "value": str(held[0][0] - amount)},
+                                     {"op": "put", "key": dst, "value": str(held[1][0] + amount)}]}
+                    async with session.post(f"{url}/v1/txn", json=body) as r:
+                        bank["moved"] += r.status == 200 and (await r.json())["succeeded"]
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError):
+                pass  # a node down or cut off: the next try goes elsewhere
+            await asyncio.sleep(0.05)
+
+
+def _bank_checked(bank: dict[str, Any], scans: dict[int, Any]) -> tuple[list[str], list[str]]:
+    """(safety, liveness) findings: every node's accounts add up to what was opened;
+    the accounts were opened and some transfer went through."""
+    wrong = []
+    for i, items in scans.items():
+        if isinstance(items, list):
+            balances = {item["key"]: int(item["value"]) for item in items if item["key"].startswith(BANK_PREFIX)}
+            if bank["opened"] and sum(balances.values()) != BANK_ACCOUNTS * BANK_START:
+                wrong.append(f"node {i}'s accounts add up to {sum(balances.values())}, not "
+                             f"{BANK_ACCOUNTS * BANK_START}: {balances}")
+    idle = [] if bank["moved"] else [f"no transfer went through (accounts opened: {bank['opened']})"]
+    return wrong, idle
+
+
 def _ttl_left(cluster: FaultCluster, acked: list[tuple[float, str]]) -> list[str]:
     """Keys with a time to live still on some node well after the last deadline."""
     if not acked:
@@ -442,6 +501,9 @@ async def _record(cluster: FaultCluster, plan: Plan, seed: int) -> dict[str, Any
     ttl_stop, ttl_acked = asyncio.Event(), []
     ttl_task = asyncio.create_task(_ttl_writer([cluster.url(i) for i in cluster.ids], random.Random(seed + 7),
                                                ttl_stop, ttl_acked))
+    bank: dict[str, Any] = {"opened": False, "moved": 0}
+    bank_task = asyncio.create_task(_bank([cluster.url(i) for i in cluster.ids], random.Random(seed + 11),
+                                          ttl_stop, bank))
     await asyncio.sleep(0)
     t0 = recorder.t0
     nemesis = Nemesis(cluster, rng, t0, plan.quiet_s, plan.hold_s)
@@ -462,11 +524,12 @@ async def _record(cluster: FaultCluster, plan: Plan, seed: int) -> dict[str, Any
         ttl_stop.set()
         await task
         await ttl_task
+        await bank_task
     run_end = time.monotonic()
     finals, abandoned = await _read_everywhere(recorder, recorder.keys_used + ["heal-probe"])
     return {"recorder": recorder, "nemesis": nemesis, "finals": finals, "t0": t0, "abandoned": abandoned,
             "faults_from": faults_from, "healed_at": healed_at, "run_end": run_end, "ttl_acked": ttl_acked,
-            **probe}
+            "bank": bank, **probe}
 
 
 async def _read_everywhere(recorder: Recorder, keys: list[str]) -> tuple[list[Op], str | None]:
@@ -568,6 +631,10 @@ def run_plan(cluster: FaultCluster, plan: Plan, seed: int, write_artifacts: bool
     report["applied"] = applied
     report["snapshots"] = {i: {k: v for k, v in st.get("snapshot", {}).items() if k in ("slot", "taken", "installed")}
                            for i, st in cluster.statuses().items()}
+    report["bank"] = rec["bank"]
+    bank_wrong, bank_idle = _bank_checked(rec["bank"], scans)
+    found("bank_total", bank_wrong)
+    found("bank_idle", bank_idle)
     if not scans:
         found("not_converged", [f"nodes did not reach the same applied slot: {applied}"])
     else:
