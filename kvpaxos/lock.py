@@ -82,6 +82,10 @@ class _Held:
         leave two thirds of a ttl of certainty: refresh again at once."""
         return time.monotonic() - sent >= self.ttl_s / 3
 
+    @staticmethod
+    def _past(deadline: float | None) -> bool:
+        return deadline is not None and time.monotonic() >= deadline
+
     def _refresh_in(self) -> float:
         """Seconds until the next refresh is due: a third of a ttl after the last good one was sent."""
         return max(0.0, self._sure_until - self.ttl_s * 2 / 3 - time.monotonic())
@@ -128,7 +132,9 @@ class Lock(_Held):
         timeout_s, deadline = self._begin(timeout_s)
         sent = self._take(timeout_s, deadline)
         while self._late(sent):  # the key may be near its end already: refresh it now
-            self._wait(timeout_s, deadline)
+            if self._past(deadline):
+                self._give_back()
+                raise LockTimeout(self.key, timeout_s or 0.0)
             sent = time.monotonic()
             try:
                 self.client.refresh(self.key, self.ttl_s, if_value=self.owner)
@@ -165,6 +171,14 @@ class Lock(_Held):
                 kv.watch_page(key=key, from_revision=entry.version + 1, timeout_s=wait)  # its delete, or the wait
             except Compacted:
                 pass  # the nodes' history moved on: look again
+
+    def _give_back(self) -> None:
+        """Acquiring gave up with the key taken: delete it if it is still ours (best effort:
+        it expires anyway), so that the next acquirer need not wait for its ttl."""
+        try:
+            self.client.delete(self.key, if_version=self.token)
+        except KvError:
+            pass
 
     def _keep(self) -> None:
         kv = self.client
@@ -216,7 +230,9 @@ class AsyncLock(_Held):
         timeout_s, deadline = self._begin(timeout_s)
         sent = await self._take(timeout_s, deadline)
         while self._late(sent):
-            self._wait(timeout_s, deadline)
+            if self._past(deadline):
+                await self._give_back()
+                raise LockTimeout(self.key, timeout_s or 0.0)
             sent = time.monotonic()
             try:
                 await self.client.refresh(self.key, self.ttl_s, if_value=self.owner)
@@ -250,6 +266,12 @@ class AsyncLock(_Held):
                 await kv.watch_page(key=key, from_revision=entry.version + 1, timeout_s=wait)
             except Compacted:
                 pass
+
+    async def _give_back(self) -> None:
+        try:
+            await self.client.delete(self.key, if_version=self.token)
+        except KvError:
+            pass
 
     async def _keep(self) -> None:
         while True:

@@ -167,6 +167,37 @@ def test_an_acquire_answered_late_refreshes_before_it_returns(shared: Cluster) -
     shared.wait_for_leader()
 
 
+def test_an_acquire_answered_after_its_timeout_gives_the_key_back(shared: Cluster) -> None:
+    """The put that takes the lock comes back after the acquirer's timeout (the cluster was
+    frozen meanwhile): acquire() raises LockTimeout and deletes the key it took, so the
+    next acquirer need not wait out the ttl."""
+    key = fresh()
+    with Client(endpoints(shared), timeout_s=10) as kv:
+        lock = kv.lock(key, ttl_s=2.4, timeout_s=0.5)  # an answer after 0.8 s is late
+        for proc in shared.procs.values():
+            os.killpg(proc.pid, signal.SIGSTOP)
+        failed: list[BaseException] = []
+
+        def take() -> None:
+            try:
+                lock.acquire()
+            except BaseException as exc:  # noqa: BLE001 - looked at below
+                failed.append(exc)
+        try:
+            taker = threading.Thread(target=take)
+            taker.start()
+            time.sleep(1.2)
+        finally:
+            for proc in shared.procs.values():
+                os.killpg(proc.pid, signal.SIGCONT)
+        taker.join(timeout=30)
+        assert len(failed) == 1 and isinstance(failed[0], LockTimeout), failed
+        assert not lock.held and shared.get(1, key).status == 404
+        with kv.lock(key, timeout_s=1) as second:  # free at once, not a ttl later
+            assert second.held
+    shared.wait_for_leader()
+
+
 HOLDER = """
 import sys, time
 from kvpaxos.client import Client
