@@ -119,13 +119,25 @@ def cas(ctx: click.Context, key: str, old: str, new: str, **target: Any) -> None
 
 
 @cli.command()
-@click.argument("key")
+@click.argument("key", required=False)
 @click.option("--if-version", type=click.IntRange(min=0), default=None,
               help="Only if the current version is this.")
+@click.option("--prefix", default=None, metavar="P",
+              help="Delete every key that starts with P instead of one KEY (--prefix '' for every key).")
 @target_options(envvar=None)
 @click.pass_context
-def delete(ctx: click.Context, key: str, if_version: int | None, **target: Any) -> None:
-    """Delete KEY."""
+def delete(ctx: click.Context, key: str | None, if_version: int | None, prefix: str | None, **target: Any) -> None:
+    """Delete KEY, or every key under --prefix (in rounds of up to 1,000 keys, each all
+    or nothing)."""
+    if (key is None) == (prefix is None):
+        raise CliError("give either KEY or --prefix P (--prefix '' for every key)", exit_code=2)
+    if prefix is not None:
+        if if_version is not None:
+            raise CliError("--if-version is for one KEY, not a --prefix", exit_code=2)
+        with connect(ctx, target) as kv:
+            deleted = kv.delete_prefix(prefix)
+        click.echo(f"OK (deleted {deleted} key{'' if deleted == 1 else 's'})")
+        return
     with connect(ctx, target, key) as kv:
         kv.delete(key, if_version=if_version)
     click.echo("OK (deleted)")

@@ -24,6 +24,7 @@ from kvpaxos.client_support import (
     LEADER_HEADER, RETRY_STATUSES, Attempts, Sessions, decode_body, kv_path, LeaderHint, list_path,
     member_body, member_path, members_path, merge_cluster_status, parse_endpoints, parse_retry_after,
     put_body, refresh_body, retry_reason, txn_body, unprobed_peers, watch_call_timeout, watch_path,
+    delete_prefix_path,
 )
 
 # Raised when the TCP connect itself timed out (aiohttp >= 3.10); the request never left.
@@ -84,6 +85,10 @@ class AsyncClient:
                       if_version: int | None = None) -> int:
         doc = await self._write("PUT", kv_path(key), refresh_body(ttl, if_value, if_version))
         return int(doc.get("version", 0))
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """Client.delete_prefix's twin: every key that starts with prefix; how many."""
+        return int((await self._call("DELETE", delete_prefix_path(prefix))).get("deleted", 0))
 
     async def txn(self, compare: Any = (), then: Any = (), otherwise: Any = ()) -> TxnResult:
         """Client.txn's twin: compare keys, then one list of writes or the other, atomically."""

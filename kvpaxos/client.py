@@ -33,6 +33,7 @@ from kvpaxos.client_support import (
     LEADER_HEADER, RETRY_STATUSES, Attempts, Sessions, decode_body, kv_path, LeaderHint, list_path,
     member_body, member_path, members_path, merge_cluster_status, normalize_endpoint, parse_endpoints,
     parse_retry_after, put_body, refresh_body, retry_reason, txn_body, unprobed_peers, watch_call_timeout, watch_path,
+    delete_prefix_path,
 )
 
 __all__ = [
@@ -328,6 +329,11 @@ class Client:
     def delete(self, key: str, if_version: int | None = None) -> None:
         body = {} if if_version is None else {"if_version": int(if_version)}
         self._write("DELETE", kv_path(key), body)
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every key that starts with prefix ("" for every key); how many. In rounds
+        of up to 1,000 keys, each all or nothing; after a failure, call again for the rest."""
+        return int(self._call("DELETE", delete_prefix_path(prefix)).get("deleted", 0))
 
     def list(self, prefix: str = "", limit: int = 1000, after: str | None = None) -> list[Entry]:
         return self.list_page(prefix, limit, after)[0]

@@ -101,6 +101,10 @@ def list_path(prefix: str, limit: int, after: str | None = None) -> str:
     return "/v1/kv?" + urlencode(query)
 
 
+def delete_prefix_path(prefix: str) -> str:
+    return "/v1/kv?" + urlencode({"prefix": prefix})
+
+
 def watch_path(key: str | None, prefix: str | None, from_revision: int | None, timeout_s: float,
                limit: int) -> str:
     """GET /v1/watch for one key or the keys under prefix ("" for every key); exactly

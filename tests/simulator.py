@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 from kvpaxos.core import messages as m
 from kvpaxos.core.ballot import ZERO, Ballot
 from kvpaxos.core import txn as txns
-from kvpaxos.core.commands import DELETE, PUT, REFRESH, TXN, Batch, Command
+from kvpaxos.core.commands import DELETE, DELETE_PREFIX, PUT, REFRESH, TXN, Batch, Command
 from kvpaxos.core.kvstate import KVState
 from kvpaxos.core.membership import MEMBER_ADD, MEMBER_OPS, MEMBER_REMOVE, Membership
 from kvpaxos.core.replica import CoreConfig, Replica, Role
@@ -61,6 +61,7 @@ class Faults:
     member_rate: float = 0.0  # chance per step of asking for a membership change
     ttl_rate: float = 0.2  # the share of plain puts that give their key a time to live
     txn_rate: float = 0.1  # the share of commands made transactions (kvpaxos/core/txn.py)
+    prefix_delete_rate: float = 0.003  # chance per step of a prefix delete sent to a leader
 
     @classmethod
     def from_seed(cls, rng: random.Random) -> "Faults":
@@ -117,6 +118,7 @@ class Simulation:
         self.lazy_rng = random.Random(seed + 1_000_003)  # its own stream: other draws stay as they were
         self.ttl_rng = random.Random(seed + 2_000_003)  # likewise, for the puts given a time to live
         self.txn_rng = random.Random(seed + 3_000_017)  # and for the commands made transactions
+        self.prefix_rng = random.Random(seed + 4_000_037)  # and for the prefix deletes
         self.faults = faults or Faults.from_seed(self.rng)
         self.config = config or seed_config(seed)
         self.members = list(range(1, n_nodes + 1))  # every node ever started and not removed
@@ -412,6 +414,11 @@ class Simulation:
                 cmd = replace(c.cmd, cmd_id=f"{c.name}.{c.seq}.{self.time}")
                 if self.nodes[target].replica.propose(cmd):  # type: ignore[union-attr]
                     c.sent_at = self.time
+        if leaders and self.prefix_rng.random() < self.faults.prefix_delete_rate:
+            # Not a client's: a prefix delete carries no client id (it is retried by asking again).
+            prefix, limit = self.prefix_rng.choice(["", "k", "k1"]), 1 + self.prefix_rng.randrange(3)
+            self.nodes[self.prefix_rng.choice(leaders)].replica.propose(  # type: ignore[union-attr]
+                Command(DELETE_PREFIX, prefix, str(limit), cmd_id=f"prefix.{self.time}"))
         if rng.random() < _READ_RATE:
             live = [i for i, n in self.nodes.items() if n is not None]
             read_id = len(self.reads) + 1

@@ -232,6 +232,17 @@ def test_txn_reads_json_and_exits_1_when_the_comparisons_fail(local: LocalCluste
     assert refused.returncode == 1 and refused.stderr.startswith("error: ") and refused.stderr.count("\n") == 1
 
 
+def test_delete_prefix_deletes_every_key_under_it(local: LocalCluster) -> None:
+    for key in ("logs/1", "logs/2", "logs/3", "logsX"):
+        ok(local.kv("put", key, "v"))
+    assert ok(local.kv("delete", "--prefix", "logs/")) == "OK (deleted 3 keys)\n"
+    assert ok(local.kv("list")) == "logsX\tv\n"
+    assert ok(local.kv("delete", "--prefix", "logs/")) == "OK (deleted 0 keys)\n"
+    for args in (("delete",), ("delete", "k", "--prefix", "p"), ("delete", "--prefix", "p", "--if-version", "1")):
+        bad = local.kv(*args)
+        assert bad.returncode == 2 and bad.stderr.startswith("error: ") and bad.stderr.count("\n") == 1, bad
+
+
 def test_missing_key_exits_1_with_one_line(local: LocalCluster) -> None:
     result = local.kv("get", "no-such-key", "--server", "1")
     assert result.returncode == 1

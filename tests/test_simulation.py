@@ -177,11 +177,11 @@ MEMBER_CHUNKS = 6  # 90 seeds with membership changes mixed into the faults
 
 
 def membership_sim(seed: int, n_nodes: int = 3) -> Simulation:
-    # No keys with a time to live or transactions here: they change the runs (expiries add
-    # slots, which moves every schedule), and the planted membership bugs below are found
-    # by these seeds' schedules.
+    # No keys with a time to live, transactions or prefix deletes here: they change the
+    # runs (expiries add slots, which moves every schedule), and the planted membership
+    # bugs below are found by these seeds' schedules.
     faults = replace(Faults.from_seed(random.Random(seed)), member_rate=0.01, ttl_rate=0.0,
-                     txn_rate=0.0)
+                     txn_rate=0.0, prefix_delete_rate=0.0)
     return Simulation(seed, n_nodes=n_nodes, faults=faults)
 
 

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from kvpaxos.core import messages as m
 from kvpaxos.core.ballot import Ballot
-from kvpaxos.core.commands import OPS, PUT, REFRESH, TTL_MS_MAX, TXN, Batch, Command
+from kvpaxos.core.commands import DELETE_PREFIX, DELETE_PREFIX_MAX, OPS, PUT, REFRESH, TTL_MS_MAX, TXN, Batch, Command
 from kvpaxos.core.membership import MEMBER_OPS
 
 
@@ -92,6 +92,10 @@ def _checked_command_from_wire(x: Any) -> Command:
         raise WireError("a refresh has a time to live and no value")
     if op == TXN and (type(value) is not str or if_value is not None or if_version is not None):
         raise WireError("a transaction holds its comparisons and writes in its value, and no precondition")
+    if op == DELETE_PREFIX and not (type(value) is str and value.isascii() and value.isdigit()
+                                    and 0 < int(value) <= DELETE_PREFIX_MAX and client_id is None
+                                    and if_value is None and if_version is None):
+        raise WireError("a prefix delete holds how many keys it deletes at most, and no client or precondition")
     return Command(op, key, _opt_str(value), _opt_str(if_value), if_version,
                    _opt_str(client_id), _int(seq), cmd_id, _int(part), ttl_ms)
 

@@ -12,7 +12,9 @@ PUT = "put"
 DELETE = "delete"
 REFRESH = "refresh"  # a new time to live for a key, its value and version kept (no change)
 TXN = "txn"  # comparisons, then one list of writes or another, atomically (kvpaxos/core/txn.py)
-OPS = (PUT, DELETE, REFRESH, TXN)
+DELETE_PREFIX = "delete_prefix"  # the first N keys (value: N) under a prefix (key), each a change
+OPS = (PUT, DELETE, REFRESH, TXN, DELETE_PREFIX)
+DELETE_PREFIX_MAX = 10_000  # keys one delete_prefix command may delete, at most
 
 KEY_BYTES_MAX = 1024
 VALUE_BYTES_MAX = 1024 * 1024
@@ -35,7 +37,9 @@ class Command:
     A refresh (ttl_ms required, no value) gives an existing key a new deadline and
     changes nothing else: no revision, nothing for watches. A txn holds its
     comparisons and writes in `value` (kvpaxos/core/txn.py); its key names the
-    first key it touches, for display.
+    first key it touches, for display. A delete_prefix deletes the first N keys
+    (N in `value`, a decimal) that start with `key`, in key order; it carries no
+    client id (deleting again what is left is the retry).
     """
 
     op: str

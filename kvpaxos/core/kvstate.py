@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 from kvpaxos.core import txn as txns
-from kvpaxos.core.commands import DELETE, PUT, REFRESH, TXN, Batch, Command, Result
+from kvpaxos.core.commands import DELETE, DELETE_PREFIX, DELETE_PREFIX_MAX, PUT, REFRESH, TXN, Batch, Command, Result
 from kvpaxos.core.membership import Membership
 from kvpaxos.core.sortedkeys import SortedKeys
 
@@ -68,8 +68,9 @@ class KVState:
         # replica computes it) so that a snapshot holds it with the data.
         self.membership: Membership | None = None
         self.last_expired = 0  # keys the last slot applied deleted for their time to live
-        # The changes each transaction of the slot being applied made, by id(its command).
-        self._txn_changes: dict[int, list[tuple[Command, Result]]] = {}
+        # The changes each transaction or prefix delete of the slot being applied made, by
+        # id(its command).
+        self._emitted: dict[int, list[tuple[Command, Result]]] = {}
 
     def apply(self, slot: int, batch: Batch) -> list[tuple[Command, Result]]:
         assert slot == self.applied_slot + 1, f"slot {slot} applied out of order after {self.applied_slot}"
@@ -81,18 +82,19 @@ class KVState:
             expired = self._expire_keys()  # first: the slot's commands see the keys gone
         self.last_expired = len(expired)
         applied = [(cmd, self._apply_once(cmd)) for cmd in batch.commands]
-        if self._txn_changes:
-            applied = self._with_txn_changes(applied)
+        if self._emitted:
+            applied = self._with_emitted(applied)
         return expired + applied if expired else applied
 
-    def _with_txn_changes(self, applied: list[tuple[Command, Result]]) -> list[tuple[Command, Result]]:
-        """Each transaction's changes, each reported as its own put or delete (without a
-        client), just before the transaction's result: the changes in revision order."""
+    def _with_emitted(self, applied: list[tuple[Command, Result]]) -> list[tuple[Command, Result]]:
+        """Each transaction's or prefix delete's changes, each reported as its own put or
+        delete (without a client), just before the command's result: the changes in
+        revision order."""
         out = []
         for pair in applied:
-            out += self._txn_changes.pop(id(pair[0]), ())
+            out += self._emitted.pop(id(pair[0]), ())
             out.append(pair)
-        self._txn_changes.clear()
+        self._emitted.clear()
         return out
 
     def next_deadline(self) -> int | None:
@@ -205,6 +207,8 @@ class KVState:
         if cmd.op != PUT and cmd.op != DELETE:
             if cmd.op == TXN:
                 return self._transact(cmd)
+            if cmd.op == DELETE_PREFIX:
+                return self._delete_prefix(cmd)
             if cmd.op == REFRESH:
                 if current is None:
                     return Result(False, "not_found")
@@ -246,8 +250,28 @@ class KVState:
             if result.ok:
                 changes.append((write, result))
         if changes:
-            self._txn_changes[id(cmd)] = changes
+            self._emitted[id(cmd)] = changes
         return Result(ok, None if ok else "compare_failed", self.revision, detail=(compared, tuple(results)))
+
+    def _delete_prefix(self, cmd: Command) -> Result:
+        """Delete the first N keys under the prefix `cmd.key`, in key order (N: cmd.value);
+        Result.value is how many, Result.error "more" when keys are left under it."""
+        limit = int(cmd.value) if cmd.value is not None and cmd.value.isascii() and cmd.value.isdigit() else 0
+        if cmd.client_id is not None or not 0 < limit <= DELETE_PREFIX_MAX:
+            return Result(False, "bad_command")  # the codec lets neither through
+        keys, more = [], False
+        for key in self.keys.with_prefix(cmd.key):  # listed first: deleting changes the index
+            if len(keys) == limit:
+                more = True
+                break
+            keys.append(key)
+        changes = []
+        for key in keys:
+            delete = Command(DELETE, key)
+            changes.append((delete, self._execute(delete)))
+        if changes:
+            self._emitted[id(cmd)] = changes
+        return Result(True, "more" if more else None, self.revision, value=str(len(keys)))
 
 
 def session_row(client_id: str, s: Session) -> list:

@@ -1,6 +1,7 @@
 """Transactions in the state machine: comparisons, then one branch of writes, in one
 step; each write a change of its own; the result kept for exactly-once retries and in
-snapshots; and the wire's checks (kvpaxos/core/txn.py)."""
+snapshots; and the wire's checks (kvpaxos/core/txn.py). Then prefix deletes, which
+report their deletes the same way."""
 from __future__ import annotations
 
 import random
@@ -9,7 +10,7 @@ import pytest
 
 from kvpaxos import snapshot
 from kvpaxos.core import codec, txn as txns
-from kvpaxos.core.commands import DELETE, PUT, TXN, Batch, Command, Result
+from kvpaxos.core.commands import DELETE, DELETE_PREFIX, DELETE_PREFIX_MAX, PUT, TXN, Batch, Command, Result
 from kvpaxos.core.kvstate import Export, KVState, import_rows
 from kvpaxos.core.codec import WireError
 
@@ -151,5 +152,51 @@ def test_the_wire_carries_a_transaction_and_checks_it() -> None:
                 ["txn", "t", "{}", "v", None, None, 0, "x", 0],  # a precondition
                 ["txn", "t", "{}", None, 3, None, 0, "x", 0],
                 ["txn", "t", "{}", None, None, None, 0, "x", 0, 500]):  # a ttl of its own
+        with pytest.raises(WireError):
+            codec.command_from_wire(bad)
+
+
+# -- deleting every key under a prefix ------------------------------------------------------
+
+def delete_prefix(prefix: str, limit: int = 1000) -> Command:
+    return Command(DELETE_PREFIX, prefix, str(limit))
+
+
+def test_a_prefix_delete_deletes_the_first_keys_in_order_each_a_change() -> None:
+    s = KVState()
+    apply(s, put("a/1"), put("a/2"), put("a/3"), put("ab"), put("b/1"), put("a", ttl_ms=50))
+    out = apply(s, delete_prefix("a/", 2), put("a/9"))
+    assert [(c.op, c.key, r.version) for c, r in out] == [
+        (DELETE, "a/1", 7), (DELETE, "a/2", 8), (DELETE_PREFIX, "a/", 8), (PUT, "a/9", 9)]
+    result = out[2][1]
+    assert result.ok and result.error == "more" and result.value == "2"
+    [(_, _), (_, _), (_, last)] = apply(s, delete_prefix("a/"))  # a/3 and a/9: none left
+    assert last.ok and last.error is None and last.value == "2"
+    assert sorted(s.data) == ["a", "ab", "b/1"] and s.expiry == {"a": 50}
+    [(_, nothing)] = apply(s, delete_prefix("zz/"))
+    assert nothing == Result(True, None, s.revision, value="0")
+    out = apply(s, delete_prefix(""))  # every key
+    assert [c.key for c, _ in out[:-1]] == ["a", "ab", "b/1"] and s.data == {} and s.expiry == {}
+
+
+def test_a_prefix_delete_with_a_client_or_a_bad_limit_changes_nothing() -> None:
+    s = KVState()
+    apply(s, put("a/1"))
+    for cmd in (Command(DELETE_PREFIX, "a/", "5", client_id="c", seq=1), Command(DELETE_PREFIX, "a/", "0"),
+                Command(DELETE_PREFIX, "a/", "²"), Command(DELETE_PREFIX, "a/", None),
+                Command(DELETE_PREFIX, "a/", str(DELETE_PREFIX_MAX + 1))):
+        assert apply(s, cmd)[-1][1] == Result(False, "bad_command"), cmd
+    assert s.get("a/1") == ("v", 1)
+
+
+def test_the_wire_checks_a_prefix_delete() -> None:
+    cmd = delete_prefix("a/", 500)
+    assert codec.command_from_wire(codec.command_to_wire(cmd)) == cmd
+    for bad in (["delete_prefix", "a/", None, None, None, None, 0, "x", 0],
+                ["delete_prefix", "a/", "0", None, None, None, 0, "x", 0],
+                ["delete_prefix", "a/", "x", None, None, None, 0, "x", 0],
+                ["delete_prefix", "a/", "5", None, None, "client", 1, "x", 0],
+                ["delete_prefix", "a/", "5", "v", None, None, 0, "x", 0],
+                ["delete_prefix", "a/", str(DELETE_PREFIX_MAX + 1), None, None, None, 0, "x", 0]):
         with pytest.raises(WireError):
             codec.command_from_wire(bad)

@@ -314,6 +314,34 @@ def test_method_not_allowed_names_the_methods_the_path_has(api):
     assert api.request(1, "HEAD", "/v1/status").status == 200
 
 
+def test_delete_every_key_under_a_prefix(api):
+    """DELETE /v1/kv?prefix=P through a follower: every key under P goes, in rounds of
+    1,000 (each one slot), each delete a change watches see; keys beside it stay."""
+    p = fresh("del") + "/"
+    leader = api.wait_for_leader()
+    follower = next(i for i in NODES if i != leader)
+    body = {"ops": [{"op": "put", "key": f"{p}{n:05d}", "value": "x"} for n in range(2_500)]}
+    assert api.request(leader, "POST", "/v1/batch", body).status == 200
+    beside = [p[:-1], p[:-1] + "0", p[:-1] + "~"]
+    for key in beside:
+        assert api.put(leader, key, "stays").status == 200
+    before = api.status(leader)["watch"]["revision"]
+    resp = api.request(follower, "DELETE", "/v1/kv?" + urllib.parse.urlencode({"prefix": p}))
+    assert resp.status == 200 and resp.body["deleted"] == 2_500 and resp.body["prefix"] == p, resp
+    assert resp.body["revision"] == before + 2_500
+    for node in NODES:
+        listed = api.list(node, p).body
+        assert listed["items"] == [] and not listed["more"], listed
+        assert [api.get(node, key).status for key in beside] == [200, 200, 200]
+    events = api.request(leader, "GET", f"/v1/watch?prefix={p}&from={before + 1}&timeout=5&limit=10000").body
+    assert [(e["type"], e["key"]) for e in events["events"]] == [("delete", f"{p}{n:05d}") for n in range(2_500)]
+    again = api.request(leader, "DELETE", "/v1/kv?" + urllib.parse.urlencode({"prefix": p}))
+    assert again.status == 200 and again.body["deleted"] == 0
+    assert_error(api.request(leader, "DELETE", "/v1/kv"), 400, "bad_request")  # no prefix: not every key
+    assert_error(api.request(leader, "DELETE", "/v1/kv?prefix=a&limit=3"), 400, "bad_request")
+    assert_error(api.request(leader, "DELETE", "/v1/kv?prefix=" + "k" * 1025), 400, "invalid_key")
+
+
 def test_oversized_values_are_413(api):
     key = fresh()
     assert api.put(1, key, "small").status == 200

@@ -1,7 +1,8 @@
 """Transactions (POST /v1/txn) on real `kv serve` processes: all or nothing through any
 node, the branch the comparisons pick, each write a change watches see, exactly-once
 retries, concurrent transfers that keep a total, a restart that keeps the results, the
-Python clients, and bad input answered 400/413 with a JSON error.
+Python clients (and their prefix deletes), and bad input answered 400/413 with a JSON
+error.
 
 Every wait has a deadline.
 """
@@ -133,6 +134,21 @@ def test_the_python_clients_run_transactions(shared: Cluster) -> None:
                                                                                             "key": p + "k"}])
     r = asyncio.run(run())
     assert not r.succeeded and r.results[0]["ok"] and shared.get(1, p + "k").status == 404
+
+
+def test_the_python_clients_delete_a_prefix(shared: Cluster) -> None:
+    p = fresh()
+    with Client(endpoints(shared)) as kv:
+        for n in range(5):
+            kv.put(f"{p}{n}", "v")
+        kv.put(p[:-1], "beside")
+        assert kv.delete_prefix(p) == 5 and kv.list(p) == [] and kv.get(p[:-1]).value == "beside"
+        kv.put(p + "again", "v")
+
+    async def run() -> int:
+        async with AsyncClient(endpoints(shared)) as akv:
+            return await akv.delete_prefix(p)
+    assert asyncio.run(run()) == 1
 
 
 def test_a_transaction_outlives_a_restart_of_every_node(make_cluster) -> None:

@@ -474,6 +474,12 @@ def _deep(n: int) -> bytes:
 EXPLICIT = [
     # (name, method, target, body, acceptable statuses)
     ("deeply nested body", b"PUT", b"/v1/kv/deep", b'{"value": ' + _deep(100_000) + b"}", {400}),
+    # Prefix deletes that match no key of the fuzzed store: a bad one is refused, a good one deletes none.
+    ("prefix delete without a prefix", b"DELETE", b"/v1/kv", None, {400}),
+    ("prefix delete with another parameter", b"DELETE", b"/v1/kv?prefix=zz-none&limit=5", None, {400}),
+    ("prefix delete of bytes that are not UTF-8", b"DELETE", b"/v1/kv?prefix=zz-none%ff%fe", None, {200, 400}),
+    ("prefix delete of a lone surrogate", b"DELETE", b"/v1/kv?prefix=zz-none%ED%A0%80", None, {200, 400}),
+    ("prefix delete over the key limit", b"DELETE", b"/v1/kv?prefix=" + b"z" * 1025, None, {400}),
     ("deeply nested array", b"PUT", b"/v1/kv/deep", _deep(100_000), {400}),
     ("deeply nested batch", b"POST", b"/v1/batch", b'{"ops": ' + _deep(100_000) + b"}", {400}),
     ("deeply nested object", b"DELETE", b"/v1/kv/deep", b'{"a":' * 50_000 + b"1" + b"}" * 50_000, {400}),

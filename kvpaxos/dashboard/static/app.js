@@ -986,6 +986,7 @@
     const ttl = c.ttl_ms != null ? `<span class="v"> ttl ${c.ttl_ms / 1000}s</span>` : "";
     if (c.op === "refresh") return `<span class="op put">refresh</span> ${k}${ttl}`;
     if (c.op === "txn") return `<span class="op cas">txn</span> ${k}<span class="v"> ${esc(c.value ?? "")}</span>`;
+    if (c.op === "delete_prefix") return `<span class="op del">del</span> ${k}<span class="v">* (up to ${esc(c.value ?? "")})</span>`;
     if (c.if_value != null || c.if_version != null) {
       const cond = c.if_value != null ? esc(c.if_value) : `v${c.if_version}`;
       return `<span class="op cas">cas</span> ${k} <span class="v">${cond}→${esc(c.value ?? "")}</span>${ttl}`;
@@ -999,6 +1000,7 @@
     const ttl = c.ttl_ms != null ? ` (ttl ${c.ttl_ms / 1000} s)` : "";
     if (c.op === "refresh") return `refresh ${c.key}${ttl}`;
     if (c.op === "txn") return `transaction on ${c.key}…: ${c.value}`;
+    if (c.op === "delete_prefix") return `delete up to ${c.value} keys under ${JSON.stringify(c.key)}`;
     if (c.if_value != null || c.if_version != null) return `cas ${c.key}: ${c.if_value ?? "v" + c.if_version} → ${c.value}${ttl}`;
     return `put ${c.key} = ${c.value}${ttl}`;
   }
