@@ -127,7 +127,7 @@ def cas(ctx: click.Context, key: str, old: str, new: str, **target: Any) -> None
 @target_options(envvar=None)
 @click.pass_context
 def delete(ctx: click.Context, key: str | None, if_version: int | None, prefix: str | None, **target: Any) -> None:
-    """Delete KEY, or every key under --prefix (in rounds of up to 1,000 keys, each all
+    """Delete KEY, or every key under --prefix (in rounds of up to 250 keys, each all
     or nothing)."""
     if (key is None) == (prefix is None):
         raise CliError("give either KEY or --prefix P (--prefix '' for every key)", exit_code=2)

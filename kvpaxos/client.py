@@ -332,7 +332,7 @@ class Client:
 
     def delete_prefix(self, prefix: str) -> int:
         """Delete every key that starts with prefix ("" for every key); how many. In rounds
-        of up to 1,000 keys, each all or nothing; after a failure, call again for the rest."""
+        of up to 250 keys, each all or nothing; after a failure, call again for the rest."""
         return int(self._call("DELETE", delete_prefix_path(prefix)).get("deleted", 0))
 
     def list(self, prefix: str = "", limit: int = 1000, after: str | None = None) -> list[Entry]:

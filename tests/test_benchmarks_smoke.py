@@ -282,3 +282,15 @@ def test_ttl_expiry_benchmark_smoke(tmp_path):
     bad = subprocess.run([sys.executable, "benchmarks/ttl_expiry.py", "--keys", "0"],
                          cwd=REPO, capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and "--keys must be at least 1" in bad.stderr, bad.stderr
+
+
+def test_delete_prefix_benchmark_smoke(tmp_path):
+    result = subprocess.run([sys.executable, "benchmarks/delete_prefix.py", "--keys", "1500", "--rate", "50",
+                             "--out-dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    doc = json.loads((tmp_path / "delete_prefix.json").read_text())
+    assert doc["deleted"] == 1500 and set(doc["keys_left_on_nodes_after"].values()) == {0}
+    assert doc["write_ms_before"]["count"] > 0
+    bad = subprocess.run([sys.executable, "benchmarks/delete_prefix.py", "--keys", "0"],
+                         cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "--keys must be at least 1" in bad.stderr, bad.stderr

@@ -1,0 +1,115 @@
+"""Deleting every key under a prefix: how long it takes, and what it costs the writes
+going on meanwhile.
+
+Starts a fresh local cluster (3 nodes, data on disk), puts K keys under one prefix
+(through batches of 1,000), keeps single PUTs of another key going to the leader at a
+fixed rate, and sends DELETE /v1/kv?prefix=... to the leader, which deletes the keys
+in rounds of 1,000 (one slot each). Reports how long the delete took and the PUTs'
+latency (p50, p99, max) before it and while it ran (the max stands for the longest
+the leader's event loop was held by one round).
+
+    python benchmarks/delete_prefix.py                       # 100,000 keys, 200 writes/s
+    python benchmarks/delete_prefix.py --keys 20000 --rate 500
+
+Writes benchmarks/results/delete_prefix.json (--out-dir to change).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from kvpaxos.bench.cluster import BenchCluster  # noqa: E402
+from kvpaxos.bench.stats import percentile  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+BATCH = 1000
+PREFIX = "gone/"
+BEFORE_S = 1.0  # PUTs timed before the delete starts
+
+
+def latency_ms(values: list[float]) -> dict:
+    values = sorted(values)
+    if not values:
+        return {"count": 0}
+    return {"p50": round(percentile(values, 50), 3), "p99": round(percentile(values, 99), 3),
+            "max": round(values[-1], 3), "count": len(values)}
+
+
+async def run(cluster: BenchCluster, keys: int, rate: float) -> dict:
+    leader_url = cluster.nodes[cluster.leader()].url
+    async with aiohttp.ClientSession() as session:
+        for start in range(0, keys, BATCH):
+            ops = [{"op": "put", "key": f"{PREFIX}{i:07}", "value": "x" * 100}
+                   for i in range(start, min(keys, start + BATCH))]
+            async with session.post(f"{leader_url}/v1/batch", json={"ops": ops}) as r:
+                if r.status != 200:
+                    raise RuntimeError(f"batch answered {r.status}: {await r.text()}")
+        latencies: list[tuple[float, float]] = []  # (sent at, ms)
+        stop = asyncio.Event()
+
+        async def put(n: int) -> None:
+            began = time.perf_counter()
+            async with session.put(f"{leader_url}/v1/kv/other", json={"value": f"v{n}"}) as r:
+                await r.read()
+                if r.status != 200:
+                    raise RuntimeError(f"PUT answered {r.status}")
+            latencies.append((began, (time.perf_counter() - began) * 1e3))
+
+        async def writer() -> None:
+            n, t0, puts = 0, time.perf_counter(), []
+            while not stop.is_set():
+                await asyncio.sleep(max(0.0, t0 + n / rate - time.perf_counter()))
+                puts.append(asyncio.create_task(put(n)))
+                n += 1
+            await asyncio.gather(*puts)
+
+        writing = asyncio.create_task(writer())
+        await asyncio.sleep(BEFORE_S)
+        began = time.perf_counter()
+        async with session.delete(f"{leader_url}/v1/kv", params={"prefix": PREFIX}) as r:
+            answer = await r.json()
+            if r.status != 200:
+                raise RuntimeError(f"the delete answered {r.status}: {answer}")
+        ended = time.perf_counter()
+        stop.set()
+        await writing
+        left = {}
+        for url in cluster.urls:
+            async with session.get(f"{url}/v1/kv", params={"prefix": PREFIX, "limit": "1"}) as r:  # linearizable
+                left[url] = len((await r.json())["items"])
+    return {"keys": keys, "rate": rate, "deleted": answer["deleted"], "took_ms": round((ended - began) * 1e3, 1),
+            "keys_left_on_nodes_after": left,
+            "write_ms_before": latency_ms([ms for at, ms in latencies if at < began]),
+            "write_ms_while_deleting": latency_ms([ms for at, ms in latencies if began <= at <= ended])}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--keys", type=int, default=100_000, help="keys under the prefix")
+    p.add_argument("--rate", type=float, default=200.0, help="single PUTs a second meanwhile")
+    p.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results")
+    args = p.parse_args(argv)
+    if args.keys < 1 or args.rate <= 0:
+        p.error("--keys must be at least 1, --rate above 0")
+    with BenchCluster(3) as cluster:
+        result = asyncio.run(run(cluster, args.keys, args.rate))
+    b, d = result["write_ms_before"], result["write_ms_while_deleting"]
+    print(f"deleted {result['deleted']} keys under one prefix in {result['took_ms']:.0f} ms; PUTs at {args.rate:g}/s "
+          f"p50/p99/max before {b.get('p50', 0):.2f}/{b.get('p99', 0):.2f}/{b.get('max', 0):.2f} ms, while deleting "
+          f"{d.get('p50', 0):.2f}/{d.get('p99', 0):.2f}/{d.get('max', 0):.2f} ms ({d['count']} PUTs)", flush=True)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    out = args.out_dir / "delete_prefix.json"
+    out.write_text(json.dumps(result, indent=1))
+    print(f"results: {out}")
+
+
+if __name__ == "__main__":
+    main()
