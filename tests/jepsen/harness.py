@@ -15,12 +15,12 @@ A run (run_plan):
      they applied the same slot, the probe's write accepted soon after
      healing, a watcher's replay of every change equal to that content, and
      every key put with a time to live (a writer beside the workload puts keys
-     under ttl/ with ttls of 0.3-1.5 s all through the run) gone from every
-     node soon after its deadline, every node's accounts adding up to what was
-     opened (a writer beside the workload moves amounts between five accounts
-     under bank/ with transactions all through the run), and no node's log
-     holding a line at error level or a traceback (a fault is no bug: a peer or
-     a client gone).
+     under ttl/ with ttls of 0.3-1.5 s all through the run, and now and then
+     deletes them all by prefix) gone from every node soon after its deadline,
+     every node's accounts adding up to what was opened (a writer beside the
+     workload moves amounts between five accounts under bank/ with
+     transactions all through the run), and no node's log holding a line at
+     error level or a traceback (a fault is no bug: a peer or a client gone).
 
 The report (seed, ops by kind and outcome, faults by kind and their log,
 anomalies, the longest time without an acknowledged write, throughput
@@ -408,19 +408,25 @@ def _phase_rates(ops: list[Op], phases: dict[str, tuple[float, float]]) -> dict[
 async def _ttl_writer(urls: list[str], rng: random.Random, stop: asyncio.Event,
                       acked: list[tuple[float, str]]) -> None:
     """Put keys under TTL_PREFIX with short times to live through the run (not part of the
-    checked history), to random nodes; each acknowledged put as (its deadline, key)."""
+    checked history), to random nodes; each acknowledged put as (its deadline, key). Now
+    and then it deletes every key under TTL_PREFIX at once instead (a prefix delete)."""
     n = 0
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
         while not stop.is_set():
             n += 1
-            key, ttl = f"{TTL_PREFIX}{n % 20}", rng.choice(TTL_CHOICES_S)
+            key, ttl, url = f"{TTL_PREFIX}{n % 20}", rng.choice(TTL_CHOICES_S), rng.choice(urls)
             try:
-                async with session.put(f"{rng.choice(urls)}/v1/kv/{key}", json={"value": str(n), "ttl": ttl}) as r:
+                if n % 25 == 0:
+                    async with session.delete(f"{url}/v1/kv", params={"prefix": TTL_PREFIX}) as r:
+                        await r.read()
+                    continue
+                async with session.put(f"{url}/v1/kv/{key}", json={"value": str(n), "ttl": ttl}) as r:
                     if r.status == 200:
                         acked.append((time.monotonic() + ttl, key))
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
                 pass  # a node down or cut off: the next put goes elsewhere
-            await asyncio.sleep(0.1)
+            finally:
+                await asyncio.sleep(0.1)
 
 
 async def _bank(urls: list[str], rng: random.Random, stop: asyncio.Event, bank: dict[str, Any]) -> None:
