@@ -144,6 +144,7 @@ async def run_txn(node: Node, body: dict) -> dict:
     if result.detail is None:
         raise BadRequest(f"transaction rejected: {result.error}")  # a stale client_id/seq
     compared, results = result.detail
+    node.counters["txn_succeeded" if result.ok else "txn_failed"] += 1
     branch = then if result.ok else otherwise
     return {"succeeded": result.ok, "revision": result.version,
             "compared": [{"key": c[0], "version": v} for c, v in zip(conditions, compared)],

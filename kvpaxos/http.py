@@ -378,6 +378,8 @@ async def delete_prefix(request: web.Request) -> web.Response:
             raise BadRequest(f"command rejected: {result.error}")
         deleted += int(result.value or 0)
         if result.error != "more":
+            node.counters["prefix_deletes"] += 1
+            node.counters["prefix_deleted_keys"] += deleted
             return web.json_response({"prefix": prefix, "deleted": deleted, "revision": result.version})
 
 

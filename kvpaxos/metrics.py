@@ -197,6 +197,13 @@ def render(node: Any, transport: Any) -> str:
     x.gauge("keys_with_ttl", "Keys put with a time to live, not yet expired.", len(node.kv.expiry))
     x.counter("keys_expired", "Keys deleted here because their time to live ran out.",
               c.get("keys_expired", 0))
+    for outcome in ("succeeded", "failed"):
+        x.counter("transactions", "Transactions (POST /v1/txn) this node answered, by whether their "
+                  "comparisons held.", c.get(f"txn_{outcome}", 0), {"outcome": outcome})
+    x.counter("prefix_deletes", "Prefix deletes (DELETE /v1/kv?prefix=) this node answered.",
+              c.get("prefix_deletes", 0))
+    x.counter("prefix_deleted_keys", "Keys deleted by the prefix deletes this node answered.",
+              c.get("prefix_deleted_keys", 0))
     watch = node.history.describe()
     x.gauge("watch_waiting", "Watch requests (GET /v1/watch) waiting for a change.", watch["waiting"])
     x.gauge("watch_history_changes", "Changes held for watches.", watch["changes"])

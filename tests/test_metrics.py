@@ -46,6 +46,8 @@ def test_metrics_parse_and_move_with_writes(nodes: Nodes) -> None:
         "kvpaxos_watch_waiting": "gauge", "kvpaxos_watch_history_changes": "gauge",
         "kvpaxos_watch_history_first": "gauge",
         "kvpaxos_keys_with_ttl": "gauge", "kvpaxos_keys_expired_total": "counter",
+        "kvpaxos_transactions_total": "counter", "kvpaxos_prefix_deletes_total": "counter",
+        "kvpaxos_prefix_deleted_keys_total": "counter",
     }
     for name, kind in expected_types.items():
         assert types.get(name) == kind, (name, types.get(name))
@@ -100,6 +102,17 @@ def test_metrics_parse_and_move_with_writes(nodes: Nodes) -> None:
         sample(before[leader], "kvpaxos_watch_history_changes") >= writes + 5
     assert sample(after[leader], "kvpaxos_watch_history_first") == 1
     assert sample(after[leader], "kvpaxos_watch_waiting") == 0
+
+    # Transactions and prefix deletes are counted where they were answered.
+    txn = {"if": [{"key": "key-0", "exists": True}], "then": [{"op": "put", "key": "t", "value": "1"}]}
+    for body in (txn, {**txn, "if": [{"key": "key-0", "exists": False}]}):
+        assert nodes.request(follower, "POST", "/v1/txn", body).status == 200
+    assert nodes.request(follower, "DELETE", "/v1/kv?prefix=direct-").status == 200
+    counted = parse_metrics(nodes.metrics(follower))[1]
+    assert sample(counted, "kvpaxos_transactions_total", outcome="succeeded") == 1
+    assert sample(counted, "kvpaxos_transactions_total", outcome="failed") == 1
+    assert sample(counted, "kvpaxos_prefix_deletes_total") == 1
+    assert sample(counted, "kvpaxos_prefix_deleted_keys_total") == 5
 
     # The followers' applied_slot gauges reach the leader's.
     target = sample(parse_metrics(nodes.metrics(current))[1], "kvpaxos_applied_slot")
