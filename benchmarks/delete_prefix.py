@@ -27,20 +27,12 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kvpaxos.bench.cluster import BenchCluster  # noqa: E402
-from kvpaxos.bench.stats import percentile  # noqa: E402
+from kvpaxos.bench.steady import SteadyPuts, latency_ms  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 BATCH = 1000
 PREFIX = "gone/"
 BEFORE_S = 1.0  # PUTs timed before the delete starts
-
-
-def latency_ms(values: list[float]) -> dict:
-    values = sorted(values)
-    if not values:
-        return {"count": 0}
-    return {"p50": round(percentile(values, 50), 3), "p99": round(percentile(values, 99), 3),
-            "max": round(values[-1], 3), "count": len(values)}
 
 
 async def run(cluster: BenchCluster, keys: int, rate: float) -> dict:
@@ -52,26 +44,8 @@ async def run(cluster: BenchCluster, keys: int, rate: float) -> dict:
             async with session.post(f"{leader_url}/v1/batch", json={"ops": ops}) as r:
                 if r.status != 200:
                     raise RuntimeError(f"batch answered {r.status}: {await r.text()}")
-        latencies: list[tuple[float, float]] = []  # (sent at, ms)
-        stop = asyncio.Event()
-
-        async def put(n: int) -> None:
-            began = time.perf_counter()
-            async with session.put(f"{leader_url}/v1/kv/other", json={"value": f"v{n}"}) as r:
-                await r.read()
-                if r.status != 200:
-                    raise RuntimeError(f"PUT answered {r.status}")
-            latencies.append((began, (time.perf_counter() - began) * 1e3))
-
-        async def writer() -> None:
-            n, t0, puts = 0, time.perf_counter(), []
-            while not stop.is_set():
-                await asyncio.sleep(max(0.0, t0 + n / rate - time.perf_counter()))
-                puts.append(asyncio.create_task(put(n)))
-                n += 1
-            await asyncio.gather(*puts)
-
-        writing = asyncio.create_task(writer())
+        writes = SteadyPuts(session, leader_url, rate, keys=1)
+        writes.start()
         await asyncio.sleep(BEFORE_S)
         began = time.perf_counter()
         async with session.delete(f"{leader_url}/v1/kv", params={"prefix": PREFIX}) as r:
@@ -79,16 +53,15 @@ async def run(cluster: BenchCluster, keys: int, rate: float) -> dict:
             if r.status != 200:
                 raise RuntimeError(f"the delete answered {r.status}: {answer}")
         ended = time.perf_counter()
-        stop.set()
-        await writing
+        await writes.stop()
         left = {}
         for url in cluster.urls:
             async with session.get(f"{url}/v1/kv", params={"prefix": PREFIX, "limit": "1"}) as r:  # linearizable
                 left[url] = len((await r.json())["items"])
     return {"keys": keys, "rate": rate, "deleted": answer["deleted"], "took_ms": round((ended - began) * 1e3, 1),
             "keys_left_on_nodes_after": left,
-            "write_ms_before": latency_ms([ms for at, ms in latencies if at < began]),
-            "write_ms_while_deleting": latency_ms([ms for at, ms in latencies if began <= at <= ended])}
+            "write_ms_before": latency_ms(writes.between(0.0, began)),
+            "write_ms_while_deleting": latency_ms(writes.between(began, ended))}
 
 
 def main(argv: list[str] | None = None) -> None:

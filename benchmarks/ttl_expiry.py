@@ -30,19 +30,11 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kvpaxos.bench.cluster import BenchCluster  # noqa: E402
-from kvpaxos.bench.stats import percentile  # noqa: E402
+from kvpaxos.bench.steady import SteadyPuts, latency_ms  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 BATCH = 1000
 PREFIX = "exp/"
-
-
-def summarize(ms: list[float]) -> dict:
-    values = sorted(ms)
-    if not values:
-        return {"count": 0}
-    return {"p50": round(percentile(values, 50), 3), "p99": round(percentile(values, 99), 3),
-            "max": round(values[-1], 3), "count": len(values)}
 
 
 async def count_left(session: aiohttp.ClientSession, url: str) -> int:
@@ -66,27 +58,8 @@ async def run(cluster: BenchCluster, keys: int, ttl_s: float, rate: float) -> di
         last_deadline = time.perf_counter() + ttl_s
         if time.perf_counter() > deadline:
             raise RuntimeError(f"loading {keys} keys took longer than their ttl ({ttl_s:g} s): give a longer --ttl")
-        latencies: list[tuple[float, float]] = []  # (sent at, ms)
-
-        async def put(n: int) -> None:
-            began = time.perf_counter()
-            async with session.put(f"{leader_url}/v1/kv/w{n % 100}", json={"value": f"v{n}"}) as r:
-                await r.read()
-                if r.status != 200:
-                    raise RuntimeError(f"PUT answered {r.status}")
-            latencies.append((began, (time.perf_counter() - began) * 1e3))
-
-        stop = asyncio.Event()
-
-        async def writer() -> None:
-            n, t0, puts = 0, time.perf_counter(), []
-            while not stop.is_set():
-                await asyncio.sleep(max(0.0, t0 + n / rate - time.perf_counter()))
-                puts.append(asyncio.create_task(put(n)))
-                n += 1
-            await asyncio.gather(*puts)
-
-        writing = asyncio.create_task(writer())
+        writes = SteadyPuts(session, leader_url, rate)
+        writes.start()
         gone_at = None
         give_up = last_deadline + 60
         while time.perf_counter() < give_up:
@@ -94,18 +67,17 @@ async def run(cluster: BenchCluster, keys: int, ttl_s: float, rate: float) -> di
             if time.perf_counter() >= deadline and await count_left(session, leader_url) == 0:
                 gone_at = time.perf_counter()
                 break
-        stop.set()
-        await writing
+        await writes.stop()
         if gone_at is None:
             raise RuntimeError("keys still left 60 s after their deadline")
         left_elsewhere = {u: await count_left(session, u) for u in cluster.urls}
-    before = [ms for at, ms in latencies if at < deadline - 0.1]
-    during = [ms for at, ms in latencies if deadline <= at <= gone_at]
+    before = writes.between(0.0, deadline - 0.1)
+    during = writes.between(deadline, gone_at)
     return {"keys": keys, "ttl_s": ttl_s, "rate": rate,
             "gone_after_last_deadline_ms": round(max(0.0, gone_at - last_deadline) * 1e3, 1),
             "gone_after_first_deadline_ms": round((gone_at - deadline) * 1e3, 1),
             "keys_left_on_nodes_after": left_elsewhere,
-            "write_ms_before": summarize(before), "write_ms_while_expiring": summarize(during)}
+            "write_ms_before": latency_ms(before), "write_ms_while_expiring": latency_ms(during)}
 
 
 def main(argv: list[str] | None = None) -> None:
