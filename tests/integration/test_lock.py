@@ -10,6 +10,7 @@ Every wait has a deadline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -40,6 +42,18 @@ def endpoints(cluster: Cluster) -> list[str]:
 
 def fresh() -> str:
     return f"locks/{uuid.uuid4().hex[:10]}"
+
+
+@contextlib.contextmanager
+def frozen(cluster: Cluster) -> Iterator[None]:
+    """Every node stopped (SIGSTOP) for the block: the cluster out of reach, its sockets open."""
+    for proc in cluster.procs.values():
+        os.killpg(proc.pid, signal.SIGSTOP)  # its own process group (start_new_session)
+    try:
+        yield
+    finally:
+        for proc in cluster.procs.values():
+            os.killpg(proc.pid, signal.SIGCONT)
 
 
 def test_holders_never_overlap_and_tokens_grow(shared: Cluster) -> None:
@@ -132,14 +146,9 @@ def test_held_ends_a_ttl_after_the_last_refresh_sent_while_the_cluster_is_out_of
         time.sleep(0.7)  # a refresh or two
         assert lock.held
         frozen_at = time.monotonic()
-        for proc in shared.procs.values():
-            os.killpg(proc.pid, signal.SIGSTOP)  # its own process group (start_new_session)
-        try:
+        with frozen(shared):
             time.sleep(max(0.0, frozen_at + ttl - time.monotonic()))
             assert not lock.held
-        finally:
-            for proc in shared.procs.values():
-                os.killpg(proc.pid, signal.SIGCONT)
         lock.release()
     shared.wait_for_leader()
 
@@ -151,15 +160,10 @@ def test_an_acquire_answered_late_refreshes_before_it_returns(shared: Cluster) -
     key = fresh()
     with Client(endpoints(shared), timeout_s=10) as kv:
         lock = kv.lock(key, ttl_s=0.6)
-        for proc in shared.procs.values():
-            os.killpg(proc.pid, signal.SIGSTOP)
-        try:
-            taker = threading.Thread(target=lock.acquire)
+        taker = threading.Thread(target=lock.acquire)
+        with frozen(shared):
             taker.start()
             time.sleep(1.0)
-        finally:
-            for proc in shared.procs.values():
-                os.killpg(proc.pid, signal.SIGCONT)
         taker.join(timeout=30)
         assert not taker.is_alive() and lock.token is not None
         assert lock.held
@@ -174,8 +178,6 @@ def test_an_acquire_answered_after_its_timeout_gives_the_key_back(shared: Cluste
     key = fresh()
     with Client(endpoints(shared), timeout_s=10) as kv:
         lock = kv.lock(key, ttl_s=2.4, timeout_s=0.5)  # an answer after 0.8 s is late
-        for proc in shared.procs.values():
-            os.killpg(proc.pid, signal.SIGSTOP)
         failed: list[BaseException] = []
 
         def take() -> None:
@@ -183,13 +185,10 @@ def test_an_acquire_answered_after_its_timeout_gives_the_key_back(shared: Cluste
                 lock.acquire()
             except BaseException as exc:  # noqa: BLE001 - looked at below
                 failed.append(exc)
-        try:
-            taker = threading.Thread(target=take)
+        taker = threading.Thread(target=take)
+        with frozen(shared):
             taker.start()
             time.sleep(1.2)
-        finally:
-            for proc in shared.procs.values():
-                os.killpg(proc.pid, signal.SIGCONT)
         taker.join(timeout=30)
         assert len(failed) == 1 and isinstance(failed[0], LockTimeout), failed
         assert not lock.held and shared.get(1, key).status == 404
