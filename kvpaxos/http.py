@@ -51,7 +51,7 @@ LIST_PAGE_CHARS = 4 * 1024 * 1024
 KEY_PATH = "/v1/kv/"
 SNAPSHOT_CHUNK_BYTES = 256 * 1024
 # Keys a prefix delete deletes a slot: about 0.6 ms of each node's loop. Rounds of 1,000
-# held the writes of the moment four times as long (benchmarks/README.md, "Deleting a prefix").
+# held the writes of the moment more than twice as long (benchmarks/README.md, "Deleting a prefix").
 DELETE_PREFIX_ROUND = 250
 CLIENT_GONE = 499  # the status of an answer to a client that hung up (logged, never sent)
 
