@@ -813,7 +813,9 @@ class Node:
                 future.set_result(None)
 
     def _apply_slot(self, slot: int, batch: Batch) -> None:
-        size = 0
+        # The log's bytes for the snapshot schedule: the slot's own commands, not the
+        # changes applying them made (a transaction's writes, keys expired).
+        size = sum(cmd.size_bytes() for cmd in batch.commands)
         waiters = self._waiters
         applied = self.kv.apply(slot, batch)
         if self.kv.last_expired:  # keys whose time to live ran out at this slot
@@ -822,7 +824,6 @@ class Node:
             entry = waiters.pop(cmd.cmd_id, None)
             if entry is not None:
                 entry[0].resolve(entry[1], result)
-            size += cmd.size_bytes()
         self.history.record_applied(applied)
         self.snapshots.applied(slot, size)
         for cmd_id in self._slot_waiters.pop(slot, ()):

@@ -323,3 +323,30 @@ def test_a_slot_carries_the_clock_of_its_forming_not_of_the_last_tick(tmp_path) 
 
     for asked_ms, stamped_ms in asyncio.run(main()):
         assert stamped_ms >= asked_ms, (asked_ms, stamped_ms)
+
+
+def test_the_snapshot_schedule_counts_a_slots_commands_not_the_changes_they_make(tmp_path) -> None:
+    """A transaction's writes are in its one command's value: its slot adds that command's
+    bytes to what the log holds since the last snapshot, not those bytes and its writes'
+    again (snapshots would come early, and compaction would keep too little)."""
+    from kvpaxos.core import txn as txns
+    from kvpaxos.core.commands import TXN
+
+    async def main() -> None:
+        config = NodeConfig(1, {1: ("127.0.0.1", free_ports(1)[0])}, str(tmp_path), election_ticks=2)
+        node = Node(config, SqliteStorage(str(tmp_path), 1), fresh=True)
+        await node.start()
+        try:
+            async with asyncio.timeout(20):
+                while node.replica.role is not Role.LEADER:
+                    await asyncio.sleep(0.02)
+            writes = [Command(PUT, f"k{i}", "v" * 1000) for i in range(8)]
+            t = Command(TXN, "t", txns.encode([], writes, []), cmd_id="t.1")
+            before = node.snapshots.applied_bytes
+            result = await node.submit(t)
+            assert result.ok and node.kv.data["k7"][0] == "v" * 1000
+            assert node.snapshots.applied_bytes - before == t.size_bytes()
+        finally:
+            await node.stop()
+
+    asyncio.run(main())
