@@ -2,8 +2,8 @@
 
 Pick a server by number (`server 2`) and every command goes through that one
 node, so you can watch any node accept any request; `server any` goes back to
-all of them with failover. Commands: put, refresh, get, delete, cas, list, status,
-members, server, servers, help, quit. Arguments follow shell quoting (`put k "a b"`).
+all of them with failover. Commands: put, refresh, get, delete, cas, txn, list,
+watch, status, members, server, servers, help, quit. Arguments follow shell quoting (`put k "a b"`).
 
 With a terminal, the prompt has line editing and history (readline, kept in
 ~/.kv_history). With piped input there is no prompt or banner, only the
@@ -39,8 +39,12 @@ HELP = {
     "put": ("put KEY VALUE [TTL]", "set KEY to VALUE (deleted TTL seconds later, if given); prints the new version"),
     "refresh": ("refresh KEY TTL", "delete KEY TTL seconds from now unless put or refreshed again; its value stays"),
     "get": ("get KEY", "print KEY's value and version (a linearizable read)"),
-    "delete": ("delete KEY", "delete KEY (also: del, rm)"),
+    "delete": ("delete KEY | delete --prefix PREFIX", "delete KEY, or every key under PREFIX (also: del, rm)"),
     "cas": ("cas KEY OLD NEW", "set KEY to NEW only if its value is OLD"),
+    "txn": ("txn [if COND...] [then WRITE...] [else WRITE...]",
+            "compare keys, then run the `then` writes if every comparison holds, else the `else` ones, "
+            "all at once; COND: KEY version N (0: absent) | KEY value V | KEY exists | KEY missing; "
+            "WRITE: put KEY VALUE | delete KEY"),
     "list": ("list [PREFIX] [LIMIT]", "keys and values in key order (also: ls)"),
     "watch": ("watch [PREFIX] [COUNT]", "print the next COUNT changes (10) to keys under PREFIX as they "
               "are applied, with their revisions; Ctrl-C stops"),
@@ -56,6 +60,51 @@ ALIASES = {"del": "delete", "rm": "delete", "ls": "list", "exit": "quit", "?": "
 
 class ShellError(Exception):
     """A command failed; the message is shown as one `error: ...` line."""
+
+
+TXN_USAGE = "usage: " + HELP["txn"][0] + "; type `help txn`"
+
+
+def parse_txn(words: list[str]) -> tuple[list[dict], list[dict], list[dict]]:
+    """`txn`'s words as the comparisons and the two lists of writes of POST /v1/txn:
+
+        if a version 3 b value x c missing then put a 1 delete b else put log failed
+    """
+    sections: dict[str, list[dict]] = {"if": [], "then": [], "else": []}
+    order = ["if", "then", "else"]
+    if not words or words[0] not in sections:
+        raise ShellError(TXN_USAGE)
+    i, section = 0, ""
+    while i < len(words):
+        word = words[i]
+        if word in sections and (not section or order.index(word) > order.index(section)):
+            section, i = word, i + 1
+            continue
+        rest = words[i:]
+        if section == "if":
+            if len(rest) >= 2 and rest[1] in ("exists", "missing"):
+                sections["if"].append({"key": rest[0], "exists": rest[1] == "exists"})
+                i += 2
+            elif len(rest) >= 3 and rest[1] == "version":
+                if not rest[2].isdigit():
+                    raise ShellError(f"a version must be a whole number, not {rest[2]!r}")
+                sections["if"].append({"key": rest[0], "version": int(rest[2])})
+                i += 3
+            elif len(rest) >= 3 and rest[1] == "value":
+                sections["if"].append({"key": rest[0], "value": rest[2]})
+                i += 3
+            else:
+                raise ShellError(f"cannot read a comparison at {' '.join(rest[:3])!r}: "
+                                 "KEY version N | KEY value V | KEY exists | KEY missing")
+        elif rest[0] == "put" and len(rest) >= 3:
+            sections[section].append({"op": "put", "key": rest[1], "value": rest[2]})
+            i += 3
+        elif rest[0] == "delete" and len(rest) >= 2:
+            sections[section].append({"op": "delete", "key": rest[1]})
+            i += 2
+        else:
+            raise ShellError(f"cannot read a write at {' '.join(rest[:3])!r}: put KEY VALUE | delete KEY")
+    return sections["if"], sections["then"], sections["else"]
 
 
 @dataclass
@@ -217,9 +266,29 @@ class Shell:
         self.out(f"{json.dumps(entry.value, ensure_ascii=False)} (version {entry.version}{expires})")
 
     def do_delete(self, args: list[str]) -> None:
+        if args and args[0] == "--prefix":
+            self._arity("delete", args, 2, 2)
+            prefix = args[1]
+            count = self._call(None, lambda kv: kv.delete_prefix(prefix))
+            self.out(f"OK (deleted {count} key{'' if count == 1 else 's'})")
+            return
         self._arity("delete", args, 1, 1)
         self._call(args[0], lambda kv: kv.delete(args[0]))
         self.out("OK (deleted)")
+
+    def do_txn(self, args: list[str]) -> None:
+        compare, then, otherwise = parse_txn(args)
+        result = self._call(None, lambda kv: kv.txn(compare, then, otherwise))
+        ran = "then" if result.succeeded else "else"
+        self.out(f"{'succeeded' if result.succeeded else 'did not hold'}: the {ran} writes ran "
+                 f"(revision {result.revision})")
+        for key, version in result.versions.items():
+            self.out(f"  {key}\twas at version {version}" if version else f"  {key}\twas absent")
+        for r in result.results:
+            done = f"version {r['version']}" if r.get("ok") else str(r.get("error"))
+            self.out(f"  {r.get('op')} {r.get('key')}\t{done}")
+        if not result.succeeded:
+            raise ShellError("the comparisons did not hold: the else writes ran")
 
     def do_cas(self, args: list[str]) -> None:
         self._arity("cas", args, 3, 3)

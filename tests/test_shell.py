@@ -188,3 +188,40 @@ def test_watch_prints_the_next_changes_as_they_are_applied(cluster):
     assert out.splitlines() == [f"{put.body['version']}\tput\t{prefix}a\t\"one two\"",
                                 f"{deleted.body['version']}\tdelete\t{prefix}a"], (out, err)
     assert "error: COUNT must be a number from 1 to 10000" in err
+
+
+def test_a_transaction_and_a_prefix_delete_through_one_server(cluster):
+    """`txn` with both outcomes, through a follower; `delete --prefix`; bad txn words."""
+    leader = cluster.wait_for_leader()
+    follower = next(i for i in cluster.ids if i != leader)
+    p = f"shell-txn-{time.monotonic_ns()}/"
+    a = cluster.put(leader, p + "a", "10").body["version"]
+    result = kv_shell(cluster, "\n".join([
+        f"server {follower}",
+        f"txn if {p}a version {a} {p}b missing then put {p}a 5 put {p}b 5 else put {p}log lost",
+        f"txn if {p}a version {a} then put {p}a 0 else put {p}log 'moved meanwhile' delete {p}nothing",
+        f"txn if {p}a value 5 {p}b exists",  # comparisons alone: a read of their versions
+        f"txn if {p}a version three",
+        f"txn then get {p}a",
+        "txn",
+        f"delete --prefix {p}",
+        f"delete --prefix {p}",
+        "delete --prefix",
+    ]) + "\n")
+    out, err = result.stdout, result.stderr
+    assert result.returncode == 1, (out, err)
+    lines = out.splitlines()
+    first = lines.index(next(line for line in lines if line.startswith("succeeded")))
+    assert lines[first + 1] == f"  {p}a\twas at version {a}" and lines[first + 2] == f"  {p}b\twas absent"
+    assert lines[first + 3].startswith(f"  put {p}a\tversion ") and lines[first + 4].startswith(f"  put {p}b\tversion ")
+    second = lines[first + 5]
+    assert second.startswith("did not hold: the else writes ran"), (out, err)
+    assert lines[first + 8] == f"  delete {p}nothing\tnot_found"
+    assert lines[first + 9].startswith("succeeded: the then writes ran")
+    assert err.count("error: the comparisons did not hold: the else writes ran") == 1, err
+    assert "error: a version must be a whole number, not 'three'" in err
+    assert f"error: cannot read a write at 'get {p}a': put KEY VALUE | delete KEY" in err
+    assert "error: usage: txn [if COND...]" in err
+    assert "OK (deleted 3 keys)" in out and "OK (deleted 0 keys)" in out  # a, b and log
+    assert "error: usage: delete KEY | delete --prefix PREFIX" in err
+    assert cluster.get(leader, p + "a").status == 404
