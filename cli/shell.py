@@ -436,7 +436,8 @@ def _setup_readline() -> Callable[[], None]:
 @click.pass_context
 def shell(ctx: click.Context, server: int | None, endpoints: str | None, data_dir: str | None,
           timeout: float | None) -> None:
-    """Interactive prompt: pick a server number, then put/get/delete/cas/list/status."""
+    """Interactive prompt: pick a server number, then put/get/delete/cas/txn/list/watch/status
+    (`help` at the prompt lists every command)."""
     root = ctx.find_root().params
     sh = Shell(endpoints=endpoints or root.get("endpoints"),
                data_dir=data_dir or root.get("data_dir") or DEFAULT_DATA_DIR,
