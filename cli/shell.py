@@ -29,6 +29,7 @@ from kvpaxos.client import (
     BadRequest, Client, KvError, NotFound, OutcomeUnknown, PreconditionFailed, Unavailable,
 )
 from kvpaxos.core.commands import TTL_MS_MAX
+from kvpaxos.core.txn import CMPS
 
 HISTORY_FILE = "~/.kv_history"
 HISTORY_LENGTH = 1000
@@ -43,7 +44,8 @@ HELP = {
     "cas": ("cas KEY OLD NEW", "set KEY to NEW only if its value is OLD"),
     "txn": ("txn [if COND...] [then WRITE...] [else WRITE...]",
             "compare keys, then run the `then` writes if every comparison holds, else the `else` ones, "
-            "all at once; COND: KEY version N (0: absent) | KEY value V | KEY exists | KEY missing; "
+            "all at once; COND: KEY version [OP] N (0: absent) | KEY value [OP] V | KEY exists | KEY missing, "
+            "OP one of = != < > (=, if not given); "
             "WRITE: put KEY VALUE | delete KEY"),
     "list": ("list [PREFIX] [LIMIT]", "keys and values in key order (also: ls)"),
     "watch": ("watch [PREFIX] [COUNT]", "print the next COUNT changes (10) to keys under PREFIX as they "
@@ -69,6 +71,10 @@ def parse_txn(words: list[str]) -> tuple[list[dict], list[dict], list[dict]]:
     """`txn`'s words as the comparisons and the two lists of writes of POST /v1/txn:
 
         if a version 3 b value x c missing then put a 1 delete b else put log failed
+        if a version < 9 b value != x then delete a
+
+    An operator word (= != < >) after version or value is one when a word other than
+    then or else follows it: `KEY value = then ...` compares with the text "=".
     """
     sections: dict[str, list[dict]] = {"if": [], "then": [], "else": []}
     order = ["if", "then", "else"]
@@ -85,17 +91,17 @@ def parse_txn(words: list[str]) -> tuple[list[dict], list[dict], list[dict]]:
             if len(rest) >= 2 and rest[1] in ("exists", "missing"):
                 sections["if"].append({"key": rest[0], "exists": rest[1] == "exists"})
                 i += 2
-            elif len(rest) >= 3 and rest[1] == "version":
-                if not rest[2].isdigit():
-                    raise ShellError(f"a version must be a whole number, not {rest[2]!r}")
-                sections["if"].append({"key": rest[0], "version": int(rest[2])})
-                i += 3
-            elif len(rest) >= 3 and rest[1] == "value":
-                sections["if"].append({"key": rest[0], "value": rest[2]})
-                i += 3
+            elif len(rest) >= 3 and rest[1] in ("version", "value"):
+                has_op = rest[2] in CMPS and len(rest) >= 4 and rest[3] not in sections
+                cmp, arg = (rest[2], rest[3]) if has_op else ("=", rest[2])
+                if rest[1] == "version" and not arg.isdigit():
+                    raise ShellError(f"a version must be a whole number, not {arg!r}")
+                condition = {"key": rest[0], rest[1]: int(arg) if rest[1] == "version" else arg}
+                sections["if"].append(condition if cmp == "=" else {**condition, "cmp": cmp})
+                i += 4 if has_op else 3
             else:
                 raise ShellError(f"cannot read a comparison at {' '.join(rest[:3])!r}: "
-                                 "KEY version N | KEY value V | KEY exists | KEY missing")
+                                 "KEY version [OP] N | KEY value [OP] V | KEY exists | KEY missing")
         elif rest[0] == "put" and len(rest) >= 3:
             sections[section].append({"op": "put", "key": rest[1], "value": rest[2]})
             i += 3

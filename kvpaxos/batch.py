@@ -12,7 +12,8 @@ value would take them past it answers {"ok": false, "error": "answer_too_large"}
 instead (10,000 gets of a 1 MiB value made one 10 GiB answer otherwise).
 
 A transaction (POST /v1/txn) is all or nothing: comparisons of keys (a version,
-0 for absent; a value; whether the key exists), then the writes of `then` if
+0 for absent; a value; whether the key exists; equal unless "cmp" says "!=", "<"
+or ">"), then the writes of `then` if
 every comparison holds, else those of `else`, applied in one step of one slot
 (kvpaxos/core/txn.py). The answer says which branch ran, the compared keys'
 versions and the store's revision as of that step, and each write's result.
@@ -94,14 +95,19 @@ async def run_batch(node: Node, body: dict) -> dict:
 _TXN_FIELDS = {"if", "then", "else", "client_id", "seq"}
 
 
-def _comparison(i: int, c: Any) -> tuple[str, str, Any]:
+def _comparison(i: int, c: Any) -> tuple[str, str, Any, str]:
     where = f"if[{i}]"
     kinds = [k for k in txns.KINDS if k in c] if isinstance(c, dict) else []
-    if len(kinds) != 1 or set(c) != {"key", kinds[0]}:
-        raise BadRequest(f"{where} must be an object with a key and one of version, value or exists")
+    if len(kinds) != 1 or not {"key", kinds[0]} <= set(c) <= {"key", kinds[0], "cmp"}:
+        raise BadRequest(f"{where} must be an object with a key, one of version, value or exists, "
+                         "and optionally cmp")
     kind = kinds[0]
     arg = field(c, kind, {txns.VERSION: int, txns.VALUE: str, txns.EXISTS: bool}[kind], False, where)
-    return key_of(field(c, "key", str, optional=False, where=where)), kind, arg
+    cmp = c.get("cmp", txns.EQ)
+    if not txns.operator_fits(kind, cmp):
+        raise BadRequest(f"{where}.cmp must be " + ('"=" or "!=" for exists' if kind == txns.EXISTS
+                                                    else 'one of "=", "!=", "<" and ">"'))
+    return key_of(field(c, "key", str, optional=False, where=where)), kind, arg, cmp
 
 
 def _txn_write(branch: str, i: int, w: Any, value_max: int) -> Command:

@@ -314,6 +314,9 @@ class Client:
 
             kv.txn(compare=[{"key": "a", "version": 3}, {"key": "b", "exists": False}],
                    then=[{"op": "put", "key": "b", "value": "x"}, {"op": "delete", "key": "a"}])
+
+        A comparison is equality unless its "cmp" says "!=", "<" or ">":
+        {"key": "a", "version": 10, "cmp": "<"} holds while a is unchanged since revision 9.
         """
         return txn_result_from(self._write("POST", "/v1/txn", txn_body(compare, then, otherwise)))
 

@@ -431,9 +431,10 @@ class Simulation:
         if rng.random() >= self.faults.txn_rate:
             return cmd
         keys = [f"k{i}" for i in range(3)]
-        conditions = [(k, txns.VERSION, rng.randrange(6)) if rng.random() < 0.4 else
-                      (k, txns.EXISTS, rng.random() < 0.5) if rng.random() < 0.5 else
-                      (k, txns.VALUE, f"{c.name}-{c.seq - 1}") for k in rng.sample(keys, rng.randrange(3))]
+        conditions = [(k, txns.VERSION, rng.randrange(6), rng.choice(txns.CMPS)) if rng.random() < 0.4 else
+                      (k, txns.EXISTS, rng.random() < 0.5, rng.choice((txns.EQ, txns.NE))) if rng.random() < 0.5
+                      else (k, txns.VALUE, f"{c.name}-{c.seq - 1}", rng.choice(txns.CMPS))
+                      for k in rng.sample(keys, rng.randrange(3))]
 
         def writes(branch: str) -> list[Command]:
             return [Command(PUT, k, f"{c.name}-{c.seq}-{branch}", ttl_ms=1 + rng.randrange(_TTL_STEPS_MAX)

@@ -2,7 +2,8 @@
 
 A transaction is ONE command (op `txn`) whose value holds, as compact JSON:
 
-    {"if":   [[key, "version", n] | [key, "value", text] | [key, "exists", bool], ...],
+    {"if":   [[key, "version", n] | [key, "value", text] | [key, "exists", bool], ...]
+             (a fourth element "!=", "<" or ">" compares otherwise than equal),
      "then": [["put", key, value, ttl_ms or null] | ["delete", key, null, null], ...],
      "else": [...]}
 
@@ -12,6 +13,14 @@ are applied in order, else the `else` writes. No other command sees a state
 between them, on any replica, because each replica does the same at the same
 point of the log. Each write is a change of its own (the next revision), so
 watches see them one by one, with consecutive revisions.
+
+A comparison is equality unless its fourth element says "!=", "<" or ">" (as
+etcd's Compare results NOT_EQUAL, LESS, GREATER): a version compares as a
+number (0 for an absent key: `version > 0` is "exists"), a value as text in code
+point order (UTF-8 byte order); a value comparison of an absent key fails
+whatever its operator, as in etcd; `exists` takes "=" and "!=" only. The form
+with three elements is the only one nodes from before these operators read, so
+equality keeps it.
 
 The result (Result.detail) holds the versions the compared keys had (0: absent)
 and, per write applied, (ok, error, version): a delete of a missing key is
@@ -27,38 +36,57 @@ from kvpaxos.core.commands import DELETE, KEY_BYTES_MAX, PUT, TTL_MS_MAX, Comman
 
 VERSION, VALUE, EXISTS = "version", "value", "exists"
 KINDS = (VERSION, VALUE, EXISTS)
+EQ, NE, LT, GT = "=", "!=", "<", ">"
+CMPS = (EQ, NE, LT, GT)  # how a comparison compares: equal (the default), not equal, less, greater
 CONDITIONS_MAX = 64  # comparisons in one transaction
 WRITES_MAX = 128  # writes in each branch
 
 
 @dataclass(frozen=True, slots=True)
 class Txn:
-    conditions: tuple[tuple[str, str, Any], ...]
+    conditions: tuple[tuple[str, str, Any, str], ...]  # (key, kind, argument, operator)
     then: tuple[Command, ...]
     otherwise: tuple[Command, ...]
 
     def holds(self, data: dict[str, tuple[str, int]]) -> tuple[bool, tuple[int, ...]]:
         """Whether every comparison holds against data; the compared keys' versions."""
         ok, versions = True, []
-        for key, kind, arg in self.conditions:
+        for key, kind, arg, cmp in self.conditions:
             current = data.get(key)
             version = current[1] if current is not None else 0
             versions.append(version)
             if kind == VERSION:
-                ok = ok and version == arg
+                ok = ok and compare(version, cmp, arg)
             elif kind == VALUE:
-                ok = ok and current is not None and current[0] == arg
+                ok = ok and current is not None and compare(current[0], cmp, arg)
             else:
-                ok = ok and (current is not None) == arg
+                ok = ok and compare(current is not None, cmp, arg)
         return ok, tuple(versions)
 
 
-def encode(conditions: list[tuple[str, str, Any]], then: list[Command], otherwise: list[Command]) -> str:
-    """The command value for a transaction (its writes as put/delete Commands)."""
+def compare(have: Any, cmp: str, want: Any) -> bool:
+    if cmp == EQ:
+        return have == want
+    if cmp == NE:
+        return have != want
+    return have < want if cmp == LT else have > want
+
+
+def encode(conditions: list[tuple], then: list[Command], otherwise: list[Command]) -> str:
+    """The command value for a transaction: conditions as (key, kind, argument) or (key,
+    kind, argument, operator), the writes as put/delete Commands."""
+    def condition(c: tuple) -> list:
+        return list(c[:3]) if len(c) == 3 or c[3] == EQ else list(c)
+
     def writes(cmds: list[Command]) -> list[list]:
         return [[c.op, c.key, c.value, c.ttl_ms] for c in cmds]
-    return json.dumps({"if": [list(c) for c in conditions], "then": writes(then), "else": writes(otherwise)},
+    return json.dumps({"if": [condition(c) for c in conditions], "then": writes(then), "else": writes(otherwise)},
                       separators=(",", ":"), ensure_ascii=False)
+
+
+def operator_fits(kind: str, cmp: Any) -> bool:
+    """Whether a comparison of kind may use operator cmp (exists: equal or not only)."""
+    return cmp in (EQ, NE) if kind == EXISTS else cmp in CMPS
 
 
 def decode(text: str | None) -> Txn | None:
@@ -73,15 +101,15 @@ def decode(text: str | None) -> Txn | None:
     conditions, branches = doc["if"], (doc["then"], doc["else"])
     if not isinstance(conditions, list) or len(conditions) > CONDITIONS_MAX:
         return None
-    parsed: list[tuple[str, str, Any]] = []
+    parsed: list[tuple[str, str, Any, str]] = []
     for c in conditions:
-        if not (isinstance(c, list) and len(c) == 3 and _key(c[0]) and c[1] in KINDS):
+        if not (isinstance(c, list) and len(c) in (3, 4) and _key(c[0]) and c[1] in KINDS):
             return None
-        arg = c[2]
+        arg, cmp = c[2], c[3] if len(c) == 4 else EQ
         if not ((c[1] == VERSION and type(arg) is int and arg >= 0) or (c[1] == VALUE and type(arg) is str)
-                or (c[1] == EXISTS and type(arg) is bool)):
+                or (c[1] == EXISTS and type(arg) is bool)) or not operator_fits(c[1], cmp):
             return None
-        parsed.append((c[0], c[1], arg))
+        parsed.append((c[0], c[1], arg, cmp))
     out: list[tuple[Command, ...]] = []
     for branch in branches:
         if not isinstance(branch, list) or len(branch) > WRITES_MAX:

@@ -4,6 +4,7 @@ snapshots; and the wire's checks (kvpaxos/core/txn.py). Then prefix deletes, whi
 report their deletes the same way."""
 from __future__ import annotations
 
+import operator
 import random
 
 import pytest
@@ -78,7 +79,10 @@ def test_a_malformed_transaction_changes_nothing() -> None:
                   '{"if": [], "then": [["put", "a", 5, null]], "else": []}',
                   '{"if": [], "then": [["delete", "a", "v", null]], "else": []}',
                   '{"if": [["a", "version", -1]], "then": [], "else": []}',
-                  '{"if": [], "then": [["put", "", "v", null]], "else": []}'):
+                  '{"if": [], "then": [["put", "", "v", null]], "else": []}',
+                  '{"if": [["a", "version", 1, "<="]], "then": [], "else": []}',
+                  '{"if": [["a", "exists", true, "<"]], "then": [], "else": []}',
+                  '{"if": [["a", "value", "v", "!=", 1]], "then": [], "else": []}'):
         [(_, result)] = apply(s, Command(TXN, "t", value))
         assert result == Result(False, "bad_txn"), value
     assert s.revision == 1
@@ -96,16 +100,19 @@ def test_transactions_match_a_brute_force_model() -> None:
             arg = {"version": rng.choice([0, current[1] if current else 0, rng.randrange(1, 50)]),
                    "value": rng.choice(["x", current[0] if current else "y"]),
                    "exists": rng.random() < 0.5}[kind]
-            conditions.append((key, kind, arg))
+            cmp = rng.choice(txns.CMPS[:2] if kind == "exists" else txns.CMPS)
+            conditions.append((key, kind, arg) if cmp == "=" and rng.random() < 0.5 else (key, kind, arg, cmp))
 
         def writes() -> list[Command]:
             return [put(k, f"{step}") if rng.random() < 0.7 else Command(DELETE, k)
                     for k in rng.sample(keys, rng.randrange(4))]
         then, otherwise = writes(), writes()
         out = apply(s, txn(conditions, then, otherwise))
-        holds = all((model.get(k, (None, 0))[1] == a) if kind == "version" else
-                    (k in model and model[k][0] == a) if kind == "value" else ((k in model) == a)
-                    for k, kind, a in conditions)
+        ops = {"=": operator.eq, "!=": operator.ne, "<": operator.lt, ">": operator.gt}
+        holds = all(ops[c[3] if len(c) == 4 else "="](model.get(k, (None, 0))[1], a) if kind == "version" else
+                    k in model and ops[c[3] if len(c) == 4 else "="](model[k][0], a) if kind == "value" else
+                    ops[c[3] if len(c) == 4 else "="](k in model, a)
+                    for c in conditions for k, kind, a in [c[:3]])
         expected = []
         for w in then if holds else otherwise:
             if w.op == PUT:
@@ -200,3 +207,25 @@ def test_the_wire_checks_a_prefix_delete() -> None:
                 ["delete_prefix", "a/", str(DELETE_PREFIX_MAX + 1), None, None, None, 0, "x", 0]):
         with pytest.raises(WireError):
             codec.command_from_wire(bad)
+
+
+def test_comparisons_other_than_equality() -> None:
+    """!=, < and > on versions (0 for absent) and values (code point order); a value
+    comparison of an absent key fails whatever its operator; exists != is its negation.
+    Equality keeps the three-element form older nodes read."""
+    s = KVState()
+    apply(s, put("a", "m"), put("b", "m"))  # a at version 1, b at 2
+
+    def holds(*conditions: tuple) -> bool:
+        return apply(s, txn(conditions))[-1][1].ok
+
+    assert holds(("a", "version", 2, "<"), ("b", "version", 1, ">"), ("a", "version", 2, "!="))
+    assert not holds(("a", "version", 1, "<")) and not holds(("a", "version", 1, "!="))
+    assert holds(("gone", "version", 0, "=")) and not holds(("gone", "version", 0, ">"))
+    assert holds(("a", "value", "n", "<"), ("a", "value", "l", ">"), ("a", "value", "x", "!="))
+    assert holds(("a", "value", "\u00e9", "<"))  # code point order, as UTF-8 bytes sort
+    for cmp in txns.CMPS:
+        assert not holds(("gone", "value", "x", cmp))
+    assert holds(("gone", "exists", True, "!="), ("a", "exists", False, "!="))
+    assert txns.encode([("a", "version", 1, "=")], [], []) == txns.encode([("a", "version", 1)], [], [])
+    assert '["a","version",1,"<"]' in txns.encode([("a", "version", 1, "<")], [], [])

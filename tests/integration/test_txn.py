@@ -67,6 +67,26 @@ def test_the_comparisons_pick_the_branch_and_every_write_is_a_change(shared: Clu
         ("put", p + "b", revision - 1), ("delete", p + "a", revision)]
 
 
+def test_comparisons_other_than_equality_through_a_follower(shared: Cluster) -> None:
+    """"Not modified since revision R" for several keys: version < R+1 each; etcd's
+    Compare(ModRevision(k), "<", R+1)."""
+    p = fresh()
+    leader = shared.wait_for_leader()
+    follower = next(i for i in shared.ids if i != leader)
+    shared.put(leader, p + "a", "1")
+    read_at = shared.put(leader, p + "b", "1").body["version"]
+    body = {"if": [{"key": p + "a", "version": read_at + 1, "cmp": "<"},
+                   {"key": p + "b", "version": read_at + 1, "cmp": "<"},
+                   {"key": p + "b", "value": "0", "cmp": ">"},
+                   {"key": p + "c", "exists": True, "cmp": "!="}],
+            "then": [{"op": "put", "key": p + "c", "value": "done"}]}
+    assert txn(shared, follower, body)["succeeded"] is True
+    shared.put(leader, p + "a", "2")  # moved since the read: the same transaction fails now
+    body["if"] = body["if"][:2]
+    answer = txn(shared, follower, body)
+    assert answer["succeeded"] is False and answer["compared"][0]["version"] > read_at
+
+
 def test_a_retried_transaction_is_applied_once(shared: Cluster) -> None:
     p = fresh()
     leader = shared.wait_for_leader()
@@ -173,6 +193,10 @@ def test_a_transaction_outlives_a_restart_of_every_node(make_cluster) -> None:
     ({"if": [{"key": "a", "exists": "yes"}]}, 400, "bad_request"),
     ({"if": [{"key": "", "exists": True}]}, 400, "invalid_key"),
     ({"if": "a"}, 400, "bad_request"),
+    ({"if": [{"key": "a", "version": 1, "cmp": "<="}]}, 400, "bad_request"),
+    ({"if": [{"key": "a", "exists": True, "cmp": ">"}]}, 400, "bad_request"),
+    ({"if": [{"key": "a", "value": "x", "cmp": ["<"]}]}, 400, "bad_request"),
+    ({"if": [{"key": "a", "cmp": "<"}]}, 400, "bad_request"),
     ({"then": [{"op": "cas", "key": "a", "value": "x"}]}, 400, "bad_request"),
     ({"then": [{"op": "put", "key": "a"}]}, 400, "bad_request"),  # no value
     ({"then": [{"op": "delete", "key": "a", "value": "x"}]}, 400, "bad_request"),

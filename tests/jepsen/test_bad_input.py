@@ -421,7 +421,12 @@ def test_fuzz_transactions(live):
         good_comparison, good_comparison, good_comparison,
         st.fixed_dictionaries({"key": some_key, "version": st.integers(-1, 5) | json_values}),
         st.fixed_dictionaries({"key": some_key, "exists": st.booleans() | json_values}),
-        st.dictionaries(st.sampled_from(["key", "version", "value", "exists", "x"]), json_values, max_size=3))
+        st.fixed_dictionaries({"key": good_key, "version": st.integers(0, 3)},
+                              optional={"cmp": st.sampled_from(["!=", "<", ">", "<=", "=="]) | json_values}),
+        st.fixed_dictionaries({"key": good_key, "exists": st.booleans()},
+                              optional={"cmp": st.sampled_from(["=", "!=", ">"])}),
+        st.dictionaries(st.sampled_from(["key", "version", "value", "exists", "cmp", "x"]), json_values,
+                        max_size=3))
     good_write = st.one_of(st.fixed_dictionaries({"op": st.just("put"), "key": good_key,
                                                   "value": st.sampled_from(["1", "2"])}),
                            st.fixed_dictionaries({"op": st.just("delete"), "key": good_key}))
