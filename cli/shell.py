@@ -46,7 +46,7 @@ HELP = {
             "compare keys, then run the `then` writes if every comparison holds, else the `else` ones, "
             "all at once; COND: KEY version [OP] N (0: absent) | KEY value [OP] V | KEY exists | KEY missing, "
             "OP one of = != < > (=, if not given); "
-            "WRITE: put KEY VALUE | delete KEY"),
+            "WRITE: put KEY VALUE | delete KEY | get KEY (as the writes before it left it)"),
     "list": ("list [PREFIX] [LIMIT]", "keys and values in key order (also: ls)"),
     "watch": ("watch [PREFIX] [COUNT]", "print the next COUNT changes (10) to keys under PREFIX as they "
               "are applied, with their revisions; Ctrl-C stops"),
@@ -105,11 +105,11 @@ def parse_txn(words: list[str]) -> tuple[list[dict], list[dict], list[dict]]:
         elif rest[0] == "put" and len(rest) >= 3:
             sections[section].append({"op": "put", "key": rest[1], "value": rest[2]})
             i += 3
-        elif rest[0] == "delete" and len(rest) >= 2:
-            sections[section].append({"op": "delete", "key": rest[1]})
+        elif rest[0] in ("delete", "get") and len(rest) >= 2:
+            sections[section].append({"op": rest[0], "key": rest[1]})
             i += 2
         else:
-            raise ShellError(f"cannot read a write at {' '.join(rest[:3])!r}: put KEY VALUE | delete KEY")
+            raise ShellError(f"cannot read a write at {' '.join(rest[:3])!r}: put KEY VALUE | delete KEY | get KEY")
     return sections["if"], sections["then"], sections["else"]
 
 
@@ -292,6 +292,8 @@ class Shell:
             self.out(f"  {key}\twas at version {version}" if version else f"  {key}\twas absent")
         for r in result.results:
             done = f"version {r['version']}" if r.get("ok") else str(r.get("error"))
+            if r.get("ok") and r.get("op") == "get":
+                done = f"{json.dumps(r.get('value'), ensure_ascii=False)} ({done})"
             self.out(f"  {r.get('op')} {r.get('key')}\t{done}")
         if not result.succeeded:
             raise ShellError("the comparisons did not hold: the else writes ran")

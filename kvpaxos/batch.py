@@ -15,7 +15,7 @@ A transaction (POST /v1/txn) is all or nothing: comparisons of keys (a version,
 0 for absent; a value; whether the key exists; equal unless "cmp" says "!=", "<"
 or ">"), then the writes of `then` if
 every comparison holds, else those of `else`, applied in one step of one slot
-(kvpaxos/core/txn.py). The answer says which branch ran, the compared keys'
+(kvpaxos/core/txn.py); a branch may also get keys, as its writes before left them. The answer says which branch ran, the compared keys'
 versions and the store's revision as of that step, and each write's result.
 """
 from __future__ import annotations
@@ -112,8 +112,8 @@ def _comparison(i: int, c: Any) -> tuple[str, str, Any, str]:
 
 def _txn_write(branch: str, i: int, w: Any, value_max: int) -> Command:
     where = f"{branch}[{i}]"
-    if not isinstance(w, dict) or w.get("op") not in ("put", "delete"):
-        raise BadRequest(f"{where} must be an object with op put or delete")
+    if not isinstance(w, dict) or w.get("op") not in ("put", "delete", "get"):
+        raise BadRequest(f"{where} must be an object with op put, delete or get")
     put = w["op"] == "put"
     if set(w) - ({"op", "key", "value", "ttl"} if put else {"op", "key"}):
         raise BadRequest(f"{where}: a {w['op']} takes " + ("a key, a value and a ttl" if put else "a key only"))
@@ -121,7 +121,8 @@ def _txn_write(branch: str, i: int, w: Any, value_max: int) -> Command:
     value = field(w, "value", str, not put, where)
     if value is not None and len(value.encode("utf-8")) > value_max:
         raise ValueTooLarge(f"{where}.value exceeds {value_max} bytes")
-    return Command(PUT if put else DELETE, key, value, ttl_ms=ttl_field(w, put, where))
+    return Command({"put": PUT, "delete": DELETE, "get": txns.GET}[w["op"]], key, value,
+                   ttl_ms=ttl_field(w, put, where))
 
 
 def _listed(body: dict, name: str, most: int) -> list:
@@ -141,7 +142,7 @@ async def run_txn(node: Node, body: dict) -> dict:
     otherwise = [_txn_write("else", i, w, value_max) for i, w in enumerate(_listed(body, "else", txns.WRITES_MAX))]
     keys = [c[0] for c in conditions] + [w.key for w in then + otherwise]
     if not keys:
-        raise BadRequest("a transaction needs at least one comparison or write")
+        raise BadRequest("a transaction needs at least one comparison, write or get")
     client_id, seq = identity(body)
     value = txns.encode(conditions, then, otherwise)
     if len(value.encode("utf-8")) > VALUE_BYTES_MAX:
@@ -154,5 +155,13 @@ async def run_txn(node: Node, body: dict) -> dict:
     branch = then if result.ok else otherwise
     return {"succeeded": result.ok, "revision": result.version,
             "compared": [{"key": c[0], "version": v} for c, v in zip(conditions, compared)],
-            "results": [{"op": w.op, "key": w.key, "ok": ok, **({"version": version} if ok else {"error": error})}
-                        for w, (ok, error, version) in zip(branch, results)]}
+            "results": [_txn_result(w, r) for w, r in zip(branch, results)]}
+
+
+def _txn_result(w: Command, r: tuple) -> dict:
+    """One write's (or get's) result in a transaction's answer."""
+    ok, error, version = r[:3]
+    out = {"op": w.op, "key": w.key, "ok": ok, **({"version": version} if ok else {"error": error})}
+    if ok and w.op == txns.GET:
+        out["value"] = r[3]
+    return out

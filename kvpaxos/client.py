@@ -127,7 +127,8 @@ class TxnResult:
     """What a transaction did: whether every comparison held (then `then` ran, else
     `otherwise`), the store's revision as of that step, the version each compared key
     had then (0: absent), and one result per write that ran: {"op", "key", "ok", and
-    "version" or "error"} (a delete of a missing key: ok False, error not_found)."""
+    "version" or "error"} (a delete of a missing key: ok False, error not_found); a
+    get's has the "value" too."""
     succeeded: bool
     revision: int
     versions: dict[str, int]
@@ -315,6 +316,7 @@ class Client:
             kv.txn(compare=[{"key": "a", "version": 3}, {"key": "b", "exists": False}],
                    then=[{"op": "put", "key": "b", "value": "x"}, {"op": "delete", "key": "a"}])
 
+        A branch may also read: {"op": "get", "key": "a"} gets a as the writes before it left it.
         A comparison is equality unless its "cmp" says "!=", "<" or ">":
         {"key": "a", "version": 10, "cmp": "<"} holds while a is unchanged since revision 9.
         """

@@ -168,7 +168,8 @@ def refresh_body(ttl: float, if_value: str | None, if_version: int | None) -> di
 def txn_body(compare: Any, then: Any, otherwise: Any) -> dict[str, Any]:
     """POST /v1/txn's body: comparisons ({"key", and "version", "value" or "exists", and
     optionally "cmp": "=", "!=", "<" or ">"}) and
-    the two lists of writes ({"op": "put", "key", "value"[, "ttl"]} or {"op": "delete", "key"})."""
+    the two lists of writes ({"op": "put", "key", "value"[, "ttl"]} or {"op": "delete", "key"})
+    and gets ({"op": "get", "key"})."""
     return {"if": [dict(c) for c in compare], "then": [dict(w) for w in then], "else": [dict(w) for w in otherwise]}
 
 

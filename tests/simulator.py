@@ -438,8 +438,9 @@ class Simulation:
 
         def writes(branch: str) -> list[Command]:
             return [Command(PUT, k, f"{c.name}-{c.seq}-{branch}", ttl_ms=1 + rng.randrange(_TTL_STEPS_MAX)
-                            if rng.random() < self.faults.ttl_rate else None) if rng.random() < 0.7 else
-                    Command(DELETE, k) for k in rng.sample(keys, rng.randrange(3))]
+                            if rng.random() < self.faults.ttl_rate else None) if rng.random() < 0.6 else
+                    Command(DELETE, k) if rng.random() < 0.6 else Command(txns.GET, k)
+                    for k in rng.sample(keys, rng.randrange(3))]
         return Command(TXN, keys[0], txns.encode(conditions, writes("then"), writes("else")),
                        client_id=c.name, seq=c.seq)
 

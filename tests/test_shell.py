@@ -202,8 +202,9 @@ def test_a_transaction_and_a_prefix_delete_through_one_server(cluster):
         f"txn if {p}a version {a} then put {p}a 0 else put {p}log 'moved meanwhile' delete {p}nothing",
         f"txn if {p}a value != 4 {p}b version > 0",  # comparisons alone: a read of their versions
         f"txn if {p}a version three",
-        f"txn then get {p}a",
+        f"txn then read {p}a",
         "txn",
+        f"txn then put {p}a 6 get {p}a get {p}missing",
         f"delete --prefix {p}",
         f"delete --prefix {p}",
         "delete --prefix",
@@ -220,7 +221,9 @@ def test_a_transaction_and_a_prefix_delete_through_one_server(cluster):
     assert lines[first + 9].startswith("succeeded: the then writes ran")
     assert err.count("error: the comparisons did not hold: the else writes ran") == 1, err
     assert "error: a version must be a whole number, not 'three'" in err
-    assert f"error: cannot read a write at 'get {p}a': put KEY VALUE | delete KEY" in err
+    assert f"error: cannot read a write at 'read {p}a': put KEY VALUE | delete KEY | get KEY" in err
+    assert any(line.startswith(f"  get {p}a\t\"6\" (version ") for line in lines), out
+    assert f"  get {p}missing\tnot_found" in lines
     assert "error: usage: txn [if COND...]" in err
     assert "OK (deleted 3 keys)" in out and "OK (deleted 0 keys)" in out  # a, b and log
     assert "error: usage: delete KEY | delete --prefix PREFIX" in err

@@ -243,8 +243,18 @@ class KVState:
         if txn is None:
             return Result(False, "bad_txn")
         ok, compared = txn.holds(self.data)
-        changes, results = [], []
+        changes, results, room = [], [], txns.GETS_CHARS_MAX
         for write in txn.then if ok else txn.otherwise:
+            if write.op == txns.GET:
+                current = self.data.get(write.key)
+                if current is None:
+                    results.append((False, "not_found", 0, None))
+                elif len(current[0]) > room:
+                    results.append((False, "answer_too_large", current[1], None))
+                else:
+                    room -= len(current[0])
+                    results.append((True, None, current[1], current[0]))
+                continue
             result = self._execute(write)
             results.append((result.ok, result.error, result.version))
             if result.ok:

@@ -4,7 +4,8 @@ A transaction is ONE command (op `txn`) whose value holds, as compact JSON:
 
     {"if":   [[key, "version", n] | [key, "value", text] | [key, "exists", bool], ...]
              (a fourth element "!=", "<" or ">" compares otherwise than equal),
-     "then": [["put", key, value, ttl_ms or null] | ["delete", key, null, null], ...],
+     "then": [["put", key, value, ttl_ms or null] | ["delete", key, null, null]
+              | ["get", key, null, null], ...],
      "else": [...]}
 
 The state machine applies it in one step of one slot: every comparison is made
@@ -12,7 +13,8 @@ against the state as the slot reaches the command; if all hold, the `then` write
 are applied in order, else the `else` writes. No other command sees a state
 between them, on any replica, because each replica does the same at the same
 point of the log. Each write is a change of its own (the next revision), so
-watches see them one by one, with consecutive revisions.
+watches see them one by one, with consecutive revisions. A get in a branch reads
+the key as the writes before it in that branch left it (etcd's range in a Txn).
 
 A comparison is equality unless its fourth element says "!=", "<" or ">" (as
 etcd's Compare results NOT_EQUAL, LESS, GREATER): a version compares as a
@@ -24,7 +26,13 @@ equality keeps it.
 
 The result (Result.detail) holds the versions the compared keys had (0: absent)
 and, per write applied, (ok, error, version): a delete of a missing key is
-(False, "not_found", 0) and changes nothing; the others cannot fail.
+(False, "not_found", 0) and changes nothing; the others cannot fail. A get's is
+(ok, error, version, value): (False, "not_found", 0, None) for a missing key. The
+values the gets return are kept with the result in the client's exactly-once
+record (a retry answers the same), so they are bounded in all: a get that would
+take them past GETS_CHARS_MAX characters answers (False, "answer_too_large",
+version, None) instead. Nodes from before gets cannot apply a transaction with
+one.
 """
 from __future__ import annotations
 
@@ -32,14 +40,16 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from kvpaxos.core.commands import DELETE, KEY_BYTES_MAX, PUT, TTL_MS_MAX, Command
+from kvpaxos.core.commands import DELETE, KEY_BYTES_MAX, PUT, TTL_MS_MAX, VALUE_BYTES_MAX, Command
 
 VERSION, VALUE, EXISTS = "version", "value", "exists"
 KINDS = (VERSION, VALUE, EXISTS)
 EQ, NE, LT, GT = "=", "!=", "<", ">"
 CMPS = (EQ, NE, LT, GT)  # how a comparison compares: equal (the default), not equal, less, greater
 CONDITIONS_MAX = 64  # comparisons in one transaction
-WRITES_MAX = 128  # writes in each branch
+WRITES_MAX = 128  # writes (and gets) in each branch
+GET = "get"  # a read in a branch: not a command of its own anywhere else
+GETS_CHARS_MAX = VALUE_BYTES_MAX  # characters of values all of a transaction's gets may return
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,13 +126,13 @@ def decode(text: str | None) -> Txn | None:
             return None
         cmds = []
         for w in branch:
-            if not (isinstance(w, list) and len(w) == 4 and w[0] in (PUT, DELETE) and _key(w[1])):
+            if not (isinstance(w, list) and len(w) == 4 and w[0] in (PUT, DELETE, GET) and _key(w[1])):
                 return None
             op, key, value, ttl_ms = w
             if op == PUT and (type(value) is not str or not (ttl_ms is None or (type(ttl_ms) is int
                                                                                and 0 < ttl_ms <= TTL_MS_MAX))):
                 return None
-            if op == DELETE and (value is not None or ttl_ms is not None):
+            if op != PUT and (value is not None or ttl_ms is not None):
                 return None
             cmds.append(Command(op, key, value, ttl_ms=ttl_ms))
         out.append(tuple(cmds))
@@ -145,9 +155,10 @@ def detail_from_wire(x: Any) -> tuple:
     if not all(type(v) is int and v >= 0 for v in x[0]):
         raise ValueError(f"bad transaction result {x!r}")
     results = []
-    for r in x[1]:
-        if not (isinstance(r, list) and len(r) == 3 and type(r[0]) is bool and (r[1] is None or type(r[1]) is str)
-                and type(r[2]) is int):
+    for r in x[1]:  # (ok, error, version), and a get's value
+        if not (isinstance(r, list) and len(r) in (3, 4) and type(r[0]) is bool
+                and (r[1] is None or type(r[1]) is str) and type(r[2]) is int
+                and (len(r) == 3 or r[3] is None or type(r[3]) is str)):
             raise ValueError(f"bad transaction result {x!r}")
         results.append(tuple(r))
     return tuple(x[0]), tuple(results)

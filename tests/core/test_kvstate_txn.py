@@ -82,7 +82,9 @@ def test_a_malformed_transaction_changes_nothing() -> None:
                   '{"if": [], "then": [["put", "", "v", null]], "else": []}',
                   '{"if": [["a", "version", 1, "<="]], "then": [], "else": []}',
                   '{"if": [["a", "exists", true, "<"]], "then": [], "else": []}',
-                  '{"if": [["a", "value", "v", "!=", 1]], "then": [], "else": []}'):
+                  '{"if": [["a", "value", "v", "!=", 1]], "then": [], "else": []}',
+                  '{"if": [], "then": [["get", "a", "v", null]], "else": []}',
+                  '{"if": [], "then": [["get", "a", null, 5]], "else": []}'):
         [(_, result)] = apply(s, Command(TXN, "t", value))
         assert result == Result(False, "bad_txn"), value
     assert s.revision == 1
@@ -104,8 +106,8 @@ def test_transactions_match_a_brute_force_model() -> None:
             conditions.append((key, kind, arg) if cmp == "=" and rng.random() < 0.5 else (key, kind, arg, cmp))
 
         def writes() -> list[Command]:
-            return [put(k, f"{step}") if rng.random() < 0.7 else Command(DELETE, k)
-                    for k in rng.sample(keys, rng.randrange(4))]
+            return [put(k, f"{step}") if rng.random() < 0.6 else Command(DELETE, k) if rng.random() < 0.6 else
+                    Command(txns.GET, k) for k in rng.sample(keys, rng.randrange(4))]
         then, otherwise = writes(), writes()
         out = apply(s, txn(conditions, then, otherwise))
         ops = {"=": operator.eq, "!=": operator.ne, "<": operator.lt, ">": operator.gt}
@@ -113,9 +115,12 @@ def test_transactions_match_a_brute_force_model() -> None:
                     k in model and ops[c[3] if len(c) == 4 else "="](model[k][0], a) if kind == "value" else
                     ops[c[3] if len(c) == 4 else "="](k in model, a)
                     for c in conditions for k, kind, a in [c[:3]])
-        expected = []
+        expected, reads = [], []
         for w in then if holds else otherwise:
-            if w.op == PUT:
+            if w.op == txns.GET:  # what the writes before it in the branch left
+                reads.append((True, None, model[w.key][1], model[w.key][0]) if w.key in model else
+                             (False, "not_found", 0, None))
+            elif w.op == PUT:
                 revision += 1
                 model[w.key] = (w.value, revision)
                 expected.append((PUT, w.key, revision))
@@ -125,6 +130,7 @@ def test_transactions_match_a_brute_force_model() -> None:
                 expected.append((DELETE, w.key, revision))
         assert [(c.op, c.key, r.version) for c, r in out[:-1]] == expected
         assert out[-1][1].ok == holds and s.revision == revision
+        assert [r for r in out[-1][1].detail[1] if len(r) == 4] == reads
         assert s.data == model
 
 
@@ -144,7 +150,36 @@ def test_the_exactly_once_record_of_a_transaction_survives_a_snapshot(tmp_path) 
     assert import_rows(export.header, rows, sessions).sessions["c"].results == [first]
 
 
+def test_gets_in_a_branch_read_what_the_writes_before_left_and_a_retry_answers_the_same(tmp_path) -> None:
+    s = KVState()
+    apply(s, put("a", "old"))
+    t = txn([("a", "value", "old")], [Command(txns.GET, "a"), put("a", "new"), Command(txns.GET, "a"),
+                                      Command(txns.GET, "none")], client_id="c", seq=1, cmd_id="x")
+    out = apply(s, t)
+    assert [c.op for c, _ in out] == [PUT, TXN]  # a get is no change
+    first = out[-1][1]
+    assert first.detail[1] == ((True, None, 1, "old"), (True, None, 2), (True, None, 2, "new"),
+                               (False, "not_found", 0, None))
+    apply(s, put("a", "later"))
+    assert apply(s, t) == [(t, first)]  # the retry: the values read then, from the record
+    path = str(tmp_path / "snap")
+    snapshot.write(path, s)
+    assert snapshot.read(path).sessions["c"].results == [first]
+
+
+def test_the_values_a_transactions_gets_return_are_bounded_in_all() -> None:
+    s = KVState()
+    half = txns.GETS_CHARS_MAX // 2
+    apply(s, put("a", "x" * half), put("b", "y" * half), put("c", "z"))
+    [(_, result)] = apply(s, txn((), [Command(txns.GET, k) for k in ("a", "b", "c", "a")]))
+    assert [r[:2] for r in result.detail[1]] == [(True, None), (True, None), (False, "answer_too_large"),
+                                                 (False, "answer_too_large")]
+    assert result.detail[1][2] == (False, "answer_too_large", 3, None)
+
+
 @pytest.mark.parametrize("record", [[True, None, 3, [[1], [[True, None]]]], [True, None, 3, [[-1], []]],
+                                    [True, None, 3, [[1], [[True, None, 3, 5]]]],
+                                    [True, None, 3, [[1], [[True, None, 3, "v", 1]]]],
                                     [True, None, 3, "detail"], [True, None, 3, [[1], [[1, None, 3]]]]])
 def test_a_snapshot_with_a_bad_transaction_record_is_refused(record) -> None:
     header = {"slot": 1, "revision": 3, "cluster_ms": 0}

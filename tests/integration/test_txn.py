@@ -87,6 +87,32 @@ def test_comparisons_other_than_equality_through_a_follower(shared: Cluster) -> 
     assert answer["succeeded"] is False and answer["compared"][0]["version"] > read_at
 
 
+def test_gets_in_a_branch_through_a_follower_and_a_retry(shared: Cluster) -> None:
+    """A read-modify-write in one step: the old value, the write, the new value; a retry
+    with the same client_id/seq answers the same values though the key moved since."""
+    p = fresh()
+    leader = shared.wait_for_leader()
+    follower = next(i for i in shared.ids if i != leader)
+    shared.put(leader, p + "n", "1")
+    body = {"if": [{"key": p + "n", "value": "1"}],
+            "then": [{"op": "get", "key": p + "n"}, {"op": "put", "key": p + "n", "value": "2"},
+                     {"op": "get", "key": p + "n"}, {"op": "get", "key": p + "none"}],
+            "else": [{"op": "get", "key": p + "n"}],
+            "client_id": p + "reader", "seq": 1}
+    answer = txn(shared, follower, body)
+    r = answer["revision"]
+    assert answer["succeeded"] is True and answer["results"] == [
+        {"op": "get", "key": p + "n", "ok": True, "version": r - 1, "value": "1"},
+        {"op": "put", "key": p + "n", "ok": True, "version": r},
+        {"op": "get", "key": p + "n", "ok": True, "version": r, "value": "2"},
+        {"op": "get", "key": p + "none", "ok": False, "error": "not_found"}]
+    shared.put(leader, p + "n", "3")
+    assert txn(shared, leader, body) == answer
+    body.update(client_id=p + "reader", seq=2)
+    again = txn(shared, follower, body)  # a new request: the else branch reads "3"
+    assert again["succeeded"] is False and again["results"][0]["value"] == "3"
+
+
 def test_a_retried_transaction_is_applied_once(shared: Cluster) -> None:
     p = fresh()
     leader = shared.wait_for_leader()
@@ -198,6 +224,9 @@ def test_a_transaction_outlives_a_restart_of_every_node(make_cluster) -> None:
     ({"if": [{"key": "a", "value": "x", "cmp": ["<"]}]}, 400, "bad_request"),
     ({"if": [{"key": "a", "cmp": "<"}]}, 400, "bad_request"),
     ({"then": [{"op": "cas", "key": "a", "value": "x"}]}, 400, "bad_request"),
+    ({"then": [{"op": "get", "key": "a", "value": "x"}]}, 400, "bad_request"),
+    ({"then": [{"op": "get", "key": "a", "ttl": 5}]}, 400, "bad_request"),
+    ({"then": [{"op": "get"}]}, 400, "bad_request"),
     ({"then": [{"op": "put", "key": "a"}]}, 400, "bad_request"),  # no value
     ({"then": [{"op": "delete", "key": "a", "value": "x"}]}, 400, "bad_request"),
     ({"then": [{"op": "put", "key": "a", "value": "x", "ttl": 0}]}, 400, "bad_request"),

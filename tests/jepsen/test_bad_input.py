@@ -429,10 +429,10 @@ def test_fuzz_transactions(live):
                         max_size=3))
     good_write = st.one_of(st.fixed_dictionaries({"op": st.just("put"), "key": good_key,
                                                   "value": st.sampled_from(["1", "2"])}),
-                           st.fixed_dictionaries({"op": st.just("delete"), "key": good_key}))
+                           st.fixed_dictionaries({"op": st.sampled_from(["delete", "get"]), "key": good_key}))
     write = st.one_of(
         good_write, good_write, good_write,
-        st.fixed_dictionaries({"op": st.sampled_from(["put", "delete", "cas", None, 5])},
+        st.fixed_dictionaries({"op": st.sampled_from(["put", "delete", "get", "cas", None, 5])},
                               optional={"key": some_key, "value": st.sampled_from(["1", "2"]) | json_values,
                                         "ttl": st.sampled_from([3600, 0, -1, "60", True, 1e12])}))
     body = st.one_of(
@@ -458,6 +458,8 @@ def test_fuzz_transactions(live):
                 assert (r["op"], r["key"]) == (w["op"], w["key"]), (w, r)
                 if r["ok"] and w["op"] == "put":
                     store.data[w["key"]] = w["value"]
+                elif w["op"] == "get":  # what the writes before it left
+                    assert r.get("value") == store.data.get(w["key"]) and r["ok"] == (w["key"] in store.data), r
                 elif r["ok"]:
                     store.data.pop(w["key"])
 
