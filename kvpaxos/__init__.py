@@ -10,16 +10,17 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = ["Client", "AsyncClient", "KvError", "NotFound", "PreconditionFailed", "Unavailable",
-           "OutcomeUnknown", "BadRequest", "Compacted", "Event", "TxnResult", "LockTimeout"]
+           "OutcomeUnknown", "BadRequest", "Compacted", "Event", "TxnResult", "LockTimeout",
+           "LockTooSlow"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "AsyncClient":
         from kvpaxos.aioclient import AsyncClient
         return AsyncClient
-    if name == "LockTimeout":
-        from kvpaxos.lock import LockTimeout
-        return LockTimeout
+    if name in ("LockTimeout", "LockTooSlow"):
+        from kvpaxos import lock
+        return getattr(lock, name)
     if name in __all__:
         from kvpaxos import client
         return getattr(client, name)

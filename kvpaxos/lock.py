@@ -24,7 +24,10 @@ clock reading of its slot plus the ttl, and the leader reads its clock after the
 request left), and until a refresh finds the key gone or someone else's. A
 refresh goes a third of a ttl after the last good one was sent, and acquire()
 refreshes at once when its put came back later than that (a slow cluster, an
-election), so the lock it returns is held with two thirds of a ttl to spare.
+election), so the lock it returns is held with two thirds of a ttl to spare. A cluster
+whose answers keep coming later than that cannot give a lock of this ttl: after
+LATE_ANSWERS_MAX late answers in a row acquire() deletes the key and raises
+LockTooSlow (ask again with a longer ttl) rather than keeping it alive for ever.
 """
 from __future__ import annotations
 
@@ -41,6 +44,7 @@ if TYPE_CHECKING:
     from kvpaxos.client import Client
 
 TTL_S = 10.0
+LATE_ANSWERS_MAX = 3  # an acquire's put and refreshes answered later than ttl/3, in a row
 
 
 class LockTimeout(KvError):
@@ -48,6 +52,15 @@ class LockTimeout(KvError):
 
     def __init__(self, key: str, timeout_s: float) -> None:
         super().__init__("lock_timeout", f"lock {key!r} not acquired within {timeout_s:g} s")
+
+
+class LockTooSlow(KvError):
+    """The cluster answered the acquirer later than a third of the ttl, time after time:
+    it cannot hold a lock with this ttl for sure. The key was given back."""
+
+    def __init__(self, key: str, ttl_s: float) -> None:
+        super().__init__("lock_too_slow", f"lock {key!r}: the cluster answered later than a third of its "
+                                          f"{ttl_s:g} s ttl {LATE_ANSWERS_MAX} times in a row; use a longer ttl")
 
 
 def _check(key: str, ttl_s: float) -> None:
@@ -85,6 +98,13 @@ class _Held:
     @staticmethod
     def _past(deadline: float | None) -> bool:
         return deadline is not None and time.monotonic() >= deadline
+
+    def _give_up(self, late: int, timeout_s: float | None, deadline: float | None) -> KvError | None:
+        """After `late` late answers in a row: the error acquire() gives up with (once it
+        has given the key back), or None to refresh again."""
+        if self._past(deadline):
+            return LockTimeout(self.key, timeout_s or 0.0)
+        return LockTooSlow(self.key, self.ttl_s) if late >= LATE_ANSWERS_MAX else None
 
     def _refresh_in(self) -> float:
         """Seconds until the next refresh is due: a third of a ttl after the last good one was sent."""
@@ -130,11 +150,13 @@ class Lock(_Held):
         given to the lock), then LockTimeout; its token. Errors of the client (no node
         answers, say) come through."""
         timeout_s, deadline = self._begin(timeout_s)
-        sent = self._take(timeout_s, deadline)
+        sent, late = self._take(timeout_s, deadline), 0
         while self._late(sent):  # the key may be near its end already: refresh it now
-            if self._past(deadline):
+            late += 1
+            error = self._give_up(late, timeout_s, deadline)
+            if error is not None:
                 self._give_back()
-                raise LockTimeout(self.key, timeout_s or 0.0)
+                raise error
             sent = time.monotonic()
             try:
                 self.client.refresh(self.key, self.ttl_s, if_value=self.owner)
@@ -228,11 +250,13 @@ class AsyncLock(_Held):
 
     async def acquire(self, timeout_s: float | None = None) -> int:
         timeout_s, deadline = self._begin(timeout_s)
-        sent = await self._take(timeout_s, deadline)
+        sent, late = await self._take(timeout_s, deadline), 0
         while self._late(sent):
-            if self._past(deadline):
+            late += 1
+            error = self._give_up(late, timeout_s, deadline)
+            if error is not None:
                 await self._give_back()
-                raise LockTimeout(self.key, timeout_s or 0.0)
+                raise error
             sent = time.monotonic()
             try:
                 await self.client.refresh(self.key, self.ttl_s, if_value=self.owner)

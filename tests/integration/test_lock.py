@@ -3,7 +3,7 @@ processes: mutual exclusion with growing fencing tokens, a holder kept past its 
 by refreshes, a holder killed (the lock expires to the next), a lock taken away
 (held turns False), a holder cut off from the cluster (held turns False a ttl after
 its last refresh was sent), a paused holder whose release must leave the new holder's
-key, a timeout, and the asyncio twin.
+key, a timeout, a cluster too slow for the ttl, and the asyncio twin.
 
 Every wait has a deadline.
 """
@@ -25,8 +25,9 @@ import pytest
 
 from kvpaxos.aioclient import AsyncClient
 from kvpaxos.client import Client
-from kvpaxos.lock import LockTimeout
+from kvpaxos.lock import LockTimeout, LockTooSlow
 from support.cluster import Cluster, module_cluster, wait_until
+from support.netproxy import NetProxy
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -195,6 +196,33 @@ def test_an_acquire_answered_after_its_timeout_gives_the_key_back(shared: Cluste
         with kv.lock(key, timeout_s=1) as second:  # free at once, not a ttl later
             assert second.held
     shared.wait_for_leader()
+
+
+def test_an_acquire_whose_answers_all_come_late_gives_up_and_gives_the_key_back(shared: Cluster) -> None:
+    """Every answer comes back 0.3 s after its request (a proxy in the way) while a third of
+    the ttl is 0.2 s: the lock could never be held with certainty, so acquire() stops after
+    LATE_ANSWERS_MAX late answers, deletes the key, and says why (it does not refresh for
+    ever, keeping everyone else out)."""
+    key = fresh()
+    node = shared.wait_for_leader()
+    with NetProxy({node: shared.ports[node], 0: shared.ports[node]}) as proxy:
+        proxy.set([(0, node)], delay_ms=150)  # each way
+        slow = f"http://127.0.0.1:{proxy.ports[(0, node)]}"
+        with Client([slow], timeout_s=10) as kv:
+            failed: list[BaseException] = []
+
+            def take() -> None:
+                try:
+                    kv.lock(key, ttl_s=0.6).acquire()
+                except BaseException as exc:  # noqa: BLE001 - looked at below
+                    failed.append(exc)
+            taker = threading.Thread(target=take, daemon=True)
+            taker.start()
+            taker.join(timeout=20)
+            assert not taker.is_alive(), "acquire() kept refreshing a lock it could never be sure of"
+            assert len(failed) == 1 and isinstance(failed[0], LockTooSlow), failed
+            assert "use a longer ttl" in str(failed[0])
+    assert shared.get(node, key).status == 404  # given back, not left to expire
 
 
 HOLDER = """
