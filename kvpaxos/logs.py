@@ -92,6 +92,10 @@ def setup(level: str = "info", fmt: str = "text", node_id: int | None = None) ->
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("aiohttp.server").addFilter(drop_malformed_http)
+    # sqlitedict logs a failed statement on its thread as a dozen error lines of stack;
+    # the node reports the failure itself (storage.sqlite.SqliteStorage.check), once,
+    # with the file and the cause, and stops.
+    logging.getLogger("sqlitedict").setLevel(logging.CRITICAL)
 
 
 def drop_malformed_http(record: logging.LogRecord) -> bool:
