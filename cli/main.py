@@ -418,6 +418,10 @@ class Number(click.ParamType):
 @click.option("--request-timeout", type=Number(float, 0, open_low=True), default=5.0,
               show_default=True, metavar="SECONDS",
               help="Answer 504 (outcome unknown) if a request is not done after this long.")
+@click.option("--max-pending-bytes", type=Number(int, 1, sizes=True), default="256MiB", show_default=True,
+              metavar="BYTES",
+              help="Refuse a write (503 overloaded, Retry-After) while the writes this node took in and "
+                   "still waits for hold this many bytes: overload turns into refusals, not timeouts.")
 @click.option("--max-value-bytes", type=click.IntRange(1, VALUE_BYTES_MAX), default=VALUE_BYTES_MAX,
               show_default=True, metavar="BYTES",
               help="Largest value (UTF-8 bytes) this node accepts; larger ones get 413.")
@@ -446,7 +450,8 @@ class Number(click.ParamType):
 def serve(ctx: click.Context, node_id: int, cluster_spec: str | None, join_url: str | None,
           address: str | None, data_dir: str | None,
           tick_ms: int, snapshot_every: int, snapshot_every_bytes: int, compact_keep: int,
-          compact_keep_bytes: int, request_timeout: float, max_value_bytes: int, partial_in_flight: int,
+          compact_keep_bytes: int, request_timeout: float, max_pending_bytes: int, max_value_bytes: int,
+          partial_in_flight: int,
           self_vote_delay_ms: float, watch_history: int, watch_history_bytes: int, log_level: str,
           log_format: str = "text", **security: Any) -> None:
     """Run one node in the foreground until interrupted."""
@@ -473,7 +478,7 @@ def serve(ctx: click.Context, node_id: int, cluster_spec: str | None, join_url: 
                             snapshot_every_slots=snapshot_every,
                             snapshot_every_bytes=snapshot_every_bytes,
                             compact_keep_slots=compact_keep, compact_keep_bytes=compact_keep_bytes,
-                            request_timeout_s=request_timeout,
+                            request_timeout_s=request_timeout, pending_bytes_max=max_pending_bytes,
                             value_bytes_max=max_value_bytes, partial_in_flight=partial_in_flight,
                             self_vote_delay_ms=self_vote_delay_ms, watch_history_changes=watch_history,
                             watch_history_bytes=watch_history_bytes)

@@ -66,6 +66,9 @@ class NodeConfig:
     self_vote_delay_ms: float = 0.5
     value_bytes_max: int = VALUE_BYTES_MAX
     request_timeout_s: float = 5.0
+    # Commands submitted through this node and waiting for their outcome, in bytes
+    # (Command.size_bytes): past it a request is refused, 503 overloaded (Node.submit_group).
+    pending_bytes_max: int = 256 * 1024 * 1024
     snapshot_every_slots: int = 10_000
     snapshot_every_bytes: int = 64 * 1024 * 1024
     compact_keep_slots: int = 1_000
@@ -90,7 +93,7 @@ class NodeConfig:
             raise ConfigError(f"value size limit must be between 1 and {VALUE_BYTES_MAX} bytes")
         for name, low in (("tick_ms", 1), ("snapshot_every_slots", 1), ("snapshot_every_bytes", 1),
                           ("compact_keep_slots", 0), ("compact_keep_bytes", 0), ("partial_in_flight", 0),
-                          ("watch_history_changes", 1), ("watch_history_bytes", 1)):
+                          ("watch_history_changes", 1), ("watch_history_bytes", 1), ("pending_bytes_max", 1)):
             value = getattr(self, name)
             if type(value) is not int or value < low:
                 raise ConfigError(f"{name} must be an integer >= {low}, not {value!r}")

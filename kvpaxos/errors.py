@@ -59,6 +59,13 @@ class NoQuorum(KvError):
     status, code = 503, "no_quorum"
 
 
+class Overloaded(KvError):
+    """The node holds as many commands waiting for their outcome as it takes
+    (`kv serve --max-pending-bytes`): the command was certainly not applied; retry later."""
+
+    status, code = 503, "overloaded"
+
+
 class OutcomeUnknown(KvError):
     """The command may or may not have been applied (leader lost, timeout)."""
 

@@ -22,7 +22,7 @@ from aiohttp import HttpVersion11, web
 
 from kvpaxos.core.commands import DELETE, DELETE_PREFIX, PUT, REFRESH, Command, Result
 from kvpaxos.core.membership import MEMBER_ADD, MEMBER_REMOVE
-from kvpaxos.errors import (BadRequest, InvalidKey, KvError, NoQuorum, NotFound,
+from kvpaxos.errors import (BadRequest, InvalidKey, KvError, NoQuorum, NotFound, Overloaded,
                             PreconditionFailed, ValueTooLarge)
 from kvpaxos.dashboard import cors_headers, setup_dashboard, write_stats
 from kvpaxos.dashboard.stats import WriteStats
@@ -150,8 +150,8 @@ def error_response(e: KvError | web.HTTPException) -> web.Response | None:
     no_route, method_not_allowed (with Allow), value_too_large or bad_request. None
     for what needs no change (redirects, errors already in JSON)."""
     if isinstance(e, KvError):
-        return error_body(e.code, e.message, e.status, {"Retry-After": "1"} if isinstance(e, NoQuorum) else None,
-                          shown_details(e))
+        retry = {"Retry-After": "1"} if isinstance(e, (NoQuorum, Overloaded)) else None
+        return error_body(e.code, e.message, e.status, retry, shown_details(e))
     if isinstance(e, web.HTTPRequestEntityTooLarge):
         return error_body(ValueTooLarge.code, f"request body too large: {e.text}", 413)
     if e.status < 400 or e.content_type == "application/json":

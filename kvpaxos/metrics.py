@@ -141,6 +141,11 @@ def render(node: Any, transport: Any) -> str:
               c.get("commands_proposed", 0))
     x.counter("requests_forwarded", "Client commands this node sent to the leader over a peer link.",
               c.get("requests_forwarded", 0))
+    x.counter("requests_overloaded", "Requests refused (503 overloaded) while this node held as many bytes "
+              "of commands waiting for their outcome as --max-pending-bytes allows.",
+              c.get("requests_overloaded", 0))
+    x.gauge("pending_bytes", "Bytes of the commands submitted through this node that wait for their outcome.",
+            node.pending_bytes)
     x.counter("slots_chosen", "Slots this node learned were chosen.", c.get("slots_chosen", 0))
     x.counter("slots_applied", "Slots this node applied to its key-value state.", c.get("slots_applied", 0))
     x.counter("fsyncs", "Group commits (one SQLite transaction and fsync each).", c.get("fsyncs", 0))

@@ -48,7 +48,7 @@ from kvpaxos.core.commands import Batch, Command, Result
 from kvpaxos.core.kvstate import KVState
 from kvpaxos.core.membership import Membership
 from kvpaxos.core.replica import CoreConfig, Ready, Replica, Role
-from kvpaxos.errors import MemberChangeRefused, NoQuorum, OutcomeUnknown
+from kvpaxos.errors import MemberChangeRefused, NoQuorum, OutcomeUnknown, Overloaded
 from kvpaxos.logs import fields
 from kvpaxos.metrics import NodeMetrics
 from kvpaxos.security import peer_session, peer_url
@@ -207,6 +207,7 @@ class Node:
         self._resend_s = 4 * config.election_ticks * config.tick_ms / 1000
         self._read_ids = itertools.count(1)
         self._waiters: dict[str, tuple[_Call, int]] = {}  # cmd_id -> its call and place in it
+        self.pending_bytes = 0  # of the commands submitted here that wait for their outcome
         # The requests in flight, swept on each tick for deadlines and resends (an ordered set).
         self._sleepers: dict[_Sleeper, None] = {}
         # Read indexes asked for and when to ask again if unanswered, in time order.
@@ -532,6 +533,11 @@ class Node:
 
     async def submit_group(self, cmds: tuple[Command, ...]) -> list[Result]:
         """Get cmds chosen together in one slot and applied, in order; their Results."""
+        size = cmds[0].size_bytes() if len(cmds) == 1 else sum(c.size_bytes() for c in cmds)
+        if self.pending_bytes and self.pending_bytes + size > self.config.pending_bytes_max:
+            self.counters["requests_overloaded"] += 1
+            raise Overloaded(f"node {self.id} has {self.pending_bytes} bytes of commands waiting for their "
+                             f"outcome, its limit (kv serve --max-pending-bytes): retry later")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.request_timeout_s
         resend_s = self._resend_s
@@ -542,6 +548,7 @@ class Node:
         # leader changes. Without one a resend could apply twice: wait for this attempt.
         call.exactly_once = cmds[0].client_id is not None
         self._sleepers[call] = None
+        self.pending_bytes += size
         try:
             while loop.time() < deadline:
                 if self.removed:
@@ -577,6 +584,7 @@ class Node:
                 self._register(cmds, call)
                 await asyncio.sleep(self.config.tick_ms / 1000)
         finally:
+            self.pending_bytes -= size
             del self._sleepers[call]
             for c in cmds:
                 entry = self._waiters.get(c.cmd_id)
