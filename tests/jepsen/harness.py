@@ -433,8 +433,10 @@ async def _bank(urls: list[str], rng: random.Random, stop: asyncio.Event, bank: 
     """Open BANK_ACCOUNTS accounts of BANK_START each (one transaction, exactly once), then
     move amounts between two of them through random nodes until stopped (not part of the
     checked history): read both balances, then a transaction that moves the amount only
-    if neither version moved meanwhile. bank["opened"] once open; bank["moved"] counts the
-    transfers acknowledged."""
+    if neither version moved meanwhile. Every fifth turn instead reads every account in
+    one transaction of gets, whose total must be what was opened at any moment.
+    bank["opened"] once open; bank["moved"] counts the transfers acknowledged,
+    bank["audits"] the reads of every account, bank["bad_audits"] those off the total."""
     accounts = [f"{BANK_PREFIX}{i}" for i in range(BANK_ACCOUNTS)]
     opening = {"if": [{"key": a, "exists": False} for a in accounts],
                "then": [{"op": "put", "key": a, "value": str(BANK_START)} for a in accounts],
@@ -446,6 +448,16 @@ async def _bank(urls: list[str], rng: random.Random, stop: asyncio.Event, bank: 
                 if not bank["opened"]:
                     async with session.post(f"{url}/v1/txn", json=opening) as r:
                         bank["opened"] = r.status == 200  # the same answer to every retry: it ran once
+                    continue
+                if rng.random() < 0.2:
+                    audit = {"then": [{"op": "get", "key": a} for a in accounts]}
+                    async with session.post(f"{url}/v1/txn", json=audit) as r:
+                        results = (await r.json())["results"] if r.status == 200 else None
+                    if results is not None:
+                        bank["audits"] += 1
+                        total = sum(int(x["value"]) for x in results if x["ok"])
+                        if total != BANK_ACCOUNTS * BANK_START or not all(x["ok"] for x in results):
+                            bank["bad_audits"].append(results)
                     continue
                 src, dst = rng.sample(accounts, 2)
                 held = []
@@ -477,6 +489,8 @@ def _bank_checked(bank: dict[str, Any], scans: dict[int, Any]) -> tuple[list[str
             if bank["opened"] and sum(balances.values()) != BANK_ACCOUNTS * BANK_START:
                 wrong.append(f"node {i}'s accounts add up to {sum(balances.values())}, not "
                              f"{BANK_ACCOUNTS * BANK_START}: {balances}")
+    wrong += [f"a read of every account in one transaction added up to "
+              f"{sum(int(x['value']) for x in r if x['ok'])}: {r}" for r in bank["bad_audits"][:3]]
     idle = [] if bank["moved"] else [f"no transfer went through (accounts opened: {bank['opened']})"]
     return wrong, idle
 
@@ -507,7 +521,7 @@ async def _record(cluster: FaultCluster, plan: Plan, seed: int) -> dict[str, Any
     ttl_stop, ttl_acked = asyncio.Event(), []
     ttl_task = asyncio.create_task(_ttl_writer([cluster.url(i) for i in cluster.ids], random.Random(seed + 7),
                                                ttl_stop, ttl_acked))
-    bank: dict[str, Any] = {"opened": False, "moved": 0}
+    bank: dict[str, Any] = {"opened": False, "moved": 0, "audits": 0, "bad_audits": []}
     bank_task = asyncio.create_task(_bank([cluster.url(i) for i in cluster.ids], random.Random(seed + 11),
                                           ttl_stop, bank))
     await asyncio.sleep(0)
