@@ -19,7 +19,8 @@ A run (run_plan):
      deletes them all by prefix) gone from every node soon after its deadline,
      every node's accounts adding up to what was opened (a writer beside the
      workload moves amounts between five accounts under bank/ with
-     transactions all through the run), and no node's log holding a line at
+     transactions all through the run, and audits them meanwhile: a read of all
+     five in one transaction of gets must add up too), and no node's log holding a line at
      error level or a traceback (a fault is no bug: a peer or a client gone).
 
 The report (seed, ops by kind and outcome, faults by kind and their log,
