@@ -19,9 +19,10 @@ EXAMPLE = '{"if": [{"key": "a", "version": 3}], "then": [{"op": "put", "key": "a
 def txn(ctx: click.Context, source: Any, **target: Any) -> None:
     """Run the transaction described as JSON in FILE (default: standard input): the
     comparisons under "if" ({"key" and one of "version" (0: absent), "value" or
-    "exists"; equal, or as "cmp" says: "!=", "<", ">"}), the writes under "then" if they all hold, else those under "else"
-    ({"op": "put", "key", "value", optionally "ttl"} or {"op": "delete", "key"}) and gets
-    ({"op": "get", "key"}: the key as the writes before it left it).
+    "exists"; equal, or as "cmp" says: "!=", "<", ">"}), the writes under "then"
+    if they all hold, else those under "else" ({"op": "put", "key", "value",
+    optionally "ttl"} or {"op": "delete", "key"}) and gets ({"op": "get", "key"}:
+    the key as the writes before it left it).
     Prints the answer as JSON; exits 1 when the comparisons did not hold (the "else"
     writes ran). For example:
 

@@ -13,10 +13,11 @@ instead (10,000 gets of a 1 MiB value made one 10 GiB answer otherwise).
 
 A transaction (POST /v1/txn) is all or nothing: comparisons of keys (a version,
 0 for absent; a value; whether the key exists; equal unless "cmp" says "!=", "<"
-or ">"), then the writes of `then` if
-every comparison holds, else those of `else`, applied in one step of one slot
-(kvpaxos/core/txn.py); a branch may also get keys, as its writes before left them. The answer says which branch ran, the compared keys'
-versions and the store's revision as of that step, and each write's result.
+or ">"), then the writes of `then` if every comparison holds, else those of
+`else`, applied in one step of one slot (kvpaxos/core/txn.py); a branch may also
+get keys, as its writes before left them. The answer says which branch ran, the
+compared keys' versions and the store's revision as of that step, and each
+write's (or get's) result.
 """
 from __future__ import annotations
 
