@@ -150,20 +150,32 @@ def delete(ctx: click.Context, key: str | None, if_version: int | None, prefix: 
 @click.option("--after", metavar="KEY", help="Start after this key (the last one of the page before).")
 @click.option("--all", "every", is_flag=True, help="Every matching key, fetched a page at a time.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per key.")
+@click.option("--keys-only", is_flag=True, help="The keys (and, with --json, versions) without their values.")
+@click.option("--count", "count_only", is_flag=True, help="Print only how many keys start with PREFIX.")
 @target_options(envvar=None)
 @click.pass_context
 def list_keys(ctx: click.Context, prefix: str, limit: int, after: str | None, every: bool, as_json: bool,
-              **target: Any) -> None:
+              keys_only: bool, count_only: bool, **target: Any) -> None:
     """List keys starting with PREFIX, with their values, in key order."""
+    if count_only and (every or after is not None or keys_only or as_json):
+        raise CliError("--count prints one number: it takes no --all, --after, --keys-only or --json",
+                       exit_code=2)
+
     def show(entries: Iterable) -> None:
         for e in entries:
-            click.echo(entry_json(e) if as_json else f"{e.key}\t{e.value}")
+            if as_json:
+                click.echo(json.dumps({"key": e.key, "version": e.version}) if keys_only else entry_json(e))
+            else:
+                click.echo(e.key if keys_only else f"{e.key}\t{e.value}")
 
     with connect(ctx, target) as kv:
-        if every:
-            show(kv.iter_keys(prefix, limit, after))
+        if count_only:
+            click.echo(kv.count(prefix))
             return
-        entries, more = kv.list_page(prefix, limit, after)
+        if every:
+            show(kv.iter_keys(prefix, limit, after, keys_only))
+            return
+        entries, more = kv.list_page(prefix, limit, after, keys_only)
     show(entries)
     if more:
         click.echo(f"(more keys match; showing {len(entries)}: --after {shlex.quote(entries[-1].key)} for the "

@@ -18,13 +18,14 @@ import aiohttp
 
 from kvpaxos.client import (
     CONNECT_TIMEOUT_S, PROBE_TIMEOUT_S, WAIT_POLL_S, WAIT_VOTER_S, Compacted, Conflict, Entry, Event, KvError,
-    TxnResult, after_compacted, entry_from, give_up, raise_for_status, txn_result_from, voter_yet, watch_page_from,
+    TxnResult, _int_field, after_compacted, entry_from, give_up, raise_for_status, txn_result_from, voter_yet,
+    watch_page_from,
 )
 from kvpaxos.client_support import (
     LEADER_HEADER, RETRY_STATUSES, Attempts, Sessions, decode_body, kv_path, LeaderHint, list_path,
     member_body, member_path, members_path, merge_cluster_status, parse_endpoints, parse_retry_after,
     put_body, refresh_body, retry_reason, txn_body, unprobed_peers, watch_call_timeout, watch_path,
-    delete_prefix_path,
+    count_path, delete_prefix_path,
 )
 
 # Raised when the TCP connect itself timed out (aiohttp >= 3.10); the request never left.
@@ -110,19 +111,24 @@ class AsyncClient:
     async def list(self, prefix: str = "", limit: int = 1000, after: str | None = None) -> list[Entry]:
         return (await self.list_page(prefix, limit, after))[0]
 
-    async def list_page(self, prefix: str = "", limit: int = 1000,
-                        after: str | None = None) -> tuple[list[Entry], bool]:
+    async def list_page(self, prefix: str = "", limit: int = 1000, after: str | None = None,
+                        keys_only: bool = False) -> tuple[list[Entry], bool]:
         """Entries in key order (after `after`, if given), and whether more matched than
-        `limit`: the next page is list_page(prefix, limit, after=<the last key>)."""
-        doc = await self._call("GET", list_path(prefix, limit, after))
-        return [entry_from(item) for item in doc.get("items", [])], bool(doc.get("more"))
+        `limit`: the next page is list_page(prefix, limit, after=<the last key>). With
+        keys_only, their keys and versions (value None)."""
+        doc = await self._call("GET", list_path(prefix, limit, after, keys_only))
+        return [entry_from(item, keys_only) for item in doc.get("items", [])], bool(doc.get("more"))
 
-    async def iter_keys(self, prefix: str = "", page: int = 1000,
-                        after: str | None = None) -> AsyncIterator[Entry]:
+    async def count(self, prefix: str = "") -> int:
+        """How many keys start with prefix ("" for every key): a linearizable read."""
+        return _int_field(await self._call("GET", count_path(prefix)), "count")
+
+    async def iter_keys(self, prefix: str = "", page: int = 1000, after: str | None = None,
+                        keys_only: bool = False) -> AsyncIterator[Entry]:
         """Every entry under prefix (after `after`, if given), in key order, fetched `page`
         at a time (each page a linearizable read of its own, as Client.iter_keys)."""
         while True:
-            entries, more = await self.list_page(prefix, page, after)
+            entries, more = await self.list_page(prefix, page, after, keys_only)
             for entry in entries:
                 yield entry
             if not more or not entries:

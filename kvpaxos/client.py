@@ -33,7 +33,7 @@ from kvpaxos.client_support import (
     LEADER_HEADER, RETRY_STATUSES, Attempts, Sessions, decode_body, kv_path, LeaderHint, list_path,
     member_body, member_path, members_path, merge_cluster_status, normalize_endpoint, parse_endpoints,
     parse_retry_after, put_body, refresh_body, retry_reason, txn_body, unprobed_peers, watch_call_timeout, watch_path,
-    delete_prefix_path,
+    count_path, delete_prefix_path,
 )
 
 __all__ = [
@@ -107,7 +107,7 @@ class Compacted(KvError):
 @dataclass(frozen=True, slots=True)
 class Entry:
     key: str
-    value: str
+    value: str | None  # None in a list made with keys_only
     version: int
     ttl: float | None = None  # seconds until the key expires (by the node's clock), if it was put with a ttl
 
@@ -165,10 +165,12 @@ def raise_for_status(status: int, doc: dict[str, Any]) -> dict[str, Any]:
     raise KvError(code, message, status)
 
 
-def entry_from(doc: dict[str, Any]) -> Entry:
+def entry_from(doc: dict[str, Any], keys_only: bool = False) -> Entry:
+    """An entry of an answer (value None for a list made with keys_only)."""
     try:
         ttl = doc.get("ttl")
-        return Entry(str(doc["key"]), doc["value"], int(doc["version"]), None if ttl is None else float(ttl))
+        value = None if keys_only else doc["value"]
+        return Entry(str(doc["key"]), value, int(doc["version"]), None if ttl is None else float(ttl))
     except (KeyError, TypeError, ValueError):
         raise KvError("bad_response", f"malformed entry in response: {doc!r:.200}") from None
 
@@ -343,19 +345,25 @@ class Client:
     def list(self, prefix: str = "", limit: int = 1000, after: str | None = None) -> list[Entry]:
         return self.list_page(prefix, limit, after)[0]
 
-    def list_page(self, prefix: str = "", limit: int = 1000,
-                  after: str | None = None) -> tuple[list[Entry], bool]:
+    def list_page(self, prefix: str = "", limit: int = 1000, after: str | None = None,
+                  keys_only: bool = False) -> tuple[list[Entry], bool]:
         """Entries in key order (after `after`, if given), and whether more matched than
-        `limit`: the next page is list_page(prefix, limit, after=<the last key>)."""
-        doc = self._call("GET", list_path(prefix, limit, after))
-        return [entry_from(item) for item in doc.get("items", [])], bool(doc.get("more"))
+        `limit`: the next page is list_page(prefix, limit, after=<the last key>). With
+        keys_only, their keys and versions (value None)."""
+        doc = self._call("GET", list_path(prefix, limit, after, keys_only))
+        return [entry_from(item, keys_only) for item in doc.get("items", [])], bool(doc.get("more"))
 
-    def iter_keys(self, prefix: str = "", page: int = 1000, after: str | None = None) -> Iterator[Entry]:
+    def count(self, prefix: str = "") -> int:
+        """How many keys start with prefix ("" for every key): a linearizable read."""
+        return _int_field(self._call("GET", count_path(prefix)), "count")
+
+    def iter_keys(self, prefix: str = "", page: int = 1000, after: str | None = None,
+                  keys_only: bool = False) -> Iterator[Entry]:
         """Every entry under prefix (after `after`, if given), in key order, fetched `page`
         at a time. Each page is a linearizable read of its own: a key written between two
         pages shows up if it sorts after the page already read."""
         while True:
-            entries, more = self.list_page(prefix, page, after)
+            entries, more = self.list_page(prefix, page, after, keys_only)
             yield from entries
             if not more or not entries:
                 return

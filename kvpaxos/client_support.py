@@ -94,11 +94,17 @@ def kv_path(key: str) -> str:
     return "/v1/kv/" + quote(key, safe="")
 
 
-def list_path(prefix: str, limit: int, after: str | None = None) -> str:
+def list_path(prefix: str, limit: int, after: str | None = None, keys_only: bool = False) -> str:
     query: dict[str, Any] = {"prefix": prefix, "limit": int(limit)}
     if after is not None:
         query["after"] = after
+    if keys_only:
+        query["keys_only"] = "true"
     return "/v1/kv?" + urlencode(query)
+
+
+def count_path(prefix: str) -> str:
+    return "/v1/kv?" + urlencode({"prefix": prefix, "count": "true"})
 
 
 def delete_prefix_path(prefix: str) -> str:

@@ -344,13 +344,28 @@ async def delete_key(request: web.Request) -> web.Response:
     return web.json_response({"key": key, "deleted": True, "version": result.version})
 
 
+_LIST_QUERY = {"prefix", "limit", "after", "consistency", "keys_only", "count"}
+
+
 async def list_keys(request: web.Request) -> web.Response:
-    prefix = request.query.get("prefix", "")
+    """The keys under a prefix, in key order, a page at a time (with their values, or
+    keys_only=true); or count=true: how many there are."""
+    q = request.query
+    unknown = set(q) - _LIST_QUERY
+    if unknown:
+        raise BadRequest(f"a list takes {', '.join(sorted(_LIST_QUERY))}; not {', '.join(sorted(unknown))}")
+    prefix = q.get("prefix", "")
     limit = _int_query(request, "limit", 1000, 1, LIST_LIMIT_MAX)
-    after = request.query.get("after")  # the last key of the page before (exclusive)
+    after = q.get("after")  # the last key of the page before (exclusive)
+    keys_only, count = _bool_query(request, "keys_only"), _bool_query(request, "count")
+    if count and ("limit" in q or "after" in q or keys_only):
+        raise BadRequest("count=true takes a prefix only (no limit, after or keys_only)")
     node = await _consistent(request)
-    items, more = node.kv.scan(prefix, limit, after, LIST_PAGE_CHARS)
-    entries = [{"key": k, "value": v, "version": ver} for k, v, ver in items]
+    if count:
+        return web.json_response({"count": node.kv.keys.count_prefix(prefix), "revision": node.kv.revision})
+    items, more = node.kv.scan(prefix, limit, after, LIST_PAGE_CHARS, keys_only)
+    entries = ([{"key": k, "version": ver} for k, _, ver in items] if keys_only else
+               [{"key": k, "value": v, "version": ver} for k, v, ver in items])
     if node.kv.expiry:  # the seconds left of the keys that expire, as a GET shows them
         now_ms = int(time.time() * 1000)
         for entry in entries:
@@ -400,10 +415,7 @@ async def watch_keys(request: web.Request) -> web.Response:
     timeout = float(raw_timeout) if _DECIMAL.fullmatch(raw_timeout) else -1.0
     if not 0 <= timeout <= WATCH_TIMEOUT_MAX_S:
         raise BadRequest(f"timeout must be a number of seconds from 0 to {WATCH_TIMEOUT_MAX_S:g}")
-    stream = q.get("stream", "false")
-    if stream not in ("true", "false"):
-        raise BadRequest("stream must be 'true' or 'false'")
-    stream = stream == "true" or request.headers.get("Accept", "").startswith("text/event-stream")
+    stream = _bool_query(request, "stream") or request.headers.get("Accept", "").startswith("text/event-stream")
     resume = request.headers.get("Last-Event-ID") if stream else None
     if resume is not None:
         if not (resume.isascii() and resume.isdigit()):
@@ -474,6 +486,13 @@ async def _watch_stream(request: web.Request, node: Node, start: int, key: str |
     except (ConnectionError, RuntimeError):
         pass  # the reader went away (aiohttp raises ConnectionResetError or RuntimeError)
     return resp
+
+
+def _bool_query(request: web.Request, name: str) -> bool:
+    raw = request.query.get(name, "false")
+    if raw not in ("true", "false"):
+        raise BadRequest(f"{name} must be 'true' or 'false'")
+    return raw == "true"
 
 
 def _int_query(request: web.Request, name: str, default: int | None, low: int, high: int | None) -> int | None:

@@ -267,6 +267,12 @@ def test_cas_delete_and_list(local: LocalCluster) -> None:
     every = local.kv("list", "--limit", "1", "--all")  # a page at a time, to the end
     assert ok(every) == "fruit/apple\tcrimson\nfruit/banana\tyellow\nveg/leek\tgreen\n"
     assert every.stderr == ""
+    assert ok(local.kv("list", "fruit/", "--keys-only")) == "fruit/apple\nfruit/banana\n"
+    assert [sorted(json.loads(line)) for line in ok(local.kv("list", "--keys-only", "--json")).splitlines()] == \
+        [["key", "version"]] * 3
+    assert ok(local.kv("list", "fruit/", "--count")) == "2\n" and ok(local.kv("list", "--count")) == "3\n"
+    both = local.kv("list", "--count", "--all")
+    assert both.returncode == 2 and "--count prints one number" in both.stderr
     ok(local.kv("delete", "fruit/apple", "--server", "3"))
     assert local.kv("get", "fruit/apple", "--server", "1").returncode == 1
     assert ok(local.kv("list")) == "fruit/banana\tyellow\nveg/leek\tgreen\n"

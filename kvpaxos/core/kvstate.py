@@ -140,16 +140,17 @@ class KVState:
     def get(self, key: str) -> tuple[str, int] | None:
         return self.data.get(key)
 
-    def scan(self, prefix: str, limit: int, after: str | None = None,
-             max_chars: int | None = None) -> tuple[list[tuple[str, str, int]], bool]:
+    def scan(self, prefix: str, limit: int, after: str | None = None, max_chars: int | None = None,
+             keys_only: bool = False) -> tuple[list[tuple[str, str, int]], bool]:
         """Up to `limit` keys that start with prefix (and come after `after`, if given), in
         key order, with their values and versions; and whether there are more. With
         max_chars, the page also ends before an entry that would take its keys and values
-        past that many characters (it holds one entry at the least)."""
+        (only its keys, keys_only) past that many characters (it holds one entry at the
+        least)."""
         data, items, chars = self.data, [], 0
         for key in self.keys.with_prefix(prefix, after):
             value, version = data[key]
-            chars += len(key) + len(value)
+            chars += len(key) if keys_only else len(key) + len(value)
             if len(items) == limit or (max_chars is not None and chars > max_chars and items):
                 return items, True
             items.append((key, value, version))

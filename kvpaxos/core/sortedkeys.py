@@ -99,6 +99,20 @@ class SortedKeys:
             del self._chunks[i]
             del self._firsts[i]
 
+    def _before(self, key: str) -> int:
+        """How many keys sort before key."""
+        if not self._chunks:
+            return 0
+        i = self._find(key)
+        return sum(map(len, self._chunks[:i])) + bisect_left(self._chunks[i], key)
+
+    def count_prefix(self, prefix: str) -> int:
+        """How many keys start with prefix: O(log n + n / CHUNK), whatever their number."""
+        if not prefix:
+            return self._len
+        end = _past_prefix(prefix)
+        return (self._len if end is None else self._before(end)) - self._before(prefix)
+
     def with_prefix(self, prefix: str, after: str | None = None) -> Iterator[str]:
         """The keys that start with prefix, in order; with `after`, only those after it.
         The index must not change while the iterator is in use (a scan runs between two
@@ -121,3 +135,10 @@ class SortedKeys:
                 yield key
                 j += 1
             i, j = i + 1, 0
+
+
+def _past_prefix(prefix: str) -> str | None:
+    """The least string after every string that starts with prefix (None: there is none,
+    the prefix being all the last code point)."""
+    stem = prefix.rstrip("\U0010ffff")
+    return stem[:-1] + chr(ord(stem[-1]) + 1) if stem else None

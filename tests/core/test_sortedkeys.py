@@ -10,7 +10,7 @@ from kvpaxos.core.commands import DELETE, PUT, Batch, Command
 from kvpaxos.core.kvstate import Export, KVState, import_rows, session_row
 from kvpaxos.core.sortedkeys import SortedKeys
 
-ALPHABET = ["", "a", "b", "/", "é", "\U0001f600", "0", "9"]
+ALPHABET = ["", "a", "b", "/", "é", "\U0001f600", "0", "9", "\U0010ffff", "\ud7ff"]
 
 
 def random_key(rng: random.Random) -> str:
@@ -37,6 +37,7 @@ def test_index_matches_sorted_keys_through_adds_and_removals(seed: int) -> None:
             prefix = random_key(rng)[:2]
             assert list(index.with_prefix(prefix)) == sorted(k for k in model if k.startswith(prefix)), \
                 (seed, prefix)
+            assert index.count_prefix(prefix) == sum(1 for k in model if k.startswith(prefix)), (seed, prefix)
     assert list(index) == sorted(model)
     assert all(len(c) <= 2 * chunk for c in index._chunks) and all(index._chunks)
     assert index._firsts == [c[0] for c in index._chunks]

@@ -177,6 +177,34 @@ def test_list_pages_on_after_the_last_key(api):
     assert asyncio.run(walk()) == expected
 
 
+def test_keys_only_and_count(api):
+    """keys_only pages carry keys and versions, not values (so a page holds more of big
+    ones); count=true counts the keys under a prefix without listing them."""
+    import asyncio
+
+    from kvpaxos import AsyncClient, Client
+
+    prefix = fresh("counted") + "/"
+    big = "b" * 900_000
+    for n in range(6):
+        assert api.put(1 + n % 3, f"{prefix}{n}", big, timeout=30).status == 200
+    assert api.put(1, prefix[:-1] + "0", "beside").status == 200  # not under the prefix
+    page = api.request(2, "GET", "/v1/kv?" + urllib.parse.urlencode({"prefix": prefix, "keys_only": "true"})).body
+    assert [sorted(item) for item in page["items"]] == [["key", "version"]] * 6 and not page["more"]
+    assert api.request(3, "GET", "/v1/kv?" + urllib.parse.urlencode({"prefix": prefix, "count": "true"})).body[
+        "count"] == 6
+    with Client([api.url(i) for i in NODES], timeout_s=30) as kv:
+        assert kv.count(prefix) == 6 and kv.count(prefix + "5") == 1 and kv.count(prefix + "x") == 0
+        assert kv.count() >= 7
+        entries = list(kv.iter_keys(prefix, page=4, keys_only=True))
+        assert [e.key for e in entries] == [f"{prefix}{n}" for n in range(6)] and {e.value for e in entries} == {None}
+
+    async def counted() -> tuple[int, list[str]]:
+        async with AsyncClient([api.url(i) for i in NODES]) as kv:
+            return await kv.count(prefix), [e.key async for e in kv.iter_keys(prefix, keys_only=True)]
+    assert asyncio.run(counted()) == (6, [f"{prefix}{n}" for n in range(6)])
+
+
 def test_stale_reads(api):
     key = fresh()
     version = api.put(1, key, "s").body["version"]
@@ -268,6 +296,11 @@ BAD_REQUESTS = [
     ("GET", "/v1/kv?limit=-1", None, 400, "bad_request"),
     ("GET", "/v1/kv?limit=ten", None, 400, "bad_request"),
     ("GET", "/v1/kv?consistency=sometimes", None, 400, "bad_request"),
+    ("GET", "/v1/kv?prefx=a", None, 400, "bad_request"),  # a misspelt parameter is no list of everything
+    ("GET", "/v1/kv?keys_only=yes", None, 400, "bad_request"),
+    ("GET", "/v1/kv?count=1", None, 400, "bad_request"),
+    ("GET", "/v1/kv?count=true&limit=5", None, 400, "bad_request"),
+    ("GET", "/v1/kv?count=true&keys_only=true", None, 400, "bad_request"),
     ("PUT", "/v1/kv/", b'{"value": "x"}', 400, "invalid_key"),
     ("GET", "/v1/kv/", None, 400, "invalid_key"),
     ("DELETE", "/v1/kv/", None, 400, "invalid_key"),
