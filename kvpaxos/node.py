@@ -194,6 +194,7 @@ class Node:
         self.send_peer_lazy: Send = lambda dst, msg: self.send_peer(dst, msg)
         self.flush_lazy: Callable[[], None] = lambda: None
         self.on_fatal: Callable[[BaseException], None] = lambda exc: None
+        self.storage_failure: BaseException | None = None  # a group commit failed: stopping
         self.on_peers: Callable[[dict[int, tuple[str, int]]], None] = lambda cluster: None
         self.on_removed: Callable[[], None] = lambda: None
         self.removed = False
@@ -503,8 +504,7 @@ class Node:
                 try:
                     self.storage.check()  # a commit that died never reports back
                 except Exception as e:  # noqa: BLE001 - any storage failure stops the node
-                    log.critical("storage write failed, stopping: %s", e)
-                    self.on_fatal(e)
+                    self._storage_failed(e)
                     return
 
     # -- inputs ---------------------------------------------------------------
@@ -872,6 +872,14 @@ class Node:
             future = loop.run_in_executor(self._disk, self.storage.save, writes)
             future.add_done_callback(lambda f: self._on_committed(f.exception(), messages, started))
 
+    def _storage_failed(self, exc: BaseException) -> None:
+        """A group commit failed: the node stops (its messages never leave), said once
+        however many of its paths find the failure before it is down."""
+        if self.storage_failure is None:
+            self.storage_failure = exc
+            log.critical("storage write failed, stopping: %s", exc)
+            self.on_fatal(exc)
+
     def _on_committed(self, exc: BaseException | None, messages: list, started: float) -> None:
         self._committing = False
         if exc is None and hasattr(self.storage, "check"):
@@ -880,8 +888,7 @@ class Node:
             except Exception as e:  # noqa: BLE001 - any storage failure stops the node
                 exc = e
         if exc is not None:
-            log.critical("storage write failed, stopping: %s", exc)
-            self.on_fatal(exc)
+            self._storage_failed(exc)
             return
         elapsed = time.perf_counter() - started
         self.counters["fsyncs"] += 1

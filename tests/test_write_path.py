@@ -350,3 +350,29 @@ def test_the_snapshot_schedule_counts_a_slots_commands_not_the_changes_they_make
             await node.stop()
 
     asyncio.run(main())
+
+
+def test_a_failed_group_commit_stops_the_node_once(tmp_path, caplog) -> None:
+    """The tick's check and the commit's own report can both find a failed commit before
+    the node is down: it is logged, and the node told to stop, once."""
+    import logging
+
+    from storage.base import StorageError
+
+    config = NodeConfig(1, {1: ("127.0.0.1", free_ports(1)[0])}, str(tmp_path))
+    storage = SqliteStorage(str(tmp_path), 1)
+    node = Node(config, storage, fresh=True)
+    stopped: list[BaseException] = []
+    node.on_fatal = stopped.append
+
+    def full() -> None:
+        raise StorageError("acceptor.sqlite: a write failed: database or disk is full")
+    storage.check = full  # type: ignore[method-assign]
+    try:
+        with caplog.at_level(logging.CRITICAL, logger="kvpaxos.node"):
+            node._on_committed(None, [], time.perf_counter())
+            node._on_committed(None, [], time.perf_counter())
+        assert len(stopped) == 1 and isinstance(node.storage_failure, StorageError)
+        assert [r.levelname for r in caplog.records if "storage write failed" in r.getMessage()] == ["CRITICAL"]
+    finally:
+        storage.close()
