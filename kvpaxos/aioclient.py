@@ -18,14 +18,15 @@ import aiohttp
 
 from kvpaxos.client import (
     CONNECT_TIMEOUT_S, PROBE_TIMEOUT_S, WAIT_POLL_S, WAIT_VOTER_S, Compacted, Conflict, Entry, Event, KvError,
-    TxnResult, _int_field, after_compacted, entry_from, give_up, raise_for_status, txn_result_from, voter_yet,
+    TxnResult, _int_field, after_compacted, entry_from, event_from, give_up, raise_for_status, txn_result_from,
+    voter_yet,
     watch_page_from,
 )
 from kvpaxos.client_support import (
     LEADER_HEADER, RETRY_STATUSES, Attempts, Sessions, decode_body, kv_path, LeaderHint, list_path,
     member_body, member_path, members_path, merge_cluster_status, parse_endpoints, parse_retry_after,
     put_body, refresh_body, retry_reason, txn_body, unprobed_peers, watch_call_timeout, watch_path,
-    count_path, delete_prefix_path,
+    count_path, delete_prefix_path, EventStream, STREAM_SILENCE_S, stream_backoff, watch_stream_path,
 )
 
 # Raised when the TCP connect itself timed out (aiohttp >= 3.10); the request never left.
@@ -49,6 +50,7 @@ class AsyncClient:
         self._leader = LeaderHint(self.endpoints)  # ... writes at the leader answers name
         self._http: aiohttp.ClientSession | None = None
         self._closes = 0  # close() calls so far: a call or a watch begun before one ends with it
+        self._streams: set[aiohttp.ClientResponse] = set()  # watch streams open
         self.token = token
         self._ssl = ssl.create_default_context(cafile=ca_file) if ca_file else None
 
@@ -67,6 +69,8 @@ class AsyncClient:
         """Close the client's connections. Calls and watches in flight in other tasks end
         (a call raises KvError "closed", a watch stops); the client may be used again."""
         self._closes += 1
+        for response in list(self._streams):  # ends the watches reading them
+            response.close()
         if self._http is not None:
             await self._http.close()
             self._http = None
@@ -150,11 +154,99 @@ class AsyncClient:
                 self._preferred = after_compacted(refused, exc, self._preferred, len(self.endpoints))
 
     def watch(self, key: str | None = None, prefix: str | None = None, from_revision: int | None = None,
-              timeout_s: float = 30.0) -> AsyncIterator[Event]:
+              timeout_s: float = 30.0, stream: bool = True) -> AsyncIterator[Event]:
         """Every change to key or under prefix, in revision order, each once, for ever, as
-        `async for event in kv.watch(...)` (see Client.watch)."""
+        `async for event in kv.watch(...)`: a stream of server-sent events, or long polls
+        with stream=False (see Client.watch)."""
         watch_path(key, prefix, from_revision, timeout_s, 1)  # a bad call fails here, not at the first step
+        if stream:
+            return self._stream(key, prefix, from_revision)
         return self._follow(key, prefix, from_revision, timeout_s)
+
+    async def _stream(self, key: str | None, prefix: str | None,
+                      from_revision: int | None) -> AsyncIterator[Event]:
+        closes = self._closes
+        if from_revision is None:  # pinned as for long polls (see Client._follow)
+            events, from_revision = await self.watch_page(key, prefix, None, 0.0)
+            for event in events:
+                yield event
+        refused: list[Compacted] = []
+        idle_ends = 0  # streams in a row that ended without an event
+        while self._closes == closes:
+            if idle_ends:
+                await asyncio.sleep(stream_backoff(idle_ends))  # nodes stopping one after the other: no spin
+            try:
+                response = await self._open_stream(watch_stream_path(key, prefix, from_revision), closes)
+            except Compacted as exc:
+                self._preferred = after_compacted(refused, exc, self._preferred, len(self.endpoints))
+                continue
+            except KvError:
+                if self._closes != closes:
+                    return  # closed from another task while it looked for a node
+                raise
+            reader, stop = EventStream(), None
+            idle_ends += 1
+            try:
+                async for line in _lines(response.content):
+                    got = reader.feed(line)
+                    if got is None:
+                        continue
+                    kind, doc = got
+                    if kind == "stop":
+                        stop = doc
+                        break
+                    event = event_from(doc)
+                    from_revision = event.revision + 1
+                    refused.clear()
+                    idle_ends = 0
+                    yield event
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError):
+                pass  # cut off, silent for STREAM_SILENCE_S, or garbled: go on elsewhere
+            finally:
+                self._streams.discard(response)
+                response.close()
+            if stop is not None and stop.get("error") == "compacted":
+                exc = Compacted("compacted", str(stop.get("message", "compacted")), 410,
+                                _int_field(stop, "oldest"), _int_field(stop, "revision"))
+                self._preferred = after_compacted(refused, exc, self._preferred, len(self.endpoints))
+            else:
+                self._preferred = (self._preferred + 1) % len(self.endpoints)
+
+    async def _open_stream(self, path: str, closes: int) -> aiohttp.ClientResponse:
+        """A watch stream from the first node that starts one."""
+        attempts = Attempts(len(self.endpoints), self._preferred, self.timeout_s, False)
+        while (step := attempts.next()) is not None:
+            index, delay = step
+            await asyncio.sleep(delay)
+            if self._closes != closes:
+                raise KvError("closed", "the client was closed")
+            url = self.endpoints[index]
+            timeout = aiohttp.ClientTimeout(total=None, sock_read=STREAM_SILENCE_S,
+                                            sock_connect=min(CONNECT_TIMEOUT_S, max(attempts.remaining(), 0.01)))
+            try:
+                response = await self._session().get(url + path, headers={"Accept": "text/event-stream"},
+                                                     timeout=timeout)
+            except (aiohttp.ClientConnectorError, _CONNECT_TIMEOUT) as exc:
+                attempts.failed(f"{url}: {exc or type(exc).__name__}", sent=False)
+                continue
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                attempts.failed(f"{url}: {exc or type(exc).__name__}", sent=True)
+                continue
+            if response.status == 200:
+                self._preferred = index
+                self._streams.add(response)
+                return response
+            try:
+                doc = decode_body(await response.read())
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+                doc = {}
+            finally:
+                response.release()
+            if response.status in RETRY_STATUSES:
+                attempts.failed(retry_reason(url, response.status, doc), sent=True, status=response.status)
+                continue
+            raise_for_status(response.status, doc)
+        raise give_up(attempts)
 
     async def _follow(self, key: str | None, prefix: str | None, from_revision: int | None,
                       timeout_s: float) -> AsyncIterator[Event]:
@@ -307,3 +399,19 @@ class AsyncClient:
             raw = await response.read()
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             return response.status, retry_after, decode_body(raw), response.headers.get(LEADER_HEADER)
+
+
+async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """The lines of a response body, each with its newline, however long (aiohttp's own
+    line reader refuses lines past 128 KiB, and a change may carry a 1 MiB value)."""
+    buf = bytearray()
+    async for chunk in content.iter_any():
+        start = len(buf)
+        buf += chunk
+        end = buf.find(b"\n", start)
+        begin = 0
+        while end >= 0:
+            yield bytes(buf[begin:end + 1])
+            begin = end + 1
+            end = buf.find(b"\n", begin)
+        del buf[:begin]

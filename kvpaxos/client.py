@@ -21,6 +21,7 @@ from __future__ import annotations
 import http.client
 import json
 import select
+import socket
 import ssl
 import time
 import uuid
@@ -33,7 +34,7 @@ from kvpaxos.client_support import (
     LEADER_HEADER, RETRY_STATUSES, Attempts, Sessions, decode_body, kv_path, LeaderHint, list_path,
     member_body, member_path, members_path, merge_cluster_status, normalize_endpoint, parse_endpoints,
     parse_retry_after, put_body, refresh_body, retry_reason, txn_body, unprobed_peers, watch_call_timeout, watch_path,
-    count_path, delete_prefix_path,
+    count_path, delete_prefix_path, EventStream, STREAM_SILENCE_S, stream_backoff, watch_stream_path,
 )
 
 __all__ = [
@@ -264,6 +265,7 @@ class Client:
         self._preferred = 0  # calls start at the node that last answered ...
         self._leader = LeaderHint(self.endpoints)  # ... writes at the leader answers name
         self._conns: dict[int, http.client.HTTPConnection] = {}
+        self._streams: set[http.client.HTTPConnection] = set()  # watch streams open
         self._closed = False
         self.token, self.ca_file = token, ca_file
         self._ssl = ssl.create_default_context(cafile=ca_file) if ca_file else None
@@ -286,6 +288,13 @@ class Client:
         conns, self._conns = self._conns, {}
         for conn in list(conns.values()):
             conn.close()
+        for conn in list(self._streams):  # wakes a thread blocked reading one, which closes it
+            sock = conn.sock
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     # -- key-value operations --
 
@@ -389,15 +398,107 @@ class Client:
                 self._preferred = after_compacted(refused, exc, self._preferred, len(self.endpoints))
 
     def watch(self, key: str | None = None, prefix: str | None = None, from_revision: int | None = None,
-              timeout_s: float = 30.0) -> Iterator[Event]:
+              timeout_s: float = 30.0, stream: bool = True) -> Iterator[Event]:
         """Every change to `key` or under `prefix` from revision `from_revision` on (without
         it, from a linearizable read made when the first event is asked for), in revision
-        order, each once, for ever: long polls of timeout_s, each from the `next` of the one
-        before, on whichever node answers (every node gives a change the same revision).
-        Raises Compacted when the history no longer holds the revision to go on from, and
-        Unavailable (as any read) when no node answers within a poll's budget."""
+        order, each once, for ever, on whichever node answers (every node gives a change the
+        same revision): as a stream of server-sent events, which goes on from the revision
+        after its last event through another node when its node stops, goes quiet for
+        STREAM_SILENCE_S or loses its leader; or (stream=False) long polls of timeout_s, each
+        from the `next` of the one before. Raises Compacted when the history no longer
+        holds the revision to go on from, and Unavailable (as any read) when no node
+        answers within the client's budget (a poll's, for long polls)."""
         watch_path(key, prefix, from_revision, timeout_s, 1)  # a bad call fails here, not at the first next()
+        if stream:
+            return self._stream(key, prefix, from_revision)
         return self._follow(key, prefix, from_revision, timeout_s)
+
+    def _stream(self, key: str | None, prefix: str | None, from_revision: int | None) -> Iterator[Event]:
+        if from_revision is None:  # pinned as for long polls (see _follow)
+            events, from_revision = self.watch_page(key, prefix, None, 0.0)
+            yield from events
+        refused: list[Compacted] = []
+        idle_ends = 0  # streams in a row that ended without an event
+        while not self._closed:
+            if idle_ends:
+                time.sleep(stream_backoff(idle_ends))  # nodes stopping one after the other: no spin
+            try:
+                conn, response = self._open_stream(watch_stream_path(key, prefix, from_revision))
+            except Compacted as exc:
+                self._preferred = after_compacted(refused, exc, self._preferred, len(self.endpoints))
+                continue
+            except KvError:
+                if self._closed:
+                    return  # closed from another thread while it looked for a node
+                raise
+            reader, stop = EventStream(), None
+            idle_ends += 1
+            try:
+                while stop is None and not self._closed:
+                    line = response.readline()
+                    if not line:
+                        break  # the node closed it: go on elsewhere
+                    got = reader.feed(line)
+                    if got is None:
+                        continue
+                    kind, doc = got
+                    if kind == "stop":
+                        stop = doc
+                        break
+                    event = event_from(doc)
+                    from_revision = event.revision + 1
+                    refused.clear()
+                    idle_ends = 0
+                    yield event
+            except (OSError, http.client.HTTPException, ValueError):
+                pass  # cut off, silent for STREAM_SILENCE_S, or garbled: go on elsewhere
+            finally:
+                self._streams.discard(conn)
+                conn.close()
+            if stop is not None and stop.get("error") == "compacted":
+                exc = Compacted("compacted", str(stop.get("message", "compacted")), 410,
+                                _int_field(stop, "oldest"), _int_field(stop, "revision"))
+                self._preferred = after_compacted(refused, exc, self._preferred, len(self.endpoints))
+            else:
+                self._preferred = (self._preferred + 1) % len(self.endpoints)
+
+    def _open_stream(self, path: str) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        """A watch stream from the first node that starts one, on a connection of its own."""
+        attempts = Attempts(len(self.endpoints), self._preferred, self.timeout_s, False)
+        headers = {"Accept": "text/event-stream", **({"Authorization": f"Bearer {self.token}"} if self.token else {})}
+        while (step := attempts.next()) is not None:
+            index, delay = step
+            time.sleep(delay)
+            if self._closed:
+                raise KvError("closed", "the client was closed")
+            conn = self._new_connection(index, attempts.remaining())
+            try:
+                conn.connect()
+            except OSError as exc:
+                conn.close()
+                attempts.failed(f"{self.endpoints[index]}: {exc or type(exc).__name__}", sent=False)
+                continue
+            self._streams.add(conn)
+            try:
+                conn.sock.settimeout(STREAM_SILENCE_S)
+                conn.request("GET", path, headers=headers)
+                response = conn.getresponse()
+                if response.status == 200:
+                    self._preferred = index
+                    return conn, response
+                status, doc = response.status, decode_body(response.read())
+            except (OSError, http.client.HTTPException) as exc:
+                status, doc = 0, {}
+                attempts.failed(f"{self.endpoints[index]}: {exc or type(exc).__name__}", sent=True)
+            self._streams.discard(conn)
+            conn.close()
+            if status == 0:
+                continue
+            if status in RETRY_STATUSES:
+                attempts.failed(retry_reason(self.endpoints[index], status, doc), sent=True, status=status)
+                continue
+            raise_for_status(status, doc)
+        raise give_up(attempts)
 
     def _follow(self, key: str | None, prefix: str | None, from_revision: int | None,
                 timeout_s: float) -> Iterator[Event]:
@@ -554,13 +655,7 @@ class Client:
             self._drop(index)
             conn = None
         if conn is None or conn.sock is None:
-            parts = urlsplit(self.endpoints[index])
-            timeout = min(CONNECT_TIMEOUT_S, max(timeout_s, 0.01))
-            if parts.scheme == "https":
-                conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout,
-                                                   context=self._ssl)
-            else:
-                conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+            conn = self._new_connection(index, timeout_s)
             try:
                 conn.connect()
             except OSError as exc:
@@ -568,6 +663,14 @@ class Client:
                 raise _ConnectError(str(exc) or type(exc).__name__) from exc
             self._conns[index] = conn
         return conn
+
+    def _new_connection(self, index: int, timeout_s: float) -> http.client.HTTPConnection:
+        """An unconnected connection to endpoint index (connecting takes at most timeout_s)."""
+        parts = urlsplit(self.endpoints[index])
+        timeout = min(CONNECT_TIMEOUT_S, max(timeout_s, 0.01))
+        if parts.scheme == "https":
+            return http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout, context=self._ssl)
+        return http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
 
     def _drop(self, index: int) -> None:
         conn = self._conns.pop(index, None)

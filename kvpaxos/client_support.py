@@ -125,6 +125,54 @@ def watch_path(key: str | None, prefix: str | None, from_revision: int | None, t
     return "/v1/watch?" + urlencode(query)
 
 
+# A node sends a comment line every 15 s on a watch stream with nothing to say: a stream
+# silent this long is cut off (the node paused, or the network), and the watch goes on
+# elsewhere from the revision after its last event.
+STREAM_SILENCE_S = 25.0
+
+
+def stream_backoff(idle_ends: int) -> float:
+    """Seconds to wait before opening a watch stream again after `idle_ends` streams in a
+    row ended without an event (50 ms, doubling, at most 1 s)."""
+    return min(1.0, 0.05 * 2 ** (idle_ends - 1))
+
+
+def watch_stream_path(key: str | None, prefix: str | None, from_revision: int) -> str:
+    """GET /v1/watch as server-sent events from revision from_revision on."""
+    query: dict[str, Any] = {"key": key} if key is not None else {"prefix": prefix}
+    query["from"] = int(from_revision)
+    query["stream"] = "true"
+    return "/v1/watch?" + urlencode(query)
+
+
+class EventStream:
+    """Reads a watch stream's lines (text/event-stream): feed() each one; it gives
+    ("change", doc) for a change and ("stop", error document) for the node's last word,
+    and None for everything else (ids, comments, retry hints, the blank line between)."""
+
+    def __init__(self) -> None:
+        self._data: list[str] = []
+        self._event = ""
+
+    def feed(self, raw: bytes) -> tuple[str, Any] | None:
+        line = raw.decode("utf-8").rstrip("\r\n")
+        if not line:
+            data, event = self._data, self._event
+            self._data, self._event = [], ""
+            if not data:
+                return None
+            return ("stop" if event == "stop" else "change"), json.loads("\n".join(data))  # ValueError if not JSON
+        if line.startswith(":"):
+            return None
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+        return None
+
+
 def watch_call_timeout(poll_s: float, call_s: float) -> float:
     """The budget of one watch call: the poll's wait on the node, which holds the request
     that long when nothing changes, and the client's usual budget on top to reach a node

@@ -748,3 +748,24 @@ def test_server_option_finds_a_node_that_joined_later(fake: FakeCluster, tmp_pat
     assert resolve_endpoints(4, None, tmp_path) == [fake.b.url]
     with pytest.raises(click.BadParameter):
         resolve_endpoints(5, None, tmp_path)
+
+
+def test_a_watch_streams_lines_make_changes_and_a_last_stop() -> None:
+    """What a node sends on a watch stream (kvpaxos/http.py _watch_stream), read back:
+    a retry hint, comments, ids, changes (data split over lines joins with newlines), and
+    the last `event: stop` with its error document."""
+    from kvpaxos.client_support import EventStream, stream_backoff
+
+    reader = EventStream()
+    lines = [b"retry: 1000\n", b"\n", b": nothing new\n", b"\n",
+             b"id: 7\n", b'data: {"revision": 7, "type": "put",\n', b'data: "key": "a", "value": "x"}\n', b"\n",
+             b"id: 8\r\n", b'data:{"revision": 8, "type": "delete", "key": "a"}\r\n', b"\r\n",
+             b"event: stop\n", b'data: {"error": "compacted", "oldest": 9}\n', b"\n"]
+    got = [x for x in (reader.feed(line) for line in lines) if x is not None]
+    assert got == [("change", {"revision": 7, "type": "put", "key": "a", "value": "x"}),
+                   ("change", {"revision": 8, "type": "delete", "key": "a"}),
+                   ("stop", {"error": "compacted", "oldest": 9})]
+    with pytest.raises(ValueError):
+        for line in (b"data: {not json\n", b"\n"):
+            reader.feed(line)
+    assert [stream_backoff(n) for n in (1, 2, 3, 10)] == [0.05, 0.1, 0.2, 1.0]

@@ -177,6 +177,24 @@ def test_watch_follows_every_change_sync_and_async(watched):
         assert drain(async_found, 4) == expected
 
 
+def test_the_streams_carry_big_values_and_long_polls_still_work(watched):
+    """A change of a 1 MiB value is one line of the event stream (aiohttp's own line
+    reader refuses lines past 128 KiB); stream=False keeps the long polls."""
+    prefix = fresh("big")
+    urls = [watched.url(i) for i in NODES]
+    big = "B" * (1024 * 1024 - 16)
+    with Client(urls, timeout_s=10) as kv:
+        _, start = kv.watch_page(prefix=prefix, timeout_s=0)
+        streamed = follow(kv.watch(prefix=prefix, from_revision=start))
+        polled = follow(Client(urls).watch(prefix=prefix, from_revision=start, timeout_s=5, stream=False))
+        async_found = follow_async(lambda: AsyncClient(urls, timeout_s=10), 2, prefix=prefix, from_revision=start)
+        expected = [Event(put(watched, 2, prefix + "a", big), "put", prefix + "a", big),
+                    Event(put(watched, 3, prefix + "b", "small"), "put", prefix + "b", "small")]
+        assert drain(streamed, 2) == expected
+        assert drain(polled, 2) == expected
+        assert drain(async_found, 2) == expected
+
+
 def test_watch_from_a_revision_replays_then_carries_on(watched):
     key = fresh("replay") + "k"
     versions = [put(watched, 1 + n % 3, key, str(n)) for n in range(3)]
