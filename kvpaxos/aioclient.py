@@ -403,7 +403,7 @@ class AsyncClient:
 
 async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
     """The lines of a response body, each with its newline, however long (aiohttp's own
-    line reader refuses lines past 128 KiB, and a change may carry a 1 MiB value)."""
+    line reader refuses lines past 512 KiB, and a change may carry a 1 MiB value)."""
     buf = bytearray()
     async for chunk in content.iter_any():
         start = len(buf)

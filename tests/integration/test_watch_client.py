@@ -179,7 +179,7 @@ def test_watch_follows_every_change_sync_and_async(watched):
 
 def test_the_streams_carry_big_values_and_long_polls_still_work(watched):
     """A change of a 1 MiB value is one line of the event stream (aiohttp's own line
-    reader refuses lines past 128 KiB); stream=False keeps the long polls."""
+    reader refuses lines past 512 KiB); stream=False keeps the long polls."""
     prefix = fresh("big")
     urls = [watched.url(i) for i in NODES]
     big = "B" * (1024 * 1024 - 16)
