@@ -44,16 +44,27 @@ class RecordingStorage(SqliteStorage):
         super().submit(writes, on_durable)
 
 
+async def lone_leader(tmp_path, storage: SqliteStorage | None = None, **config) -> Node:  # noqa: ANN001
+    """The node of a one-node cluster in tmp_path, started and leading (stop it when done);
+    its storage SqliteStorage unless given, `config` more NodeConfig fields."""
+    node = Node(NodeConfig(1, {1: ("127.0.0.1", free_ports(1)[0])}, str(tmp_path), election_ticks=2, **config),
+                storage or SqliteStorage(str(tmp_path), 1), fresh=True)
+    await node.start()
+    try:
+        async with asyncio.timeout(20):
+            while node.replica.role is not Role.LEADER:
+                await asyncio.sleep(0.02)
+    except BaseException:
+        await node.stop()
+        raise
+    return node
+
+
 def test_chosen_records_ride_with_the_next_acceptance(tmp_path) -> None:
     async def main() -> None:
-        config = NodeConfig(1, {1: ("127.0.0.1", free_ports(1)[0])}, str(tmp_path), election_ticks=2)
         storage = RecordingStorage(str(tmp_path), 1)
-        node = Node(config, storage, fresh=True)
-        await node.start()
+        node = await lone_leader(tmp_path, storage)
         try:
-            async with asyncio.timeout(20):
-                while node.replica.role is not Role.LEADER:
-                    await asyncio.sleep(0.02)
             # From here no tick runs, so nothing but a write can carry a chosen record.
             assert node._ticker is not None
             node._ticker.cancel()
@@ -235,14 +246,8 @@ def test_a_read_index_that_never_comes_is_asked_again_then_gives_up(tmp_path) ->
     from kvpaxos.errors import NoQuorum
 
     async def main() -> None:
-        config = NodeConfig(1, {1: ("127.0.0.1", free_ports(1)[0])}, str(tmp_path), election_ticks=2,
-                            request_timeout_s=1.0)
-        node = Node(config, SqliteStorage(str(tmp_path), 1), fresh=True)
-        await node.start()
+        node = await lone_leader(tmp_path, request_timeout_s=1.0)
         try:
-            async with asyncio.timeout(20):
-                while node.replica.role is not Role.LEADER:
-                    await asyncio.sleep(0.02)
             await node.linearizable_point()  # answered: nothing to wait for
             asked: list[int] = []
             node.replica.read_index = asked.append  # a leader that never answers
@@ -303,15 +308,10 @@ def test_a_slot_carries_the_clock_of_its_forming_not_of_the_last_tick(tmp_path) 
     at least the moment it was asked plus the ttl (by the last tick's reading it would be
     up to a second earlier, and a lock's holder would think it held a lock already gone)."""
     async def main() -> list[tuple[int, int]]:
-        config = NodeConfig(1, {1: ("127.0.0.1", free_ports(1)[0])}, str(tmp_path), election_ticks=2,
-                            tick_ms=1000)
-        node = Node(config, SqliteStorage(str(tmp_path), 1), fresh=True)
-        await node.start()
+        node = await lone_leader(tmp_path, tick_ms=1000)
         seen = []
         try:
             async with asyncio.timeout(20):
-                while node.replica.role is not Role.LEADER:
-                    await asyncio.sleep(0.02)
                 for n in range(4):
                     await asyncio.sleep(0.3)
                     asked_ms = int(time.time() * 1000)
@@ -333,13 +333,8 @@ def test_the_snapshot_schedule_counts_a_slots_commands_not_the_changes_they_make
     from kvpaxos.core.commands import TXN
 
     async def main() -> None:
-        config = NodeConfig(1, {1: ("127.0.0.1", free_ports(1)[0])}, str(tmp_path), election_ticks=2)
-        node = Node(config, SqliteStorage(str(tmp_path), 1), fresh=True)
-        await node.start()
+        node = await lone_leader(tmp_path)
         try:
-            async with asyncio.timeout(20):
-                while node.replica.role is not Role.LEADER:
-                    await asyncio.sleep(0.02)
             writes = [Command(PUT, f"k{i}", "v" * 1000) for i in range(8)]
             t = Command(TXN, "t", txns.encode([], writes, []), cmd_id="t.1")
             before = node.snapshots.applied_bytes
