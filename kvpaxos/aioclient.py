@@ -18,9 +18,8 @@ import aiohttp
 
 from kvpaxos.client import (
     CONNECT_TIMEOUT_S, PROBE_TIMEOUT_S, WAIT_POLL_S, WAIT_VOTER_S, Compacted, Conflict, Entry, Event, KvError,
-    TxnResult, _int_field, after_compacted, entry_from, event_from, give_up, raise_for_status, txn_result_from,
-    voter_yet,
-    watch_page_from,
+    TxnResult, _int_field, after_compacted, after_stream, entry_from, event_from, give_up, raise_for_status,
+    txn_result_from, voter_yet, watch_page_from,
 )
 from kvpaxos.client_support import (
     LEADER_HEADER, RETRY_STATUSES, Attempts, Sessions, decode_body, kv_path, LeaderHint, list_path,
@@ -205,12 +204,7 @@ class AsyncClient:
             finally:
                 self._streams.discard(response)
                 response.close()
-            if stop is not None and stop.get("error") == "compacted":
-                exc = Compacted("compacted", str(stop.get("message", "compacted")), 410,
-                                _int_field(stop, "oldest"), _int_field(stop, "revision"))
-                self._preferred = after_compacted(refused, exc, self._preferred, len(self.endpoints))
-            else:
-                self._preferred = (self._preferred + 1) % len(self.endpoints)
+            self._preferred = after_stream(stop, refused, self._preferred, len(self.endpoints))
 
     async def _open_stream(self, path: str, closes: int) -> aiohttp.ClientResponse:
         """A watch stream from the first node that starts one."""

@@ -212,6 +212,17 @@ def after_compacted(refused: list[Compacted], exc: Compacted, answered: int, end
     return (answered + 1) % endpoints
 
 
+def after_stream(stop: dict[str, Any] | None, refused: list[Compacted], answered: int, endpoints: int) -> int:
+    """A watch stream from endpoint `answered` ended, with the node's stop document if it
+    sent one: the endpoint to open the next at (after_compacted's, for a compacted stop;
+    else the next one round)."""
+    if stop is not None and stop.get("error") == "compacted":
+        exc = Compacted("compacted", str(stop.get("message", "compacted")), 410,
+                        _int_field(stop, "oldest"), _int_field(stop, "revision"))
+        return after_compacted(refused, exc, answered, endpoints)
+    return (answered + 1) % endpoints
+
+
 def voter_yet(doc: dict[str, Any], node_id: int, deadline: float, waited_s: float) -> bool:
     """For add_member(wait=True): whether a /v1/members document shows node_id as a voter
     whose promotion is in effect; NotFound if it is no longer a member, OutcomeUnknown once
@@ -455,12 +466,7 @@ class Client:
             finally:
                 self._streams.discard(conn)
                 conn.close()
-            if stop is not None and stop.get("error") == "compacted":
-                exc = Compacted("compacted", str(stop.get("message", "compacted")), 410,
-                                _int_field(stop, "oldest"), _int_field(stop, "revision"))
-                self._preferred = after_compacted(refused, exc, self._preferred, len(self.endpoints))
-            else:
-                self._preferred = (self._preferred + 1) % len(self.endpoints)
+            self._preferred = after_stream(stop, refused, self._preferred, len(self.endpoints))
 
     def _open_stream(self, path: str) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         """A watch stream from the first node that starts one, on a connection of its own."""

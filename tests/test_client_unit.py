@@ -769,3 +769,17 @@ def test_a_watch_streams_lines_make_changes_and_a_last_stop() -> None:
         for line in (b"data: {not json\n", b"\n"):
             reader.feed(line)
     assert [stream_backoff(n) for n in (1, 2, 3, 10)] == [0.05, 0.1, 0.2, 1.0]
+
+
+def test_after_a_stream_ends_the_next_node_is_asked_and_compacted_everywhere_raises() -> None:
+    from kvpaxos.client import Compacted, after_stream
+
+    refused: list = []
+    assert after_stream(None, refused, 2, 3) == 0  # ended or cut off: the next node round
+    assert after_stream({"error": "no_quorum"}, refused, 0, 3) == 1 and refused == []
+    stop = {"error": "compacted", "message": "gone", "oldest": 40, "revision": 90}
+    assert after_stream(stop, refused, 1, 3) == 2 and refused[0].oldest == 40
+    assert after_stream({**stop, "oldest": 30}, refused, 2, 3) == 0
+    with pytest.raises(Compacted) as raised:
+        after_stream({**stop, "oldest": 35}, refused, 0, 3)
+    assert raised.value.oldest == 30  # the oldest any node held
