@@ -18,14 +18,14 @@ import aiohttp
 
 from kvpaxos.client import (
     CONNECT_TIMEOUT_S, PROBE_TIMEOUT_S, WAIT_POLL_S, WAIT_VOTER_S, Compacted, Conflict, Entry, Event, KvError,
-    TxnResult, _int_field, after_compacted, after_stream, entry_from, event_from, give_up, raise_for_status,
+    TxnResult, WatchReader, _int_field, after_compacted, after_stream, entry_from, give_up, raise_for_status,
     txn_result_from, voter_yet, watch_page_from,
 )
 from kvpaxos.client_support import (
     LEADER_HEADER, RETRY_STATUSES, Attempts, Sessions, decode_body, kv_path, LeaderHint, list_path,
     member_body, member_path, members_path, merge_cluster_status, parse_endpoints, parse_retry_after,
     put_body, refresh_body, retry_reason, txn_body, unprobed_peers, watch_call_timeout, watch_path,
-    count_path, delete_prefix_path, EventStream, STREAM_SILENCE_S, stream_backoff, watch_stream_path,
+    count_path, delete_prefix_path, STREAM_SILENCE_S, stream_backoff, watch_stream_path,
 )
 
 # Raised when the TCP connect itself timed out (aiohttp >= 3.10); the request never left.
@@ -183,18 +183,15 @@ class AsyncClient:
                 if self._closes != closes:
                     return  # closed from another task while it looked for a node
                 raise
-            reader, stop = EventStream(), None
+            reader = WatchReader()
             idle_ends += 1
             try:
                 async for line in _lines(response.content):
-                    got = reader.feed(line)
-                    if got is None:
-                        continue
-                    kind, doc = got
-                    if kind == "stop":
-                        stop = doc
+                    event = reader.take(line)
+                    if reader.stop is not None:
                         break
-                    event = event_from(doc)
+                    if event is None:
+                        continue
                     from_revision = event.revision + 1
                     refused.clear()
                     idle_ends = 0
@@ -204,7 +201,7 @@ class AsyncClient:
             finally:
                 self._streams.discard(response)
                 response.close()
-            self._preferred = after_stream(stop, refused, self._preferred, len(self.endpoints))
+            self._preferred = after_stream(reader.stop, refused, self._preferred, len(self.endpoints))
 
     async def _open_stream(self, path: str, closes: int) -> aiohttp.ClientResponse:
         """A watch stream from the first node that starts one."""

@@ -212,6 +212,25 @@ def after_compacted(refused: list[Compacted], exc: Compacted, answered: int, end
     return (answered + 1) % endpoints
 
 
+class WatchReader(EventStream):
+    """A watch stream's lines read as Events: take(line) is the Event the line completes,
+    or None; `stop` holds the node's last word (its error document) once it came."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stop: dict[str, Any] | None = None
+
+    def take(self, raw: bytes) -> Event | None:
+        got = self.feed(raw)
+        if got is None:
+            return None
+        kind, doc = got
+        if kind == "stop":
+            self.stop = doc
+            return None
+        return event_from(doc)
+
+
 def after_stream(stop: dict[str, Any] | None, refused: list[Compacted], answered: int, endpoints: int) -> int:
     """A watch stream from endpoint `answered` ended, with the node's stop document if it
     sent one: the endpoint to open the next at (after_compacted's, for a compacted stop;
@@ -442,21 +461,16 @@ class Client:
                 if self._closed:
                     return  # closed from another thread while it looked for a node
                 raise
-            reader, stop = EventStream(), None
+            reader = WatchReader()
             idle_ends += 1
             try:
-                while stop is None and not self._closed:
+                while reader.stop is None and not self._closed:
                     line = response.readline()
                     if not line:
                         break  # the node closed it: go on elsewhere
-                    got = reader.feed(line)
-                    if got is None:
+                    event = reader.take(line)
+                    if event is None:
                         continue
-                    kind, doc = got
-                    if kind == "stop":
-                        stop = doc
-                        break
-                    event = event_from(doc)
                     from_revision = event.revision + 1
                     refused.clear()
                     idle_ends = 0
@@ -466,7 +480,7 @@ class Client:
             finally:
                 self._streams.discard(conn)
                 conn.close()
-            self._preferred = after_stream(stop, refused, self._preferred, len(self.endpoints))
+            self._preferred = after_stream(reader.stop, refused, self._preferred, len(self.endpoints))
 
     def _open_stream(self, path: str) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         """A watch stream from the first node that starts one, on a connection of its own."""

@@ -769,6 +769,12 @@ def test_a_watch_streams_lines_make_changes_and_a_last_stop() -> None:
         for line in (b"data: {not json\n", b"\n"):
             reader.feed(line)
     assert [stream_backoff(n) for n in (1, 2, 3, 10)] == [0.05, 0.1, 0.2, 1.0]
+    from kvpaxos.client import Event, WatchReader
+
+    watching = WatchReader()
+    events = [e for e in (watching.take(line) for line in lines) if e is not None]
+    assert events == [Event(7, "put", "a", "x"), Event(8, "delete", "a", None)]
+    assert watching.stop == {"error": "compacted", "oldest": 9}
 
 
 def test_after_a_stream_ends_the_next_node_is_asked_and_compacted_everywhere_raises() -> None:
