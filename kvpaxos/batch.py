@@ -28,7 +28,7 @@ from kvpaxos.core import txn as txns
 from kvpaxos.core.commands import DELETE, PUT, REFRESH, TXN, VALUE_BYTES_MAX, Command, Result
 from kvpaxos.errors import BadRequest, ValueTooLarge
 from kvpaxos.node import Node
-from kvpaxos.parse import field, identity, key_of, ttl_field
+from kvpaxos.parse import field, identity, key_of, lease_field, ttl_field
 
 BATCH_OPS_MAX = 10_000
 GETS_ANSWER_CHARS = 16 * 1024 * 1024
@@ -45,7 +45,8 @@ def _parse_op(i: int, op: Any, value_max: int) -> tuple[str, dict]:
     fields = {"key": key, "value": field(op, "value", str, op["op"] not in ("put", "cas"), where),
               "if_value": field(op, "if_value", str, op["op"] != "cas", where),
               "if_version": field(op, "if_version", int, True, where),
-              "ttl_ms": ttl_field(op, op["op"] in ("put", "cas", "refresh"), where)}
+              "ttl_ms": ttl_field(op, op["op"] in ("put", "cas", "refresh"), where),
+              "lease": lease_field(op, op["op"] in ("put", "cas"), where)}
     for name in ("value", "if_value"):
         v = fields[name]
         if v is not None and len(v.encode("utf-8")) > value_max:
@@ -71,7 +72,7 @@ async def run_batch(node: Node, body: dict) -> dict:
         if kind != "get":
             writes.append(Command(_WRITE_OPS[kind], f["key"], f["value"] if kind in ("put", "cas") else None,
                                   f["if_value"], f["if_version"], client_id, seq,
-                                  node.new_cmd_id(), len(writes), f["ttl_ms"]))
+                                  node.new_cmd_id(), len(writes), f["ttl_ms"], f["lease"]))
     results = iter(await node.submit_group(tuple(writes)) if writes else [])
     if len(writes) < len(parsed):
         await node.linearizable_point()
@@ -89,6 +90,9 @@ async def run_batch(node: Node, body: dict) -> dict:
             left = node.kv.ttl_left_ms(f["key"], int(time.time() * 1000))
             if left is not None:
                 got["ttl"] = left / 1000  # as a GET shows it
+            lease = node.kv.key_lease.get(f["key"])
+            if lease is not None:
+                got["lease"] = lease
             out.append(got)
     return {"results": out}
 
@@ -116,14 +120,15 @@ def _txn_write(branch: str, i: int, w: Any, value_max: int) -> Command:
     if not isinstance(w, dict) or w.get("op") not in ("put", "delete", "get"):
         raise BadRequest(f"{where} must be an object with op put, delete or get")
     put = w["op"] == "put"
-    if set(w) - ({"op", "key", "value", "ttl"} if put else {"op", "key"}):
-        raise BadRequest(f"{where}: a {w['op']} takes " + ("a key, a value and a ttl" if put else "a key only"))
+    if set(w) - ({"op", "key", "value", "ttl", "lease"} if put else {"op", "key"}):
+        raise BadRequest(f"{where}: a {w['op']} takes " + ("a key, a value, and a ttl or a lease" if put
+                                                            else "a key only"))
     key = key_of(field(w, "key", str, optional=False, where=where))
     value = field(w, "value", str, not put, where)
     if value is not None and len(value.encode("utf-8")) > value_max:
         raise ValueTooLarge(f"{where}.value exceeds {value_max} bytes")
     return Command({"put": PUT, "delete": DELETE, "get": txns.GET}[w["op"]], key, value,
-                   ttl_ms=ttl_field(w, put, where))
+                   ttl_ms=ttl_field(w, put, where), lease=lease_field(w, put, where))
 
 
 def _listed(body: dict, name: str, most: int) -> list:

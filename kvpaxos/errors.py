@@ -53,6 +53,21 @@ class MemberChangeRefused(KvError):
         self.status = 404 if code in ("not_a_member", "not_a_learner") else 409
 
 
+class LeaseNotFound(NotFound):
+    code = "lease_not_found"
+
+
+class LeaseConflict(KvError):
+    """A lease command or a put with a lease that the store refused (409); `code` says
+    why: lease_exists, lease_full, key_has_lease, lease_ids_exhausted."""
+
+    status, code = 409, "lease_conflict"
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class NoQuorum(KvError):
     """No leader could be reached; the command was certainly not applied."""
 

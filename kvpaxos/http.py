@@ -20,16 +20,17 @@ from typing import Awaitable, Callable
 
 from aiohttp import HttpVersion11, web
 
-from kvpaxos.core.commands import DELETE, DELETE_PREFIX, PUT, REFRESH, Command, Result
+from kvpaxos.core.commands import (DELETE, DELETE_PREFIX, LEASE_GRANT, LEASE_ID_MAX, LEASE_KEEPALIVE, LEASE_REVOKE, PUT,
+                                   REFRESH, Command, Result)
 from kvpaxos.core.membership import MEMBER_ADD, MEMBER_REMOVE
-from kvpaxos.errors import (BadRequest, InvalidKey, KvError, NoQuorum, NotFound, Overloaded,
-                            PreconditionFailed, ValueTooLarge)
+from kvpaxos.errors import (BadRequest, InvalidKey, KvError, LeaseConflict, LeaseNotFound, NoQuorum, NotFound,
+                            Overloaded, PreconditionFailed, ValueTooLarge)
 from kvpaxos.dashboard import cors_headers, setup_dashboard, write_stats
 from kvpaxos.dashboard.stats import WriteStats
 from kvpaxos.batch import run_batch, run_txn
 from kvpaxos.config import parse_address
 from kvpaxos.node import Node
-from kvpaxos.parse import field, identity, json_body, key_of, ttl_field
+from kvpaxos.parse import field, identity, json_body, key_of, lease_field, lease_ttl_ms, ttl_field
 from kvpaxos.transport import PeerTransport
 from kvpaxos import metrics, security
 from kvpaxos.client_support import LEADER_HEADER
@@ -190,7 +191,7 @@ def _command(node: Node, op: str, key: str, body: dict) -> Command:
     value, client_id, seq = body.get("value"), body.get("client_id"), body.get("seq")
     if (op == PUT and type(value) is str and value.isascii() and len(value) <= node.config.value_bytes_max
             and body.get("if_value") is None and body.get("if_version") is None and body.get("ttl") is None
-            and "refresh" not in body
+            and "refresh" not in body and "lease" not in body
             and ((type(client_id) is str and client_id and client_id.isascii() and type(seq) is int and seq >= 1)
                  or (client_id is None and seq is None))):
         # A plain put, what nearly every write is: ASCII text is valid UTF-8 of its own
@@ -220,16 +221,28 @@ def _checked_command(node: Node, op: str, key: str, body: dict) -> Command:
     client_id, seq = identity(body)
     return Command(op, key, value if op == PUT else None, field(body, "if_value", str),
                    field(body, "if_version", int), client_id, seq, node.new_cmd_id(),
-                   ttl_ms=ttl_field(body, op != DELETE))
+                   ttl_ms=ttl_field(body, op != DELETE), lease=lease_field(body, op == PUT))
 
 
-def _check(result: Result, key: str) -> Result:
+_LEASE_REFUSALS = {
+    "lease_exists": "a lease with that id exists or existed, or the id is not above every id granted before",
+    "lease_full": "the lease holds as many keys as a lease may (10,000)",
+    "key_has_lease": "the key is attached to a lease: it goes when its lease does (put it without the lease first)",
+    "lease_ids_exhausted": "every lease id has been granted",
+}
+
+
+def _check(result: Result, key: str, lease: int | None = None) -> Result:
     if result.ok:
         return result
     if result.error == "precondition_failed":
         raise PreconditionFailed(f"precondition failed for key {key!r}", version=result.version)
     if result.error == "not_found":
         raise NotFound(f"key {key!r} not found")
+    if result.error == "lease_not_found":
+        raise LeaseNotFound(f"lease {lease} not found (never granted, revoked, or expired)")
+    if result.error in _LEASE_REFUSALS:
+        raise LeaseConflict(result.error, _LEASE_REFUSALS[result.error])
     raise BadRequest(f"command rejected: {result.error}")
 
 
@@ -253,6 +266,9 @@ async def get_key(request: web.Request) -> web.Response:
     left = node.kv.ttl_left_ms(key, int(time.time() * 1000))
     if left is not None:
         answer["ttl"] = left / 1000  # seconds left by this node's clock (0: due, going with the next slot)
+    lease = node.kv.key_lease.get(key)
+    if lease is not None:
+        answer["lease"] = lease
     return web.json_response(answer)
 
 
@@ -318,7 +334,7 @@ async def put_key(request: web.Request) -> web.StreamResponse:
             cmd = _command(node, PUT, key, await json_body(request, required=True))
             result = (await node.submit_group((cmd,)))[0]  # submit() without its coroutine layer
             if not result.ok:
-                _check(result, key)
+                _check(result, key, cmd.lease)
             body = b'{"key": %s, "version": %d}' % (_json_str(key), result.version)
             if request.version == _HTTP_11 and "Origin" not in request.headers:
                 ok = True
@@ -372,6 +388,11 @@ async def list_keys(request: web.Request) -> web.Response:
             left = node.kv.ttl_left_ms(entry["key"], now_ms)
             if left is not None:
                 entry["ttl"] = left / 1000
+    if node.kv.key_lease:
+        for entry in entries:
+            lease = node.kv.key_lease.get(entry["key"])
+            if lease is not None:
+                entry["lease"] = lease
     # The revision read at: a watch from one past it misses no change made after this page.
     return web.json_response({"items": entries, "more": more, "revision": node.kv.revision})
 
@@ -396,6 +417,93 @@ async def delete_prefix(request: web.Request) -> web.Response:
             node.counters["prefix_deletes"] += 1
             node.counters["prefix_deleted_keys"] += deleted
             return web.json_response({"prefix": prefix, "deleted": deleted, "revision": result.version})
+
+
+def _lease_id(request: web.Request) -> int:
+    raw = request.match_info["id"]
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 19 and 0 < int(raw) <= LEASE_ID_MAX):
+        raise BadRequest(f"a lease id is an integer from 1 to {LEASE_ID_MAX}")
+    return int(raw)
+
+
+def _lease_answer(node: Node, lease_id: int, keys: bool) -> dict:
+    lease = node.kv.leases[lease_id]
+    left = node.kv.lease_left_ms(lease_id, int(time.time() * 1000))
+    answer = {"id": lease_id, "ttl": lease.ttl_ms / 1000, "ttl_left": (left or 0) / 1000}
+    answer["keys"] = sorted(lease.keys) if keys else len(lease.keys)
+    return answer
+
+
+async def grant_lease(request: web.Request) -> web.Response:
+    """POST /v1/leases {"ttl": seconds[, "id": n]}: a new lease; its id (the one asked
+    for, or one above every id granted before)."""
+    node = request.app[NODE]
+    body = await json_body(request, required=True)
+    if set(body) - {"ttl", "id", "client_id", "seq"}:
+        raise BadRequest("a lease grant takes ttl, id, client_id and seq; not "
+                         + ", ".join(sorted(set(body) - {"ttl", "id", "client_id", "seq"})))
+    ttl_ms = lease_ttl_ms(body)
+    wanted = body.get("id")
+    if wanted is not None and (type(wanted) is not int or not 0 < wanted <= LEASE_ID_MAX):
+        raise BadRequest(f"field 'id' must be an integer from 1 to {LEASE_ID_MAX}")
+    client_id, seq = identity(body)
+    cmd = Command(LEASE_GRANT, str(wanted or 0), client_id=client_id, seq=seq, cmd_id=node.new_cmd_id(),
+                  ttl_ms=ttl_ms)
+    result = _check(await node.submit(cmd), "", wanted)
+    lease_id = int(result.value or 0)
+    return web.json_response({"id": lease_id, "ttl": ttl_ms / 1000, "revision": result.version})
+
+
+async def _lease_write(request: web.Request, op: str) -> tuple[int, Result]:
+    node = request.app[NODE]
+    lease_id = _lease_id(request)
+    body = await json_body(request, required=False)
+    if set(body) - {"client_id", "seq"}:
+        raise BadRequest("takes client_id and seq only")
+    client_id, seq = identity(body)
+    cmd = Command(op, str(lease_id), client_id=client_id, seq=seq, cmd_id=node.new_cmd_id())
+    return lease_id, _check(await node.submit(cmd), "", lease_id)
+
+
+async def keepalive_lease(request: web.Request) -> web.Response:
+    """POST /v1/leases/{id}/keepalive: the lease's time to live starts again (one log
+    entry, whatever the number of its keys)."""
+    lease_id, result = await _lease_write(request, LEASE_KEEPALIVE)
+    return web.json_response({"id": lease_id, "ttl": int(result.value or 0) / 1000})
+
+
+async def revoke_lease(request: web.Request) -> web.Response:
+    """DELETE /v1/leases/{id}: end the lease now; its keys are deleted in one slot."""
+    lease_id, result = await _lease_write(request, LEASE_REVOKE)
+    return web.json_response({"id": lease_id, "deleted": int(result.value or 0), "revision": result.version})
+
+
+async def get_lease(request: web.Request) -> web.Response:
+    """GET /v1/leases/{id}[?keys=true]: its ttl, the seconds left by this node's clock,
+    and its keys (their number, or keys=true: the keys)."""
+    lease_id = _lease_id(request)
+    unknown = set(request.query) - {"keys", "consistency"}
+    if unknown:
+        raise BadRequest(f"a lease read takes keys and consistency; not {', '.join(sorted(unknown))}")
+    keys = _bool_query(request, "keys")
+    node = await _consistent(request)
+    if lease_id not in node.kv.leases:
+        raise LeaseNotFound(f"lease {lease_id} not found (never granted, revoked, or expired)")
+    return web.json_response({**_lease_answer(node, lease_id, keys), "revision": node.kv.revision})
+
+
+async def list_leases(request: web.Request) -> web.Response:
+    """GET /v1/leases[?limit=N&after=ID]: the leases in id order, a page at a time, each
+    with its ttl, seconds left and number of keys; and whether there are more."""
+    unknown = set(request.query) - {"consistency", "limit", "after"}
+    if unknown:
+        raise BadRequest(f"a list of leases takes consistency, limit and after; not {', '.join(sorted(unknown))}")
+    limit = _int_query(request, "limit", 1000, 1, LIST_LIMIT_MAX)
+    after = _int_query(request, "after", 0, 0, None)
+    node = await _consistent(request)
+    ids = sorted(i for i in node.kv.leases if i > after)
+    leases = [_lease_answer(node, i, False) for i in ids[:limit]]
+    return web.json_response({"leases": leases, "more": len(ids) > limit, "revision": node.kv.revision})
 
 
 async def watch_keys(request: web.Request) -> web.Response:
@@ -670,6 +778,11 @@ def init_app(node: Node, transport: PeerTransport) -> web.Application:
     r.add_get("/v1/watch", json_errors(watch_keys))
     r.add_post("/v1/batch", json_errors(post_batch))
     r.add_post("/v1/txn", json_errors(post_txn, timed=write_stats))
+    r.add_post("/v1/leases", json_errors(grant_lease, timed=write_stats))
+    r.add_get("/v1/leases", json_errors(list_leases))
+    r.add_get("/v1/leases/{id}", json_errors(get_lease))
+    r.add_post("/v1/leases/{id}/keepalive", json_errors(keepalive_lease, timed=write_stats))
+    r.add_delete("/v1/leases/{id}", json_errors(revoke_lease, timed=write_stats))
     r.add_get("/v1/status", json_errors(status))
     r.add_get("/v1/snapshot", json_errors(get_snapshot))
     r.add_get("/v1/members", json_errors(get_members))

@@ -200,8 +200,12 @@ def render(node: Any, transport: Any) -> str:
         else:
             x.gauge(f"snapshot_{key}", f"Snapshot {key.replace('_', ' ')} (snapshotter).", value)
     x.gauge("keys_with_ttl", "Keys put with a time to live, not yet expired.", len(node.kv.expiry))
-    x.counter("keys_expired", "Keys deleted here because their time to live ran out.",
+    x.counter("keys_expired", "Keys deleted here because their time to live (or their lease's) ran out.",
               c.get("keys_expired", 0))
+    x.gauge("leases", "Leases granted and not yet ended.", len(node.kv.leases))
+    x.gauge("keys_with_lease", "Keys attached to a lease.", len(node.kv.key_lease))
+    x.counter("leases_expired", "Leases ended here because their time to live ran out.",
+              c.get("leases_expired", 0))
     for outcome in ("succeeded", "failed"):
         x.counter("transactions", "Transactions (POST /v1/txn) this node answered, by whether their "
                   "comparisons held.", c.get(f"txn_{outcome}", 0), {"outcome": outcome})

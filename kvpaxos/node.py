@@ -804,7 +804,7 @@ class Node:
         for slot, batch in ready.apply:
             self._apply_slot(slot, batch)
         self._wake_applied()
-        if self.kv.expiry:
+        if self.kv.expiry or self.kv.leases:
             self._nudge_if_due()
 
     def _nudge_if_due(self) -> None:
@@ -826,8 +826,10 @@ class Node:
         size = sum(cmd.size_bytes() for cmd in batch.commands)
         waiters = self._waiters
         applied = self.kv.apply(slot, batch)
-        if self.kv.last_expired:  # keys whose time to live ran out at this slot
+        if self.kv.last_expired:  # keys whose time to live (or lease's) ran out at this slot
             self.counters["keys_expired"] += self.kv.last_expired
+        if self.kv.last_leases_expired:
+            self.counters["leases_expired"] += self.kv.last_leases_expired
         for cmd, result in applied:
             entry = waiters.pop(cmd.cmd_id, None)
             if entry is not None:
@@ -1098,6 +1100,10 @@ class Node:
             # ms) and how many expired here since this process started.
             "ttl": {"keys": len(self.kv.expiry), "next_deadline_ms": self.kv.next_deadline(),
                     "expired": self.counters["keys_expired"]},
+            # Leases: how many, the keys attached to them, and how many ran out here since
+            # this process started.
+            "leases": {"leases": len(self.kv.leases), "keys": len(self.kv.key_lease),
+                       "expired": self.counters["leases_expired"]},
         }
 
 

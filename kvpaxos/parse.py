@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from kvpaxos.core.codec import load_json
-from kvpaxos.core.commands import KEY_BYTES_MAX, TTL_MS_MAX
+from kvpaxos.core.commands import KEY_BYTES_MAX, LEASE_ID_MAX, TTL_MS_MAX
 from kvpaxos.errors import BadRequest, InvalidJson, InvalidKey
 
 
@@ -90,6 +90,32 @@ def ttl_field(body: dict, allowed: bool, where: str = "") -> int | None:
     if type(ttl) not in (int, float) or not 0 < ttl <= TTL_MS_MAX / 1000:
         raise BadRequest(f"field {label} must be a number of seconds above 0 and at most {TTL_MS_MAX // 1000}")
     return max(1, round(ttl * 1000))
+
+
+def lease_field(body: dict, allowed: bool, where: str = "") -> int | None:
+    """A put's "lease": the id of the lease its key is attached to (an integer from 1),
+    never beside a "ttl"; None when there is none. `allowed`: whether the operation takes
+    one (a put does)."""
+    lease = body.get("lease")
+    if lease is None:
+        return None
+    label = _label("lease", where)
+    if not allowed:
+        raise BadRequest(f"field {label} is for a put only")
+    if type(lease) is not int or not 0 < lease <= LEASE_ID_MAX:
+        raise BadRequest(f"field {label} must be a lease id, an integer from 1 to {LEASE_ID_MAX}")
+    if body.get("ttl") is not None:
+        raise BadRequest(f"a key with a {label} has no 'ttl' of its own: it goes when its lease does")
+    return lease
+
+
+def lease_ttl_ms(body: dict) -> int:
+    """A lease grant's "ttl": seconds, required (as a put's ttl_field)."""
+    if body.get("ttl") is None:
+        raise BadRequest("field 'ttl' is required: the lease's time to live in seconds")
+    ttl_ms = ttl_field(body, True)
+    assert ttl_ms is not None
+    return ttl_ms
 
 
 def _label(name: str, where: str) -> str:

@@ -13,7 +13,8 @@ from typing import Any, Callable
 
 from kvpaxos.core import messages as m
 from kvpaxos.core.ballot import Ballot
-from kvpaxos.core.commands import DELETE_PREFIX, DELETE_PREFIX_MAX, OPS, PUT, REFRESH, TTL_MS_MAX, TXN, Batch, Command
+from kvpaxos.core.commands import (DELETE_PREFIX, DELETE_PREFIX_MAX, LEASE_GRANT, LEASE_ID_MAX, LEASE_OPS, OPS, PUT,
+                                   REFRESH, TTL_MS_MAX, TXN, Batch, Command)
 from kvpaxos.core.membership import MEMBER_OPS
 
 
@@ -56,8 +57,10 @@ def ballot_from_wire(x: Any) -> Ballot:
 
 def command_to_wire(c: Command) -> list:
     wire = [c.op, c.key, c.value, c.if_value, c.if_version, c.client_id, c.seq, c.cmd_id, c.part]
-    if c.ttl_ms is not None:
+    if c.ttl_ms is not None or c.lease is not None:
         wire.append(c.ttl_ms)  # a tenth field only where there is one: logs from before read the same
+        if c.lease is not None:
+            wire.append(c.lease)  # and an eleventh
     return wire
 
 
@@ -74,7 +77,7 @@ def command_from_wire(x: Any) -> Command:
 
 
 def _checked_command_from_wire(x: Any) -> Command:
-    if not isinstance(x, list) or len(x) not in (9, 10):
+    if not isinstance(x, list) or len(x) not in (9, 10, 11):
         raise WireError("bad command")
     op, key, value, if_value, if_version, client_id, seq, cmd_id, part = x[:9]
     if (op not in OPS and op not in MEMBER_OPS) or type(key) is not str or type(cmd_id) is not str:
@@ -83,11 +86,19 @@ def _checked_command_from_wire(x: Any) -> Command:
         raise WireError("a put needs a string value")  # the state machine asserts it
     if if_version is not None:
         _int(if_version)
-    ttl_ms = None
-    if len(x) == 10:
+    ttl_ms = lease = None
+    if len(x) >= 10 and (x[9] is not None or len(x) == 10):
         ttl_ms = _int(x[9], 1)
-        if op not in (PUT, REFRESH) or ttl_ms > TTL_MS_MAX:
-            raise WireError("a time to live is for a put or a refresh, of at most a year")
+        if op not in (PUT, REFRESH, LEASE_GRANT) or ttl_ms > TTL_MS_MAX:
+            raise WireError("a time to live is for a put, a refresh or a lease, of at most a year")
+    if len(x) == 11:
+        lease = _int(x[10], 1)
+        if op != PUT or ttl_ms is not None or lease > LEASE_ID_MAX:
+            raise WireError("a lease is for a put without a time to live")
+    if op in LEASE_OPS and not (key.isascii() and key.isdigit() and len(key) <= 19 and int(key) <= LEASE_ID_MAX
+                                and value is None and if_value is None and if_version is None
+                                and (ttl_ms is not None) == (op == LEASE_GRANT)):
+        raise WireError("a lease command names its lease in decimal, and only a grant has a time to live")
     if op == REFRESH and (ttl_ms is None or value is not None):
         raise WireError("a refresh has a time to live and no value")
     if op == TXN and (type(value) is not str or if_value is not None or if_version is not None):
@@ -97,7 +108,7 @@ def _checked_command_from_wire(x: Any) -> Command:
                                     and if_value is None and if_version is None):
         raise WireError("a prefix delete holds how many keys it deletes at most, and no client or precondition")
     return Command(op, key, _opt_str(value), _opt_str(if_value), if_version,
-                   _opt_str(client_id), _int(seq), cmd_id, _int(part), ttl_ms)
+                   _opt_str(client_id), _int(seq), cmd_id, _int(part), ttl_ms, lease)
 
 
 def batch_to_wire(b: Batch) -> dict:

@@ -13,8 +13,16 @@ DELETE = "delete"
 REFRESH = "refresh"  # a new time to live for a key, its value and version kept (no change)
 TXN = "txn"  # comparisons, then one list of writes or another, atomically (kvpaxos/core/txn.py)
 DELETE_PREFIX = "delete_prefix"  # the first N keys (value: N) under a prefix (key), each a change
-OPS = (PUT, DELETE, REFRESH, TXN, DELETE_PREFIX)
+# Leases (kvpaxos/core/kvstate.py): key names the lease by its id, in decimal ("0": a new
+# one, its id chosen where it is applied).
+LEASE_GRANT = "lease_grant"  # a new lease of ttl_ms
+LEASE_KEEPALIVE = "lease_keepalive"  # a lease's deadline moved to ttl_ms from now (its own ttl_ms)
+LEASE_REVOKE = "lease_revoke"  # a lease ended now: its keys deleted, each a change
+LEASE_OPS = (LEASE_GRANT, LEASE_KEEPALIVE, LEASE_REVOKE)
+OPS = (PUT, DELETE, REFRESH, TXN, DELETE_PREFIX) + LEASE_OPS
 DELETE_PREFIX_MAX = 10_000  # keys one delete_prefix command may delete, at most
+LEASE_KEYS_MAX = 10_000  # keys one lease may hold: its expiry deletes them all in one slot
+LEASE_ID_MAX = 2**63 - 1  # as etcd's (a signed 64-bit integer)
 
 KEY_BYTES_MAX = 1024
 VALUE_BYTES_MAX = 1024 * 1024
@@ -39,7 +47,9 @@ class Command:
     comparisons and writes in `value` (kvpaxos/core/txn.py); its key names the
     first key it touches, for display. A delete_prefix deletes the first N keys
     (N in `value`, a decimal) that start with `key`, in key order; it carries no
-    client id (deleting again what is left is the retry).
+    client id (deleting again what is left is the retry). A put with `lease` attaches
+    its key to that lease (which must exist; no ttl_ms then): the key goes when the
+    lease does. The lease commands name their lease in `key` (kvpaxos/core/kvstate.py).
     """
 
     op: str
@@ -52,6 +62,7 @@ class Command:
     cmd_id: str = ""
     part: int = 0
     ttl_ms: int | None = None
+    lease: int | None = None
 
     def size_bytes(self) -> int:
         return len(self.key) + (len(self.value) if self.value is not None else 0) + 64

@@ -22,6 +22,17 @@ that watches see). Every replica does so at the same slot, for the same reason.
 The leader proposes an empty slot when a deadline has passed by its clock and
 no other slot is on its way (Replica.nudge_clock), so keys expire when no one
 writes too.
+
+Leases (as etcd's): a grant makes a lease with a time to live and an id (the one
+asked for, or one above every id granted before); its deadline is the slot's clock
+plus the ttl, and each keepalive moves it to the keepalive's slot clock plus the
+ttl. A put with a lease attaches its key to it (a key has one lease at most, and
+then no ttl of its own; a put without the lease, or a delete, detaches it). When
+the clock reaches the deadline, or on a revoke, the lease ends: all its keys are
+deleted in that one slot, each a change of its own (so a lease holds at most
+LEASE_KEYS_MAX keys), and its id is never granted again. One lease's keepalive is
+one log entry however many keys it holds: that is what leases are for, beside a
+ttl per key.
 """
 from __future__ import annotations
 
@@ -31,12 +42,20 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 from kvpaxos.core import txn as txns
-from kvpaxos.core.commands import DELETE, DELETE_PREFIX, DELETE_PREFIX_MAX, PUT, REFRESH, TXN, Batch, Command, Result
+from kvpaxos.core.commands import (DELETE, DELETE_PREFIX, DELETE_PREFIX_MAX, LEASE_GRANT, LEASE_ID_MAX, LEASE_KEEPALIVE,
+                                   LEASE_KEYS_MAX, LEASE_OPS, LEASE_REVOKE, PUT, REFRESH, TXN, Batch, Command, Result)
 from kvpaxos.core.membership import Membership
 from kvpaxos.core.sortedkeys import SortedKeys
 
 SESSION_TTL_MS = 10 * 60 * 1000
 EXPIRE_PER_SLOT = 250  # keys a slot deletes for their time to live, at most
+
+
+@dataclass
+class Lease:
+    ttl_ms: int
+    deadline: int  # cluster ms
+    keys: set[str]
 
 
 @dataclass
@@ -67,7 +86,15 @@ class KVState:
         # The cluster configuration as of applied_slot: the runtime keeps it here (the
         # replica computes it) so that a snapshot holds it with the data.
         self.membership: Membership | None = None
-        self.last_expired = 0  # keys the last slot applied deleted for their time to live
+        # Leases by id; the lease of each key put with one; the deadlines in a heap (an entry
+        # whose lease has another deadline now, or has ended, is passed over); the highest id
+        # ever granted (kept in snapshots: no id is granted twice).
+        self.leases: dict[int, Lease] = {}
+        self.key_lease: dict[str, int] = {}
+        self._lease_deadlines: list[tuple[int, int]] = []
+        self.lease_last = 0
+        self.last_expired = 0  # keys the last slot applied deleted for their time to live or lease
+        self.last_leases_expired = 0  # leases whose time ran out at the last slot applied
         # The changes each transaction or prefix delete of the slot being applied made, by
         # id(its command).
         self._emitted: dict[int, list[tuple[Command, Result]]] = {}
@@ -80,6 +107,9 @@ class KVState:
         expired: list[tuple[Command, Result]] = []
         if self._deadlines and self._deadlines[0][0] <= self.cluster_ms:
             expired = self._expire_keys()  # first: the slot's commands see the keys gone
+        self.last_leases_expired = 0
+        if self._lease_deadlines and self._lease_deadlines[0][0] <= self.cluster_ms:
+            expired += self._expire_leases()
         self.last_expired = len(expired)
         applied = [(cmd, self._apply_once(cmd)) for cmd in batch.commands]
         if self._emitted:
@@ -98,11 +128,28 @@ class KVState:
         return out
 
     def next_deadline(self) -> int | None:
-        """The earliest deadline of a key with a time to live (cluster ms), or None."""
+        """The earliest deadline of a key with a time to live or of a lease (cluster ms),
+        or None."""
         heap, expiry = self._deadlines, self.expiry
         while heap and expiry.get(heap[0][1]) != heap[0][0]:
             heapq.heappop(heap)  # its key was put again, deleted or expired since
+        key_deadline = heap[0][0] if heap else None
+        lease_deadline = self._next_lease_deadline()
+        if lease_deadline is None or (key_deadline is not None and key_deadline <= lease_deadline):
+            return key_deadline
+        return lease_deadline
+
+    def _next_lease_deadline(self) -> int | None:
+        heap, leases = self._lease_deadlines, self.leases
+        while heap and (heap[0][1] not in leases or leases[heap[0][1]].deadline != heap[0][0]):
+            heapq.heappop(heap)  # kept alive since, or ended
         return heap[0][0] if heap else None
+
+    def lease_left_ms(self, lease_id: int, now_ms: int) -> int | None:
+        """How long until the lease ends by a clock reading now_ms (0: due), or None if
+        there is no such lease."""
+        lease = self.leases.get(lease_id)
+        return None if lease is None else max(0, lease.deadline - now_ms)
 
     def ttl_left_ms(self, key: str, now_ms: int) -> int | None:
         """How long until key expires by a clock reading now_ms (0: due), or None if it
@@ -123,6 +170,78 @@ class KVState:
                 cmd = Command(DELETE, key)
                 out.append((cmd, self._execute(cmd)))
         return out
+
+    def _expire_leases(self) -> list[tuple[Command, Result]]:
+        """End the leases whose deadline the clock has reached, in deadline order (then id
+        order), each with all its keys; after the first, only while the slot has deleted
+        fewer than EXPIRE_PER_SLOT keys and leases (the rest go with the next slots)."""
+        heap, leases, out, cost = self._lease_deadlines, self.leases, [], 0
+        while heap and heap[0][0] <= self.cluster_ms and cost < EXPIRE_PER_SLOT:
+            deadline, lease_id = heapq.heappop(heap)
+            lease = leases.get(lease_id)
+            if lease is not None and lease.deadline == deadline:
+                ended = self._end_lease(lease_id)
+                out += ended
+                cost += 1 + len(ended)
+                self.last_leases_expired += 1
+        return out
+
+    def _end_lease(self, lease_id: int) -> list[tuple[Command, Result]]:
+        """Delete the lease's keys in key order, each a change of its own, and the lease."""
+        out = []
+        for key in sorted(self.leases[lease_id].keys):
+            cmd = Command(DELETE, key)
+            out.append((cmd, self._execute(cmd)))  # detaches the key too
+        del self.leases[lease_id]
+        return out
+
+    def _push_lease_deadline(self, lease_id: int, deadline: int) -> None:
+        heap = self._lease_deadlines
+        if len(heap) > 2 * len(self.leases) + 64:  # leases kept alive again and again: rebuild
+            heap[:] = [(lease.deadline, i) for i, lease in self.leases.items()]
+            heapq.heapify(heap)
+        else:
+            heapq.heappush(heap, (deadline, lease_id))
+
+    def _lease_command(self, cmd: Command) -> Result:
+        lease_id = int(cmd.key)
+        if cmd.op == LEASE_GRANT:
+            assert cmd.ttl_ms is not None, "a lease granted without a time to live"
+            if lease_id == 0:
+                lease_id = self.lease_last + 1  # above every id granted: never one granted before
+                if lease_id > LEASE_ID_MAX:
+                    return Result(False, "lease_ids_exhausted")
+            elif lease_id in self.leases or lease_id <= self.lease_last:
+                return Result(False, "lease_exists")  # or had: an id names one lease only
+            self.lease_last = lease_id
+            deadline = self.cluster_ms + cmd.ttl_ms
+            self.leases[lease_id] = Lease(cmd.ttl_ms, deadline, set())
+            self._push_lease_deadline(lease_id, deadline)
+            return Result(True, version=self.revision, value=str(lease_id))
+        lease = self.leases.get(lease_id)
+        if lease is None:
+            return Result(False, "lease_not_found")
+        if cmd.op == LEASE_KEEPALIVE:
+            lease.deadline = self.cluster_ms + lease.ttl_ms  # nothing else changes: no revision
+            self._push_lease_deadline(lease_id, lease.deadline)
+            return Result(True, version=self.revision, value=str(lease.ttl_ms))
+        assert cmd.op == LEASE_REVOKE
+        ended = self._end_lease(lease_id)
+        if ended:
+            self._emitted[id(cmd)] = ended
+        return Result(True, version=self.revision, value=str(len(ended)))
+
+    def _attach(self, key: str, lease_id: int | None) -> None:
+        """Move key to lease_id (None: to no lease), from the lease it had, if any."""
+        old = self.key_lease.get(key)
+        if old == lease_id:
+            return
+        if old is not None:
+            self.leases[old].keys.discard(key)
+            del self.key_lease[key]
+        if lease_id is not None:
+            self.leases[lease_id].keys.add(key)
+            self.key_lease[key] = lease_id
 
     def _set_expiry(self, key: str, ttl_ms: int | None) -> None:
         expiry = self.expiry
@@ -210,15 +329,25 @@ class KVState:
                 return self._transact(cmd)
             if cmd.op == DELETE_PREFIX:
                 return self._delete_prefix(cmd)
+            if cmd.op in LEASE_OPS:
+                return self._lease_command(cmd)
             if cmd.op == REFRESH:
                 if current is None:
                     return Result(False, "not_found")
+                if cmd.key in self.key_lease:
+                    return Result(False, "key_has_lease", version=version)  # it goes with its lease
                 assert cmd.ttl_ms is not None, "a refresh without a time to live"
                 self._set_expiry(cmd.key, cmd.ttl_ms)  # nothing else changes: no revision
                 return Result(True, version=version)
             return Result(True)  # a membership command: kvpaxos/core/membership.py decides it
         if current is None and cmd.op == DELETE:
             return Result(False, "not_found")
+        if cmd.lease is not None:
+            lease = self.leases.get(cmd.lease)
+            if lease is None:
+                return Result(False, "lease_not_found", version=version)
+            if len(lease.keys) >= LEASE_KEYS_MAX and cmd.key not in lease.keys:
+                return Result(False, "lease_full", version=version)
         before = self._before
         if before is not None and cmd.key not in before:
             before[cmd.key] = current  # first, for an Export's reader (see Export.rows)
@@ -230,12 +359,16 @@ class KVState:
                 self.keys.add(cmd.key)
             if cmd.ttl_ms is not None or (self.expiry and cmd.key in self.expiry):
                 self._set_expiry(cmd.key, cmd.ttl_ms)
+            if cmd.lease is not None or self.key_lease:
+                self._attach(cmd.key, cmd.lease)
             return Result(True, version=self.revision)
         self.revision += 1
         del self.data[cmd.key]
         self.keys.discard(cmd.key)
         if self.expiry:
             self.expiry.pop(cmd.key, None)
+        if self.key_lease:
+            self._attach(cmd.key, None)
         return Result(True, version=self.revision)
 
     def _transact(self, cmd: Command) -> Result:
@@ -290,18 +423,26 @@ def session_row(client_id: str, s: Session) -> list:
 
 
 def result_to_wire(r: Result) -> list:
+    """[ok, error, version], then a transaction's detail (or null) and the value (a lease
+    command's: the lease's id, ttl or keys deleted) where there is one."""
+    if r.value is not None:
+        return [r.ok, r.error, r.version, None if r.detail is None else txns.detail_to_wire(r.detail), r.value]
     if r.detail is not None:
         return [r.ok, r.error, r.version, txns.detail_to_wire(r.detail)]
     return [r.ok, r.error, r.version]
 
 
 def result_from_wire(x: list) -> Result:
-    if not isinstance(x, list) or len(x) not in (3, 4):
+    if not isinstance(x, list) or len(x) not in (3, 4, 5):
         raise ValueError(f"bad result record {x!r}")
     ok, error, version = x[:3]
     if type(ok) is not bool or (error is not None and type(error) is not str) or type(version) is not int:
         raise ValueError(f"bad result record {x!r}")
-    return Result(ok, error, version, detail=txns.detail_from_wire(x[3]) if len(x) == 4 else None)
+    value = x[4] if len(x) == 5 else None
+    if value is not None and type(value) is not str:
+        raise ValueError(f"bad result record {x!r}")
+    detail = x[3] if len(x) >= 4 else None
+    return Result(ok, error, version, value=value, detail=None if detail is None else txns.detail_from_wire(detail))
 
 
 _UNSET = object()
@@ -343,6 +484,12 @@ class Export:
             # Copied whole (a C-speed dict copy; the keys with a time to live are few
             # beside the map): what the deadlines were at this slot.
             self.header["expiry"] = dict(state.expiry)
+        if state.lease_last:
+            # Likewise copied whole: each lease with its keys (sorted: a snapshot is the
+            # same text on every replica), and the highest id granted.
+            self.header["lease_last"] = state.lease_last
+            self.header["leases"] = [[i, lease.ttl_ms, lease.deadline, sorted(lease.keys)]
+                                     for i, lease in sorted(state.leases.items())]
         self._state = state
         self._data: dict[str, tuple[str, int]] = state.data
         self._sessions: dict[str, Session] = state.sessions
@@ -384,6 +531,26 @@ class Export:
             state.keys.thaw()
 
 
+def _import_leases(state: KVState, header: dict) -> None:
+    last, leases = header.get("lease_last", 0), header.get("leases") or []
+    if type(last) is not int or not 0 <= last <= LEASE_ID_MAX or not isinstance(leases, list):
+        raise ValueError("bad lease records")
+    state.lease_last = last
+    for row in leases:
+        if not (isinstance(row, list) and len(row) == 4 and all(type(x) is int for x in row[:3])
+                and 0 < row[0] <= last and row[0] not in state.leases and row[1] > 0 and isinstance(row[3], list)
+                and len(row[3]) <= LEASE_KEYS_MAX):
+            raise ValueError(f"bad lease record {row!r}")
+        lease_id, ttl_ms, deadline, keys = row
+        for k in keys:
+            if type(k) is not str or k not in state.data or k in state.key_lease or k in state.expiry:
+                raise ValueError(f"bad lease record: key {k!r} of lease {lease_id}")
+            state.key_lease[k] = lease_id
+        state.leases[lease_id] = Lease(ttl_ms, deadline, set(keys))
+    state._lease_deadlines = [(lease.deadline, i) for i, lease in state.leases.items()]
+    heapq.heapify(state._lease_deadlines)
+
+
 def import_rows(header: dict, keys: Iterable[list], sessions: Iterable[list]) -> KVState:
     """Rebuild a state from a snapshot's header, key rows and session rows (an Export's);
     raises ValueError on anything malformed."""
@@ -408,6 +575,7 @@ def import_rows(header: dict, keys: Iterable[list], sessions: Iterable[list]) ->
     state.expiry = dict(expiry)
     state._deadlines = [(d, k) for k, d in expiry.items()]
     heapq.heapify(state._deadlines)
+    _import_leases(state, header)
     for row in sessions:
         cid, seq, results, last_ms = row
         if type(cid) is not str or type(seq) is not int or type(last_ms) is not int:

@@ -4,8 +4,8 @@ A transaction is ONE command (op `txn`) whose value holds, as compact JSON:
 
     {"if":   [[key, "version", n] | [key, "value", text] | [key, "exists", bool], ...]
              (a fourth element "!=", "<" or ">" compares otherwise than equal),
-     "then": [["put", key, value, ttl_ms or null] | ["delete", key, null, null]
-              | ["get", key, null, null], ...],
+     "then": [["put", key, value, ttl_ms or null] | ["put", key, value, null, lease]
+              | ["delete", key, null, null] | ["get", key, null, null], ...],
      "else": [...]}
 
 The state machine applies it in one step of one slot: every comparison is made
@@ -40,7 +40,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from kvpaxos.core.commands import DELETE, KEY_BYTES_MAX, PUT, TTL_MS_MAX, VALUE_BYTES_MAX, Command
+from kvpaxos.core.commands import DELETE, KEY_BYTES_MAX, LEASE_ID_MAX, PUT, TTL_MS_MAX, VALUE_BYTES_MAX, Command
 
 VERSION, VALUE, EXISTS = "version", "value", "exists"
 KINDS = (VERSION, VALUE, EXISTS)
@@ -89,7 +89,8 @@ def encode(conditions: list[tuple], then: list[Command], otherwise: list[Command
         return list(c[:3]) if len(c) == 3 or c[3] == EQ else list(c)
 
     def writes(cmds: list[Command]) -> list[list]:
-        return [[c.op, c.key, c.value, c.ttl_ms] for c in cmds]
+        return [[c.op, c.key, c.value, c.ttl_ms] if c.lease is None else [c.op, c.key, c.value, None, c.lease]
+                for c in cmds]
     return json.dumps({"if": [condition(c) for c in conditions], "then": writes(then), "else": writes(otherwise)},
                       separators=(",", ":"), ensure_ascii=False)
 
@@ -126,15 +127,18 @@ def decode(text: str | None) -> Txn | None:
             return None
         cmds = []
         for w in branch:
-            if not (isinstance(w, list) and len(w) == 4 and w[0] in (PUT, DELETE, GET) and _key(w[1])):
+            if not (isinstance(w, list) and len(w) in (4, 5) and w[0] in (PUT, DELETE, GET) and _key(w[1])):
                 return None
-            op, key, value, ttl_ms = w
+            op, key, value, ttl_ms = w[:4]
+            lease = w[4] if len(w) == 5 else None
+            if len(w) == 5 and not (op == PUT and ttl_ms is None and type(lease) is int and 0 < lease <= LEASE_ID_MAX):
+                return None
             if op == PUT and (type(value) is not str or not (ttl_ms is None or (type(ttl_ms) is int
                                                                                and 0 < ttl_ms <= TTL_MS_MAX))):
                 return None
             if op != PUT and (value is not None or ttl_ms is not None):
                 return None
-            cmds.append(Command(op, key, value, ttl_ms=ttl_ms))
+            cmds.append(Command(op, key, value, ttl_ms=ttl_ms, lease=lease))
         out.append(tuple(cmds))
     return Txn(tuple(parsed), out[0], out[1])
 

@@ -14,7 +14,7 @@ from kvpaxos.core import codec
 from kvpaxos.core import messages as m
 from kvpaxos.core.ballot import ZERO, Ballot
 from kvpaxos.core.codec import WireError
-from kvpaxos.core.commands import DELETE, PUT, TTL_MS_MAX, Batch, Command
+from kvpaxos.core.commands import DELETE, LEASE_GRANT, LEASE_ID_MAX, LEASE_OPS, PUT, TTL_MS_MAX, Batch, Command
 
 MESSAGE_TYPES = sorted(codec._TYPES.values(), key=lambda cls: cls.__name__)
 
@@ -33,10 +33,18 @@ SCALARS: dict[str, st.SearchStrategy] = {
 
 
 def _command_strategy() -> st.SearchStrategy:
-    rest = {f.name: SCALARS[f.type] for f in fields(Command) if f.name not in ("op", "value", "ttl_ms")}
-    ttls = st.none() | st.integers(min_value=1, max_value=TTL_MS_MAX)  # a put's only
-    return st.builds(Command, op=st.just(PUT), value=texts, ttl_ms=ttls, **rest) | st.builds(
-        Command, op=st.just(DELETE), value=st.none(), **rest)
+    rest = {f.name: SCALARS[f.type] for f in fields(Command)
+            if f.name not in ("op", "key", "value", "ttl_ms", "lease", "if_value", "if_version")}
+    rest.update(key=texts, if_value=SCALARS["str | None"], if_version=SCALARS["int | None"])
+    ttls = st.none() | st.integers(min_value=1, max_value=TTL_MS_MAX)
+    leases = st.integers(min_value=1, max_value=LEASE_ID_MAX)
+    lease_ids = st.integers(min_value=0, max_value=LEASE_ID_MAX).map(str)
+    lease_rest = {k: v for k, v in rest.items() if k not in ("key", "if_value", "if_version")}
+    return (st.builds(Command, op=st.just(PUT), value=texts, ttl_ms=ttls, **rest)
+            | st.builds(Command, op=st.just(PUT), value=texts, lease=leases, **rest)  # a put's only, without a ttl
+            | st.builds(Command, op=st.just(DELETE), value=st.none(), **rest)
+            | st.builds(Command, op=st.just(LEASE_GRANT), key=lease_ids, ttl_ms=ttls.filter(bool), **lease_rest)
+            | st.builds(Command, op=st.sampled_from(LEASE_OPS[1:]), key=lease_ids, **lease_rest))
 
 
 commands = _command_strategy()
