@@ -15,15 +15,18 @@ the simulator checks safety:
   (e) every node's watch history (kvpaxos/watch.py) records the same change under
       each revision, without gaps, and ends at its state's revision;
   (f) no node holds a key past the deadline its time to live gave it, by the
-      clock of the slots it applied.
-Clients keep submitting puts (some with a time to live), refreshes, deletes and compare-and-sets all through the
+      clock of the slots it applied;
+  (g) no node holds a lease past its deadline, and its leases and the keys
+      attached to them agree both ways (every such key exists, on one lease).
+Clients keep submitting puts (some with a time to live, some on a lease), refreshes, deletes,
+compare-and-sets, and lease grants, keepalives and revokes all through the
 fault phase, so faults hit a busy cluster, and issue read-index reads at random
 nodes: (c) a read point returned for a read must cover every slot any node had
 applied (so any result a client could have seen) when the read was issued, and
 be chosen. After the faults stop and the network heals, liveness: every
 submitted command is chosen and applied exactly once, every key given a time to
-live expires (with no writes left to carry the clock, the leader's empty slots
-must), and all replicas converge, deadlines included.
+live, and every lease, expires (with no writes left to carry the clock, the
+leader's empty slots must), and all replicas converge, deadlines and leases included.
 A broken assertion inside the core counts as a failure too.
 Any failure raises SimulationFailure naming the seed that replays it.
 """
@@ -36,7 +39,8 @@ from dataclasses import dataclass, field, replace
 from kvpaxos.core import messages as m
 from kvpaxos.core.ballot import ZERO, Ballot
 from kvpaxos.core import txn as txns
-from kvpaxos.core.commands import DELETE, DELETE_PREFIX, PUT, REFRESH, TXN, Batch, Command
+from kvpaxos.core.commands import (DELETE, DELETE_PREFIX, LEASE_GRANT, LEASE_KEEPALIVE, LEASE_REVOKE, PUT, REFRESH,
+                                   TXN, Batch, Command)
 from kvpaxos.core.kvstate import KVState
 from kvpaxos.core.membership import MEMBER_ADD, MEMBER_OPS, MEMBER_REMOVE, Membership
 from kvpaxos.core.replica import CoreConfig, Replica, Role
@@ -62,6 +66,7 @@ class Faults:
     ttl_rate: float = 0.2  # the share of plain puts that give their key a time to live
     txn_rate: float = 0.1  # the share of commands made transactions (kvpaxos/core/txn.py)
     prefix_delete_rate: float = 0.003  # chance per step of a prefix delete sent to a leader
+    lease_rate: float = 0.15  # the share of commands that are lease commands or puts on a lease
 
     @classmethod
     def from_seed(cls, rng: random.Random) -> "Faults":
@@ -119,6 +124,7 @@ class Simulation:
         self.ttl_rng = random.Random(seed + 2_000_003)  # likewise, for the puts given a time to live
         self.txn_rng = random.Random(seed + 3_000_017)  # and for the commands made transactions
         self.prefix_rng = random.Random(seed + 4_000_037)  # and for the prefix deletes
+        self.lease_rng = random.Random(seed + 5_000_011)  # and for the leases
         self.faults = faults or Faults.from_seed(self.rng)
         self.config = config or seed_config(seed)
         self.members = list(range(1, n_nodes + 1))  # every node ever started and not removed
@@ -340,6 +346,7 @@ class Simulation:
             if deadline <= state.cluster_ms or key not in state.data:
                 self.fail(f"node {i} holds {key!r} past its deadline {deadline} at clock {state.cluster_ms}"
                           f" (slot {state.applied_slot})")
+        self._check_leases(i, state)
         before = node.history.revision
         node.history.record_applied(applied)
         if node.history.revision != node.state.revision:
@@ -349,6 +356,19 @@ class Simulation:
             known = self.canon_changes.setdefault(change.revision, got)
             if known != got:
                 self.fail(f"node {i} recorded revision {change.revision} as {got}, another node as {known}")
+
+    def _check_leases(self, i: int, state: KVState) -> None:
+        """(g): no lease outlives its deadline by the slot's clock (a slot ends at most
+        EXPIRE_PER_SLOT keys and leases, which the simulation never reaches), and leases
+        and their keys agree both ways."""
+        attached = {}
+        for lease_id, lease in state.leases.items():
+            if lease.deadline <= state.cluster_ms or lease_id > state.lease_last:
+                self.fail(f"node {i} holds lease {lease_id} past its deadline {lease.deadline} at clock "
+                          f"{state.cluster_ms} (slot {state.applied_slot})")
+            attached.update(dict.fromkeys(lease.keys, lease_id))
+        if attached != state.key_lease or any(k not in state.data or k in state.expiry for k in attached):
+            self.fail(f"node {i}'s leases hold {attached}, its keys say {state.key_lease} (slot {state.applied_slot})")
 
     def _maybe_snapshot(self, i: int, node: SimNode) -> None:
         every = self.faults.snapshot_every
@@ -427,6 +447,9 @@ class Simulation:
 
     def _new_command(self, c: "_Client") -> Command:
         cmd = self._plain_command(c)
+        lease = self._lease_command(c)
+        if lease is not None:
+            return lease
         rng = self.txn_rng  # its own stream: the other draws of a seed stay what they were
         if rng.random() >= self.faults.txn_rate:
             return cmd
@@ -443,6 +466,26 @@ class Simulation:
                     for k in rng.sample(keys, rng.randrange(3))]
         return Command(TXN, keys[0], txns.encode(conditions, writes("then"), writes("else")),
                        client_id=c.name, seq=c.seq)
+
+    def _lease_command(self, c: "_Client") -> Command | None:
+        """Now and then a lease command, or a put on a lease, instead of the command drawn
+        (from a stream of its own, so the other draws of a seed stay what they were). The
+        ids are guesses near the latest granted: some name no lease (yet, or any more)."""
+        rng = self.lease_rng
+        if rng.random() >= self.faults.lease_rate:
+            return None
+        last = max((n.state.lease_last for n in self.nodes.values() if n is not None), default=0)
+        roll, lease_id = rng.random(), max(1, last + 1 - rng.randrange(4))
+        if roll < 0.3:
+            return Command(LEASE_GRANT, "0", client_id=c.name, seq=c.seq, ttl_ms=1 + rng.randrange(_TTL_STEPS_MAX))
+        if roll < 0.5:
+            return Command(LEASE_KEEPALIVE, str(lease_id), client_id=c.name, seq=c.seq)
+        if roll < 0.6:
+            return Command(LEASE_REVOKE, str(lease_id), client_id=c.name, seq=c.seq)
+        if roll < 0.7:  # a transaction's put on a lease
+            value = txns.encode([], [Command(PUT, f"k{rng.randrange(3)}", f"{c.name}-{c.seq}", lease=lease_id)], [])
+            return Command(TXN, "k0", value, client_id=c.name, seq=c.seq)
+        return Command(PUT, f"k{rng.randrange(3)}", f"{c.name}-{c.seq}", client_id=c.name, seq=c.seq, lease=lease_id)
 
     def _plain_command(self, c: "_Client") -> Command:
         rng = self.rng
@@ -601,8 +644,11 @@ class Simulation:
         for i in self.members:
             if self.disks[i].rebuilding_round is not None:
                 self.fail(f"node {i} never became a voter again after its wipe")
-        states = {i: (n.state.data, n.state.expiry) for i, n in self.nodes.items() if n is not None}
-        if len({repr((sorted(d.items()), sorted(e.items()))) for d, e in states.values()}) != 1:
+        states = {i: (n.state.data, n.state.expiry, n.state.lease_last,
+                      sorted((k, x.ttl_ms, x.deadline, sorted(x.keys)) for k, x in n.state.leases.items()))
+                  for i, n in self.nodes.items() if n is not None}
+        if len({repr((sorted(d.items()), sorted(e.items()), last, leases))
+                for d, e, last, leases in states.values()}) != 1:
             self.fail("replicas ended with different key-value content")
 
 

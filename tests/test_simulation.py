@@ -7,6 +7,7 @@
 - Seeds with pre-voting switched on for all of them (nodes always pre-vote; most seeds
   do not, as fewer leader changes exercise less).
 - The same seed gives the same run, also under a different string-hash seed.
+- A planted lease bug (a keepalive that loses its lease's deadline) must be caught too.
 - Membership changes (joins, promotions, removals) mixed into the same faults, with
   planted bugs of their own: a change that governs open slots at once, and a leader
   that counts a learner's vote.
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from kvpaxos.core.kvstate import KVState
 from kvpaxos.core.leader import LeaderState
 from kvpaxos.core.membership import Config, Membership
 from simulator import Faults, Simulation, SimulationFailure
@@ -135,6 +137,20 @@ def test_planted_bug_reads_before_the_first_own_slot_is_chosen_are_caught(
     monkeypatch.setattr(LeaderState, "barrier_chosen", lambda self, chosen_through: True)
     found = first_failure(lambda seed: Simulation(seed))
     assert found is not None and "stale read" in found[1], found
+
+
+def test_planted_bug_a_keepalive_that_forgets_its_lease_deadline_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A keepalive of a lease holding keys moves its deadline but leaves the old one's heap
+    # entry as the only one: the lease and its keys outlive their deadline ((g)).
+    push = KVState._push_lease_deadline
+
+    def forgetful(self: KVState, lease_id: int, deadline: int) -> None:
+        if not (lease_id in self.leases and self.leases[lease_id].keys):
+            push(self, lease_id, deadline)
+
+    monkeypatch.setattr(KVState, "_push_lease_deadline", forgetful)
+    found = first_failure(lambda seed: Simulation(seed))
+    assert found is not None and "past its deadline" in found[1], found
 
 
 def fingerprint(sim: Simulation) -> str:
