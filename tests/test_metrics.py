@@ -46,6 +46,7 @@ def test_metrics_parse_and_move_with_writes(nodes: Nodes) -> None:
         "kvpaxos_watch_waiting": "gauge", "kvpaxos_watch_history_changes": "gauge",
         "kvpaxos_watch_history_first": "gauge",
         "kvpaxos_keys_with_ttl": "gauge", "kvpaxos_keys_expired_total": "counter",
+        "kvpaxos_leases": "gauge", "kvpaxos_keys_with_lease": "gauge", "kvpaxos_leases_expired_total": "counter",
         "kvpaxos_transactions_total": "counter", "kvpaxos_prefix_deletes_total": "counter",
         "kvpaxos_prefix_deleted_keys_total": "counter",
     }
