@@ -40,6 +40,9 @@ def describe_command(cmd: Any) -> dict[str, Any]:
     ttl_ms = getattr(cmd, "ttl_ms", None)
     if ttl_ms is not None:
         out["ttl_ms"] = ttl_ms
+    lease = getattr(cmd, "lease", None)
+    if lease is not None:
+        out["lease"] = lease
     client_id = getattr(cmd, "client_id", None)
     if client_id:
         out["client"] = clip(client_id, 64)

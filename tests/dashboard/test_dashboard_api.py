@@ -279,6 +279,25 @@ def test_the_log_view_shows_a_commands_time_to_live(shared):
     assert cmds[2]["op"] == "refresh" and cmds[2]["ttl_ms"] == 40_000 and "value" not in cmds[2]
 
 
+def test_the_log_view_shows_lease_commands_and_a_puts_lease(shared):
+    cluster = shared
+    granted = cluster.request(2, "POST", "/v1/leases", {"ttl": 30, "client_id": "lease-writer", "seq": 1})
+    assert granted.status == 200, granted
+    lease = granted.body["id"]
+    assert cluster.put(2, "lease-shown", "x", lease=lease, client_id="lease-writer", seq=2).status == 200
+    assert cluster.request(2, "POST", f"/v1/leases/{lease}/keepalive",
+                           {"client_id": "lease-writer", "seq": 3}).status == 200
+    cmds = {}
+    for seq in (1, 2, 3):
+        slot = cluster.request(2, "GET", f"/v1/dashboard/find?client_id=lease-writer&seq={seq}").body["slot"]
+        view = cluster.request(2, "GET", "/v1/dashboard").body
+        (entry,) = [s for s in view["log"]["slots"] if s["slot"] == slot]
+        cmds[seq] = next(c for c in entry["batch"]["cmds"] if c.get("client") == "lease-writer")
+    assert cmds[1]["op"] == "lease_grant" and cmds[1]["key"] == "0" and cmds[1]["ttl_ms"] == 30_000
+    assert cmds[2]["op"] == "put" and cmds[2]["lease"] == lease
+    assert cmds[3]["op"] == "lease_keepalive" and cmds[3]["key"] == str(lease)
+
+
 def test_the_log_view_shows_the_clocks_empty_slot_that_expires_a_key(shared):
     cluster = shared
     leader = cluster.wait_for_leader()

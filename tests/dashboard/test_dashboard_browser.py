@@ -154,6 +154,11 @@ def test_dashboard_shows_writes_and_a_leader_change(make_cluster, browser):
     assert read["status"] == "ok" and "hello from the browser" in read["text"], read
     # The cluster agrees with what the page says.
     assert cluster.get(follower, "browser-key").body["value"] == "hello from the browser"
+    # Lease commands and a put's lease show in their slots as what they are.
+    lease = cluster.request(leader, "POST", "/v1/leases", {"ttl": 60}).body["id"]
+    assert cluster.put(leader, "browser-leased", "v", lease=lease).status == 200
+    page.wait_for_selector('#log-strip .slot .cmd:has-text("grant lease (new) ttl 60s")')
+    page.wait_for_selector(f'#log-strip .slot .cmd:has-text("browser-leased=v lease {lease}")')
     shot(page, "1-write")
 
     # Kill the leader, which also served the page and feeds its event stream.

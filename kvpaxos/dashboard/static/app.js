@@ -975,6 +975,7 @@
   }
 
   const MEMBER_VERBS = { member_add: "add", member_promote: "promote", member_remove: "remove" };
+  const LEASE_VERBS = { lease_grant: "grant", lease_keepalive: "keepalive", lease_revoke: "revoke" };
 
   function cmdHTML(c) {
     const k = `<span class="k">${esc(c.key)}</span>`;
@@ -983,7 +984,11 @@
         (c.value != null ? `<span class="v"> @${esc(c.value)}</span>` : "");
     }
     if (c.op === "del") return `<span class="op del">del</span> ${k}`;
-    const ttl = c.ttl_ms != null ? `<span class="v"> ttl ${c.ttl_ms / 1000}s</span>` : "";
+    const ttl = c.ttl_ms != null ? `<span class="v"> ttl ${c.ttl_ms / 1000}s</span>` :
+      c.lease != null ? `<span class="v"> lease ${esc(c.lease)}</span>` : "";
+    if (LEASE_VERBS[c.op]) {
+      return `<span class="op lease">${LEASE_VERBS[c.op]}</span> <span class="k">lease ${c.key === "0" ? "(new)" : esc(c.key)}</span>${ttl}`;
+    }
     if (c.op === "refresh") return `<span class="op put">refresh</span> ${k}${ttl}`;
     if (c.op === "txn") return `<span class="op cas">txn</span> ${k}<span class="v"> ${esc(c.value ?? "")}</span>`;
     if (c.op === "delete_prefix") return `<span class="op del">del</span> ${k}<span class="v">* (up to ${esc(c.value ?? "")})</span>`;
@@ -997,7 +1002,8 @@
   function cmdText(c) {
     if (MEMBER_VERBS[c.op]) return `${MEMBER_VERBS[c.op]} node ${c.key}` + (c.value != null ? ` at ${c.value}` : "") + " (configuration change)";
     if (c.op === "del") return `del ${c.key}`;
-    const ttl = c.ttl_ms != null ? ` (ttl ${c.ttl_ms / 1000} s)` : "";
+    const ttl = c.ttl_ms != null ? ` (ttl ${c.ttl_ms / 1000} s)` : c.lease != null ? ` (lease ${c.lease})` : "";
+    if (LEASE_VERBS[c.op]) return `${LEASE_VERBS[c.op]} lease ${c.key === "0" ? "(a new id)" : c.key}${ttl}`;
     if (c.op === "refresh") return `refresh ${c.key}${ttl}`;
     if (c.op === "txn") return `transaction on ${c.key}…: ${c.value}`;
     if (c.op === "delete_prefix") return `delete up to ${c.value} keys under ${JSON.stringify(c.key)}`;
