@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = ["Client", "AsyncClient", "KvError", "NotFound", "PreconditionFailed", "Unavailable",
-           "OutcomeUnknown", "BadRequest", "Compacted", "Event", "TxnResult", "LockTimeout",
-           "LockTooSlow"]
+           "OutcomeUnknown", "BadRequest", "Conflict", "Compacted", "Entry", "Event", "TxnResult", "LeaseInfo",
+           "LockTimeout", "LockTooSlow", "Lease", "AsyncLease"]
 
 
 def __getattr__(name: str) -> Any:
@@ -21,6 +21,9 @@ def __getattr__(name: str) -> Any:
     if name in ("LockTimeout", "LockTooSlow"):
         from kvpaxos import lock
         return getattr(lock, name)
+    if name in ("Lease", "AsyncLease"):
+        from kvpaxos import lease
+        return getattr(lease, name)
     if name in __all__:
         from kvpaxos import client
         return getattr(client, name)

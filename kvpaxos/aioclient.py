@@ -18,14 +18,15 @@ import aiohttp
 
 from kvpaxos.client import (
     CONNECT_TIMEOUT_S, PROBE_TIMEOUT_S, WAIT_POLL_S, WAIT_VOTER_S, Compacted, Conflict, Entry, Event, KvError,
-    TxnResult, WatchReader, _int_field, after_compacted, after_stream, entry_from, give_up, raise_for_status,
-    txn_result_from, voter_yet, watch_page_from,
+    LeaseInfo, TxnResult, WatchReader, _int_field, after_compacted, after_stream, entry_from, give_up,
+    lease_info_from, raise_for_status, txn_result_from, voter_yet, watch_page_from,
 )
 from kvpaxos.client_support import (
     LEADER_HEADER, RETRY_STATUSES, Attempts, Sessions, decode_body, kv_path, LeaderHint, list_path,
     member_body, member_path, members_path, merge_cluster_status, parse_endpoints, parse_retry_after,
     put_body, refresh_body, retry_reason, txn_body, unprobed_peers, watch_call_timeout, watch_path,
     count_path, delete_prefix_path, STREAM_SILENCE_S, stream_backoff, watch_stream_path,
+    grant_body, keepalive_path, lease_path, leases_path,
 )
 
 # Raised when the TCP connect itself timed out (aiohttp >= 3.10); the request never left.
@@ -81,8 +82,8 @@ class AsyncClient:
         return entry_from(await self._call("GET", path))
 
     async def put(self, key: str, value: str, if_value: str | None = None,
-                  if_version: int | None = None, ttl: float | None = None) -> int:
-        doc = await self._write("PUT", kv_path(key), put_body(value, if_value, if_version, ttl))
+                  if_version: int | None = None, ttl: float | None = None, lease: int | None = None) -> int:
+        doc = await self._write("PUT", kv_path(key), put_body(value, if_value, if_version, ttl, lease))
         return int(doc.get("version", 0))
 
     async def refresh(self, key: str, ttl: float, if_value: str | None = None,
@@ -110,6 +111,39 @@ class AsyncClient:
     async def delete(self, key: str, if_version: int | None = None) -> None:
         body = {} if if_version is None else {"if_version": int(if_version)}
         await self._write("DELETE", kv_path(key), body)
+
+    # -- leases (as in Client) --
+
+    async def grant(self, ttl: float, lease_id: int | None = None) -> int:
+        """A new lease of ttl seconds; its id (see Client.grant)."""
+        return int((await self._write("POST", "/v1/leases", grant_body(ttl, lease_id)))["id"])
+
+    async def keepalive(self, lease_id: int) -> float:
+        """Start the lease's time to live again from now; its ttl (NotFound once it ended)."""
+        return float((await self._write("POST", keepalive_path(lease_id), {}))["ttl"])
+
+    async def revoke(self, lease_id: int) -> int:
+        """End the lease now with its keys; how many keys it deleted (NotFound if it had ended)."""
+        return int((await self._write("DELETE", lease_path(lease_id), {})).get("deleted", 0))
+
+    async def lease_info(self, lease_id: int, keys: bool = False, stale: bool = False) -> LeaseInfo:
+        """The lease's ttl, seconds left and keys (see Client.lease_info)."""
+        return lease_info_from(await self._call("GET", lease_path(lease_id, keys, stale)))
+
+    async def leases(self, page: int = 1000, stale: bool = False) -> list[LeaseInfo]:
+        """Every lease, in id order, fetched `page` at a time."""
+        found: list[LeaseInfo] = []
+        while True:
+            doc = await self._call("GET", leases_path(page, found[-1].id if found else None, stale))
+            found += [lease_info_from(item) for item in doc.get("leases", [])]
+            if not doc.get("more") or not doc.get("leases"):
+                return found
+
+    def lease(self, ttl: float, lease_id: int | None = None) -> Any:
+        """Client.lease's twin: `async with kv.lease(10) as lease:` keeps it alive from a
+        task on this client and revokes it at the end (kvpaxos/lease.py)."""
+        from kvpaxos.lease import AsyncLease
+        return AsyncLease(self, ttl, lease_id)
 
     async def list(self, prefix: str = "", limit: int = 1000, after: str | None = None) -> list[Entry]:
         return (await self.list_page(prefix, limit, after))[0]

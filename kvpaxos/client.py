@@ -35,12 +35,13 @@ from kvpaxos.client_support import (
     member_body, member_path, members_path, merge_cluster_status, normalize_endpoint, parse_endpoints,
     parse_retry_after, put_body, refresh_body, retry_reason, txn_body, unprobed_peers, watch_call_timeout, watch_path,
     count_path, delete_prefix_path, EventStream, STREAM_SILENCE_S, stream_backoff, watch_stream_path,
+    grant_body, keepalive_path, lease_path, leases_path,
 )
 
 __all__ = [
     "KvError", "NotFound", "PreconditionFailed", "Unavailable", "OutcomeUnknown",
-    "BadRequest", "Unauthorized", "Conflict", "Compacted", "Entry", "Event", "TxnResult", "Client", "AsyncClient",
-    "parse_endpoints", "normalize_endpoint",
+    "BadRequest", "Unauthorized", "Conflict", "Compacted", "Entry", "Event", "TxnResult", "LeaseInfo", "Client",
+    "AsyncClient", "parse_endpoints", "normalize_endpoint",
 ]
 
 # A blackholed host must not eat the whole budget of a call; connecting on a
@@ -65,7 +66,8 @@ class KvError(Exception):
 
 
 class NotFound(KvError):
-    """The key does not exist (404)."""
+    """The key does not exist (404); or, with code lease_not_found, the lease named (it was
+    never granted, was revoked, or ran out)."""
 
 
 class PreconditionFailed(KvError):
@@ -89,8 +91,11 @@ class Unauthorized(KvError):
 
 
 class Conflict(KvError):
-    """The cluster refused a membership change (409); `code` says why: change_in_progress,
-    id_reused, already_member, address_in_use, last_voter, would_lose_quorum."""
+    """The cluster refused a membership change or a lease write (409); `code` says why:
+    change_in_progress, id_reused, already_member, address_in_use, last_voter,
+    would_lose_quorum (membership); lease_exists (a grant's id exists, existed, or is not
+    above every id granted before), lease_full (the lease holds 10,000 keys), key_has_lease
+    (a refresh of a key that goes with its lease), lease_ids_exhausted (leases)."""
 
 
 class Compacted(KvError):
@@ -111,6 +116,18 @@ class Entry:
     value: str | None  # None in a list made with keys_only
     version: int
     ttl: float | None = None  # seconds until the key expires (by the node's clock), if it was put with a ttl
+    lease: int | None = None  # the lease the key goes with, if it was put with one
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseInfo:
+    """A lease as a node knows it: its id, its time to live (what each keepalive gives it
+    again), the seconds left by that node's clock, and its keys: their number, or the
+    sorted keys themselves (lease_info(..., keys=True))."""
+    id: int
+    ttl: float
+    ttl_left: float
+    keys: int | list[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,11 +186,22 @@ def raise_for_status(status: int, doc: dict[str, Any]) -> dict[str, Any]:
 def entry_from(doc: dict[str, Any], keys_only: bool = False) -> Entry:
     """An entry of an answer (value None for a list made with keys_only)."""
     try:
-        ttl = doc.get("ttl")
+        ttl, lease = doc.get("ttl"), doc.get("lease")
         value = None if keys_only else doc["value"]
-        return Entry(str(doc["key"]), value, int(doc["version"]), None if ttl is None else float(ttl))
+        return Entry(str(doc["key"]), value, int(doc["version"]), None if ttl is None else float(ttl),
+                     None if lease is None else int(lease))
     except (KeyError, TypeError, ValueError):
         raise KvError("bad_response", f"malformed entry in response: {doc!r:.200}") from None
+
+
+def lease_info_from(doc: dict[str, Any]) -> LeaseInfo:
+    """A lease of a GET /v1/leases[/ID] answer."""
+    try:
+        keys = doc["keys"]
+        keys = [str(k) for k in keys] if isinstance(keys, list) else int(keys)
+        return LeaseInfo(int(doc["id"]), float(doc["ttl"]), float(doc["ttl_left"]), keys)
+    except (KeyError, TypeError, ValueError):
+        raise KvError("bad_response", f"malformed lease in response: {doc!r:.200}") from None
 
 
 def _int_field(doc: dict[str, Any], name: str) -> int:
@@ -333,10 +361,12 @@ class Client:
         return entry_from(self._call("GET", path))
 
     def put(self, key: str, value: str, if_value: str | None = None,
-            if_version: int | None = None, ttl: float | None = None) -> int:
+            if_version: int | None = None, ttl: float | None = None, lease: int | None = None) -> int:
         """Set key to value (if the condition holds); with ttl, the key expires ttl
-        seconds later (by the cluster's clock) unless put or refreshed again."""
-        doc = self._write("PUT", kv_path(key), put_body(value, if_value, if_version, ttl))
+        seconds later (by the cluster's clock) unless put or refreshed again; with lease
+        (not with ttl), it goes when that lease does (NotFound lease_not_found if there is
+        no such lease; Conflict lease_full). A put without a lease takes the key off its lease."""
+        doc = self._write("PUT", kv_path(key), put_body(value, if_value, if_version, ttl, lease))
         return int(doc.get("version", 0))
 
     def refresh(self, key: str, ttl: float, if_value: str | None = None,
@@ -375,6 +405,47 @@ class Client:
     def delete(self, key: str, if_version: int | None = None) -> None:
         body = {} if if_version is None else {"if_version": int(if_version)}
         self._write("DELETE", kv_path(key), body)
+
+    # -- leases --
+
+    def grant(self, ttl: float, lease_id: int | None = None) -> int:
+        """A new lease of ttl seconds (above 0, at most a year): its id, `lease_id` if
+        given (Conflict lease_exists if that id exists, existed, or is not above every id
+        granted before). It ends, deleting its keys, ttl seconds after the grant or the
+        last keepalive by the cluster's clock, or when revoked."""
+        return int(self._write("POST", "/v1/leases", grant_body(ttl, lease_id))["id"])
+
+    def keepalive(self, lease_id: int) -> float:
+        """Start the lease's time to live again from now; its ttl. NotFound (lease_not_found)
+        once it has ended."""
+        return float(self._write("POST", keepalive_path(lease_id), {})["ttl"])
+
+    def revoke(self, lease_id: int) -> int:
+        """End the lease now, deleting its keys in one step (a watch sees one delete each);
+        how many keys it deleted. NotFound (lease_not_found) if it had ended already."""
+        return int(self._write("DELETE", lease_path(lease_id), {}).get("deleted", 0))
+
+    def lease_info(self, lease_id: int, keys: bool = False, stale: bool = False) -> LeaseInfo:
+        """The lease's ttl, the seconds it has left, and its number of keys (with keys: the
+        sorted keys). A linearizable read unless `stale`; NotFound (lease_not_found)."""
+        return lease_info_from(self._call("GET", lease_path(lease_id, keys, stale)))
+
+    def leases(self, page: int = 1000, stale: bool = False) -> list[LeaseInfo]:
+        """Every lease, in id order, fetched `page` at a time (each page a read of its own)."""
+        found: list[LeaseInfo] = []
+        while True:
+            doc = self._call("GET", leases_path(page, found[-1].id if found else None, stale))
+            found += [lease_info_from(item) for item in doc.get("leases", [])]
+            if not doc.get("more") or not doc.get("leases"):
+                return found
+
+    def lease(self, ttl: float, lease_id: int | None = None) -> Any:
+        """A lease kept alive while a block runs (kvpaxos/lease.py):
+        `with kv.lease(10) as lease: kv.put("k", "v", lease=lease.id)` grants it, keeps it
+        alive from a thread every ttl/3, and revokes it at the end (its keys go with it);
+        `lease.alive` is False once it was lost."""
+        from kvpaxos.lease import Lease
+        return Lease(self, ttl, lease_id)
 
     def delete_prefix(self, prefix: str) -> int:
         """Delete every key that starts with prefix ("" for every key); how many. In rounds

@@ -201,7 +201,8 @@ def _member_id(node_id: int) -> int:
 
 
 def put_body(value: str, if_value: str | None, if_version: int | None,
-             ttl: float | None = None) -> dict[str, Any]:
+             ttl: float | None = None, lease: int | None = None) -> dict[str, Any]:
+    """PUT /v1/kv/KEY's body; a key on a lease has no ttl of its own (ValueError if both)."""
     body: dict[str, Any] = {"value": value}
     if if_value is not None:
         body["if_value"] = if_value
@@ -209,6 +210,10 @@ def put_body(value: str, if_value: str | None, if_version: int | None,
         body["if_version"] = int(if_version)
     if ttl is not None:
         body["ttl"] = ttl
+    if lease is not None:
+        if ttl is not None:
+            raise ValueError("a key on a lease has no ttl of its own: it goes when its lease does")
+        body["lease"] = lease_id_of(lease)
     return body
 
 
@@ -222,9 +227,50 @@ def refresh_body(ttl: float, if_value: str | None, if_version: int | None) -> di
 def txn_body(compare: Any, then: Any, otherwise: Any) -> dict[str, Any]:
     """POST /v1/txn's body: comparisons ({"key", and "version", "value" or "exists", and
     optionally "cmp": "=", "!=", "<" or ">"}) and
-    the two lists of writes ({"op": "put", "key", "value"[, "ttl"]} or {"op": "delete", "key"})
+    the two lists of writes ({"op": "put", "key", "value"[, "ttl" or "lease"]} or {"op": "delete", "key"})
     and gets ({"op": "get", "key"})."""
     return {"if": [dict(c) for c in compare], "then": [dict(w) for w in then], "else": [dict(w) for w in otherwise]}
+
+
+# Lease ids are what a node takes: integers from 1 to 2**63 - 1 (as etcd's).
+LEASE_ID_MAX = 2**63 - 1
+
+
+def lease_id_of(lease_id: int) -> int:
+    """A lease id as given to a client method; ValueError (before any request) if it is
+    not an integer from 1 to LEASE_ID_MAX."""
+    if isinstance(lease_id, bool) or not isinstance(lease_id, int) or not 0 < lease_id <= LEASE_ID_MAX:
+        raise ValueError(f"lease ids are integers from 1 to {LEASE_ID_MAX}, not {lease_id!r}")
+    return lease_id
+
+
+def grant_body(ttl: float, lease_id: int | None) -> dict[str, Any]:
+    """POST /v1/leases's body: the ttl in seconds, and the id asked for, if any."""
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
+        raise ValueError(f"a lease's ttl is a number of seconds, not {ttl!r}")
+    body: dict[str, Any] = {"ttl": ttl}
+    if lease_id is not None:
+        body["id"] = lease_id_of(lease_id)
+    return body
+
+
+def lease_path(lease_id: int, keys: bool = False, stale: bool = False) -> str:
+    query = {**({"keys": "true"} if keys else {}), **({"consistency": "stale"} if stale else {})}
+    return f"/v1/leases/{lease_id_of(lease_id)}" + ("?" + urlencode(query) if query else "")
+
+
+def keepalive_path(lease_id: int) -> str:
+    return f"/v1/leases/{lease_id_of(lease_id)}/keepalive"
+
+
+def leases_path(limit: int, after: int | None, stale: bool = False) -> str:
+    """GET /v1/leases: up to `limit` leases with ids above `after`, in id order."""
+    query: dict[str, Any] = {"limit": int(limit)}
+    if after is not None:
+        query["after"] = int(after)
+    if stale:
+        query["consistency"] = "stale"
+    return "/v1/leases?" + urlencode(query)
 
 
 def parse_retry_after(value: str | None) -> float | None:

@@ -24,7 +24,7 @@ from cli.common import CliError, resolve_endpoints
 from cli.main import cli
 from kvpaxos.aioclient import AsyncClient
 from kvpaxos.client import (
-    BadRequest, Client, Conflict, Entry, KvError, NotFound, OutcomeUnknown, PreconditionFailed,
+    BadRequest, Client, Conflict, Entry, KvError, LeaseInfo, NotFound, OutcomeUnknown, PreconditionFailed,
     Unavailable, _peer_closed,
 )
 from kvpaxos.client_support import (
@@ -344,6 +344,59 @@ def test_request_shapes(fake: FakeCluster) -> None:
                                           "client_id": kv.client_id, "seq": 1}
     assert paths[3] == "/v1/kv?prefix=p&limit=2"
     assert [e.key for e in entries] == ["p1", "p2"] and more
+
+
+def test_lease_request_shapes(fake: FakeCluster) -> None:
+    """Lease writes carry the client's (client_id, seq), a retry the same one; leases()
+    pages on with after=<the last id>; answers become LeaseInfo and Entry.lease."""
+    lease = {"id": 7, "ttl": 30.0, "ttl_left": 29.5, "keys": 1}
+    fake.a.script = [
+        err(503, "no_quorum", {"Retry-After": "0"}), (200, {"id": 7, "ttl": 30.0, "revision": 4}),
+        (200, {"version": 5}), (200, {"id": 7, "ttl": 30.0}), (200, {"id": 7, "deleted": 1, "revision": 6}),
+        (200, {**lease, "keys": ["k"], "revision": 6}), (200, {"key": "k", "value": "v", "version": 5, "lease": 7}),
+        (200, {"leases": [lease, {**lease, "id": 8}], "more": True, "revision": 6}),
+        (200, {"leases": [{**lease, "id": 9, "keys": 0}], "more": False, "revision": 6}),
+    ]
+    with Client(fake.a.url, timeout_s=5) as kv:
+        assert kv.grant(30, lease_id=7) == 7
+        assert kv.put("k", "v", lease=7) == 5
+        assert kv.keepalive(7) == 30.0
+        assert kv.revoke(7) == 1
+        assert kv.lease_info(7, keys=True, stale=True) == LeaseInfo(7, 30.0, 29.5, ["k"])
+        assert kv.get("k") == Entry("k", "v", 5, None, 7)
+        assert [x.id for x in kv.leases(page=2)] == [7, 8, 9]
+    sent = [(r["method"], r["path"], r["body"]) for r in fake.a.requests]
+    me = kv.client_id
+    assert sent[:6] == [
+        ("POST", "/v1/leases", {"ttl": 30, "id": 7, "client_id": me, "seq": 1}),
+        ("POST", "/v1/leases", {"ttl": 30, "id": 7, "client_id": me, "seq": 1}),  # the retry: the same seq
+        ("PUT", "/v1/kv/k", {"value": "v", "lease": 7, "client_id": me, "seq": 2}),
+        ("POST", "/v1/leases/7/keepalive", {"client_id": me, "seq": 3}),
+        ("DELETE", "/v1/leases/7", {"client_id": me, "seq": 4}),
+        ("GET", "/v1/leases/7?keys=true&consistency=stale", None)]
+    assert [path for _, path, _ in sent[7:]] == ["/v1/leases?limit=2", "/v1/leases?limit=2&after=8"]
+
+
+def test_async_lease_calls_and_a_missing_lease(fake: FakeCluster) -> None:
+    fake.a.script = [(200, {"id": 3, "ttl": 5.0, "revision": 1}), (200, {"id": 3, "ttl": 5.0}),
+                     err(404, "lease_not_found"), err(409, "lease_exists")]
+
+    async def scenario() -> None:
+        async with AsyncClient([fake.a.url], timeout_s=2) as kv:
+            assert await kv.grant(5) == 3
+            assert await kv.keepalive(3) == 5.0
+            with pytest.raises(NotFound) as missing:
+                await kv.revoke(3)
+            assert missing.value.code == "lease_not_found"
+            with pytest.raises(Conflict) as taken:
+                await kv.grant(5, lease_id=3)
+            assert taken.value.code == "lease_exists"
+            with pytest.raises(ValueError):
+                await kv.keepalive(0)
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))
+    bodies = [r["body"] for r in fake.a.requests]
+    assert [b["seq"] for b in bodies] == [1, 2, 3, 4] and bodies[0]["ttl"] == 5 and "id" not in bodies[0]
 
 
 def _status_script(fake: FakeCluster) -> str:
