@@ -1,6 +1,6 @@
 """`kv`: the command line of kvpaxos.
 
-Client commands (get, put, refresh, delete, cas, txn, list, watch, lock, status) talk to a cluster found
+Client commands (get, put, refresh, delete, cas, txn, list, watch, lock, lease, status) talk to a cluster found
 through --endpoints / KV_ENDPOINTS, else DIR/cluster.json written by
 `kv cluster up`, else 127.0.0.1:7001-7003. The target options work both before
 and after the command name (`kv --server 3 get k` and `kv get k --server 3`).
@@ -29,6 +29,7 @@ from kvpaxos.core.commands import TTL_MS_MAX, VALUE_BYTES_MAX
 
 from cli.cluster import cluster
 from cli.common import DEFAULT_DATA_DIR, CliError, resolve_endpoints
+from cli.lease import LEASE_ID, lease
 from cli.lock import lock
 from cli.txn import txn
 from cli.members import format_changes, member
@@ -63,10 +64,13 @@ def get(ctx: click.Context, key: str, as_json: bool, stale: bool, **target: Any)
 
 
 def entry_json(entry: Any) -> str:
-    """An entry as `kv get --json` and `kv list --json` print it (ttl: for a key that expires)."""
+    """An entry as `kv get --json` and `kv list --json` print it (ttl: for a key that
+    expires; lease: for a key that goes with a lease)."""
     doc = {"key": entry.key, "value": entry.value, "version": entry.version}
     if entry.ttl is not None:
         doc["ttl"] = entry.ttl
+    if entry.lease is not None:
+        doc["lease"] = entry.lease
     return json.dumps(doc)
 
 
@@ -78,13 +82,17 @@ def entry_json(entry: Any) -> str:
               help="Only if the current version is this.")
 @click.option("--ttl", type=TTL_SECONDS, default=None, metavar="SECONDS",
               help="Delete the key this many seconds later, unless it is put or refreshed again.")
+@click.option("--lease", "lease_id", type=LEASE_ID, default=None, metavar="ID",
+              help="Attach the key to lease ID (kv lease grant): it is deleted when the lease ends.")
 @target_options(envvar=None)
 @click.pass_context
 def put(ctx: click.Context, key: str, value: str, if_value: str | None,
-        if_version: int | None, ttl: float | None, **target: Any) -> None:
-    """Set KEY to VALUE."""
+        if_version: int | None, ttl: float | None, lease_id: int | None, **target: Any) -> None:
+    """Set KEY to VALUE (a put without --lease takes the key off the lease it had)."""
+    if ttl is not None and lease_id is not None:
+        raise CliError("give --ttl or --lease, not both: a key on a lease goes when its lease does", exit_code=2)
     with connect(ctx, target, key) as kv:
-        version = kv.put(key, value, if_value=if_value, if_version=if_version, ttl=ttl)
+        version = kv.put(key, value, if_value=if_value, if_version=if_version, ttl=ttl, lease=lease_id)
     click.echo(f"OK (version {version})")
 
 
@@ -587,6 +595,7 @@ def snapshot_info(file: str) -> None:
 
 cli.add_command(cluster)
 cli.add_command(lock)
+cli.add_command(lease)
 cli.add_command(txn)
 cli.add_command(member)
 cli.add_command(shell)

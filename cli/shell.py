@@ -3,7 +3,7 @@
 Pick a server by number (`server 2`) and every command goes through that one
 node, so you can watch any node accept any request; `server any` goes back to
 all of them with failover. Commands: put, refresh, get, delete, cas, txn, list,
-watch, status, members, server, servers, help, quit. Arguments follow shell quoting (`put k "a b"`).
+watch, lease, status, members, server, servers, help, quit. Arguments follow shell quoting (`put k "a b"`).
 
 With a terminal, the prompt has line editing and history (readline, kept in
 ~/.kv_history). With piped input there is no prompt or banner, only the
@@ -28,6 +28,7 @@ from cli.common import DEFAULT_DATA_DIR, resolve_endpoints
 from kvpaxos.client import (
     BadRequest, Client, KvError, NotFound, OutcomeUnknown, PreconditionFailed, Unavailable,
 )
+from kvpaxos.client_support import LEASE_ID_MAX
 from kvpaxos.core.commands import TTL_MS_MAX
 from kvpaxos.core.txn import CMPS
 
@@ -37,9 +38,10 @@ DEFAULT_TIMEOUT_S = 10.0
 CONNECT_PROBE_S = 0.5
 
 HELP = {
-    "put": ("put KEY VALUE [TTL]", "set KEY to VALUE (deleted TTL seconds later, if given); prints the new version"),
+    "put": ("put KEY VALUE [TTL | --lease ID]",
+            "set KEY to VALUE (deleted TTL seconds later, or when lease ID ends, if given); prints the new version"),
     "refresh": ("refresh KEY TTL", "delete KEY TTL seconds from now unless put or refreshed again; its value stays"),
-    "get": ("get KEY", "print KEY's value and version (a linearizable read)"),
+    "get": ("get KEY", "print KEY's value and version, and its ttl or lease if it has one (a linearizable read)"),
     "delete": ("delete KEY | delete --prefix PREFIX", "delete KEY, or every key under PREFIX (also: del, rm)"),
     "cas": ("cas KEY OLD NEW", "set KEY to NEW only if its value is OLD"),
     "txn": ("txn [if COND...] [then WRITE...] [else WRITE...]",
@@ -50,6 +52,9 @@ HELP = {
     "list": ("list [PREFIX] [LIMIT]", "keys and values in key order (also: ls)"),
     "watch": ("watch [PREFIX] [COUNT]", "print the next COUNT changes (10) to keys under PREFIX as they "
               "are applied, with their revisions; Ctrl-C stops"),
+    "lease": ("lease grant TTL [ID] | lease keepalive ID | lease revoke ID | lease info ID | lease list",
+              "grant a lease of TTL seconds (with id ID, if given) and print its id; keep it alive once (its "
+              "TTL starts again); revoke it, deleting its keys; show its ttl, time left and keys; list every lease"),
     "status": ("status", "every node: role, leader, ballot, chosen and applied slot, up or down"),
     "members": ("members", "the configuration: voters, learners, the change in flight, the history"),
     "server": ("server [N|any]", "send everything through server N (no failover), or through any"),
@@ -181,6 +186,8 @@ class Shell:
 
     def describe(self, exc: KvError, key: str | None) -> str:
         about = f"key {key!r}" if key is not None else "the request"
+        if isinstance(exc, NotFound) and exc.code == "lease_not_found":
+            return exc.message  # the node's own words name the lease
         if isinstance(exc, NotFound):
             return f"{about} not found"
         if isinstance(exc, PreconditionFailed):
@@ -244,9 +251,15 @@ class Shell:
         self.out(f"Now talking to {self.target()}. Quote values with spaces: put k \"a b\".")
 
     def do_put(self, args: list[str]) -> None:
-        self._arity("put", args, 2, 3)
-        ttl = self._ttl(args[2]) if len(args) == 3 else None
-        version = self._call(args[0], lambda kv: kv.put(args[0], args[1], ttl=ttl))
+        self._arity("put", args, 2, 4)
+        ttl = lease = None
+        if len(args) == 4 and args[2] == "--lease":
+            lease = self._lease_id(args[3])
+        elif len(args) == 3 and args[2] != "--lease":
+            ttl = self._ttl(args[2])
+        elif len(args) > 2:
+            raise ShellError(f"usage: {HELP['put'][0]}")
+        version = self._call(args[0], lambda kv: kv.put(args[0], args[1], ttl=ttl, lease=lease))
         self.out(f"OK (version {version})")
 
     def do_refresh(self, args: list[str]) -> None:
@@ -265,11 +278,49 @@ class Shell:
             raise ShellError(f"TTL must be a number of seconds above 0 and at most {TTL_MS_MAX // 1000}")
         return ttl
 
+    @staticmethod
+    def _lease_id(text: str) -> int:
+        if not (text.isascii() and text.isdigit() and 0 < int(text) <= LEASE_ID_MAX):
+            raise ShellError(f"a lease ID is a whole number from 1 to {LEASE_ID_MAX}, not {text!r}")
+        return int(text)
+
     def do_get(self, args: list[str]) -> None:
         self._arity("get", args, 1, 1)
         entry = self._call(args[0], lambda kv: kv.get(args[0]))
         expires = "" if entry.ttl is None else f", expires in {entry.ttl:.1f} s"
-        self.out(f"{json.dumps(entry.value, ensure_ascii=False)} (version {entry.version}{expires})")
+        lease = "" if entry.lease is None else f", lease {entry.lease}"
+        self.out(f"{json.dumps(entry.value, ensure_ascii=False)} (version {entry.version}{expires}{lease})")
+
+    def do_lease(self, args: list[str]) -> None:
+        what = args[0].lower() if args else ""
+        if what == "grant" and len(args) in (2, 3):
+            ttl = self._ttl(args[1])
+            wanted = self._lease_id(args[2]) if len(args) == 3 else None
+            self.out(str(self._call(None, lambda kv: kv.grant(ttl, wanted))))
+        elif what == "keepalive" and len(args) == 2:
+            lease_id = self._lease_id(args[1])
+            ttl = self._call(None, lambda kv: kv.keepalive(lease_id))
+            self.out(f"OK (lease {lease_id} kept alive for {ttl:g} s)")
+        elif what == "revoke" and len(args) == 2:
+            lease_id = self._lease_id(args[1])
+            deleted = self._call(None, lambda kv: kv.revoke(lease_id))
+            self.out(f"OK (revoked lease {lease_id}, deleted {deleted} key{'' if deleted == 1 else 's'})")
+        elif what == "info" and len(args) == 2:
+            lease_id = self._lease_id(args[1])
+            info = self._call(None, lambda kv: kv.lease_info(lease_id, keys=True))
+            self.out(f"lease {info.id}: ttl {info.ttl:g} s, {info.ttl_left:.1f} s left, "
+                     f"{len(info.keys)} key{'' if len(info.keys) == 1 else 's'}")
+            for key in info.keys:
+                self.out(f"  {key}")
+        elif what == "list" and len(args) == 1:
+            leases = self._call(None, lambda kv: kv.leases())
+            for info in leases:
+                self.out(f"{info.id}\tttl {info.ttl:g} s\t{info.ttl_left:.1f} s left\t"
+                         f"{info.keys} key{'' if info.keys == 1 else 's'}")
+            if not leases:
+                self.out("(no leases)")
+        else:
+            raise ShellError(f"usage: {HELP['lease'][0]}")
 
     def do_delete(self, args: list[str]) -> None:
         if args and args[0] == "--prefix":
@@ -444,7 +495,7 @@ def _setup_readline() -> Callable[[], None]:
 @click.pass_context
 def shell(ctx: click.Context, server: int | None, endpoints: str | None, data_dir: str | None,
           timeout: float | None) -> None:
-    """Interactive prompt: pick a server number, then put/get/delete/cas/txn/list/watch/status
+    """Interactive prompt: pick a server number, then put/get/delete/cas/txn/list/watch/lease/status
     (`help` at the prompt lists every command)."""
     root = ctx.find_root().params
     sh = Shell(endpoints=endpoints or root.get("endpoints"),

@@ -63,22 +63,26 @@ def merge_target(ctx: click.Context, local: dict[str, Any]) -> dict[str, Any]:
 
 
 @contextmanager
-def connect(ctx: click.Context, local: dict[str, Any], key: str | None = None) -> Iterator[Client]:
-    """A client for the targeted cluster; turns client errors into one-line CLI errors."""
+def connect(ctx: click.Context, local: dict[str, Any], key: str | None = None,
+            about: str | None = None) -> Iterator[Client]:
+    """A client for the targeted cluster; turns client errors into one-line CLI errors
+    about `key`, or about what `about` names ("lease 7")."""
     target = merge_target(ctx, local)
     urls = resolve_endpoints(target["server"], target["endpoints"], target["data_dir"])
     client = Client(urls, timeout_s=target["timeout"], **client_security(target))
     try:
         yield client
     except KvError as exc:
-        raise CliError(describe_error(exc, key, urls)) from None
+        raise CliError(describe_error(exc, key, urls, about)) from None
     finally:
         client.close()
 
 
-def describe_error(exc: KvError, key: str | None, urls: list[str]) -> str:
-    about = f"key {key!r}" if key is not None else "request"
+def describe_error(exc: KvError, key: str | None, urls: list[str], about: str | None = None) -> str:
+    about = about or (f"key {key!r}" if key is not None else "request")
     detail = "" if exc.message in ("", exc.code) else f": {exc.message}"
+    if isinstance(exc, NotFound) and exc.code == "lease_not_found":
+        return exc.message  # the node's own words name the lease: "lease 7 not found (... or expired)"
     if isinstance(exc, NotFound):
         return f"{about} not found"
     if isinstance(exc, PreconditionFailed):

@@ -426,3 +426,94 @@ def test_watch_from_a_revision_no_longer_kept_is_one_line_error(tmp_path: Path) 
         assert ok(kept) == "".join(f"{n + 1}\tput\tk{n}\t{n}\n" for n in range(3, 8))
     finally:
         cluster.stop_all()
+
+
+# -- kv lease ----------------------------------------------------------------------------
+
+
+def stderr_lines(proc: subprocess.Popen[str]) -> "queue.Queue[str]":
+    """The lines a background `kv` prints on stderr, as they come."""
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.put(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines
+
+
+def test_lease_grant_put_info_list_keepalive_and_revoke(local: LocalCluster) -> None:
+    lease = int(ok(local.kv("lease", "grant", "300")))
+    assert "version" in ok(local.kv("put", "svc/a", "1", "--lease", str(lease), "--server", "2"))
+    ok(local.kv("put", "svc/b", "2", "--lease", str(lease)))
+    ok(local.kv("put", "plain", "p"))
+    doc = json.loads(ok(local.kv("get", "svc/a", "--json", "--server", "3")))
+    assert doc == {"key": "svc/a", "value": "1", "version": doc["version"], "lease": lease}, doc
+    assert [json.loads(line).get("lease") for line in ok(local.kv("list", "--json")).splitlines()] == \
+        [None, lease, lease]  # plain, svc/a, svc/b
+    info = json.loads(ok(local.kv("lease", "info", str(lease), "--json")))
+    assert info["id"] == lease and info["ttl"] == 300 and info["keys"] == 2 and 250 < info["ttl_left"] <= 300, info
+    shown = ok(local.kv("lease", "info", str(lease), "--keys")).splitlines()
+    assert re.fullmatch(rf"lease {lease}: ttl 300 s, \d+\.\d s left, 2 keys", shown[0]), shown
+    assert shown[1:] == ["svc/a", "svc/b"]
+    asked = lease + 100
+    assert ok(local.kv("lease", "grant", "60", "--id", str(asked))) == f"{asked}\n"
+    taken = local.kv("lease", "grant", "60", "--id", str(asked))
+    assert taken.returncode == 1 and taken.stderr.startswith(f"error: lease {asked} failed: lease_exists: "), taken
+    assert taken.stderr.count("\n") == 1
+    table = ok(local.kv("lease", "list")).splitlines()
+    assert table[0].split() == ["ID", "TTL", "LEFT", "KEYS"]
+    assert [(r.split()[0], r.split()[1], r.split()[3]) for r in table[1:]] == [(str(lease), "300", "2"),
+                                                                               (str(asked), "60", "0")], table
+    assert [json.loads(line)["id"] for line in ok(local.kv("lease", "list", "--json")).splitlines()] == [lease, asked]
+    assert ok(local.kv("lease", "keepalive", str(lease), "--once")) == f"OK (lease {lease} kept alive for 300 s)\n"
+    assert ok(local.kv("lease", "revoke", str(lease))) == f"OK (revoked lease {lease}, deleted 2 keys)\n"
+    assert local.kv("get", "svc/a").returncode == 1 and local.kv("get", "svc/b").returncode == 1
+    assert ok(local.kv("get", "plain")) == "p\n"
+    gone = f"error: lease {lease} not found (never granted, revoked, or expired)\n"
+    for args in (("lease", "info", str(lease)), ("lease", "keepalive", str(lease), "--once"),
+                 ("lease", "keepalive", str(lease)), ("lease", "revoke", str(lease)),
+                 ("put", "svc/c", "3", "--lease", str(lease))):
+        result = local.kv(*args)
+        assert result.returncode == 1 and result.stderr == gone, (args, result)
+    assert [json.loads(line)["id"] for line in ok(local.kv("lease", "list", "--json")).splitlines()] == [asked]
+    for args in (("put", "k", "v", "--ttl", "5", "--lease", str(asked)), ("put", "k", "v", "--lease", "-1"),
+                 ("lease", "grant", "0"), ("lease", "grant", "soon"), ("lease", "info", "abc"),
+                 ("lease", "revoke", "0")):
+        result = local.kv(*args)
+        assert result.returncode == 2 and result.stdout == "", (args, result)
+    assert local.kv("get", "k").returncode == 1
+
+
+def test_lease_keepalive_keeps_the_keys_until_the_lease_is_revoked_or_ctrl_c(local: LocalCluster) -> None:
+    kept = int(ok(local.kv("lease", "grant", "3")))
+    keeper, _ = start_watch("--data-dir", str(local.dir), "lease", "keepalive", str(kept))
+    stopper: subprocess.Popen[str] | None = None
+    try:
+        errors = stderr_lines(keeper)
+        assert errors.get(timeout=20) == f"keeping lease {kept} alive (ttl 3 s) until Ctrl-C\n"
+        ok(local.kv("put", "kept", "v", "--lease", str(kept)))
+        time.sleep(7)  # more than twice its ttl
+        assert ok(local.kv("get", "kept")) == "v\n" and keeper.poll() is None
+        # Revoked elsewhere: the keepalive finds it gone, says so in one line and exits 1.
+        ok(local.kv("lease", "revoke", str(kept)))
+        assert keeper.wait(timeout=20) == 1
+        assert errors.get(timeout=5) == f"error: lease {kept} not found (never granted, revoked, or expired)\n"
+
+        # Ctrl-C ends a keepalive quietly; the lease then runs out on its own.
+        second = int(ok(local.kv("lease", "grant", "3")))
+        stopper, _ = start_watch("--data-dir", str(local.dir), "lease", "keepalive", str(second))
+        stopped = stderr_lines(stopper)
+        assert stopped.get(timeout=20).startswith(f"keeping lease {second} alive")
+        stopper.send_signal(signal.SIGINT)
+        assert stopper.wait(timeout=20) == 0
+        time.sleep(0.2)
+        assert stopped.empty()
+        wait_for(lambda: local.kv("lease", "info", str(second)).returncode == 1, 20, "the lease to run out")
+    finally:
+        for p in (keeper, stopper):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait(timeout=10)

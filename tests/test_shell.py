@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -228,3 +229,54 @@ def test_a_transaction_and_a_prefix_delete_through_one_server(cluster):
     assert "OK (deleted 3 keys)" in out and "OK (deleted 0 keys)" in out  # a, b and log
     assert "error: usage: delete KEY | delete --prefix PREFIX" in err
     assert cluster.get(leader, p + "a").status == 404
+
+
+def test_leases_grant_keep_revoke_and_put_keys_on_them(cluster):
+    """`lease grant/keepalive/revoke/info/list`, `put ... --lease ID`, `get` showing the lease; bad input."""
+    cluster.wait_for_leader()
+    p = f"shell-lease-{time.monotonic_ns()}/"
+    granted = cluster.request(1, "POST", "/v1/leases", {"ttl": 300})
+    assert granted.status == 200, granted
+    lease = granted.body["id"]
+    result = kv_shell(cluster, "\n".join([
+        f"put {p}a 1 --lease {lease}",
+        f"put {p}b 2 --lease {lease}",
+        f"get {p}a",
+        f"lease info {lease}",
+        "lease list",
+        f"lease keepalive {lease}",
+        "lease grant 60",
+        f"lease grant 60 {lease}",  # taken
+        f"put {p}c 3 --lease 99999999999",  # no such lease
+        f"put {p}c 3 --lease x",
+        f"put {p}c 3 5 --lease",
+        f"lease revoke {lease}",
+        f"get {p}a",  # gone with its lease
+        f"lease info {lease}",
+        f"lease keepalive {lease}",
+        "lease frob",
+        "lease grant 0",
+        "help lease",
+    ]) + "\n")
+    out, err = result.stdout, result.stderr
+    assert result.returncode == 1, (out, err)
+    lines = out.splitlines()
+    assert out.count("OK (version") == 2, out
+    assert any(re.fullmatch(rf'"1" \(version \d+, lease {lease}\)', line) for line in lines), out
+    assert f"lease {lease}: ttl 300 s, " in out and f"  {p}a" in lines and f"  {p}b" in lines
+    assert any(re.fullmatch(rf"{lease}\tttl 300 s\t\d+\.\d s left\t2 keys", line) for line in lines), out
+    assert f"OK (lease {lease} kept alive for 300 s)" in lines
+    new = int(next(line for line in lines if line.isdigit()))
+    info = cluster.request(2, "GET", f"/v1/leases/{new}")
+    assert new > lease and info.status == 200 and info.body["ttl"] == 60, info
+    assert "lease_exists" in err
+    assert "error: lease 99999999999 not found (never granted, revoked, or expired)" in err
+    assert "error: a lease ID is a whole number from 1 to 9223372036854775807, not 'x'" in err
+    assert "error: usage: put KEY VALUE [TTL | --lease ID]" in err
+    assert f"OK (revoked lease {lease}, deleted 2 keys)" in lines
+    assert f"error: key '{p}a' not found" in err
+    assert err.count(f"error: lease {lease} not found") == 2, err
+    assert "error: usage: lease grant TTL [ID] | lease keepalive ID" in err
+    assert "error: TTL must be a number of seconds above 0" in err
+    assert "lease grant TTL [ID] | lease keepalive ID | lease revoke ID | lease info ID | lease list\n" in out
+    assert cluster.get(3, p + "b").status == 404 and cluster.get(3, p + "c").status == 404
