@@ -13,6 +13,8 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
+from kvpaxos.core.commands import LEASE_ID_MAX  # plain constants: the client stays light
+
 # Backoff after every endpoint failed once in a row: small, because a leader
 # election takes a few hundred milliseconds and callers wait on us.
 BACKOFF_BASE_S = 0.05
@@ -230,10 +232,6 @@ def txn_body(compare: Any, then: Any, otherwise: Any) -> dict[str, Any]:
     the two lists of writes ({"op": "put", "key", "value"[, "ttl" or "lease"]} or {"op": "delete", "key"})
     and gets ({"op": "get", "key"})."""
     return {"if": [dict(c) for c in compare], "then": [dict(w) for w in then], "else": [dict(w) for w in otherwise]}
-
-
-# Lease ids are what a node takes: integers from 1 to 2**63 - 1 (as etcd's).
-LEASE_ID_MAX = 2**63 - 1
 
 
 def lease_id_of(lease_id: int) -> int:
