@@ -294,3 +294,14 @@ def test_delete_prefix_benchmark_smoke(tmp_path):
     bad = subprocess.run([sys.executable, "benchmarks/delete_prefix.py", "--keys", "0"],
                          cwd=REPO, capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and "--keys must be at least 1" in bad.stderr, bad.stderr
+
+
+def test_delete_prefix_benchmark_revokes_a_lease_smoke(tmp_path):
+    result = subprocess.run([sys.executable, "benchmarks/delete_prefix.py", "--lease", "--keys", "1500", "--rate",
+                             "50", "--out-dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    doc = json.loads((tmp_path / "delete_lease.json").read_text())
+    assert doc["by"] == "lease" and doc["deleted"] == 1500 and set(doc["keys_left_on_nodes_after"].values()) == {0}
+    bad = subprocess.run([sys.executable, "benchmarks/delete_prefix.py", "--lease", "--keys", "10001"],
+                         cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "at most 10000 with --lease" in bad.stderr, bad.stderr
