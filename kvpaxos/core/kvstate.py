@@ -211,8 +211,8 @@ class KVState:
                 lease_id = self.lease_last + 1  # above every id granted: never one granted before
                 if lease_id > LEASE_ID_MAX:
                     return Result(False, "lease_ids_exhausted")
-            elif lease_id in self.leases or lease_id <= self.lease_last:
-                return Result(False, "lease_exists")  # or had: an id names one lease only
+            elif lease_id <= self.lease_last:  # every lease there is, or was, has an id up to lease_last
+                return Result(False, "lease_exists")  # an id names one lease only
             self.lease_last = lease_id
             deadline = self.cluster_ms + cmd.ttl_ms
             self.leases[lease_id] = Lease(cmd.ttl_ms, deadline, set())
