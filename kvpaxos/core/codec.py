@@ -112,13 +112,18 @@ def _checked_command_from_wire(x: Any) -> Command:
 
 
 def batch_to_wire(b: Batch) -> dict:
+    if b.lead:  # only where it is: the batches of logs written before read the same
+        return {"c": [command_to_wire(c) for c in b.commands], "ts": b.ts_ms, "lead": True}
     return {"c": [command_to_wire(c) for c in b.commands], "ts": b.ts_ms}
 
 
 def batch_from_wire(x: Any) -> Batch:
     if not isinstance(x, dict) or not isinstance(x.get("c"), list):
         raise WireError("bad batch")
-    return Batch(tuple(command_from_wire(c) for c in x["c"]), _int(x.get("ts", 0)))
+    lead = x.get("lead", False)
+    if type(lead) is not bool:
+        raise WireError("a batch's lead is true or false")
+    return Batch(tuple(command_from_wire(c) for c in x["c"]), _int(x.get("ts", 0)), lead)
 
 
 def _entry_list(x: Any, decode: Callable[[Any], Any]) -> tuple:

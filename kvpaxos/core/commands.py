@@ -72,6 +72,9 @@ class Command:
 class Batch:
     commands: tuple[Command, ...] = ()
     ts_ms: int = 0
+    # The first fresh slot a new leader proposes (its barrier): applying it starts every
+    # lease's ttl again, so that keepalives no leader could take do not cost a lease.
+    lead: bool = False
 
     @property
     def is_noop(self) -> bool:

@@ -32,7 +32,10 @@ the clock reaches the deadline, or on a revoke, the lease ends: all its keys are
 deleted in that one slot, each a change of its own (so a lease holds at most
 LEASE_KEYS_MAX keys), and its id is never granted again. One lease's keepalive is
 one log entry however many keys it holds: that is what leases are for, beside a
-ttl per key.
+ttl per key. A new leader's first slot (Batch.lead) starts every lease's ttl again,
+as a keepalive of each would: keepalives sent while there was no leader could not
+be applied, and must not cost the lease (keys with a ttl of their own get no such
+grace).
 """
 from __future__ import annotations
 
@@ -103,6 +106,8 @@ class KVState:
         assert slot == self.applied_slot + 1, f"slot {slot} applied out of order after {self.applied_slot}"
         self.applied_slot = slot
         self.cluster_ms = max(self.cluster_ms, batch.ts_ms)
+        if batch.lead and self.leases:
+            self._renew_leases()  # before any ends: a new leader's first slot
         self._expire_sessions()
         expired: list[tuple[Command, Result]] = []
         if self._deadlines and self._deadlines[0][0] <= self.cluster_ms:
@@ -185,6 +190,15 @@ class KVState:
                 cost += 1 + len(ended)
                 self.last_leases_expired += 1
         return out
+
+    def _renew_leases(self) -> None:
+        """Start every lease's ttl again from the clock now (never shortening one): a new
+        leader's first slot does, as etcd's new leader does, so that the keepalives no
+        leader could apply meanwhile (an election, a lost majority) do not end a lease."""
+        for lease in self.leases.values():
+            lease.deadline = max(lease.deadline, self.cluster_ms + lease.ttl_ms)
+        self._lease_deadlines = [(lease.deadline, i) for i, lease in self.leases.items()]
+        heapq.heapify(self._lease_deadlines)
 
     def _end_lease(self, lease_id: int) -> list[tuple[Command, Result]]:
         """Delete the lease's keys in key order, each a change of its own, and the lease."""

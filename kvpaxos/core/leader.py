@@ -137,8 +137,11 @@ class LeaderState:
     def full_batch_waiting(self, count_max: int, bytes_max: int) -> bool:
         return self.pending_count >= count_max or self.pending_bytes >= bytes_max
 
-    def next_batch(self, count_max: int, bytes_max: int, ts_ms: int, force: bool = False) -> Batch | None:
-        """The commands for the next fresh slot (a no-op if forced and none wait), or None."""
+    def next_batch(self, count_max: int, bytes_max: int, ts_ms: int, force: bool = False,
+                   lead: bool = False) -> Batch | None:
+        """The commands for the next fresh slot (a no-op if forced and none wait), or None.
+        With lead (the leader's barrier), a batch marked so, and carrying the clock even
+        with no command (Batch.lead)."""
         if not (self.pending or force):
             return None
         commands: list[Command] = []
@@ -154,6 +157,8 @@ class LeaderState:
             took = True
         self.pending_count -= len(commands)
         self.pending_bytes -= size
+        if lead:
+            return Batch(tuple(commands), ts_ms, True)
         # An empty group (Replica.nudge_clock) is a slot for the clock reading alone.
         return Batch(tuple(commands), ts_ms) if took else NOOP
 

@@ -783,12 +783,14 @@ class Replica:
                     # node less (messages, group commits, wake-ups) and, on a busy machine,
                     # less queueing than they add; a lone command finds nothing in flight.
                     return
-                value = lead.next_batch(c.batch_count_max, c.batch_bytes_max, self.clock_ms, must)
+                # The first fresh slot above everything phase 1 found: once it is chosen, a
+                # slot was chosen under this ballot (for reads and rebuilding nodes); applied,
+                # it starts the leases' ttls again (Batch.lead).
+                barrier = lead.barrier_slot == 0 and slot > lead.top
+                value = lead.next_batch(c.batch_count_max, c.batch_bytes_max, self.clock_ms, must, barrier)
                 if value is None:
                     return
-                if lead.barrier_slot == 0 and slot > lead.top:
-                    # The first fresh slot above everything phase 1 found: once it is chosen,
-                    # a slot was chosen under this ballot (for reads and rebuilding nodes).
+                if barrier:
                     lead.barrier_slot = slot
                 for cmd in value.commands:
                     self._ready.proposed[cmd.cmd_id] = slot

@@ -54,8 +54,11 @@ def describe_batch(batch: Any) -> dict[str, Any] | None:
     if batch is None:
         return None
     commands = tuple(getattr(batch, "commands", ()) or ())
-    return {"n": len(commands), "ts_ms": getattr(batch, "ts_ms", 0),
-            "cmds": [describe_command(c) for c in commands[:BATCH_COMMANDS]]}
+    out = {"n": len(commands), "ts_ms": getattr(batch, "ts_ms", 0),
+           "cmds": [describe_command(c) for c in commands[:BATCH_COMMANDS]]}
+    if getattr(batch, "lead", False):
+        out["lead"] = True  # a new leader's first fresh slot (Batch.lead)
+    return out
 
 
 def log_window(node: Any, slots: int = LOG_SLOTS) -> dict[str, Any]:

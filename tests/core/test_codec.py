@@ -48,7 +48,7 @@ def _command_strategy() -> st.SearchStrategy:
 
 
 commands = _command_strategy()
-batches = st.builds(Batch, st.lists(commands, max_size=4).map(tuple), naturals)
+batches = st.builds(Batch, st.lists(commands, max_size=4).map(tuple), naturals, st.booleans())
 TYPED: dict[str, st.SearchStrategy] = {
     **SCALARS,
     "Ballot": ballots,

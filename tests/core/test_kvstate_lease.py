@@ -100,6 +100,22 @@ def test_a_revoke_deletes_the_keys_now_as_the_commands_changes() -> None:
     assert twice == Result(False, "lease_not_found")
 
 
+def test_a_new_leaders_first_slot_starts_every_leases_ttl_again() -> None:
+    s = KVState()
+    short, long = granted(s, 0, 100), granted(s, 0, 10_000)
+    apply(s, 0, put("a", lease=short), put("t", ttl_ms=100))
+    # No leader for a while: the next slot is a new leader's barrier, stamped at 500,
+    # past the short lease's deadline. Every lease lives on, a ttl from then; a key's own
+    # ttl gets no such grace.
+    out = s.apply(s.applied_slot + 1, Batch((), 500, lead=True))
+    assert [c.key for c, _ in out] == ["t"]
+    assert s.leases[short].deadline == 600 and s.leases[long].deadline == 10_500 and s.get("a") is not None
+    assert s.next_deadline() == 600
+    assert [c.key for c, _ in apply(s, 600)] == ["a"] and short not in s.leases
+    plain = apply(s, 20_000)  # an ordinary slot late: the long lease ends
+    assert long not in s.leases and plain == []
+
+
 def test_a_put_moves_its_key_between_leases_and_off_them() -> None:
     s = KVState()
     one, two = granted(s, 0, 100), granted(s, 0, 1_000)
@@ -260,6 +276,10 @@ def test_a_snapshot_with_a_bad_lease_record_is_refused(leases) -> None:
 
 
 def test_the_wire_of_leases() -> None:
+    assert codec.batch_from_wire(codec.batch_to_wire(Batch((), 5, lead=True))) == Batch((), 5, lead=True)
+    assert "lead" not in codec.batch_to_wire(Batch((), 5))  # what a log written before reads back as
+    with pytest.raises(codec.WireError):
+        codec.batch_from_wire({"c": [], "ts": 5, "lead": 1})
     plain, leased = put("a"), put("a", lease=7)
     assert len(codec.command_to_wire(plain)) == 9  # what a log written before reads back as
     assert codec.command_to_wire(leased)[9:] == [None, 7]

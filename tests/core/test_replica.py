@@ -275,7 +275,9 @@ def test_takeover_proposes_the_highest_ballot_value_and_fills_holes_with_noops()
     assert proposed[1] == Z  # accepted at 3.3 beats 2.2
     assert proposed[2] == NOOP  # a hole no promise mentions
     assert proposed[3] == Y
-    assert all(v == NOOP for s, v in proposed.items() if s > 3)  # at most a fresh no-op above
+    # One fresh empty slot above: the new leader's barrier, marked so (Batch.lead).
+    assert [v.lead and not v.commands for s, v in proposed.items() if s > 3] == [True]
+    assert not any(v.lead for s, v in proposed.items() if s <= 3)
     assert {s: leader.acceptor.accepted[s] for s in (1, 2, 3)} == {1: (ballot, Z), 2: (ballot, NOOP),
                                                                    3: (ballot, Y)}
 

@@ -174,6 +174,8 @@ def test_dashboard_shows_writes_and_a_leader_change(make_cluster, browser):
     page.wait_for_function(f"() => !['{leader}', '–'].includes(document.getElementById('stream-node').textContent)")
     page.wait_for_selector('#conn[data-live="true"]')
     assert page.locator('#timeline li.leader').filter(has_text=f"node {new_leader} is the leader").count() >= 1
+    # The new leader's first slot is marked as such (Batch.lead: it starts the leases' ttls again).
+    page.wait_for_selector('#log-strip .slot .noop-label:has-text("new leader")')
     assert page.inner_text("#tile-changes") != "0"
     # Its card counts the election it won and, in brackets, the pre-votes it asked first.
     wait_until(lambda: (c := elections_card(page, new_leader)) and c[0] >= 1 and c[1] >= 1, 5,

@@ -142,6 +142,28 @@ def test_a_lease_outlives_its_leader(make_cluster) -> None:
     gone_everywhere(cluster, [key], ids=others, timeout=15)  # the new leader ends it too
 
 
+def test_a_lease_outlives_a_lost_majority_longer_than_its_ttl(make_cluster) -> None:
+    # No keepalive can be applied while no leader is: the new leader's first slot starts
+    # every lease's ttl again (as etcd's new leader does), so a lease whose keeper went on
+    # trying is not lost to the outage.
+    cluster = make_cluster(3)
+    leader = cluster.wait_for_leader()
+    key = fresh()
+    lease = grant(cluster, leader, 1.5)
+    assert cluster.put(leader, key, "v", lease=lease).status == 200
+    others = [i for i in cluster.ids if i != leader]
+    cluster.wait_caught_up(others[0])
+    cluster.kill_many([leader, others[1]], signal.SIGKILL)
+    time.sleep(2.5)  # past the lease's deadline, with no majority to apply a keepalive
+    cluster.start([others[1]])
+    cluster.wait_for_leader(ids=others, timeout=20)
+    resp = cluster.request(others[0], "POST", f"/v1/leases/{lease}/keepalive", timeout=10)
+    assert resp.status == 200, resp
+    got = cluster.get(others[1], key)
+    assert got.status == 200 and got.body["lease"] == lease, got
+    gone_everywhere(cluster, [key], ids=others, timeout=15)  # and without keepalives it ends
+
+
 def test_leases_survive_a_crash_of_every_node_and_restart_from_snapshots(make_cluster) -> None:
     cluster = make_cluster(3, serve_args=["--snapshot-every", "5", "--compact-keep", "2"])
     leader = cluster.wait_for_leader()

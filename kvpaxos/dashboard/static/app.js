@@ -1018,9 +1018,12 @@
     }
     if (s.starts) lines.push(`first slot governed by: ${configText(s.starts)} (${whatText(s.starts.what)}, chosen in slot ${s.starts.slot})`);
     if (s.batch) {
-      if (!s.batch.n) {
+      if (s.batch.lead) {
+        lines.push("new leader: its first slot above all phase 1 found; once chosen, its reads go through, "
+          + "and applied, it starts every lease's ttl again");
+      } else if (!s.batch.n) {
         lines.push(s.batch.ts_ms ? "clock: an empty slot that carries the leader's clock into the log, so that keys "
-          + "whose time to live ran out expire with no writes" : "no-op (a new leader's filler or barrier)");
+          + "whose time to live ran out expire with no writes" : "no-op (a new leader's filler)");
       }
       for (const c of s.batch.cmds) lines.push(cmdText(c) + (c.client ? `   [${c.client} #${c.seq}]` : ""));
       if (s.batch.n > s.batch.cmds.length) lines.push(`… and ${s.batch.n - s.batch.cmds.length} more`);
@@ -1033,7 +1036,7 @@
     if (!s.batch) {
       body = s.nodes.some((n) => n.compacted) ? `<span class="noop-label">in a snapshot</span>` : `<span class="noop-label">not known here</span>`;
     } else if (!s.batch.n) {
-      body = `<span class="noop-label">${s.batch.ts_ms ? "clock" : "no-op"}</span>`;
+      body = `<span class="noop-label">${s.batch.lead ? "new leader" : s.batch.ts_ms ? "clock" : "no-op"}</span>`;
     } else {
       const shown = s.batch.cmds.slice(0, 3);
       body = shown.map((c) => `<div class="cmd">${cmdHTML(c)}</div>`).join("");
