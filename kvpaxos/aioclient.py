@@ -402,6 +402,8 @@ class AsyncClient:
                 continue
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
                 attempts.failed(f"{url}: {exc or type(exc).__name__}", sent=True)
+                if isinstance(exc, asyncio.TimeoutError) and not only:
+                    self._preferred = self._leader.silent(index, self._preferred)
                 continue
             if not only:
                 self._leader.heard(leader)

@@ -5,8 +5,9 @@ to the node that last answered and, when a node is down, overloaded (503) or
 times out (504), moves round robin to the next one until the call's deadline.
 Writes start at the leader when an answer has named it (the X-Kv-Leader header)
 and it is one of the client's endpoints, which spares them the hop from a
-follower to the leader and back; a leader the client could not connect to is
-left alone for a few seconds. A client of one endpoint stays on it.
+follower to the leader and back; a leader the client could not connect to, or
+a node that took a call and did not answer in its time, is left alone for a few
+seconds. A client of one endpoint stays on it.
 
 Writes carry (client_id, seq). A retry of one write reuses its seq, so the
 cluster applies it at most once even if the first attempt was applied and only
@@ -707,6 +708,8 @@ class Client:
                 continue
             except (OSError, http.client.HTTPException) as exc:
                 attempts.failed(f"{self.endpoints[index]}: {exc or type(exc).__name__}", sent=True)
+                if isinstance(exc, TimeoutError):
+                    self._preferred = self._leader.silent(index, self._preferred)
                 continue
             self._leader.heard(leader)
             if status in RETRY_STATUSES:

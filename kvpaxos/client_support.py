@@ -59,6 +59,15 @@ class LeaderHint:
         if self.index == index:
             self.index = None
 
+    def silent(self, index: int, preferred: int) -> int:
+        """Endpoint `index` took a request and did not answer in the call's time (a leader
+        cut off from its peers waits for a majority it cannot reach): left alone as an
+        unreachable one is, and the start of the next calls, `preferred`, moved past it
+        (where calls start now). The next write, a retry with the same identity, then goes
+        through another node instead of waiting on the same one again."""
+        self.unreachable(index)
+        return (index + 1) % len(self._endpoints) if preferred == index else preferred
+
 
 def normalize_endpoint(endpoint: str) -> str:
     """Turn "host:port" or "http://host:port/" into "http://host:port"."""

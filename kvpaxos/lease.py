@@ -83,10 +83,15 @@ class _Kept:
             self._alive = False
         return not self._alive
 
-    def _retry_in(self) -> float:
-        """After a keepalive that failed but left the lease alive: how long to pause first."""
+    def _retry_in(self, sent: float) -> float:
+        """After a keepalive sent at `sent` that failed but left the lease alive: how long
+        to pause first. The rest of a third of a ttl from when it was sent: none after one
+        that used its whole time (a node that took it and never answered, as a leader cut
+        off from its peers: the client's next try goes elsewhere), up to a third of a ttl
+        after one refused at once (no spinning on nodes that are down)."""
         assert self.ttl_s is not None
-        return min(self.ttl_s / 3, max(0.0, self._sure_until - time.monotonic()))
+        now = time.monotonic()
+        return max(0.0, min(self.ttl_s / 3 - (now - sent), self._sure_until - now))
 
     def _begin(self, need_ttl: bool) -> None:
         if self._alive:
@@ -146,7 +151,7 @@ class Lease(_Kept):
                 except KvError as exc:
                     if self._failed(exc):
                         return
-                    self._stop.wait(self._retry_in())
+                    self._stop.wait(self._retry_in(sent))
 
     def stop(self) -> None:
         """Stop the keepalives: the lease then runs out a ttl after the last one (unless
@@ -218,7 +223,7 @@ class AsyncLease(_Kept):
             except (KvError, asyncio.TimeoutError) as exc:
                 if self._failed(exc):
                     return
-                await asyncio.sleep(self._retry_in())
+                await asyncio.sleep(self._retry_in(sent))
 
     async def stop(self) -> None:
         if self._keeper is not None:

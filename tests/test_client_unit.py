@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import click
@@ -32,6 +33,12 @@ from kvpaxos.client_support import (
 )
 
 DROP = "drop"  # script action: close the connection without answering
+
+
+@dataclass
+class Hang:
+    """A FakeNode action: take the request and answer only after this long."""
+    seconds: float
 
 
 class FakeNode:
@@ -57,6 +64,9 @@ class FakeNode:
         self.requests.append({"method": request.method, "path": request.raw_path,
                               "body": json.loads(raw) if raw else None})
         action = self.script.pop(0) if self.script else self.default
+        if isinstance(action, Hang):
+            await asyncio.sleep(action.seconds)
+            action = self.default
         if action == DROP:
             request.transport.close()
             return web.Response()
@@ -574,6 +584,46 @@ def test_a_leader_that_cannot_be_reached_is_left_alone_for_a_while() -> None:
     assert hint.index == 1
     hint.heard(None)  # an answer that names no leader (an election is on)
     assert hint.index is None
+
+
+def test_a_node_that_takes_a_write_and_never_answers_is_left_for_the_next_calls(fake: FakeCluster) -> None:
+    # A leader cut off from its peers holds a write until its own timeout: the call that
+    # waited on it gives up, and the next ones (a retry of it too) go elsewhere.
+    named_a = {"X-Kv-Leader": fake.a.url}
+    fake.a.default = (200, {"key": "k", "version": 1}, named_a)
+    fake.b.default = (200, {"key": "k", "version": 2}, named_a)
+    with Client([fake.a.url, fake.b.url], timeout_s=0.5) as kv:
+        assert kv.put("k", "v") == 1  # a answers and names itself
+        fake.a.script = [Hang(2.0)]
+        with pytest.raises(OutcomeUnknown):
+            kv.put("k", "w")
+        assert kv.put("k", "x") == 2 and kv.put("k", "y") == 2  # b, though b still names a
+    assert len(fake.a.requests) == 2
+
+    fake.a.reset(), fake.b.reset()
+    fake.a.default = (200, {"key": "k", "version": 1}, named_a)
+    fake.b.default = (200, {"key": "k", "version": 2}, named_a)
+    fake.a.script = [(200, {"key": "k", "version": 1}, named_a), Hang(2.0)]
+
+    async def scenario() -> list[int]:
+        async with AsyncClient([fake.a.url, fake.b.url], timeout_s=0.5) as kv:
+            got = [await kv.put("k", "v")]
+            with pytest.raises(OutcomeUnknown):
+                await kv.put("k", "w")
+            return got + [await kv.put("k", "x"), await kv.put("k", "y")]
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 10)) == [1, 2, 2]
+    assert len(fake.a.requests) == 2
+
+
+def test_a_silent_node_moves_where_calls_start() -> None:
+    from kvpaxos.client_support import LeaderHint
+
+    hint = LeaderHint(["http://h:1", "http://h:2", "http://h:3"])
+    hint.heard("h:2")
+    assert hint.silent(1, preferred=1) == 2 and hint.index is None
+    assert hint.silent(2, preferred=0) == 0  # calls started elsewhere: they still do
+    assert hint.silent(2, preferred=2) == 0
 
 
 # -- the asyncio client -------------------------------------------------------------

@@ -1,0 +1,52 @@
+"""A lease kept alive through a real partition that cuts its leader off.
+
+A client keeps a lease alive (`kv.lease`, every ttl/3, through any node) while the
+leader is cut off from both peers. The majority side elects a new leader, whose
+first slot starts the lease's ttl again, and the client's keepalives reach it: the
+keepalive the old leader took and never answered sends the next one elsewhere at
+once (the client leaves a node that timed out alone for a while). The lease's key
+never disappears on the majority side, and the client never thinks the lease lost. After the heal the old leader holds the key too; the client's revoke at
+the end deletes it everywhere.
+"""
+from __future__ import annotations
+
+import time
+
+from kvpaxos.client import Client
+from support.cluster import wait_until
+
+TTL_S = 2.0
+PARTITION_S = 4.0  # twice the ttl, and many election timeouts (400 ms at the longest)
+
+
+def test_a_lease_lives_through_a_partition_of_its_leader(fault_cluster):
+    cluster = fault_cluster(3)
+    assert cluster.net is not None
+    leader = cluster.wait_for_leader()
+    others = [i for i in cluster.ids if i != leader]
+    key = "lease-partition/holder"
+    # The leader first: where the clients start (and so the keeper, as a client that has
+    # talked to the leader lately would).
+    with Client([cluster.url(i) for i in [leader, *others]], timeout_s=5.0) as kv:
+        with kv.lease(TTL_S) as lease:
+            kv.put(key, "here", lease=lease.id)
+            wait_until(lambda: all(cluster.get(i, key, stale=True).status == 200 for i in others), 10,
+                       "the key applied on the followers")
+            time.sleep(TTL_S / 3 + 0.3)  # a keepalive first, answered through the leader
+            cluster.net.partition([leader], others)
+            cut_at, missing = time.monotonic(), []
+            while time.monotonic() - cut_at < PARTITION_S:
+                for i in others:  # the majority side's own copies, read without a round trip
+                    if cluster.get(i, key, stale=True, timeout=2).status != 200:
+                        missing.append((round(time.monotonic() - cut_at, 2), i))
+                assert lease.alive, "the client took its lease for lost"
+                time.sleep(0.1)
+            assert not missing, f"the key was gone on the majority side at (s, node): {missing}"
+            new_leader = cluster.wait_for_leader(ids=others, timeout=10)
+            got = cluster.get(new_leader, key)
+            assert got.status == 200 and got.body["lease"] == lease.id, got
+            cluster.net.heal()
+            wait_until(lambda: cluster.get(leader, key, stale=True).status == 200, 15,
+                       f"node {leader} holding the key again after the heal")
+        for i in cluster.ids:
+            assert cluster.get(i, key).status == 404  # revoked on leaving the block
