@@ -87,8 +87,9 @@ class AsyncClient:
         return int(doc.get("version", 0))
 
     async def refresh(self, key: str, ttl: float, if_value: str | None = None,
-                      if_version: int | None = None) -> int:
-        doc = await self._write("PUT", kv_path(key), refresh_body(ttl, if_value, if_version))
+                      if_version: int | None = None, timeout_s: float | None = None) -> int:
+        """Client.refresh's twin; timeout_s bounds this call (default: the client's)."""
+        doc = await self._write("PUT", kv_path(key), refresh_body(ttl, if_value, if_version), timeout_s)
         return int(doc.get("version", 0))
 
     async def delete_prefix(self, prefix: str) -> int:
@@ -118,9 +119,10 @@ class AsyncClient:
         """A new lease of ttl seconds; its id (see Client.grant)."""
         return int((await self._write("POST", "/v1/leases", grant_body(ttl, lease_id)))["id"])
 
-    async def keepalive(self, lease_id: int) -> float:
-        """Start the lease's time to live again from now; its ttl (NotFound once it ended)."""
-        return float((await self._write("POST", keepalive_path(lease_id), {}))["ttl"])
+    async def keepalive(self, lease_id: int, timeout_s: float | None = None) -> float:
+        """Start the lease's time to live again from now; its ttl (NotFound once it ended).
+        timeout_s bounds this call (default: the client's)."""
+        return float((await self._write("POST", keepalive_path(lease_id), {}, timeout_s))["ttl"])
 
     async def revoke(self, lease_id: int) -> int:
         """End the lease now with its keys; how many keys it deleted (NotFound if it had ended)."""
@@ -364,11 +366,14 @@ class AsyncClient:
             self._http._retry_connection = False
         return self._http
 
-    async def _write(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def _write(self, method: str, path: str, body: dict[str, Any],
+                     timeout_s: float | None = None) -> dict[str, Any]:
         session = self._sessions.acquire()
         try:
-            return await self._call(method, path,
-                                    {**body, "client_id": session[0], "seq": session[1]})
+            # A call bounded here, not by the caller's asyncio.wait_for: a node that used its
+            # whole time is then known to the client (LeaderHint.silent), not cancelled unseen.
+            return await self._call(method, path, {**body, "client_id": session[0], "seq": session[1]},
+                                    timeout_s=timeout_s)
         finally:
             self._sessions.release(session)
 

@@ -69,6 +69,17 @@ class LeaderHint:
         return (index + 1) % len(self._endpoints) if preferred == index else preferred
 
 
+def keeper_pause(ttl_s: float, sent: float, sure_until: float, now: float | None = None) -> float:
+    """How long a lock's or a lease's keeper pauses after a refresh or keepalive sent at
+    `sent` (monotonic) failed while the lock or lease may still be held (until
+    `sure_until`): the rest of a third of a ttl from when it was sent. None after one that
+    used its whole time (a node that took it and never answered, as a leader cut off from
+    its peers: the client's next try goes elsewhere); up to a third of a ttl after one
+    refused at once (no spinning on nodes that are down)."""
+    now = time.monotonic() if now is None else now
+    return max(0.0, min(ttl_s / 3 - (now - sent), sure_until - now))
+
+
 def normalize_endpoint(endpoint: str) -> str:
     """Turn "host:port" or "http://host:port/" into "http://host:port"."""
     text = endpoint.strip()

@@ -26,6 +26,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from kvpaxos.client import KvError, NotFound
+from kvpaxos.client_support import keeper_pause
 
 if TYPE_CHECKING:
     from kvpaxos.aioclient import AsyncClient
@@ -85,13 +86,9 @@ class _Kept:
 
     def _retry_in(self, sent: float) -> float:
         """After a keepalive sent at `sent` that failed but left the lease alive: how long
-        to pause first. The rest of a third of a ttl from when it was sent: none after one
-        that used its whole time (a node that took it and never answered, as a leader cut
-        off from its peers: the client's next try goes elsewhere), up to a third of a ttl
-        after one refused at once (no spinning on nodes that are down)."""
+        to pause first (client_support.keeper_pause)."""
         assert self.ttl_s is not None
-        now = time.monotonic()
-        return max(0.0, min(self.ttl_s / 3 - (now - sent), self._sure_until - now))
+        return keeper_pause(self.ttl_s, sent, self._sure_until)
 
     def _begin(self, need_ttl: bool) -> None:
         if self._alive:
@@ -219,8 +216,8 @@ class AsyncLease(_Kept):
             await asyncio.sleep(self._keep_in())
             sent = time.monotonic()
             try:
-                self._kept(sent, await asyncio.wait_for(self.client.keepalive(self.id), self._budget()))
-            except (KvError, asyncio.TimeoutError) as exc:
+                self._kept(sent, await self.client.keepalive(self.id, self._budget()))
+            except KvError as exc:
                 if self._failed(exc):
                     return
                 await asyncio.sleep(self._retry_in(sent))

@@ -38,6 +38,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from kvpaxos.client import Compacted, KvError, NotFound, OutcomeUnknown, PreconditionFailed
+from kvpaxos.client_support import keeper_pause
 
 if TYPE_CHECKING:
     from kvpaxos.aioclient import AsyncClient
@@ -216,7 +217,7 @@ class Lock(_Held):
                 except KvError as exc:
                     if self._refresh_failed(exc):
                         return
-                    self._stop.wait(min(self.ttl_s / 3, max(0.0, self._sure_until - time.monotonic())))
+                    self._stop.wait(keeper_pause(self.ttl_s, sent, self._sure_until))
 
     def release(self) -> None:
         """Stop refreshing and delete the key if it is still ours (nothing if it was lost)."""
@@ -302,13 +303,13 @@ class AsyncLock(_Held):
             await asyncio.sleep(self._refresh_in())
             sent = time.monotonic()
             try:
-                await asyncio.wait_for(self.client.refresh(self.key, self.ttl_s, if_value=self.owner),
-                                       max(0.2, self.ttl_s / 3))
+                await self.client.refresh(self.key, self.ttl_s, if_value=self.owner,
+                                          timeout_s=max(0.2, min(self.client.timeout_s, self.ttl_s / 3)))
                 self._granted(sent)
-            except (KvError, asyncio.TimeoutError) as exc:
+            except KvError as exc:
                 if self._refresh_failed(exc):
                     return
-                await asyncio.sleep(min(self.ttl_s / 3, max(0.0, self._sure_until - time.monotonic())))
+                await asyncio.sleep(keeper_pause(self.ttl_s, sent, self._sure_until))
 
     async def release(self) -> None:
         if self._keeper is not None:

@@ -10,8 +10,10 @@ the end deletes it everywhere.
 """
 from __future__ import annotations
 
+import asyncio
 import time
 
+from kvpaxos.aioclient import AsyncClient
 from kvpaxos.client import Client
 from support.cluster import wait_until
 
@@ -50,3 +52,39 @@ def test_a_lease_lives_through_a_partition_of_its_leader(fault_cluster):
                        f"node {leader} holding the key again after the heal")
         for i in cluster.ids:
             assert cluster.get(i, key).status == 404  # revoked on leaving the block
+
+
+def test_an_async_lease_lives_through_a_partition_of_its_leader(fault_cluster):
+    # The same with AsyncClient's lease, kept alive from a task: the keepalive that the
+    # cut-off leader never answers is bounded by the client's own call, which so learns to
+    # go elsewhere (a caller's asyncio.wait_for would cancel it unseen).
+    cluster = fault_cluster(3)
+    assert cluster.net is not None
+    leader = cluster.wait_for_leader()
+    others = [i for i in cluster.ids if i != leader]
+    key = "lease-partition/async-holder"
+
+    def held_on_majority() -> bool:
+        return all(cluster.get(i, key, stale=True, timeout=2).status == 200 for i in others)
+
+    async def scenario() -> list[float]:
+        missing = []
+        async with AsyncClient([cluster.url(i) for i in [leader, *others]], timeout_s=5.0) as kv:
+            async with kv.lease(TTL_S) as lease:
+                await kv.put(key, "here", lease=lease.id)
+                await asyncio.to_thread(wait_until, held_on_majority, 10, "the key applied on the followers")
+                await asyncio.sleep(TTL_S / 3 + 0.3)  # a keepalive first, answered through the leader
+                await asyncio.to_thread(cluster.net.partition, [leader], others)
+                cut_at = time.monotonic()
+                while time.monotonic() - cut_at < PARTITION_S:
+                    if not await asyncio.to_thread(held_on_majority):
+                        missing.append(round(time.monotonic() - cut_at, 2))
+                    assert lease.alive, "the client took its lease for lost"
+                    await asyncio.sleep(0.1)
+        return missing
+
+    missing = asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert not missing, f"the key was gone on the majority side at (s): {missing}"
+    cluster.net.heal()
+    new_leader = cluster.wait_for_leader(timeout=10)
+    assert cluster.get(new_leader, key).status == 404  # revoked on leaving the block
