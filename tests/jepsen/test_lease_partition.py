@@ -1,4 +1,4 @@
-"""A lease kept alive through a real partition that cuts its leader off.
+"""A lease (and a lock) kept alive through a real partition that cuts its leader off.
 
 A client keeps a lease alive (`kv.lease`, every ttl/3, through any node) while the
 leader is cut off from both peers. The majority side elects a new leader, whose
@@ -88,3 +88,32 @@ def test_an_async_lease_lives_through_a_partition_of_its_leader(fault_cluster):
     cluster.net.heal()
     new_leader = cluster.wait_for_leader(timeout=10)
     assert cluster.get(new_leader, key).status == 404  # revoked on leaving the block
+
+
+def test_a_lock_is_held_through_a_partition_of_its_leader(fault_cluster):
+    # A lock's key has a ttl of its own, which a new leader does not renew: its keeper's
+    # refresh that the cut-off leader never answers must be followed at once by one
+    # through another node (client_support.keeper_pause), not a third of a ttl later.
+    cluster = fault_cluster(3)
+    assert cluster.net is not None
+    leader = cluster.wait_for_leader()
+    others = [i for i in cluster.ids if i != leader]
+    key = "lease-partition/lock"
+    ttl_s = 3.0
+    with Client([cluster.url(i) for i in [leader, *others]], timeout_s=5.0) as kv:
+        with kv.lock(key, ttl_s=ttl_s) as lock:
+            wait_until(lambda: all(cluster.get(i, key, stale=True).status == 200 for i in others), 10,
+                       "the lock's key applied on the followers")
+            time.sleep(ttl_s / 3 + 0.3)  # a refresh first, answered through the leader
+            cluster.net.partition([leader], others)
+            cut_at, missing = time.monotonic(), []
+            while time.monotonic() - cut_at < 2 * ttl_s:
+                for i in others:
+                    if cluster.get(i, key, stale=True, timeout=2).status != 200:
+                        missing.append((round(time.monotonic() - cut_at, 2), i))
+                assert lock.held, "the holder took its lock for lost"
+                time.sleep(0.1)
+            assert not missing, f"the lock's key was gone on the majority side at (s, node): {missing}"
+            cluster.net.heal()
+    new_leader = cluster.wait_for_leader(timeout=10)
+    assert cluster.get(new_leader, key).status == 404  # released on leaving the block
