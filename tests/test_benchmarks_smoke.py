@@ -40,8 +40,10 @@ def test_wakeups_benchmark_smoke(tmp_path):
     for kind in ("processes", "threads"):
         r = doc[kind]
         assert r["rounds"] == 200 and r["wall_us_per_round_trip"] > 0 and r["cpu_us_per_wakeup"] > 0, r
-    # Each round trip blocks this side once at the least (it waits for the answer).
-    assert doc["processes"]["switches_per_round_trip_this_side"] >= 1, doc
+    # Nearly every round trip blocks this side once (it waits for the answer), so the
+    # switches are counted; not quite every one: on a busy machine an answer can be there
+    # before this side waits for it (198 of 200 in one clean-clone run).
+    assert doc["processes"]["switches_per_round_trip_this_side"] >= 0.5, doc
     g = doc["group_commit"]
     assert g["commits"] == 50 and g["direct"]["wall_us"] > 0 and g["direct"]["cpu_us"] > 0, doc
     # A commit on sqlitedict's thread wakes that thread and then the loop, at the least.
