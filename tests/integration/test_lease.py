@@ -34,13 +34,6 @@ def grant(cluster: Cluster, i: int, ttl: float, **fields) -> int:
     return resp.body["id"]
 
 
-def gone_everywhere(cluster: Cluster, keys: list[str], ids: list[int] | None = None, timeout: float = 10.0) -> None:
-    def gone() -> bool:
-        return all(cluster.get(i, key, stale=stale).status == 404
-                   for i in (ids or cluster.alive()) for key in keys for stale in (False, True))
-    wait_until(gone, timeout, f"{keys!r} to be deleted on every node")
-
-
 def test_a_lease_runs_out_with_all_its_keys_on_every_node(shared: Cluster) -> None:
     prefix = fresh()
     lease = grant(shared, 1, 2.0)
@@ -56,7 +49,7 @@ def test_a_lease_runs_out_with_all_its_keys_on_every_node(shared: Cluster) -> No
     assert 0 < info.body["ttl_left"] <= 2.0, info
     items = {i["key"]: i for i in shared.list(1, prefix).body["items"]}
     assert [items[k]["lease"] for k in keys] == [lease] * 5 and "lease" not in items[f"{prefix}/plain"], items
-    gone_everywhere(shared, keys)
+    shared.wait_gone(*keys)
     assert time.monotonic() - started >= 1.9  # it lived its two seconds
     assert shared.get(1, f"{prefix}/plain").status == 200
     resp = shared.request(3, "GET", f"/v1/leases/{lease}")
@@ -84,7 +77,7 @@ def test_keepalives_keep_a_lease_past_its_ttl(shared: Cluster) -> None:
         resp = shared.request(1 + n % 3, "POST", f"/v1/leases/{lease}/keepalive")
         assert resp.status == 200 and resp.body == {"id": lease, "ttl": 1.0}, resp
     assert shared.get(3, key).body["value"] == "kept"
-    gone_everywhere(shared, [key])
+    shared.wait_gone(key)
     resp = shared.request(1, "POST", f"/v1/leases/{lease}/keepalive")
     assert resp.status == 404 and resp.body["error"] == "lease_not_found", resp
 
@@ -139,7 +132,7 @@ def test_a_lease_outlives_its_leader(make_cluster) -> None:
     resp = cluster.request(others[1], "POST", f"/v1/leases/{lease}/keepalive", timeout=10)
     assert resp.status == 200, resp
     assert cluster.get(others[0], key).body["lease"] == lease
-    gone_everywhere(cluster, [key], ids=others, timeout=15)  # the new leader ends it too
+    cluster.wait_gone(key, ids=others, timeout=15)  # the new leader ends it too
 
 
 def test_a_lease_outlives_a_lost_majority_longer_than_its_ttl(make_cluster) -> None:
@@ -161,7 +154,7 @@ def test_a_lease_outlives_a_lost_majority_longer_than_its_ttl(make_cluster) -> N
     assert resp.status == 200, resp
     got = cluster.get(others[1], key)
     assert got.status == 200 and got.body["lease"] == lease, got
-    gone_everywhere(cluster, [key], ids=others, timeout=15)  # and without keepalives it ends
+    cluster.wait_gone(key, ids=others, timeout=15)  # and without keepalives it ends
 
 
 def test_leases_survive_a_crash_of_every_node_and_restart_from_snapshots(make_cluster) -> None:
@@ -178,7 +171,7 @@ def test_leases_survive_a_crash_of_every_node_and_restart_from_snapshots(make_cl
     cluster.kill_many(list(cluster.ids), signal.SIGKILL)
     cluster.start()
     cluster.wait_for_leader(timeout=20)
-    gone_everywhere(cluster, [key], timeout=15)
+    cluster.wait_gone(key, timeout=15)
     got = cluster.get(2, long_key)
     assert got.status == 200 and got.body["lease"] == long, got
     # Ids already granted are not granted again after the restart.

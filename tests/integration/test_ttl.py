@@ -29,14 +29,6 @@ def fresh() -> str:
     return f"ttl-{uuid.uuid4().hex[:10]}"
 
 
-def gone_everywhere(cluster: Cluster, key: str, ids: list[int] | None = None, timeout: float = 10.0) -> None:
-    """Wait until every node (linearizable and stale reads) says key is not found."""
-    def gone() -> bool:
-        return all(cluster.get(i, key, stale=stale).status == 404
-                   for i in (ids or cluster.alive()) for stale in (False, True))
-    wait_until(gone, timeout, f"{key!r} to expire on every node")
-
-
 def test_a_key_expires_on_every_node_with_no_other_writes(shared: Cluster) -> None:
     key = fresh()
     started = time.monotonic()
@@ -44,7 +36,7 @@ def test_a_key_expires_on_every_node_with_no_other_writes(shared: Cluster) -> No
     assert put.status == 200, put
     got = shared.get(3, key)
     assert got.status == 200 and got.body["value"] == "soon" and 0 < got.body["ttl"] <= 2.0, got
-    gone_everywhere(shared, key)
+    shared.wait_gone(key)
     assert time.monotonic() - started >= 1.9  # not at once: it lived its two seconds
     # The expiry is a change of its own, which a watch sees as a delete.
     resp = shared.request(1, "GET", "/v1/watch?" + urllib.parse.urlencode(
@@ -68,7 +60,7 @@ def test_a_put_refreshes_or_clears_the_time_to_live(shared: Cluster) -> None:
     assert shared.put(2, refreshed, "v2", ttl=60).status == 200
     assert shared.put(3, cleared, "forever").status == 200
     assert shared.put(1, other, "x", ttl=0.5).status == 200
-    gone_everywhere(shared, other)  # past the first deadline of the two others
+    shared.wait_gone(other)  # past the first deadline of the two others
     time.sleep(0.7)
     got = shared.get(1, refreshed)
     assert got.status == 200 and got.body["value"] == "v2" and 55 < got.body["ttl"] <= 60, got
@@ -89,7 +81,7 @@ def test_a_batch_put_takes_a_ttl(shared: Cluster) -> None:
     resp = shared.request(1, "POST", "/v1/batch", {"ops": [{"op": "get", "key": longer}, {"op": "get", "key": kept}]})
     assert resp.status == 200 and 55 < resp.body["results"][0]["ttl"] <= 60, resp  # a batch's get shows it too
     assert "ttl" not in resp.body["results"][1], resp
-    gone_everywhere(shared, short)
+    shared.wait_gone(short)
     assert shared.get(3, kept).status == 200
 
 
@@ -142,7 +134,7 @@ def test_deadlines_survive_a_crash_of_every_node_and_restart_from_snapshots(make
     got = cluster.get(1, key)
     if time.monotonic() - put_at < 5:  # the restart was quick enough to see it still there
         assert got.status == 200 and 0 < got.body["ttl"] <= 6, got
-    gone_everywhere(cluster, key, timeout=15)
+    cluster.wait_gone(key, timeout=15)
     assert cluster.get(2, keeper).status == 200
 
 
@@ -155,7 +147,7 @@ def test_a_new_leader_expires_what_the_old_one_left(make_cluster) -> None:
     cluster.kill(leader, signal.SIGKILL)
     others = [i for i in cluster.ids if i != leader]
     cluster.wait_for_leader(ids=others, timeout=20)
-    gone_everywhere(cluster, key, ids=others, timeout=15)
+    cluster.wait_gone(key, ids=others, timeout=15)
 
 
 def test_a_refresh_keeps_the_value_and_version_and_watches_see_nothing(shared: Cluster) -> None:
@@ -177,7 +169,7 @@ def test_a_refresh_keeps_the_value_and_version_and_watches_see_nothing(shared: C
     assert resp.status == 200 and resp.body["results"] == [{"ok": True, "version": version}], resp
     with Client([shared.url(i) for i in shared.ids]) as kv:
         assert kv.refresh(key, 0.5, if_value="held") == version
-    gone_everywhere(shared, key)
+    shared.wait_gone(key)
 
 
 @pytest.mark.parametrize("body, status, code", [

@@ -349,6 +349,14 @@ class Cluster:
     def delete(self, i: int, key: str, timeout: float | None = None, **fields: Any) -> Response:
         return self.request(i, "DELETE", key_path(key), fields or None, timeout=timeout)
 
+    def wait_gone(self, *keys: str, ids: list[int] | None = None, timeout: float = 10.0) -> None:
+        """Wait until every node (default: every live one) says each key is not found, to
+        linearizable and stale reads alike: deleted (expired, its lease ended) everywhere."""
+        def gone() -> bool:
+            return all(self.get(i, key, stale=stale).status == 404
+                       for i in (ids or self.alive()) for key in keys for stale in (False, True))
+        wait_until(gone, timeout, f"{', '.join(map(repr, keys))} to be gone on every node")
+
     def list(self, i: int, prefix: str = "", limit: int | None = None, stale: bool = False) -> Response:
         query = {"prefix": prefix}
         if limit is not None:
