@@ -64,8 +64,8 @@ def keepalive(ctx: click.Context, lease_id: int, once: bool, **target: Any) -> N
             return
         holder = Lease(kv, lease_id=lease_id)
         ttl = holder.keep()
-        click.echo(f"keeping lease {lease_id} alive (ttl {ttl:g} s) until Ctrl-C", err=True)
-        try:
+        try:  # from the line on: a Ctrl-C right after it is the quiet end it announces
+            click.echo(f"keeping lease {lease_id} alive (ttl {ttl:g} s) until Ctrl-C", err=True)
             while holder.alive:
                 time.sleep(POLL_S)
         except KeyboardInterrupt:
